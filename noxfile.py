@@ -1,0 +1,97 @@
+"""Development sessions for the crossedge monorepo.
+
+    nox -s tests          every package's unit tests, then the integration tests
+    nox -s lint           ruff check and format check
+    nox -s demo           the main job on the embedded default model
+    nox -s bench          the registered benchmarks, reports under bench-results/
+
+``PACKAGES=core,specdec nox -s tests`` narrows the test sessions; arguments after
+``--`` go to pytest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+#: Distributions under packages/, in dependency order.
+ALL_PACKAGES = ["core"]
+#: Standalone plugin distributions under plugins/.
+PLUGINS = ["crossedge-tiny-models"]
+TEST_TARGETS = ALL_PACKAGES + ["integration"]
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+def _selected(targets: list[str]) -> list[str]:
+    wanted = os.environ.get("PACKAGES")
+    if not wanted:
+        return targets
+    chosen = [t.strip() for t in wanted.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(targets))
+    if unknown:
+        raise SystemExit(f"PACKAGES names unknown targets {unknown}; choose from {targets}")
+    return chosen
+
+
+def _install_everything(session: nox.Session) -> None:
+    paths = [str(ROOT / "packages" / p) for p in ALL_PACKAGES]
+    paths += [str(ROOT / "plugins" / p) for p in PLUGINS]
+    session.install(*CONSTRAINTS, *[f"{p}[test]" for p in paths])
+
+
+@nox.session
+@nox.parametrize("target", TEST_TARGETS)
+def tests(session: nox.Session, target: str) -> None:
+    """Unit tests of one package in its own virtualenv (non-editable install), or with
+    target 'integration' the cross-package and plugin tests with everything installed."""
+    if target not in _selected(TEST_TARGETS):
+        session.skip(f"{target} is not in PACKAGES={os.environ.get('PACKAGES')}")
+    if target == "integration":
+        _install_everything(session)
+        test_dirs = [str(ROOT / "tests")] + [str(ROOT / "plugins" / p / "tests") for p in PLUGINS]
+        session.run("pytest", *test_dirs, *session.posargs)
+        return
+    package = ROOT / "packages" / target
+    deps = [str(ROOT / "packages" / p) for p in ALL_PACKAGES[: ALL_PACKAGES.index(target)]]
+    session.install(*CONSTRAINTS, *deps, f"{package}[test]")
+    session.run("pytest", str(package / "tests"), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint and check formatting with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Pull the default model (smollm2-135m) and stream a short answer from it."""
+    _install_everything(session)
+    session.run("crossedge", "models", "pull", "smollm2-135m")
+    session.run("crossedge", "models", "info", "smollm2-135m")
+    session.run(
+        "crossedge",
+        "models",
+        "generate",
+        "smollm2-135m",
+        "In two sentences, why do small language models matter on laptops?",
+        "--max-new-tokens",
+        "80",
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the registered benchmarks and write JSON + PNG reports to bench-results/."""
+    _install_everything(session)
+    out = ROOT / "bench-results"
+    session.run("crossedge", "bench", "run", "model-load", "--json", str(out / "model-load.json"), *session.posargs)

@@ -1,0 +1,1 @@
+"""Plugins that ship with crossedge-core; registered exactly like third-party ones."""

