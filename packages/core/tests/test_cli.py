@@ -118,3 +118,11 @@ def test_bench_option_must_be_key_value(cli):
     result = cli("bench", "run", "model-load", "-o", "oops")
     assert result.exit_code == 1
     assert "is not KEY=VALUE" in result.stderr
+
+
+def test_crossedge_warnings_print_as_one_line(capsys):
+    from crossedge.core.cli import _show_warning
+    from crossedge.core.plugins import PluginLoadWarning
+
+    _show_warning(PluginLoadWarning("skipping crossedge plugin 'x'"), PluginLoadWarning, "f.py", 1)
+    assert capsys.readouterr().err == "Warning: skipping crossedge plugin 'x'\n"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from . import plugins
-from .errors import CrossedgeError
+from .errors import CrossedgeError, CrossedgeWarning
 
 DEBUG_ENV = "CROSSEDGE_DEBUG"
 
@@ -50,8 +51,19 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, CrossedgeWarning):
+        click.secho(f"Warning: {message}", fg="yellow", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    warnings.showwarning = _show_warning
     build_cli()(args=argv if argv is not None else sys.argv[1:], prog_name="crossedge")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CrossedgeError
+from .errors import CrossedgeError, CrossedgeWarning
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Document:
     origin: str
 
 
-class MissingSourceWarning(UserWarning):
+class MissingSourceWarning(CrossedgeWarning):
     """A source file a dataset recipe names is not on this machine; it is skipped."""
 
 

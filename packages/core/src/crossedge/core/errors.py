@@ -14,6 +14,10 @@ class CrossedgeError(Exception):
     """
 
 
+class CrossedgeWarning(UserWarning):
+    """Base class of crossedge's warnings; the CLI prints them as one yellow line."""
+
+
 class UnknownNameError(CrossedgeError, KeyError):
     """A name was looked up in a registry and nothing answers to it."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import CrossedgeWarning, PluginError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 LOAD_PLUGINS_ENV = "CROSSEDGE_LOAD_PLUGINS"
@@ -31,7 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-class PluginLoadWarning(UserWarning):
+class PluginLoadWarning(CrossedgeWarning):
     """Issued once when a plugin cannot be imported or fails to register."""
 
 

