@@ -249,3 +249,17 @@ def test_atomic_file_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_interrupted_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    def killed(command, **kwargs):
+        dest = Path(command[command.index("--dest") + 1])
+        (dest / "demo_pkg-1.0-py3-none-any.whl").write_bytes(b"first megabyte only")
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("CROSSEDGE_WHEELHOUSE", raising=False)
+    monkeypatch.setattr(fetch_module.subprocess, "run", killed)
+    spec = WheelSpec("demo-pkg", "1.0", "demo_pkg-1.0-py3-none-any.whl", "0" * 64)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_wheel(spec, tmp_path / "dest")
+    assert [p.name for p in (tmp_path / "dest").iterdir()] == [spec.filename + ".lock"]
