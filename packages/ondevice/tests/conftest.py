@@ -1,0 +1,16 @@
+import os
+
+os.environ["CROSSEDGE_LOAD_PLUGINS"] = ""
+
+import pytest  # noqa: E402
+
+from crossedge.core import registered  # noqa: E402
+
+
+@pytest.fixture
+def ondevice_plugin():
+    """The ondevice plugin registered for one test."""
+    from crossedge.ondevice import plugin
+
+    with registered(plugin, name="ondevice-test"):
+        yield plugin
