@@ -14,3 +14,14 @@ def ondevice_plugin():
 
     with registered(plugin, name="ondevice-test"):
         yield plugin
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny kernels run fastest on one thread, and the test machine is shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
