@@ -9,8 +9,10 @@ tensors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import io
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -242,7 +244,8 @@ class OnnxRuntimeBackend(Backend):
         import warnings
 
         names = [f"input_{i}" for i in range(len(example_inputs))]
-        with warnings.catch_warnings():
+        # The exporter prints its progress on stdout, which would corrupt --json output on the terminal.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
