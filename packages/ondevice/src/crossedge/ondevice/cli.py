@@ -115,3 +115,50 @@ def finetune_command(method, budget_kb, blocks, epochs, batch_size, lr, seed, wi
     if budget_kb is not None:
         verdict = "over" if mem.training_bytes > budget_kb * 1024 else "within"
         click.echo(f"budget             {budget_kb:g} KiB: {verdict}")
+
+
+@ondevice.command("search")
+@click.option("--latency-ms", type=float, required=True, help="Latency limit per batch of 16 images, ms.")
+@click.option("--memory-kb", type=float, required=True, help="Inference memory limit: weights + largest activations.")
+@click.option(
+    "--device",
+    "device_label",
+    default="torch-eager/t1/float32",
+    show_default=True,
+    help="Configuration to search for: backend/tTHREADS/dtype; the predictor never trains on it.",
+)
+@click.option("--candidates", default=200, show_default=True, help="Sub-networks scored by the predictor.")
+@click.option("--evaluate-top", default=25, show_default=True, help="Feasible sub-networks whose accuracy is measured.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
+def search_command(latency_ms, memory_kb, device_label, candidates, evaluate_top, seed, json_out) -> None:
+    """Most accurate once-for-all sub-network under latency and memory limits, predicted vs measured latency."""
+    import os
+
+    from .latency import DeviceConfig
+    from .search import search
+
+    device = DeviceConfig.parse(device_label)
+    if device.threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        click.echo("note: set OMP_WAIT_POLICY=PASSIVE for steadier multi-thread timings on a shared machine", err=True)
+    result = search(
+        latency_ms=latency_ms,
+        memory_kb=memory_kb,
+        device=device,
+        candidates=candidates,
+        evaluate_top=evaluate_top,
+        seed=seed,
+    )
+    data = result.to_dict()
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=2) + "\n")
+    click.echo(f"device             {result.device}")
+    click.echo(f"sub-network        {result.config.label()}")
+    click.echo(f"accuracy           {result.accuracy:.2f}% (digits 0-9 test split, batch norms calibrated)")
+    click.echo(f"latency predicted  {result.predicted_ms:.3f} ms")
+    click.echo(f"latency measured   {result.measured_ms:.3f} ms (batch 16, fastest of 9)")
+    click.echo(f"memory             {result.memory_kb:.1f} KiB")
+    click.echo(f"feasible           {result.feasible} of {result.candidates} candidates")
+    click.echo("")
+    click.echo(format_table(result.table, ["label", "accuracy", "predicted_ms", "memory_kb"]))

@@ -21,3 +21,12 @@ def register_commands(cli):
     from .cli import ondevice
 
     cli.add_command(ondevice)
+
+
+@hookimpl
+def register_benchmarks(register):
+    """Register the MobileTL, latency-predictor and backend benchmarks."""
+    from .benchmarks import BENCHMARKS
+
+    for benchmark_cls in BENCHMARKS:
+        register(benchmark_cls())

@@ -184,6 +184,8 @@ def _run_finetune(method, blocks, budget_kb, epochs, batch_size, lr, seed, width
 
     if method not in METHODS:
         raise CrossedgeError(f"unknown fine-tuning method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "sparse" and budget_kb is None:
+        raise CrossedgeError("the sparse method needs --budget-kb N (training memory budget in KiB)")
     _, target = transfer_tasks(seed)
     model = new_head(
         pretrained_source_model(seed, width_mult, pretrain_epochs, disk_cache=disk_cache), target.num_classes, seed
