@@ -17,7 +17,7 @@ class MobileTLBenchmark(Benchmark):
     description = "saved-for-backward memory and accuracy: MobileTL vs full fine-tuning of the same top blocks"
 
     def run(
-        self, *, blocks: int = 3, seeds: str = "0,1,2", epochs: int = 10, batch_size: int = 32, **_: Any
+        self, *, blocks: int = 3, seeds: str = "0,1,2,3,4", epochs: int = 20, batch_size: int = 32, **_: Any
     ) -> BenchmarkReport:
         from .training import run_finetune
 
@@ -25,7 +25,12 @@ class MobileTLBenchmark(Benchmark):
         for seed in [int(s) for s in str(seeds).split(",")]:
             for method in ("full", "mobiletl"):
                 result = run_finetune(
-                    method, blocks=int(blocks), epochs=int(epochs), batch_size=int(batch_size), seed=seed
+                    method,
+                    blocks=int(blocks),
+                    epochs=int(epochs),
+                    batch_size=int(batch_size),
+                    seed=seed,
+                    disk_cache=True,
                 )
                 rows.append(
                     {
@@ -70,12 +75,15 @@ class PredictorBenchmark(Benchmark):
         episodes: int = 600,
         seed: int = 0,
         configs: str = "",
+        retest: str = "",
         **_: Any,
     ) -> BenchmarkReport:
+        """``retest``: comma-separated configurations to measure a second time, for the test-retest Spearman
+        (how far two independent measurement runs agree: the ceiling any predictor can reach here)."""
         from .elastic import ElasticMobileNet, extract_subnet
         from .latency import DeviceConfig, MetaLatencyPredictor, fit_from_scratch, measurable_configs, spearman
         from .profiling import count_macs
-        from .search import latency_table
+        from .search import collect_latencies, latency_table
 
         chosen = [DeviceConfig.parse(c) for c in configs.split(",") if c] or measurable_configs()
         # Latency does not depend on the weights, so an untrained supernet gives the same architectures.
@@ -110,6 +118,14 @@ class PredictorBenchmark(Benchmark):
                     "max_ms": 1000 * max(truth),
                 }
             )
+        again_configs = [DeviceConfig.parse(c) for c in retest.split(",") if c]
+        if again_configs:
+            again = collect_latencies(net, table.subnets, table.reference, again_configs, repeats=int(repeats))
+            for row in rows:
+                if row["held_out"] in again.values:
+                    row["spearman_retest"] = spearman(
+                        table.values[row["held_out"]][k:], again.values[row["held_out"]][k:]
+                    )
         return BenchmarkReport(
             benchmark=self.name,
             rows=rows,

@@ -67,8 +67,24 @@ def measurable_configs(include_onnx: bool = True) -> list[DeviceConfig]:
     return configs
 
 
+def analytic_macs(config: SubnetConfig, space: ElasticSpace, size: int = 8) -> list[int]:
+    """Multiply-accumulates of each stage's inverted residual blocks for one ``size`` x ``size`` image."""
+    h, c, stages = size, space.first_channels, []
+    for s, (cout, stride) in enumerate(zip(space.stage_channels, space.stage_strides, strict=True)):
+        total = 0
+        for i in range(config.depths[s]):
+            slot = s * space.max_depth + i
+            hidden, k = c * config.expansions[slot], config.kernels[slot]
+            out = h // (stride if i == 0 else 1)
+            total += c * hidden * h * h + hidden * k * k * out * out + hidden * cout * out * out
+            h, c = out, cout
+        stages.append(total)
+    return stages
+
+
 def encode(config: SubnetConfig, space: ElasticSpace) -> list[float]:
-    """Architecture features: per block slot (active, kernel is largest, expansion one-hot), per stage depth."""
+    """Architecture features: per block slot (active, kernel is largest, expansion one-hot), per stage depth,
+    and the log of the analytic MACs with each stage's MACs (scaled), which HELP's encoding does not have."""
     active = set(config.active_blocks(space))
     features: list[float] = []
     for i in range(space.blocks):
@@ -77,6 +93,9 @@ def encode(config: SubnetConfig, space: ElasticSpace) -> list[float]:
         features.append(1.0 if on and config.kernels[i] == max(space.kernels) else 0.0)
         features.extend(1.0 if on and config.expansions[i] == e else 0.0 for e in space.expansions)
     features.extend(d / space.max_depth for d in config.depths)
+    stages = analytic_macs(config, space)
+    features.append(math.log(sum(stages)) / 15)
+    features.extend(m / 2e6 for m in stages)
     return features
 
 
