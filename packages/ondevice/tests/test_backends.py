@@ -5,6 +5,7 @@ import torch
 
 from crossedge.core import get_registry
 from crossedge.ondevice.backends import (
+    BackendCapabilityError,
     BackendUnavailableError,
     ExecuTorchBackend,
     OnnxRuntimeBackend,
@@ -77,3 +78,12 @@ def test_executorch_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
     with pytest.raises(BackendUnavailableError, match=r"executorch.*pip install"):
         ExecuTorchBackend().prepare(MobileNetV2(width_mult=0.5), (torch.randn(1, 1, 8, 8),))
+
+
+def test_require_refuses_with_the_backends_that_would_work():
+    OnnxRuntimeBackend().require(purpose="quant eval")  # static fp32 inference is fine
+    with pytest.raises(BackendCapabilityError, match=r"specdec bench.*dynamic input shapes.*torch-eager"):
+        OnnxRuntimeBackend().require(purpose="specdec bench", dynamic_shapes=True)
+    with pytest.raises(BackendCapabilityError, match="dtype bfloat16"):
+        OnnxRuntimeBackend().require(purpose="x", dtype="bf16")
+    TorchEagerBackend().require(purpose="training", training=True, dynamic_shapes=True, dtype="bf16")

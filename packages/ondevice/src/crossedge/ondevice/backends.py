@@ -155,6 +155,40 @@ class Backend:
             "unavailable_reason": self.unavailable_reason(),
         }
 
+    def require(
+        self,
+        *,
+        purpose: str,
+        dynamic_shapes: bool = False,
+        training: bool = False,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        """Refuse clearly when this backend lacks what a caller (``purpose``, e.g. "specdec bench") needs.
+
+        Other packages call this before accepting ``--backend``: speculative decoding needs
+        dynamic shapes (the sequence grows), quantization-aware training needs training.
+        """
+        self.check_dependencies()
+        lacking = []
+        if dynamic_shapes and not self.dynamic_shapes:
+            lacking.append("dynamic input shapes")
+        if training and not self.training:
+            lacking.append("training (gradients)")
+        if dtype is not None and not self.supports_dtype(dtype):
+            lacking.append(f"dtype {dtype_name(dtype)}")
+        if lacking:
+            able = [
+                b.name
+                for b in (cls() for cls in BUILTIN_BACKENDS)
+                if (not dynamic_shapes or b.dynamic_shapes)
+                and (not training or b.training)
+                and (dtype is None or b.supports_dtype(dtype))
+            ]
+            raise BackendCapabilityError(
+                f"backend {self.name!r} cannot be used for {purpose}: it does not support {', '.join(lacking)}; "
+                f"use one of: {', '.join(able) or 'none available'}"
+            )
+
     def supports_dtype(self, dtype: str | torch.dtype) -> bool:
         """Whether ``dtype`` is one the backend declares."""
         return dtype_name(dtype) in self.dtypes
