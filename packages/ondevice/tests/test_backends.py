@@ -40,6 +40,9 @@ class TestTorchCompile(BackendConformance):
     def test_static_backend_refuses_new_shapes(self, backend):
         pytest.skip("torch.compile recompiles for new shapes; too slow for the unit suite")
 
+    def test_parity_minilm(self, backend):
+        pytest.skip("compiling minilm-l6 takes ~20 s here; the ondevice-backends benchmark measures its parity")
+
 
 class TestOnnxRuntime(BackendConformance):
     backend_factory = OnnxRuntimeBackend

@@ -81,7 +81,7 @@ def test_out_of_space_subnet_is_refused():
 
 def test_progressive_shrinking_runs_every_phase_and_learns():
     task = digits_task()
-    schedule = ShrinkingSchedule(full=2, kernel=1, depth=1, width=1, subnets_per_step=1)
+    schedule = ShrinkingSchedule(full=2, kernel=1, depth=1, width=1, subnets_per_step=1, batch_size=96)
     net = progressive_shrinking(task.train, schedule=schedule)
     assert [e["phase"] for e in schedule.log] == ["full", "full", "kernel", "depth", "width"]
     assert schedule.log[1]["loss"] < schedule.log[0]["loss"]

@@ -16,7 +16,7 @@ from crossedge.core.bench import measure
 from crossedge.core.bench import threads as bench_threads
 
 from .backends import DEFAULT_BACKEND, Backend, as_tuple, first_tensor, get_backend, max_abs_diff
-from .networks import EncoderOutput, MobileNetV2, parameter_bytes, parameter_count
+from .networks import EncoderOutput, MobileNetV2, parameter_bytes, parameter_count, with_batch_statistics
 
 #: built-in networks: name -> (width multiplier, classes)
 BUILTIN_NETWORKS: dict[str, tuple[float, int]] = {
@@ -46,11 +46,15 @@ class CausalLMLogits(nn.Module):
 
 
 def resolve_target(name: str, *, batch: int = 8, seq_len: int = 32, seed: int = 0) -> ProfileTarget:
-    """A built-in network (random weights: timing does not depend on them) or a model source by name."""
+    """A built-in network or a model source by name.
+
+    Built-in networks have random weights (timing does not depend on them) with batch-norm
+    statistics taken from random images, so their outputs have a realistic scale for parity.
+    """
     if name in BUILTIN_NETWORKS:
         width, classes = BUILTIN_NETWORKS[name]
         torch.manual_seed(seed)
-        model = MobileNetV2(width_mult=width, num_classes=classes).eval()
+        model = with_batch_statistics(MobileNetV2(width_mult=width, num_classes=classes), torch.randn(64, 1, 8, 8))
         return ProfileTarget(name, model, (torch.randn(batch, 1, 8, 8),))
     from crossedge.core import load_model
 
