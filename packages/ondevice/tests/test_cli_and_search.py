@@ -64,3 +64,14 @@ def test_search_respects_the_limits_and_measures_the_winner():
     assert len(result.table) <= 3
     with pytest.raises(CrossedgeError, match="relax"):
         search(latency_ms=1e-6, memory_kb=400, candidates=5, **limits)
+
+
+def test_peak_activation_matches_a_hand_computed_case():
+    import torch
+    from torch import nn
+
+    from crossedge.ondevice.profiling import peak_activation_bytes
+
+    model = nn.Sequential(nn.Linear(100, 1000), nn.ReLU(), nn.Linear(1000, 10))
+    # Linear's output and ReLU's output (64 x 1000 fp32 each) are alive together, nothing more.
+    assert peak_activation_bytes(model, (torch.randn(64, 100),)) == 2 * 64 * 1000 * 4

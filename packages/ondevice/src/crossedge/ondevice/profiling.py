@@ -160,14 +160,12 @@ def peak_activation_bytes(model: nn.Module, inputs: tuple[Any, ...]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
         model(*inputs)
-    top_level = sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start)
+    # Allocations are attributed to the operator that made them (its self memory) and frees that
+    # happen outside any operator show up as "[memory]" events: a running sum in time order tracks
+    # the bytes alive, at operator granularity.
     live = peak = 0
-    for event in top_level:
-        # An event's own allocations are live at its end; add its net change, then track the maximum,
-        # and also count what it allocated before freeing (its positive part) at that moment.
-        allocated = sum(max(0, c.cpu_memory_usage) for c in [event, *event.cpu_children] if c.cpu_memory_usage > 0)
-        peak = max(peak, live + max(event.cpu_memory_usage, min(allocated, event.cpu_memory_usage + allocated)))
-        live += event.cpu_memory_usage
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return int(peak)
 
