@@ -75,3 +75,16 @@ def test_peak_activation_matches_a_hand_computed_case():
     model = nn.Sequential(nn.Linear(100, 1000), nn.ReLU(), nn.Linear(1000, 10))
     # Linear's output and ReLU's output (64 x 1000 fp32 each) are alive together, nothing more.
     assert peak_activation_bytes(model, (torch.randn(64, 100),)) == 2 * 64 * 1000 * 4
+
+
+def test_finetune_command_prints_accuracy_memory_and_time(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSEDGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "finetune.json"
+    args = ["ondevice", "finetune", "--method", "mobiletl", "--blocks", "1", "--epochs", "1", "--width", "0.5"]
+    result = cli(*args, "--json", str(out))
+    assert result.exit_code == 0, result.output
+    for label in ("accuracy", "training memory", "saved for bwd", "optimizer state", "time"):
+        assert label in result.output
+    data = json.loads(out.read_text())
+    assert data["method"] == "mobiletl" and data["memory_saved_activation_bytes"] > 0
+    assert list((tmp_path / "cache" / "ondevice").glob("*.safetensors"))  # the pre-trained network is cached
