@@ -7,7 +7,7 @@ A new backend gets its tests by declaring one class::
 
 Parity is against eager fp32 on the package's CNN and a tiny BERT encoder, with
 ``atol`` (1e-4 by default) as the bar; the ``minilm-l6`` case needs a real model
-and carries the ``model`` marker.
+and carries the ``model`` marker. This module imports pytest (the ``test`` extra).
 """
 
 from __future__ import annotations
