@@ -1,0 +1,398 @@
+"""Accelerator backends: each prepares a model for inference through one runtime.
+
+A backend declares what it can do as class attributes (dtypes, dynamic shapes,
+training) and checks that its own dependencies import before doing anything, the
+way OpenTelemetry's instrumentors do. ``prepare(model, example_inputs)`` returns a
+:class:`PreparedModel`: call it with tensors shaped like the examples and it returns
+tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossedge.core import CrossedgeError, get_registry
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class BackendUnavailableError(CrossedgeError):
+    """A backend's runtime package is not installed."""
+
+
+class BackendCapabilityError(CrossedgeError):
+    """A backend was asked for something it does not support (a dtype, training, a new shape)."""
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype or its short alias."""
+    if isinstance(dtype, torch.dtype):
+        for name, value in DTYPES.items():
+            if value == dtype:
+                return name
+        raise CrossedgeError(f"dtype {dtype} is not one crossedge backends use: {', '.join(DTYPES)}")
+    name = DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise CrossedgeError(f"unknown dtype {dtype!r}: choose one of {', '.join([*DTYPES, *DTYPE_ALIASES])}")
+    return name
+
+
+def as_tuple(inputs: Any) -> tuple[Any, ...]:
+    """Example inputs as a tuple (a lone tensor becomes a 1-tuple)."""
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def cast_inputs(inputs: Sequence[Any], dtype: torch.dtype) -> tuple[Any, ...]:
+    """Cast floating tensors to ``dtype``; integer tensors (token ids, masks) stay as they are."""
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The tensor a model returned (the first one of a tuple or a transformers output)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise CrossedgeError(f"cannot find a tensor in the model output of type {type(output).__name__}")
+
+
+class PreparedModel:
+    """A model prepared by a backend: ``prepared(*inputs) -> tensor``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        run: Callable[..., torch.Tensor],
+        example_inputs: tuple[Any, ...],
+        dtype: torch.dtype,
+        artifact: Path | None = None,
+        module: nn.Module | None = None,
+    ):
+        self.backend = backend
+        self._run = run
+        self.example_shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+        self.dtype = dtype
+        self.artifact = artifact
+        self.module = module
+
+    def __call__(self, *inputs: Any) -> torch.Tensor:
+        if not self.backend.dynamic_shapes:
+            shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
+            if shapes != self.example_shapes:
+                raise BackendCapabilityError(
+                    f"backend {self.backend.name!r} was prepared for input shapes {self.example_shapes} "
+                    f"and does not support dynamic shapes; got {shapes}. Prepare it again with these inputs."
+                )
+        with torch.inference_mode():
+            return self._run(*cast_inputs(inputs, self.dtype))
+
+    def __repr__(self) -> str:
+        return f"PreparedModel(backend={self.backend.name!r}, dtype={dtype_name(self.dtype)})"
+
+
+class Backend:
+    """Base class of backends: capabilities as class attributes, ``prepare`` as the one verb."""
+
+    name: str = ""
+    description: str = ""
+    #: dtypes the backend runs, by canonical name
+    dtypes: tuple[str, ...] = ("float32",)
+    #: whether a prepared model accepts input shapes other than the examples'
+    dynamic_shapes: bool = False
+    #: whether gradients flow through the prepared model
+    training: bool = False
+    #: (module to import, pip requirement) pairs the backend needs
+    requires: tuple[tuple[str, str], ...] = ()
+    #: the pip command that installs what is missing
+    install_hint: str = ""
+
+    def missing_dependencies(self) -> list[str]:
+        """Requirements whose module cannot be found."""
+        return [req for module, req in self.requires if importlib.util.find_spec(module) is None]
+
+    def available(self) -> bool:
+        """Whether every dependency is importable."""
+        return not self.missing_dependencies()
+
+    def unavailable_reason(self) -> str | None:
+        """Why the backend cannot run here, or None when it can."""
+        missing = self.missing_dependencies()
+        if not missing:
+            return None
+        hint = self.install_hint or "pip install " + " ".join(missing)
+        return f"backend {self.name!r} needs {', '.join(missing)}, which is not installed: run `{hint}`"
+
+    def check_dependencies(self) -> None:
+        """Raise :class:`BackendUnavailableError` naming the package and the install command."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(reason)
+
+    def capabilities(self) -> dict[str, Any]:
+        """The declared capabilities as a plain dict."""
+        return {
+            "name": self.name,
+            "dtypes": list(self.dtypes),
+            "dynamic_shapes": self.dynamic_shapes,
+            "training": self.training,
+            "available": self.available(),
+            "unavailable_reason": self.unavailable_reason(),
+        }
+
+    def require(
+        self,
+        *,
+        purpose: str,
+        dynamic_shapes: bool = False,
+        training: bool = False,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        """Refuse clearly when this backend lacks what a caller (``purpose``, e.g. "specdec bench") needs.
+
+        Other packages call this before accepting ``--backend``: speculative decoding needs
+        dynamic shapes (the sequence grows), quantization-aware training needs training.
+        """
+        self.check_dependencies()
+        lacking = []
+        if dynamic_shapes and not self.dynamic_shapes:
+            lacking.append("dynamic input shapes")
+        if training and not self.training:
+            lacking.append("training (gradients)")
+        if dtype is not None and not self.supports_dtype(dtype):
+            lacking.append(f"dtype {dtype_name(dtype)}")
+        if lacking:
+            able = [
+                b.name
+                for b in (cls() for cls in BUILTIN_BACKENDS)
+                if (not dynamic_shapes or b.dynamic_shapes)
+                and (not training or b.training)
+                and (dtype is None or b.supports_dtype(dtype))
+            ]
+            raise BackendCapabilityError(
+                f"backend {self.name!r} cannot be used for {purpose}: it does not support {', '.join(lacking)}; "
+                f"use one of: {', '.join(able) or 'none available'}"
+            )
+
+    def supports_dtype(self, dtype: str | torch.dtype) -> bool:
+        """Whether ``dtype`` is one the backend declares."""
+        return dtype_name(dtype) in self.dtypes
+
+    def prepare(self, model: nn.Module, example_inputs: Any, *, dtype: str | torch.dtype = "float32") -> PreparedModel:
+        """Check dependencies and capabilities, then compile/export ``model`` for ``example_inputs``."""
+        self.check_dependencies()
+        name = dtype_name(dtype)
+        if name not in self.dtypes:
+            raise BackendCapabilityError(
+                f"backend {self.name!r} runs {', '.join(self.dtypes)}, not {name}; choose another --dtype or backend"
+            )
+        if not isinstance(model, nn.Module):
+            raise BackendCapabilityError(f"backend {self.name!r} prepares torch.nn.Module objects, got {type(model)}")
+        torch_dtype = DTYPES[name]
+        model = model.eval()
+        if torch_dtype != torch.float32:
+            # A copy, so the caller's fp32 model stays the parity reference.
+            model = copy.deepcopy(model).to(torch_dtype)
+        examples = cast_inputs(as_tuple(example_inputs), torch_dtype)
+        return self._prepare(model, examples, torch_dtype)
+
+    def _prepare(self, model: nn.Module, example_inputs: tuple[Any, ...], dtype: torch.dtype) -> PreparedModel:
+        raise NotImplementedError
+
+
+class TorchEagerBackend(Backend):
+    """Plain PyTorch eager execution: the reference every other backend is checked against."""
+
+    name = "torch-eager"
+    description = "PyTorch eager mode (the default and the parity reference)"
+    dtypes = ("float32", "bfloat16", "float16")
+    dynamic_shapes = True
+    training = True
+
+    def _prepare(self, model, example_inputs, dtype):
+        return PreparedModel(self, lambda *xs: first_tensor(model(*xs)), example_inputs, dtype, module=model)
+
+
+class TorchCompileBackend(Backend):
+    """``torch.compile`` with the inductor backend, which on CPU generates C++ (needs a C++ compiler)."""
+
+    name = "torch-compile"
+    description = "torch.compile (inductor, C++ code generation on CPU)"
+    dtypes = ("float32", "bfloat16")
+    dynamic_shapes = True
+    training = True
+
+    def __init__(self, mode: str | None = None):
+        self.mode = mode
+
+    def unavailable_reason(self) -> str | None:
+        import shutil
+
+        if not any(shutil.which(cc) for cc in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            return f"backend {self.name!r} needs a C++ compiler for inductor on CPU: install g++ (apt-get install g++)"
+        return super().unavailable_reason()
+
+    def _prepare(self, model, example_inputs, dtype):
+        compiled = torch.compile(model, backend="inductor", mode=self.mode)
+
+        def run(*xs):
+            return first_tensor(compiled(*xs))
+
+        with torch.inference_mode():
+            run(*example_inputs)  # compile now, so timings and errors do not hide in the first call
+        return PreparedModel(self, run, example_inputs, dtype, module=model)
+
+
+class OnnxRuntimeBackend(Backend):
+    """Export with ``torch.onnx.export`` and run with an ONNX Runtime ``InferenceSession`` on CPU."""
+
+    name = "onnxruntime"
+    description = "torch.onnx.export + ONNX Runtime CPUExecutionProvider"
+    dtypes = ("float32",)
+    dynamic_shapes = False
+    training = False
+    requires = (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxscript", "onnxscript"))
+    install_hint = "pip install 'crossedge-ondevice[onnx]'"
+
+    def __init__(self, workdir: Path | str | None = None, threads: int | None = None, dynamo: bool = True):
+        self.workdir = Path(workdir) if workdir else None
+        self.threads = threads
+        # The TorchScript exporter (dynamo=False) is ~50x faster to export small CNNs; the latency
+        # study uses it to export hundreds of sub-networks. The dynamo exporter is the default.
+        self.dynamo = dynamo
+
+    def export(self, model: nn.Module, example_inputs: tuple[Any, ...], path: Path) -> Path:
+        """Write ``model`` as ONNX at ``path`` (the dynamo exporter, onnxscript ops)."""
+        import warnings
+
+        names = [f"input_{i}" for i in range(len(example_inputs))]
+        # The exporter prints its progress on stdout, which would corrupt --json output on the terminal.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model, example_inputs, str(path), input_names=names, output_names=["output"], dynamo=self.dynamo
+                )
+            except Exception as exc:
+                raise BackendCapabilityError(
+                    f"torch.onnx.export could not export {type(model).__name__}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return path
+
+    def _prepare(self, model, example_inputs, dtype):
+        import onnxruntime as ort
+
+        if not all(isinstance(t, torch.Tensor) for t in example_inputs):
+            raise BackendCapabilityError(f"backend {self.name!r} takes tensor inputs only")
+        folder = self.workdir or Path(tempfile.mkdtemp(prefix="crossedge-onnx-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = self.export(model, example_inputs, folder / "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        input_names = [i.name for i in session.get_inputs()]
+
+        def run(*xs):
+            # The exporter drops inputs the graph does not use; feed only the ones it kept.
+            feed = {
+                name: x.detach().cpu().numpy()
+                for name, x in zip([f"input_{i}" for i in range(len(xs))], xs, strict=True)
+                if name in input_names
+            }
+            return torch.from_numpy(session.run(None, feed)[0])
+
+        return PreparedModel(self, run, example_inputs, dtype, artifact=path)
+
+
+class ExecuTorchBackend(Backend):
+    """``torch.export`` lowered to XNNPACK, written as a ``.pte`` program and run by the ExecuTorch runtime."""
+
+    name = "executorch"
+    description = "torch.export -> ExecuTorch (XNNPACK delegate) .pte, run by executorch.runtime"
+    dtypes = ("float32",)
+    dynamic_shapes = False
+    training = False
+    requires = (("executorch", "executorch"),)
+    install_hint = "pip install 'crossedge-ondevice[executorch]' (its wheel must match the installed torch)"
+
+    def __init__(self, workdir: Path | str | None = None):
+        self.workdir = Path(workdir) if workdir else None
+
+    def _prepare(self, model, example_inputs, dtype):
+        try:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+            from executorch.runtime import Runtime
+        except ImportError as exc:  # a wheel built against another torch fails here, not at find_spec
+            raise BackendUnavailableError(
+                f"executorch is installed but does not import ({exc}); install the executorch wheel built for "
+                f"torch {torch.__version__}: {self.install_hint}"
+            ) from exc
+        try:
+            exported = torch.export.export(model, example_inputs)
+            program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as exc:
+            raise BackendCapabilityError(
+                f"ExecuTorch could not lower {type(model).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        folder = self.workdir or Path(tempfile.mkdtemp(prefix="crossedge-executorch-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.pte"
+        path.write_bytes(program.buffer)
+        method = Runtime.get().load_program(path).load_method("forward")
+
+        def run(*xs):
+            return method.execute([x.contiguous() for x in xs])[0]
+
+        return PreparedModel(self, run, example_inputs, dtype, artifact=path)
+
+
+BUILTIN_BACKENDS: tuple[type[Backend], ...] = (
+    TorchEagerBackend,
+    TorchCompileBackend,
+    OnnxRuntimeBackend,
+    ExecuTorchBackend,
+)
+
+DEFAULT_BACKEND = "torch-eager"
+
+
+def get_backend(name: str = DEFAULT_BACKEND) -> Backend:
+    """The registered backend called ``name`` (unknown names get close matches in the error)."""
+    return get_registry("backend").get(name)
+
+
+def prepare(
+    model: nn.Module, example_inputs: Any, *, backend: str | Backend = DEFAULT_BACKEND, dtype: str = "float32"
+) -> PreparedModel:
+    """Prepare ``model`` with a backend given by name or object."""
+    chosen = get_backend(backend) if isinstance(backend, str) else backend
+    return chosen.prepare(model, example_inputs, dtype=dtype)
+
+
+def max_abs_diff(prepared: Callable[..., torch.Tensor], reference: nn.Module, inputs: Any) -> float:
+    """Largest absolute difference between a prepared model and the eager fp32 model on ``inputs``."""
+    inputs = as_tuple(inputs)
+    with torch.inference_mode():
+        expected = first_tensor(reference(*inputs)).float()
+        got = prepared(*inputs).float()
+    if got.shape != expected.shape:
+        raise CrossedgeError(f"prepared model returned shape {tuple(got.shape)}, eager {tuple(expected.shape)}")
+    return float((got - expected).abs().max())

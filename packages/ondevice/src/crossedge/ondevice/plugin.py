@@ -1,0 +1,32 @@
+"""The crossedge-ondevice plugin: registers backends, CLI commands and benchmarks."""
+
+from __future__ import annotations
+
+from crossedge.core import hookimpl
+
+from .backends import BUILTIN_BACKENDS
+
+
+@hookimpl
+def register_backends(register):
+    """Register torch-eager, torch-compile, onnxruntime and executorch."""
+    aliases = {"torch-eager": ("eager",), "torch-compile": ("inductor",), "onnxruntime": ("ort",)}
+    for backend_cls in BUILTIN_BACKENDS:
+        register(backend_cls(), aliases=aliases.get(backend_cls.name, ()))
+
+
+@hookimpl
+def register_commands(cli):
+    """Add the ``crossedge ondevice`` group."""
+    from .cli import ondevice
+
+    cli.add_command(ondevice)
+
+
+@hookimpl
+def register_benchmarks(register):
+    """Register the MobileTL, latency-predictor and backend benchmarks."""
+    from .benchmarks import BENCHMARKS
+
+    for benchmark_cls in BENCHMARKS:
+        register(benchmark_cls())

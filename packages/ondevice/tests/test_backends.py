@@ -1,0 +1,92 @@
+"""Every backend runs the shared conformance suite; registration and dependency errors are checked here."""
+
+import pytest
+import torch
+
+from crossedge.core import get_registry
+from crossedge.ondevice.backends import (
+    BackendCapabilityError,
+    BackendUnavailableError,
+    ExecuTorchBackend,
+    OnnxRuntimeBackend,
+    TorchCompileBackend,
+    TorchEagerBackend,
+    prepare,
+)
+from crossedge.ondevice.conformance import BackendConformance, assert_missing_dependency_error
+from crossedge.ondevice.networks import MobileNetV2
+
+
+class TestTorchEager(BackendConformance):
+    backend_factory = TorchEagerBackend
+
+    def test_bfloat16_is_close_and_leaves_the_reference_fp32(self, backend):
+        model = MobileNetV2(width_mult=0.5).eval()
+        x = torch.randn(2, 1, 8, 8)
+        prepared = backend.prepare(model, (x,), dtype="bf16")
+        assert prepared(x).dtype == torch.bfloat16
+        assert next(model.parameters()).dtype == torch.float32
+        assert (prepared(x).float() - model(x)).abs().max() < 0.1
+
+
+class TestTorchCompile(BackendConformance):
+    backend_factory = TorchCompileBackend
+
+    # Inductor compiles every new model and shape for tens of seconds on 2 cores:
+    # the CNN parity and the capability checks cover it; BERT and new shapes run eagerly elsewhere.
+    def test_parity_tiny_bert(self, backend):
+        pytest.skip("torch.compile is checked on one tiny model (the CNN) to keep the suite fast")
+
+    def test_static_backend_refuses_new_shapes(self, backend):
+        pytest.skip("torch.compile recompiles for new shapes; too slow for the unit suite")
+
+    def test_parity_minilm(self, backend):
+        pytest.skip("compiling minilm-l6 takes ~20 s here; the ondevice-backends benchmark measures its parity")
+
+
+class TestOnnxRuntime(BackendConformance):
+    backend_factory = OnnxRuntimeBackend
+
+
+class TestExecuTorch(BackendConformance):
+    backend_factory = ExecuTorchBackend
+
+
+class MissingWheelBackend(OnnxRuntimeBackend):
+    name = "needs-missing"
+    requires = (("crossedge_no_such_module", "crossedge-no-such-package"),)
+    install_hint = ""
+
+
+def test_missing_dependency_names_package_and_pip_command():
+    backend = MissingWheelBackend()
+    assert not backend.available()
+    assert "crossedge-no-such-package" in backend.unavailable_reason()
+    assert_missing_dependency_error(backend, "crossedge-no-such-package")
+
+
+def test_backends_register_through_the_hook(ondevice_plugin):
+    registry = get_registry("backend")
+    assert {"torch-eager", "torch-compile", "onnxruntime", "executorch"} <= set(registry.names())
+    assert registry.get("eager").name == "torch-eager"
+    model = MobileNetV2(width_mult=0.5).eval()
+    x = torch.randn(1, 1, 8, 8)
+    assert torch.equal(prepare(model, (x,), backend="eager")(x), model(x))
+
+
+def test_executorch_missing_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
+    with pytest.raises(BackendUnavailableError, match=r"executorch.*pip install"):
+        ExecuTorchBackend().prepare(MobileNetV2(width_mult=0.5), (torch.randn(1, 1, 8, 8),))
+
+
+def test_require_refuses_with_the_backends_that_would_work():
+    OnnxRuntimeBackend().require(purpose="quant eval")  # static fp32 inference is fine
+    with pytest.raises(BackendCapabilityError, match=r"specdec bench.*dynamic input shapes.*torch-eager"):
+        OnnxRuntimeBackend().require(purpose="specdec bench", dynamic_shapes=True)
+    with pytest.raises(BackendCapabilityError, match="dtype bfloat16"):
+        OnnxRuntimeBackend().require(purpose="x", dtype="bf16")
+    TorchEagerBackend().require(purpose="training", training=True, dynamic_shapes=True, dtype="bf16")
