@@ -18,8 +18,12 @@ import nox
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
-#: Distributions under packages/, in dependency order.
-ALL_PACKAGES = ["core"]
+#: Distributions under packages/, each with the in-repo packages it needs installed beside it.
+PACKAGE_DEPS = {
+    "core": [],
+    "ondevice": ["core"],
+}
+ALL_PACKAGES = list(PACKAGE_DEPS)
 #: Standalone plugin distributions under plugins/.
 PLUGINS = ["crossedge-tiny-models"]
 TEST_TARGETS = ALL_PACKAGES + ["integration"]
@@ -60,7 +64,7 @@ def tests(session: nox.Session, target: str) -> None:
             session.run("pytest", str(ROOT / "plugins" / plugin / "tests"), *session.posargs)
         return
     package = ROOT / "packages" / target
-    deps = [str(ROOT / "packages" / p) for p in ALL_PACKAGES[: ALL_PACKAGES.index(target)]]
+    deps = [str(ROOT / "packages" / p) for p in PACKAGE_DEPS[target]]
     session.install(*CONSTRAINTS, *deps, f"{package}[test]")
     session.run("pytest", str(package / "tests"), *session.posargs)
 
