@@ -77,18 +77,15 @@ def default_filter(module: nn.Module, name: str) -> bool:
 
 
 def select_modules(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None = None) -> dict[str, nn.Linear]:
-    """The layers ``config`` and ``filter_fn`` choose: filter passes, not skipped, not the kept LM head."""
+    """The float ``nn.Linear`` layers that ``filter_fn`` accepts, minus skipped ones and the kept LM head."""
     filter_fn = filter_fn or default_filter
     skip_names = output_head_names(model) if config.keep_lm_head else set()
     chosen = {}
     for name, module in model.named_modules():
         if not name or name in skip_names or any(fnmatch.fnmatchcase(name, p) for p in config.skip):
             continue
-        if filter_fn(module, name):
-            if not isinstance(module, nn.Linear):
-                raise CrossedgeError(
-                    f"filter_fn chose {name!r}, a {type(module).__name__}; crossedge-quant replaces nn.Linear layers"
-                )
+        # Only float nn.Linear layers are candidates; filter_fn narrows them further.
+        if default_filter(module, name) and filter_fn(module, name):
             chosen[name] = module
     return chosen
 
