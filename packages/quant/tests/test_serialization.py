@@ -95,3 +95,24 @@ def test_changed_bytes_fail_the_checksum(saved):
 def test_not_a_quantized_folder(tmp_path):
     with pytest.raises(QuantFormatError, match="no quantization.json"):
         load_quantized(tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["rtn:keep_lm_head=false", "w8a8:keep_lm_head=false"])
+def test_quantized_tied_head_shares_rows_with_embedding(quant_plugin, fresh_lm, sample_ids, tmp_path, spec):
+    from crossedge.quant import weight_bytes
+    from crossedge.quant.modules import Int8Embedding
+
+    model, tokenizer = fresh_lm
+    before = weight_bytes(model)
+    quantize_(model, spec)
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert isinstance(embedding, Int8Embedding) and embedding.qweight is head.qweight
+    # every matrix is int8 now, counted once: about a quarter of fp32 plus norms and scales
+    assert weight_bytes(model) < 0.3 * before
+    with torch.no_grad():
+        out = model(sample_ids).logits
+    save_quantized(model, tmp_path, tokenizer)
+    loaded = load_quantized(tmp_path)
+    assert loaded.get_input_embeddings().qweight is loaded.get_output_embeddings().qweight
+    with torch.no_grad():
+        assert torch.equal(loaded(sample_ids).logits, out)

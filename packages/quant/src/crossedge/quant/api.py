@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from crossedge.core.errors import CrossedgeError
@@ -13,7 +15,7 @@ from crossedge.core.registry import get_registry
 
 from .calibration import CalibrationError
 from .config import QuantConfig, config_from_dict, parse_spec
-from .modules import QuantizedLinear
+from .modules import Int8Embedding, QuantizedLinear, shared_head_buffers
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -123,15 +125,60 @@ def quantize_(
         batches = list(calibration)
     was_training = model.training
     model.eval()
+    tied_head = _tied_head(model)
     replacements = quantizer.quantize(model, config, targets, batches)
     modules_map = {}
     for name, new in replacements.items():
         model.set_submodule(name, new)
         if isinstance(new, QuantizedLinear):
             modules_map[name] = {"kind": new.kind, "spec": new.spec()}
+    if tied_head is not None and tied_head in replacements:
+        modules_map.update(_tie_embedding(model, tied_head))
     model.train(was_training)
     setattr(model, MAP_ATTRIBUTE, {"config": config.to_dict(), "modules": modules_map})
     return model
+
+
+def _tied_head(model: nn.Module) -> str | None:
+    """The LM head's name when it shares its weight with the input embedding."""
+    heads = output_head_names(model)
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = getter() if callable(getter) else None
+    if len(heads) != 1 or embedding is None:
+        return None
+    head = model.get_submodule(next(iter(heads)))
+    return next(iter(heads)) if getattr(head, "weight", None) is getattr(embedding, "weight", False) else None
+
+
+def _tie_embedding(model: nn.Module, head_name: str) -> dict[str, Any]:
+    """Make the input embedding read the quantized head's int8 rows, keeping the model tied."""
+    head = model.get_submodule(head_name)
+    shared = shared_head_buffers(head)
+    embedding = model.get_input_embeddings()
+    embedding_name = next(n for n, m in model.named_modules() if m is embedding)
+    if shared is None:
+        warnings.warn(
+            f"the tied LM head became a {type(head).__name__}, which the input embedding cannot share; "
+            f"{embedding_name} stays in float and the pair is no longer tied (more bytes)",
+            stacklevel=3,
+        )
+        return {}
+    qweight, scale = shared
+    new = Int8Embedding(
+        qweight.shape[0], qweight.shape[1], head_name, "bfloat16" if scale.dtype == torch.bfloat16 else "float32"
+    )
+    new.share(qweight, scale)
+    model.set_submodule(embedding_name, new)
+    return {embedding_name: {"kind": new.kind, "spec": new.spec()}}
+
+
+def relink_tied(model: nn.Module) -> None:
+    """After loading, point every :class:`Int8Embedding` back at its head's buffers (one copy in memory)."""
+    for module in model.modules():
+        if isinstance(module, Int8Embedding):
+            shared = shared_head_buffers(model.get_submodule(module.tied_to))
+            if shared is not None:
+                module.share(*shared)
 
 
 def quantization_map(model: nn.Module) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from .primitives import EPS
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 #: kind -> class, for rebuilding modules from a quantization map.
-MODULE_CLASSES: dict[str, type[QuantizedLinear]] = {}
+MODULE_CLASSES: dict[str, type[nn.Module]] = {}
 
 
-def module_class(cls: type[QuantizedLinear]) -> type[QuantizedLinear]:
+def module_class(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: make a quantized module rebuildable by its ``kind``."""
     MODULE_CLASSES[cls.kind] = cls
     return cls
@@ -381,6 +381,57 @@ class FakeQuantLinear(QuantizedLinear):
             x2 = q * scale
         y = nn.functional.linear(x2, self.weight)
         return self._finish(y, x)
+
+
+@module_class
+class Int8Embedding(nn.Module):
+    """An input embedding that shares the int8 rows and per-row scales of a quantized, tied LM head.
+
+    Tied models keep one matrix for both ends; once the head is int8 the embedding
+    reads the same buffers (``tied_to`` names the head), so the bytes are held once.
+    """
+
+    kind = "int8_embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, tied_to: str, scale_dtype: str = "bfloat16"):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.tied_to = tied_to
+        self.scale_dtype = scale_dtype
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings, dtype=_DTYPES[scale_dtype]))
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8Embedding:
+        """An instance with buffers of the right shape and dtype."""
+        return cls(**spec)
+
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-ready dict."""
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "tied_to": self.tied_to,
+            "scale_dtype": self.scale_dtype,
+        }
+
+    def share(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        """Point the buffers at the head's tensors (no copy)."""
+        self.qweight = qweight
+        self.scale = scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.qweight[input_ids].float() * self.scale[input_ids].float().unsqueeze(-1)
+
+
+def shared_head_buffers(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (int8 rows, per-row scale) of a quantized head an embedding can reuse, or None."""
+    if isinstance(head, Int8WeightLinear) and head.zero_term is None:
+        return head.qweight, head.scale
+    if isinstance(head, Int8DynamicLinear) and head.inv_smooth is None:
+        return head.qweight, head.wscale
+    return None
 
 
 def kernel_fraction(model: nn.Module) -> float | None:

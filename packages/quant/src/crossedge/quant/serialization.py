@@ -12,7 +12,7 @@ from torch import nn
 
 from crossedge.core.errors import CrossedgeError
 
-from .api import MAP_ATTRIBUTE, quantization_map
+from .api import MAP_ATTRIBUTE, quantization_map, relink_tied
 from .config import config_from_dict
 from .modules import MODULE_CLASSES
 
@@ -182,6 +182,7 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
     for alias, kept in tied.items():
         tensors[alias] = tensors[kept]
     model.load_state_dict(tensors, strict=True)
+    relink_tied(model)
     model.eval()
     setattr(model, MAP_ATTRIBUTE, {"config": document["config"], "modules": document["modules"]})
     return model
