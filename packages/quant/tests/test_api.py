@@ -77,3 +77,16 @@ def test_plain_cnn(quant_plugin, cnn, tmp_path, spec, tolerance):
     loaded = load_quantized(tmp_path, model=SmallCNN())
     with torch.no_grad():
         assert torch.equal(loaded(images[0]), out)
+
+
+def test_lm_head_int8_with_a_4bit_method(quant_plugin, fresh_lm):
+    from crossedge.quant import Int4WeightLinear, QuantConfigError
+    from crossedge.quant.modules import Int8Embedding
+
+    model, _ = fresh_lm
+    with pytest.raises(QuantConfigError, match="keep_lm_head=false"):
+        RTNConfig(lm_head_int8=True)
+    quantize_(model, "rtn:bits=4,group_size=32,keep_lm_head=false,lm_head_int8=true")
+    assert isinstance(model.get_output_embeddings(), Int8WeightLinear)
+    assert isinstance(model.get_input_embeddings(), Int8Embedding)
+    assert isinstance(model.get_submodule("model.layers.0.mlp.up_proj"), Int4WeightLinear)

@@ -15,7 +15,7 @@ from crossedge.core.registry import get_registry
 
 from .calibration import CalibrationError
 from .config import QuantConfig, config_from_dict, parse_spec
-from .modules import Int8Embedding, QuantizedLinear, shared_head_buffers
+from .modules import Int8Embedding, Int8WeightLinear, QuantizedLinear, shared_head_buffers
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -126,7 +126,13 @@ def quantize_(
     was_training = model.training
     model.eval()
     tied_head = _tied_head(model)
-    replacements = quantizer.quantize(model, config, targets, batches)
+    heads = output_head_names(model) if config.lm_head_int8 else set()
+    head_targets = {name: targets.pop(name) for name in list(targets) if name in heads}
+    replacements = quantizer.quantize(model, config, targets, batches) if targets else {}
+    for name, linear in head_targets.items():
+        replacements[name] = Int8WeightLinear.from_weight(
+            linear.weight, linear.bias, symmetric=True, per_tensor=False, act_dtype="bfloat16"
+        )
     modules_map = {}
     for name, new in replacements.items():
         model.set_submodule(name, new)

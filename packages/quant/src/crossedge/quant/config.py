@@ -45,7 +45,9 @@ class QuantConfig:
 
     ``skip`` holds fnmatch patterns of module names kept in floating point;
     ``keep_lm_head`` keeps the output projection (and so tied input embeddings)
-    unquantized; ``fake`` runs the fake-quant research path (dequantized float
+    unquantized; with ``keep_lm_head=False``, ``lm_head_int8`` quantizes the head as
+    weight-only int8 whatever the method (a tied input embedding then shares its
+    int8 rows); ``fake`` runs the fake-quant research path (dequantized float
     weights, simulated activation rounding) instead of the integer kernels.
     """
 
@@ -54,6 +56,7 @@ class QuantConfig:
     version: int = CONFIG_VERSION
     skip: list[str] = field(default_factory=list)
     keep_lm_head: bool = True
+    lm_head_int8: bool = False
     fake: bool = False
 
     def __post_init__(self) -> None:
@@ -63,6 +66,10 @@ class QuantConfig:
             f"{CONFIG_VERSION}; upgrade crossedge-quant or re-create the config",
         )
         self.skip = list(self.skip)
+        _check(
+            not (self.lm_head_int8 and self.keep_lm_head),
+            "lm_head_int8=true quantizes the LM head: also set keep_lm_head=false",
+        )
         self.validate()
 
     def validate(self) -> None:

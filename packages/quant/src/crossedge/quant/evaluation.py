@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import gc
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,15 +124,15 @@ def perplexity(
     return PerplexityResult(math.exp(mean), mean, count, window, scored)
 
 
-@torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, prompt_ids: torch.Tensor, *, new_tokens: int = 64, repeats: int = 3) -> float:
-    """Greedy decoding speed in new tokens per second (median of ``repeats`` after one warm-up)."""
+def decoder(model: nn.Module, prompt_ids: torch.Tensor, new_tokens: int) -> Callable[[], None]:
+    """A function that greedily decodes exactly ``new_tokens`` tokens after ``prompt_ids``."""
     config = getattr(model, "generation_config", None)
     pad = getattr(config, "pad_token_id", None)
     if pad is None:
         pad = getattr(config, "eos_token_id", None)
     pad = pad[0] if isinstance(pad, list) else pad
 
+    @torch.no_grad()
     def run() -> None:
         model.generate(
             prompt_ids,
@@ -142,14 +143,50 @@ def decode_tokens_per_s(model: nn.Module, prompt_ids: torch.Tensor, *, new_token
             pad_token_id=pad,
         )
 
-    timing = measure(run, warmup=1, repeats=repeats)
+    return run
+
+
+def decode_tokens_per_s(model: nn.Module, prompt_ids: torch.Tensor, *, new_tokens: int = 64, repeats: int = 3) -> float:
+    """Greedy decoding speed in new tokens per second (median of ``repeats`` after one warm-up)."""
+    timing = measure(decoder(model, prompt_ids, new_tokens), warmup=1, repeats=repeats)
     return new_tokens / timing.median
+
+
+def interleaved_decode(
+    baseline: nn.Module, model: nn.Module, prompt_ids: torch.Tensor, *, new_tokens: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Decode durations of ``baseline`` and ``model`` timed alternately (A B A B ...).
+
+    On a shared machine the load from other processes changes over minutes;
+    alternating puts both models under the same load, so their ratio is fair.
+    """
+    runs = (decoder(baseline, prompt_ids, new_tokens), decoder(model, prompt_ids, new_tokens))
+    for run in runs:
+        run()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for run, bucket in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            bucket.append(time.perf_counter() - start)
+    return times
 
 
 def _trim_heap() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def current_rss() -> int | None:
+    """Resident set size of this process now (Linux; ``None`` elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @contextlib.contextmanager
@@ -201,40 +238,50 @@ def evaluate_methods(
 ) -> BenchmarkReport:
     """Quantize a fresh copy of the model per method and measure it beside fp32, all in one run.
 
-    ``load()`` returns a fresh float ``(model, tokenizer)``. The ``fp32`` row is
-    always measured first; speedups and perplexity changes are against it.
+    ``load()`` returns a fresh float ``(model, tokenizer)``. The fp32 model stays
+    loaded: each method's decode runs alternate with fp32 runs, and its speedup is
+    the ratio of the two medians. Peak memory is the peak RSS while the model
+    scores the perplexity windows and decodes, minus the RSS before it was loaded.
     """
     configs = [as_config(s) for s in specs if s.strip() != "fp32"]
     rows: list[dict[str, Any]] = []
-    model, tokenizer = load()
+    _trim_heap()
+    rss_before = current_rss()
+    base, tokenizer = load()
     eval_ids = tokenizer(corpus.evaluation, return_tensors="pt").input_ids[0]
-    calibration = text_batches(
-        tokenizer,
-        corpus.calibration,
-        seq_len=settings.window,
-        num_batches=max(1, settings.calib_tokens // settings.window),
-    )
+    num_batches = max(1, settings.calib_tokens // settings.window)
+    calibration = text_batches(tokenizer, corpus.calibration, seq_len=settings.window, num_batches=num_batches)
     prompt = eval_ids[: settings.prompt_tokens].unsqueeze(0)
     protocol: dict[str, Any] = {}
+    base_times: list[float] = []
     with threads(settings.threads) as thread_count:
-        entries: list[Any] = [None, *configs]
-        for config in progress_bar(entries, desc="methods", enabled=settings.progress):
+        for config in progress_bar([None, *configs], desc="methods", enabled=settings.progress):
+            quantize_s = 0.0
+            model = base
             if config is not None:
-                del model
                 _trim_heap()
+                rss_before = current_rss()
                 model, _ = load()
                 start = time.perf_counter()
                 quantize_(model, config, calibration=calibration)
                 quantize_s = time.perf_counter() - start
-            else:
-                quantize_s = 0.0
             with peak_rss() as peak:
                 track_kernel(model)
                 result = perplexity(model, eval_ids, window=settings.window, max_tokens=settings.max_eval_tokens)
                 track_kernel(model, False)
-                speed = decode_tokens_per_s(
-                    model, prompt, new_tokens=settings.decode_tokens, repeats=settings.decode_repeats
+                decoder(model, prompt, settings.decode_tokens)()
+            if config is None:
+                times = measure(
+                    decoder(model, prompt, settings.decode_tokens), warmup=0, repeats=settings.decode_repeats
+                ).samples
+                base_times.extend(times)
+                speedup = 1.0
+            else:
+                fp32_times, times = interleaved_decode(
+                    base, model, prompt, new_tokens=settings.decode_tokens, repeats=settings.decode_repeats
                 )
+                base_times.extend(fp32_times)
+                speedup = ratio(statistics.median(fp32_times), statistics.median(times))
             protocol = {
                 "window": result.window,
                 "windows": result.windows,
@@ -242,6 +289,9 @@ def evaluate_methods(
                 "remainder": "dropped",
                 "overlap": "none",
             }
+            used = None
+            if peak["bytes"] is not None and rss_before is not None:
+                used = peak["bytes"] - rss_before
             rows.append(
                 {
                     "method": "fp32" if config is None else spec_label(config),
@@ -249,17 +299,20 @@ def evaluate_methods(
                     "ppl": result.ppl,
                     "kernel_fraction": kernel_fraction(model),
                     "weight_bytes": weight_bytes(model),
-                    "peak_memory_bytes": peak["bytes"],
-                    "tokens_per_s": speed,
+                    "peak_memory_bytes": used,
+                    "tokens_per_s": settings.decode_tokens / statistics.median(times),
+                    "speedup": speedup,
                     "quantize_s": quantize_s,
                     "config": None if config is None else config.to_dict(),
                 }
             )
-    base = rows[0]
+            if config is not None:
+                del model
+    first = rows[0]
+    first["tokens_per_s"] = settings.decode_tokens / statistics.median(base_times)
     for row in rows:
-        row["delta_ppl_pct"] = 100.0 * (row["ppl"] / base["ppl"] - 1.0)
-        row["speedup"] = ratio(1.0 / base["tokens_per_s"], 1.0 / row["tokens_per_s"])
-        row["weight_fraction"] = row["weight_bytes"] / base["weight_bytes"]
+        row["delta_ppl_pct"] = 100.0 * (row["ppl"] / first["ppl"] - 1.0)
+        row["weight_fraction"] = row["weight_bytes"] / first["weight_bytes"]
     summary = {
         "model": model_name,
         "corpus": corpus.source,
@@ -272,9 +325,10 @@ def evaluate_methods(
             "prompt_tokens": int(prompt.shape[1]),
             "repeats": settings.decode_repeats,
             "greedy": True,
+            "speedup": "median fp32 time / median method time, runs interleaved with fp32 on the same machine",
         },
         "threads": thread_count,
-        "peak_memory": "peak RSS of the process during perplexity and decoding, high-water mark reset per method",
+        "peak_memory": "peak RSS during perplexity and one decode, minus RSS before the model was loaded",
     }
     return BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
 
