@@ -170,8 +170,13 @@ def _tie_embedding(model: nn.Module, head_name: str) -> dict[str, Any]:
         )
         return {}
     qweight, scale = shared
+    extra = getattr(embedding, "embed_scale", None)
     new = Int8Embedding(
-        qweight.shape[0], qweight.shape[1], head_name, "bfloat16" if scale.dtype == torch.bfloat16 else "float32"
+        qweight.shape[0],
+        qweight.shape[1],
+        head_name,
+        "bfloat16" if scale.dtype == torch.bfloat16 else "float32",
+        output_scale=None if extra is None else float(extra),
     )
     new.share(qweight, scale)
     model.set_submodule(embedding_name, new)

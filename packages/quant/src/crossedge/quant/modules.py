@@ -393,8 +393,17 @@ class Int8Embedding(nn.Module):
 
     kind = "int8_embedding"
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, tied_to: str, scale_dtype: str = "bfloat16"):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        tied_to: str,
+        scale_dtype: str = "bfloat16",
+        output_scale: float | None = None,
+    ):
         super().__init__()
+        # Some architectures (Gemma) multiply embeddings by a constant such as sqrt(hidden).
+        self.output_scale = output_scale
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.tied_to = tied_to
@@ -414,6 +423,7 @@ class Int8Embedding(nn.Module):
             "embedding_dim": self.embedding_dim,
             "tied_to": self.tied_to,
             "scale_dtype": self.scale_dtype,
+            "output_scale": self.output_scale,
         }
 
     def share(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
@@ -422,7 +432,8 @@ class Int8Embedding(nn.Module):
         self.scale = scale
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.qweight[input_ids].float() * self.scale[input_ids].float().unsqueeze(-1)
+        rows = self.qweight[input_ids].float() * self.scale[input_ids].float().unsqueeze(-1)
+        return rows * self.output_scale if self.output_scale is not None else rows
 
 
 def shared_head_buffers(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
