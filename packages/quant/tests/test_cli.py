@@ -75,3 +75,13 @@ def test_bad_spec_is_one_red_line(quant_plugin, tiny_folder):
     result = CliRunner().invoke(build_cli(), ["quant", "eval", "--model", str(tiny_folder), "--methods", "rtn:bits=3"])
     assert result.exit_code == 1
     assert "weight bits must be 4 or 8" in result.output
+
+
+def test_registered_benchmark_runs_on_a_folder(quant_plugin, tiny_folder):
+    from crossedge.core.registry import get_registry
+
+    bench = get_registry("benchmark").get("quant-eval")
+    report = bench.run(model=str(tiny_folder), methods="rtn", window="64", max_eval_tokens="128",
+                       calib_tokens="64", decode_tokens="2", threads="1")  # fmt: skip
+    assert [r["method"] for r in report.rows] == ["fp32", "rtn"]
+    assert report.summary["perplexity_protocol"]["windows"] == 2

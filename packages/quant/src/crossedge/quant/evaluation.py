@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossedge.core.bench import BenchmarkReport, format_table, measure, progress_bar, ratio, threads
+from crossedge.core.bench import Benchmark, BenchmarkReport, format_table, measure, progress_bar, ratio, threads
 from crossedge.core.datasets import Document, get_dataset, split_documents
 from crossedge.core.errors import CrossedgeError
 
@@ -368,3 +368,39 @@ def plot(report: BenchmarkReport, path: Path | str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+class QuantEvalBenchmark(Benchmark):
+    """``crossedge bench run quant-eval -o model=... -o methods=...``: the eval command as a registered benchmark."""
+
+    name = "quant-eval"
+    description = "perplexity, bytes, memory and decode speedup of quantization methods beside fp32"
+
+    def run(
+        self,
+        *,
+        model: str = "smollm2-135m",
+        methods: str = "rtn,w8a8,smoothquant,crossquant",
+        window: int | str = 512,
+        max_eval_tokens: int | str = 8192,
+        calib_tokens: int | str = 4096,
+        decode_tokens: int | str = 64,
+        threads: int | str | None = None,
+        **_: Any,
+    ) -> BenchmarkReport:
+        from crossedge.core.sources import load_model
+
+        from .commands import split_methods
+
+        def load() -> tuple[nn.Module, Any]:
+            loaded = load_model(model)
+            return loaded.model, loaded.tokenizer
+
+        settings = EvalSettings(
+            window=int(window),
+            max_eval_tokens=int(max_eval_tokens),
+            calib_tokens=int(calib_tokens),
+            decode_tokens=int(decode_tokens),
+            threads=None if threads is None else int(threads),
+        )
+        return evaluate_methods(load, split_methods(methods), load_corpus(), settings, model_name=model)

@@ -24,3 +24,10 @@ def register_commands(cli):
     from .commands import quant_group
 
     cli.add_command(quant_group)
+
+
+@hookimpl
+def register_benchmarks(register):
+    from .evaluation import QuantEvalBenchmark
+
+    register(QuantEvalBenchmark())
