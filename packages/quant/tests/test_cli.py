@@ -56,6 +56,7 @@ def test_eval_writes_table_json_and_png(cli, tiny_folder, tmp_path):
     assert rows["rtn"]["kernel_fraction"] is None and 0 <= rows["crossquant"]["kernel_fraction"] < 1
     assert rows["rtn"]["weight_bytes"] < rows["fp32"]["weight_bytes"]
     assert report["summary"]["perplexity_protocol"]["window"] == 64
+    assert report["environment"]["threads"] == report["summary"]["threads"] == 1
     assert report["summary"]["perplexity_protocol"]["windows"] == 4
     assert out.with_suffix(".png").stat().st_size > 0
 

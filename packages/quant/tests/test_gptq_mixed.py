@@ -64,3 +64,5 @@ def test_mixed_plan_on_tiny_model_meets_budget(quant_plugin, fresh_lm, sample_id
     assert kinds == {"int4_weight", "int8_weight"}
     used = sum(model.get_submodule(n).weight_bytes() for n in targets)
     assert used == plan.bytes_used
+    details = quantization_map(model)["details"]
+    assert details["bytes_used"] == used <= details["budget_bytes"] == plan.budget

@@ -28,13 +28,16 @@ class Quantizer:
 
     ``quantize`` receives the float linear layers chosen by the filters and returns
     their replacements by name; :func:`quantize_` swaps them into the model. Set
-    ``needs_calibration`` when the method reads statistics from calibration data.
+    ``needs_calibration`` when the method reads statistics from calibration data,
+    and ``details`` to record facts about the run in the quantization map.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     config_class: ClassVar[type[QuantConfig]] = QuantConfig
     needs_calibration: ClassVar[bool] = False
+    #: Facts about the last run worth keeping in the quantization map (JSON-ready), e.g. a bit plan.
+    details: dict[str, Any] | None = None
 
     def quantize(
         self,
@@ -141,7 +144,11 @@ def quantize_(
     if tied_head is not None and tied_head in replacements:
         modules_map.update(_tie_embedding(model, tied_head))
     model.train(was_training)
-    setattr(model, MAP_ATTRIBUTE, {"config": config.to_dict(), "modules": modules_map})
+    qmap: dict[str, Any] = {"config": config.to_dict(), "modules": modules_map}
+    details = getattr(quantizer, "details", None)
+    if details:
+        qmap["details"] = details
+    setattr(model, MAP_ATTRIBUTE, qmap)
     return model
 
 

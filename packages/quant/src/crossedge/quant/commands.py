@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -15,7 +16,7 @@ from crossedge.core.errors import CrossedgeError
 from crossedge.core.registry import get_registry
 from crossedge.core.sources import load_model
 
-from .api import as_config, quantize_, weight_bytes
+from .api import as_config, quantization_map, quantize_, weight_bytes
 from .calibration import text_batches
 from .config import spec_label
 from .evaluation import EvalSettings, evaluate_methods, load_corpus, plot, table
@@ -157,6 +158,10 @@ def run_command(
     elapsed = time.perf_counter() - start
     save_quantized(loaded.model, out_dir, loaded.tokenizer)
     after = weight_bytes(loaded.model)
+    details = quantization_map(loaded.model).get("details")
+    if details:
+        shown = {k: v for k, v in details.items() if k != "bits"}
+        click.echo(f"details: {json.dumps(shown)}")
     click.echo(
         f"{spec_label(config)}: quantized in {elapsed:.1f} s; weights {before / 2**20:.1f} MiB -> "
         f"{after / 2**20:.1f} MiB ({100 * after / before:.1f}%); wrote {out_dir}"

@@ -304,6 +304,7 @@ def evaluate_methods(
                     "speedup": speedup,
                     "quantize_s": quantize_s,
                     "config": None if config is None else config.to_dict(),
+                    "details": None if config is None else _details(model),
                 }
             )
             if config is not None:
@@ -330,7 +331,16 @@ def evaluate_methods(
         "threads": thread_count,
         "peak_memory": "peak RSS during perplexity and one decode, minus RSS before the model was loaded",
     }
-    return BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
+    report = BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
+    report.environment["threads"] = thread_count  # the count in force while measuring, not the one restored after
+    return report
+
+
+def _details(model: nn.Module) -> dict[str, Any] | None:
+    from .api import quantization_map
+
+    details = quantization_map(model).get("details")
+    return {k: v for k, v in details.items() if k != "bits"} if details else None
 
 
 def table(report: BenchmarkReport) -> str:

@@ -65,6 +65,7 @@ def save_quantized(model: nn.Module, folder: Path | str, tokenizer: Any = None) 
         "version": FORMAT_VERSION,
         "config": qmap["config"],
         "modules": qmap["modules"],
+        "details": qmap.get("details", {}),
         "tied": tied,
         "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
         "model": {"library": "transformers" if is_transformers else "torch", "class": type(model).__name__},
@@ -184,5 +185,8 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
     model.load_state_dict(tensors, strict=True)
     relink_tied(model)
     model.eval()
-    setattr(model, MAP_ATTRIBUTE, {"config": document["config"], "modules": document["modules"]})
+    qmap = {"config": document["config"], "modules": document["modules"]}
+    if document.get("details"):
+        qmap["details"] = document["details"]
+    setattr(model, MAP_ATTRIBUTE, qmap)
     return model

@@ -135,6 +135,13 @@ class MixedQuantizer(Quantizer):
         stats = collect_stats(model, calibration, targets, absmax=False, hessian=True)
         plan = plan_bits(targets, {n: s.mean_hessian() for n, s in stats.items()}, config)
         self.last_plan = plan
+        self.details = {
+            "budget_bytes": plan.budget,
+            "bytes_used": plan.bytes_used,
+            "predicted_error": plan.predicted_error,
+            "layers_per_width": {str(b): sum(1 for v in plan.bits.values() if v == b) for b in config.bit_choices},
+            "bits": plan.bits,
+        }
         out = {}
         for name, linear in targets.items():
             bits = plan.bits[name]
