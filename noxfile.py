@@ -21,6 +21,7 @@ CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
 #: Distributions under packages/, each with the in-repo packages it needs installed beside it.
 PACKAGE_DEPS = {
     "core": [],
+    "quant": ["core"],
     "ondevice": ["core"],
 }
 ALL_PACKAGES = list(PACKAGE_DEPS)

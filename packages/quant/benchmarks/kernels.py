@@ -1,0 +1,64 @@
+"""Per-layer CPU kernel timings that chose crossedge-quant's kernels (milliseconds per call, median).
+
+Run: python packages/quant/benchmarks/kernels.py [THREADS]
+Compares an fp32 linear with the int8/int4 kernels available in torch on the
+layer shapes of SmolLM2-135M (576, 1536, 49152) and one 4096x4096 layer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+
+def median_ms(fn, repeats: int = 30) -> float:
+    """Median wall time of ``fn`` in milliseconds after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def time_shape(out_f: int, in_f: int, tokens: int) -> list[float]:
+    """Milliseconds per call of each kernel on one layer shape."""
+    x = torch.randn(tokens, in_f)
+    w = torch.randn(out_f, in_f)
+    q = torch.randint(-127, 128, (out_f, in_f), dtype=torch.int8)
+    scale = torch.rand(out_f)
+    xb, sb = x.bfloat16(), scale.bfloat16()
+    packed = torch._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (out_f, in_f), dtype=torch.int32), 1)
+    sz = torch.ones(in_f // 64, out_f, 2, dtype=torch.bfloat16)
+
+    def w8a8() -> torch.Tensor:
+        s = x.abs().amax(-1, keepdim=True) / 127
+        xi = torch.round(x / s).clamp_(-127, 127).to(torch.int8)
+        return torch._int_mm(xi, q.t()).float() * s * scale
+
+    return [
+        median_ms(lambda: torch.nn.functional.linear(x, w)),
+        median_ms(lambda: torch._weight_int8pack_mm(xb, q, sb)),
+        median_ms(lambda: torch._weight_int4pack_mm_for_cpu(xb, packed, 64, sz)),
+        median_ms(w8a8),
+    ]
+
+
+def main() -> None:
+    """Print one line per layer shape and token count."""
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
+    print(f"threads={torch.get_num_threads()}")
+    print("out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | w8a8 per-token _int_mm (incl. act quant)")
+    for out_f, in_f in [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]:
+        for tokens in (1, 64):
+            times = time_shape(out_f, in_f, tokens)
+            print(f"{out_f}x{in_f}, {tokens}: " + " | ".join(f"{t:.3f}" for t in times))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""crossedge-quant: quantizer plugins with real int8/int4 CPU kernels, perplexity evaluation and lossless save/load."""
+
+from __future__ import annotations
+
+from .api import Quantizer, as_config, get_quantizer, quantization_map, quantize_, select_modules, weight_bytes
+from .calibration import CalibrationError, LayerStats, collect_stats, text_batches
+from .config import (
+    CONFIG_VERSION,
+    CrossQuantConfig,
+    GPTQConfig,
+    MixedConfig,
+    QuantConfig,
+    QuantConfigError,
+    RTNConfig,
+    SmoothQuantConfig,
+    W8A8Config,
+    config_from_dict,
+    parse_spec,
+)
+from .modules import (
+    FakeQuantLinear,
+    Int4WeightLinear,
+    Int8DynamicLinear,
+    Int8Embedding,
+    Int8WeightLinear,
+    QuantizedLinear,
+    kernel_fraction,
+    track_kernel,
+)
+from .serialization import QuantFormatError, load_quantized, save_quantized
+
+__all__ = [
+    "CONFIG_VERSION",
+    "CalibrationError",
+    "CrossQuantConfig",
+    "FakeQuantLinear",
+    "GPTQConfig",
+    "Int4WeightLinear",
+    "Int8DynamicLinear",
+    "Int8Embedding",
+    "Int8WeightLinear",
+    "LayerStats",
+    "MixedConfig",
+    "QuantConfig",
+    "QuantConfigError",
+    "QuantFormatError",
+    "QuantizedLinear",
+    "Quantizer",
+    "RTNConfig",
+    "SmoothQuantConfig",
+    "W8A8Config",
+    "as_config",
+    "collect_stats",
+    "config_from_dict",
+    "get_quantizer",
+    "kernel_fraction",
+    "load_quantized",
+    "parse_spec",
+    "quantization_map",
+    "quantize_",
+    "save_quantized",
+    "select_modules",
+    "text_batches",
+    "track_kernel",
+    "weight_bytes",
+]

@@ -1,0 +1,168 @@
+"""``crossedge quant``: list methods, evaluate methods side by side, export a quantized model."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from crossedge.core.bench import format_table
+from crossedge.core.cli import echo_json
+from crossedge.core.errors import CrossedgeError
+from crossedge.core.registry import get_registry
+from crossedge.core.sources import load_model
+
+from .api import as_config, quantization_map, quantize_, weight_bytes
+from .calibration import text_batches
+from .config import spec_label
+from .evaluation import EvalSettings, evaluate_methods, load_corpus, plot, table
+from .serialization import save_quantized
+
+
+def _loader(name: str):
+    def load():
+        loaded = load_model(name)
+        return loaded.model, loaded.tokenizer
+
+    return load
+
+
+@click.group(name="quant")
+def quant_group() -> None:
+    """Quantize models with real int8/int4 CPU kernels and measure what it costs."""
+
+
+@quant_group.command(name="methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def methods_command(as_json: bool) -> None:
+    """List the registered quantization methods."""
+    rows = []
+    for entry in get_registry("quantizer").entries():
+        obj = entry.obj
+        rows.append(
+            {
+                "name": entry.name,
+                "plugin": entry.plugin,
+                "calibration": bool(getattr(obj, "needs_calibration", False)),
+                "description": getattr(obj, "description", ""),
+            }
+        )
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(format_table(rows, ["name", "calibration", "plugin", "description"]))
+
+
+@quant_group.command(name="eval")
+@click.option("--model", "model_name", required=True, help="Model name, folder or hub id.")
+@click.option(
+    "--methods",
+    default="rtn,w8a8,smoothquant,crossquant",
+    show_default=True,
+    help="Comma-separated method specs, e.g. 'fp32,rtn,rtn:bits=4,group_size=128,gptq' "
+    "(KEY=VALUE parts belong to the method before them).",
+)
+@click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Evaluate on this text file instead.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--window", default=512, show_default=True, help="Perplexity window length in tokens.")
+@click.option("--max-eval-tokens", default=16384, show_default=True, help="Tokens of evaluation text to score.")
+@click.option("--calib-tokens", default=4096, show_default=True, help="Tokens of calibration text.")
+@click.option("--decode-tokens", default=64, show_default=True, help="New tokens per decode timing.")
+@click.option("--decode-repeats", default=3, show_default=True, help="Timed decode repeats (median taken).")
+@click.option("--threads", type=int, default=None, help="Torch threads (default: torch's current setting).")
+def eval_command(
+    model_name: str,
+    methods: str,
+    corpus: Path | None,
+    json_out: Path | None,
+    window: int,
+    max_eval_tokens: int,
+    calib_tokens: int,
+    decode_tokens: int,
+    decode_repeats: int,
+    threads: int | None,
+) -> None:
+    """Perplexity, kernel fraction, bytes, memory and decode speed of each method beside fp32."""
+    specs = split_methods(methods)
+    for spec in specs:
+        if spec != "fp32":
+            as_config(spec)  # refuse a bad spec before any model is loaded
+    settings = EvalSettings(
+        window=window,
+        max_eval_tokens=max_eval_tokens,
+        calib_tokens=calib_tokens,
+        decode_tokens=decode_tokens,
+        decode_repeats=decode_repeats,
+        threads=threads,
+    )
+    command = "crossedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    report = evaluate_methods(
+        _loader(model_name), specs, load_corpus(corpus), settings, model_name=model_name, command=command
+    )
+    click.echo(table(report))
+    p = report.summary["perplexity_protocol"]
+    click.echo(
+        f"\nperplexity: {p['windows']} non-overlapping windows of {p['window']} tokens, remainder dropped, "
+        f"corpus {report.summary['corpus']}; {report.summary['threads']} threads"
+    )
+    if json_out is not None:
+        report.write_json(json_out)
+        png = plot(report, json_out.with_suffix(".png"))
+        click.echo(f"wrote {json_out} and {png}")
+
+
+def split_methods(text: str) -> list[str]:
+    """Method specs from ``--methods``: split on ',' and ';', re-joining ``KEY=VALUE`` parts to their method."""
+    specs: list[str] = []
+    for chunk in text.split(";"):
+        for part in (p.strip() for p in chunk.split(",")):
+            if not part:
+                continue
+            if "=" in part and ":" not in part.split("=", 1)[0] and specs and ":" in specs[-1]:
+                specs[-1] += "," + part
+            else:
+                specs.append(part)
+    if not specs:
+        raise CrossedgeError("--methods is empty: give e.g. 'rtn,w8a8' or 'rtn;gptq:bits=4,group_size=128'")
+    return specs
+
+
+@quant_group.command(name="run")
+@click.option("--model", "model_name", required=True, help="Model name, folder or hub id.")
+@click.option("--method", "spec", required=True, help="Method spec, e.g. 'rtn:bits=4,group_size=64'.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Calibration text file.")
+@click.option("--calib-tokens", default=4096, show_default=True, help="Tokens of calibration text.")
+@click.option("--seq-len", default=512, show_default=True, help="Calibration window length.")
+def run_command(
+    model_name: str, spec: str, out_dir: Path, corpus: Path | None, calib_tokens: int, seq_len: int
+) -> None:
+    """Quantize a model and write safetensors, a versioned quantization map, config and tokenizer."""
+    config = as_config(spec)
+    loaded = load_model(model_name)
+    before = weight_bytes(loaded.model)
+    calibration = None
+    from .api import get_quantizer
+
+    if get_quantizer(config.method).needs_calibration:
+        split = load_corpus(corpus)
+        calibration = text_batches(
+            loaded.tokenizer, split.calibration, seq_len=seq_len, num_batches=max(1, calib_tokens // seq_len)
+        )
+    start = time.perf_counter()
+    quantize_(loaded.model, config, calibration=calibration)
+    elapsed = time.perf_counter() - start
+    save_quantized(loaded.model, out_dir, loaded.tokenizer)
+    after = weight_bytes(loaded.model)
+    details = quantization_map(loaded.model).get("details")
+    if details:
+        shown = {k: v for k, v in details.items() if k != "bits"}
+        click.echo(f"details: {json.dumps(shown)}")
+    click.echo(
+        f"{spec_label(config)}: quantized in {elapsed:.1f} s; weights {before / 2**20:.1f} MiB -> "
+        f"{after / 2**20:.1f} MiB ({100 * after / before:.1f}%); wrote {out_dir}"
+    )

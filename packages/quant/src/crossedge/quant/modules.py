@@ -1,0 +1,464 @@
+"""Quantized linear modules: integer buffers plus scales, and a forward that runs a real CPU kernel.
+
+Kernels were chosen by measuring on the development machine (2 vCPU with AVX512-VNNI
+and AVX512-BF16; see docs/quant.md): weight-only int8 uses ``torch._weight_int8pack_mm``
+and int4 uses ``torch._weight_int4pack_mm_for_cpu``, both with bf16 activations; W8A8
+uses ``torch._int_mm`` (int8 x int8 -> int32), which is fast on VNNI CPUs. Every module
+also has ``reference_forward``, the same arithmetic in fp32 on dequantized weights,
+which tests compare the kernel against. :class:`FakeQuantLinear` is the research path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .primitives import EPS
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+#: kind -> class, for rebuilding modules from a quantization map.
+MODULE_CLASSES: dict[str, type[nn.Module]] = {}
+
+
+def module_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make a quantized module rebuildable by its ``kind``."""
+    MODULE_CLASSES[cls.kind] = cls
+    return cls
+
+
+class QuantizedLinear(nn.Module):
+    """Base of the quantized replacements of ``nn.Linear``; buffers only, no trainable parameters."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-ready dict (what the quantization map stores)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> QuantizedLinear:
+        """An instance with buffers of the right shape and dtype, ready for ``load_state_dict``."""
+        return cls(**spec)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight ``[out, in]`` this module multiplies by."""
+        raise NotImplementedError
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation in fp32 on dequantized weights (the test oracle)."""
+        return nn.functional.linear(x.float(), self.dequantized_weight(), self.bias).to(x.dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes held by this module's buffers."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.spec().items())
+
+    def _finish(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+@module_class
+class Int8WeightLinear(QuantizedLinear):
+    """Weight-only int8 (one scale per output channel) on ``torch._weight_int8pack_mm``.
+
+    Asymmetric weights add a zero point per channel: ``x @ ((q - z) s)^T =
+    kernel(x, q, s) - sum(x) (s z)``, one extra reduction per call.
+    """
+
+    kind = "int8_weight"
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, symmetric: bool = True, act_dtype: str = "bfloat16"
+    ):
+        super().__init__(in_features, out_features, bias)
+        self.symmetric = symmetric
+        self.act_dtype = act_dtype
+        dtype = _DTYPES[act_dtype]
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features, dtype=dtype))
+        self.register_buffer("zero_term", None if symmetric else torch.zeros(out_features))
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "symmetric": self.symmetric, "act_dtype": self.act_dtype}
+
+    @classmethod
+    def from_weight(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, *, symmetric: bool, per_tensor: bool, act_dtype: str
+    ) -> Int8WeightLinear:
+        """Round-to-nearest quantization of a float weight ``[out, in]``."""
+        from .primitives import compute_qparams
+
+        out_features, in_features = weight.shape
+        module = cls(in_features, out_features, bias is not None, symmetric, act_dtype)
+        w = weight.detach().float()
+        qp = compute_qparams(w, bits=8, granularity="per_tensor" if per_tensor else "per_channel", symmetric=symmetric)
+        # Quantize against the scale the kernel will actually see (rounded to act dtype).
+        scale = qp.scale.reshape(-1).expand(out_features).to(module.scale.dtype).float().clamp(min=EPS)
+        zero = qp.zero.reshape(-1).expand(out_features)
+        q = torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], -128, 127)
+        module.set_quantized(q, scale, zero, bias)
+        return module
+
+    def set_quantized(
+        self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        """Store integers ``q [out, in]`` with per-channel ``scale`` and integer ``zero``."""
+        self.qweight.copy_(q.to(torch.int8))
+        self.scale.copy_(scale.to(self.scale.dtype))
+        if self.zero_term is not None:
+            self.zero_term.copy_(self.scale.float() * zero.float())
+        if bias is not None:
+            self.bias.copy_(bias.detach().float())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        w = self.qweight.float() * self.scale.float()[:, None]
+        if self.zero_term is not None:
+            w = w - self.zero_term[:, None]
+        return w
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = x.to(_DTYPES[self.act_dtype]).float()
+        return nn.functional.linear(xq, self.dequantized_weight(), self.bias).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(self.scale.dtype)
+        y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)
+        if self.zero_term is not None:
+            y = y.float() - x2.float().sum(-1, keepdim=True) * self.zero_term
+        return self._finish(y, x)
+
+
+@module_class
+class Int4WeightLinear(QuantizedLinear):
+    """Weight-only int4 in groups along the input dimension on ``torch._weight_int4pack_mm_for_cpu``.
+
+    The kernel dequantizes ``(u - 8) * scale + offset`` with ``u`` in 0..15; our signed
+    ``q = u - 8`` with integer zero ``z`` maps to ``offset = -z * scale``. When the input
+    size is not a multiple of the group size the weight is zero-padded (and the input
+    padded at run time), so groups stay exactly ``group_size`` wide.
+    """
+
+    kind = "int4_weight"
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, group_size: int = 128, act_dtype: str = "bfloat16"
+    ):
+        super().__init__(in_features, out_features, bias)
+        if out_features % 16:
+            raise ValueError(f"the int4 CPU kernel needs out_features divisible by 16, got {out_features}")
+        self.group_size = group_size
+        self.act_dtype = act_dtype
+        self.padded_in = -(-in_features // group_size) * group_size
+        groups = self.padded_in // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, self.padded_in // 2, dtype=torch.uint8))
+        self.register_buffer("scales_zeros", torch.zeros(groups, out_features, 2, dtype=_DTYPES[act_dtype]))
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "group_size": self.group_size, "act_dtype": self.act_dtype}
+
+    def set_quantized(
+        self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        """Store signed integers ``q [out, in]`` in -8..7 with ``scale``/``zero`` of shape ``[out, groups]``."""
+        groups = self.padded_in // self.group_size
+        pad = self.padded_in - self.in_features
+        q = q.to(torch.int32)
+        if pad:
+            # Padded columns hold the zero point of the last group, so they dequantize to exactly 0.
+            q = torch.cat([q, zero[:, -1:].to(torch.int32).expand(-1, pad)], dim=1)
+        unsigned = (q + 8).clamp(0, 15).to(torch.int32)
+        self.qweight.copy_(torch._convert_weight_to_int4pack_for_cpu(unsigned.contiguous(), 1))
+        scale = scale.float().reshape(self.out_features, groups)
+        offset = -zero.float().reshape(self.out_features, groups) * scale
+        self.scales_zeros.copy_(torch.stack([scale.t(), offset.t()], dim=-1).to(self.scales_zeros.dtype))
+        if bias is not None:
+            self.bias.copy_(bias.detach().float())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        # The packed layout is the kernel's own; multiplying the identity recovers the weight exactly in fp32.
+        eye = torch.eye(self.padded_in, dtype=torch.float32)
+        w_t = torch._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group_size, self.scales_zeros.float())
+        return w_t.t()[:, : self.in_features].contiguous()
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = x.to(_DTYPES[self.act_dtype]).float()
+        return nn.functional.linear(xq, self.dequantized_weight(), self.bias).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(self.scales_zeros.dtype)
+        if self.padded_in != self.in_features:
+            x2 = nn.functional.pad(x2, (0, self.padded_in - self.in_features))
+        y = torch._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_zeros)
+        return self._finish(y, x)
+
+
+def quantize_activation(
+    x2: torch.Tensor, granularity: str, cross_alpha: float | None, raw: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 activations ``[tokens, features]`` and their scale (``[tokens, 1]`` or ``[1, 1]``).
+
+    With ``cross_alpha`` the per-token scale is CrossQuant's ``t_i^alpha / 127`` where
+    ``t_i`` is the row absolute maximum of the raw (unsmoothed) input ``raw``.
+    """
+    if cross_alpha is not None:
+        rows = (raw if raw is not None else x2).abs().amax(-1, keepdim=True).clamp(min=EPS)
+        scale = rows.pow(cross_alpha) / 127.0
+    elif granularity == "per_token":
+        scale = x2.abs().amax(-1, keepdim=True).clamp(min=EPS) / 127.0
+    else:
+        scale = x2.abs().amax().clamp(min=EPS).reshape(1, 1) / 127.0
+    q = torch.round(x2 / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+@module_class
+class Int8DynamicLinear(QuantizedLinear):
+    """W8A8: int8 weights, activations quantized to int8 at run time, ``torch._int_mm`` accumulating in int32.
+
+    An optional ``inv_smooth`` vector multiplies the input first; SmoothQuant and
+    CrossQuant fold its inverse into the weight columns before quantizing them.
+    """
+
+    kind = "int8_dynamic"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        act_granularity: str = "per_token",
+        smooth: bool = False,
+        cross_alpha: float | None = None,
+    ):
+        super().__init__(in_features, out_features, bias)
+        self.act_granularity = act_granularity
+        self.cross_alpha = cross_alpha
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("wscale", torch.ones(out_features))
+        self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)
+        self.track_kernel = False
+        self.kernel_zeros = 0
+        self.kernel_total = 0
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "act_granularity": self.act_granularity,
+            "smooth": self.inv_smooth is not None,
+            "cross_alpha": self.cross_alpha,
+        }
+
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        per_tensor_weight: bool,
+        act_granularity: str,
+        smooth: torch.Tensor | None = None,
+        cross_alpha: float | None = None,
+    ) -> Int8DynamicLinear:
+        """Quantize ``weight * smooth`` (columns) symmetrically to int8; ``x / smooth`` happens at run time."""
+        from .primitives import compute_qparams, quantize
+
+        out_features, in_features = weight.shape
+        module = cls(in_features, out_features, bias is not None, act_granularity, smooth is not None, cross_alpha)
+        w = weight.detach().float()
+        if smooth is not None:
+            w = w * smooth.float()[None, :]
+            module.inv_smooth.copy_(1.0 / smooth.float())
+        qp = compute_qparams(w, bits=8, granularity="per_tensor" if per_tensor_weight else "per_channel")
+        q = quantize(w, qp).clamp(-127, 127)
+        module.qweight.copy_(q.to(torch.int8))
+        module.wscale.copy_(qp.scale.reshape(-1).expand(out_features))
+        if bias is not None:
+            module.bias.copy_(bias.detach().float())
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        w = self.qweight.float() * self.wscale[:, None]
+        if self.inv_smooth is not None:
+            w = w * self.inv_smooth[None, :]
+        return w
+
+    def _quantized_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = x.reshape(-1, self.in_features).float()
+        x2 = raw * self.inv_smooth if self.inv_smooth is not None else raw
+        q, scale = quantize_activation(x2, self.act_granularity, self.cross_alpha, raw)
+        if self.track_kernel:
+            self.kernel_zeros += int((q == 0).sum())
+            self.kernel_total += q.numel()
+        return q, scale
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = self._quantized_input(x)
+        w = self.qweight.float() * self.wscale[:, None]
+        y = nn.functional.linear(q.float() * scale, w)
+        return self._finish(y, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = self._quantized_input(x)
+        acc = torch._int_mm(q, self.qweight.t())
+        y = acc.float() * scale * self.wscale
+        return self._finish(y, x)
+
+
+@module_class
+class FakeQuantLinear(QuantizedLinear):
+    """The research path: a float weight already rounded to the quantization grid, optional simulated activations.
+
+    ``act_bits`` set means activations are fake-quantized symmetric per token or per
+    tensor; with ``cross_alpha`` they use CrossQuant's per-element scale computed from
+    the current batch's row and column maxima (the paper's dynamic form).
+    """
+
+    kind = "fake"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        act_bits: int | None = None,
+        act_granularity: str = "per_token",
+        cross_alpha: float | None = None,
+        smooth: bool = False,
+    ):
+        super().__init__(in_features, out_features, bias)
+        self.act_bits = act_bits
+        self.act_granularity = act_granularity
+        self.cross_alpha = cross_alpha
+        self.register_buffer("weight", torch.zeros(out_features, in_features))
+        self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)
+        self.track_kernel = False
+        self.kernel_zeros = 0
+        self.kernel_total = 0
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "act_bits": self.act_bits,
+            "act_granularity": self.act_granularity,
+            "cross_alpha": self.cross_alpha,
+            "smooth": self.inv_smooth is not None,
+        }
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).float()
+        if self.inv_smooth is not None:
+            x2 = x2 * self.inv_smooth
+        if self.act_bits is not None:
+            qmax = 2 ** (self.act_bits - 1) - 1
+            if self.cross_alpha is not None:
+                rows = x2.abs().amax(-1, keepdim=True).clamp(min=EPS)
+                cols = x2.abs().amax(0, keepdim=True).clamp(min=EPS)
+                scale = rows.pow(self.cross_alpha) * cols.pow(1 - self.cross_alpha) / qmax
+            elif self.act_granularity == "per_token":
+                scale = x2.abs().amax(-1, keepdim=True).clamp(min=EPS) / qmax
+            else:
+                scale = x2.abs().amax().clamp(min=EPS) / qmax
+            q = torch.round(x2 / scale).clamp(-qmax, qmax)
+            if self.track_kernel:
+                self.kernel_zeros += int((q == 0).sum())
+                self.kernel_total += q.numel()
+            x2 = q * scale
+        y = nn.functional.linear(x2, self.weight)
+        return self._finish(y, x)
+
+
+@module_class
+class Int8Embedding(nn.Module):
+    """An input embedding that shares the int8 rows and per-row scales of a quantized, tied LM head.
+
+    Tied models keep one matrix for both ends; once the head is int8 the embedding
+    reads the same buffers (``tied_to`` names the head), so the bytes are held once.
+    """
+
+    kind = "int8_embedding"
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        tied_to: str,
+        scale_dtype: str = "bfloat16",
+        output_scale: float | None = None,
+    ):
+        super().__init__()
+        # Some architectures (Gemma) multiply embeddings by a constant such as sqrt(hidden).
+        self.output_scale = output_scale
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.tied_to = tied_to
+        self.scale_dtype = scale_dtype
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings, dtype=_DTYPES[scale_dtype]))
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8Embedding:
+        """An instance with buffers of the right shape and dtype."""
+        return cls(**spec)
+
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-ready dict."""
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "tied_to": self.tied_to,
+            "scale_dtype": self.scale_dtype,
+            "output_scale": self.output_scale,
+        }
+
+    def share(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        """Point the buffers at the head's tensors (no copy)."""
+        self.qweight = qweight
+        self.scale = scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qweight[input_ids].float() * self.scale[input_ids].float().unsqueeze(-1)
+        return rows * self.output_scale if self.output_scale is not None else rows
+
+
+def shared_head_buffers(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (int8 rows, per-row scale) of a quantized head an embedding can reuse, or None."""
+    if isinstance(head, Int8WeightLinear) and head.zero_term is None:
+        return head.qweight, head.scale
+    if isinstance(head, Int8DynamicLinear) and head.inv_smooth is None:
+        return head.qweight, head.wscale
+    return None
+
+
+def kernel_fraction(model: nn.Module) -> float | None:
+    """Fraction of quantized activation elements that rounded to zero since tracking began (None if none)."""
+    zeros = total = 0
+    for module in model.modules():
+        if hasattr(module, "kernel_total"):
+            zeros += module.kernel_zeros
+            total += module.kernel_total
+    return zeros / total if total else None
+
+
+def track_kernel(model: nn.Module, enabled: bool = True) -> None:
+    """Start (and reset) or stop counting activation elements that quantize to zero."""
+    for module in model.modules():
+        if hasattr(module, "track_kernel"):
+            module.track_kernel = enabled
+            if enabled:
+                module.kernel_zeros = module.kernel_total = 0

@@ -1,0 +1,192 @@
+"""Save a quantized model as safetensors plus a versioned JSON quantization map, and load it back exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossedge.core.errors import CrossedgeError
+
+from .api import MAP_ATTRIBUTE, quantization_map, relink_tied
+from .config import config_from_dict
+from .modules import MODULE_CLASSES
+
+FORMAT = "crossedge.quant"
+#: Version of the quantization map format (``quantization.json``).
+FORMAT_VERSION = 1
+MAP_FILE = "quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class QuantFormatError(CrossedgeError):
+    """A quantized model folder is missing, damaged, from another version, or does not match its model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors with one name per storage, and alias -> kept name for tied ones (safetensors refuses sharing)."""
+    kept: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    tensors, tied = {}, {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in kept:
+            tied[name] = kept[key]
+            continue
+        kept[key] = name
+        tensors[name] = tensor.detach().contiguous().clone()
+    return tensors, tied
+
+
+def save_quantized(model: nn.Module, folder: Path | str, tokenizer: Any = None) -> Path:
+    """Write ``model.safetensors``, ``quantization.json`` and, for transformers models, config and tokenizer."""
+    from safetensors.torch import save_file
+
+    qmap = quantization_map(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, tied = _dedupe(model.state_dict())
+    weights = folder / WEIGHTS_FILE
+    save_file(tensors, str(weights), metadata={"format": "pt", "producer": FORMAT})
+    is_transformers = hasattr(model, "config") and hasattr(model.config, "save_pretrained")
+    document = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": qmap["config"],
+        "modules": qmap["modules"],
+        "details": qmap.get("details", {}),
+        "tied": tied,
+        "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
+        "model": {"library": "transformers" if is_transformers else "torch", "class": type(model).__name__},
+    }
+    (folder / MAP_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    if is_transformers:
+        model.config.save_pretrained(folder)
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def read_quantization_map(folder: Path | str) -> dict[str, Any]:
+    """The checked contents of ``quantization.json``: known format and version, known module kinds."""
+    path = Path(folder) / MAP_FILE
+    if not path.is_file():
+        raise QuantFormatError(f"{folder} has no {MAP_FILE}: it is not a folder written by 'crossedge quant run'")
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as exc:
+        raise QuantFormatError(f"{path} is not valid JSON ({exc}): the file is damaged; re-run the export") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise QuantFormatError(f"{path} is not a {FORMAT} quantization map")
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        raise QuantFormatError(
+            f"{path} has quantization map version {version!r}, but this crossedge-quant reads version "
+            f"{FORMAT_VERSION}: install the crossedge-quant release that wrote it, or re-export the model"
+        )
+    for name, entry in document.get("modules", {}).items():
+        if entry.get("kind") not in MODULE_CLASSES:
+            raise QuantFormatError(
+                f"{path}: module {name!r} has unknown kind {entry.get('kind')!r}; known: {', '.join(MODULE_CLASSES)}"
+            )
+    config_from_dict(document["config"])  # refuses unknown config versions with its own message
+    return document
+
+
+def _check_weights_file(folder: Path, document: dict[str, Any]) -> Path:
+    info = document.get("weights", {})
+    weights = folder / info.get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise QuantFormatError(f"{weights} is missing: copy the whole folder or re-run 'crossedge quant run'")
+    size = weights.stat().st_size
+    if "bytes" in info and size != info["bytes"]:
+        raise QuantFormatError(
+            f"{weights} is {size} bytes but {MAP_FILE} records {info['bytes']}: the file is truncated or was "
+            "replaced; re-run 'crossedge quant run'"
+        )
+    if "sha256" in info and _sha256(weights) != info["sha256"]:
+        raise QuantFormatError(
+            f"{weights} does not match the SHA-256 recorded in {MAP_FILE}: the file is damaged; re-export the model"
+        )
+    return weights
+
+
+def _skeleton(folder: Path) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        raise QuantFormatError(
+            f"{folder} has no config.json, so the model architecture is unknown: pass model=<a fresh float instance>"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    gen = folder / "generation_config.json"
+    if gen.is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model
+
+
+def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model saved by :func:`save_quantized`; its outputs match the saved model bit for bit.
+
+    For transformers models the architecture comes from ``config.json``; for plain
+    ``torch.nn`` models pass ``model``, a fresh float instance of the same class.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    document = read_quantization_map(folder)
+    weights = _check_weights_file(folder, document)
+    if model is None:
+        model = _skeleton(folder)
+    for name, entry in document["modules"].items():
+        try:
+            model.get_submodule(name)
+        except AttributeError as exc:
+            raise QuantFormatError(f"the model has no module {name!r} named in {MAP_FILE}: wrong architecture") from exc
+        model.set_submodule(name, MODULE_CLASSES[entry["kind"]].from_spec(entry["spec"]))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise QuantFormatError(f"cannot read {weights}: {exc}; the file is damaged, re-export the model") from exc
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise QuantFormatError(f"{weights} holds tensor {name!r} that the model does not have: wrong architecture")
+        want = expected[name]
+        if tuple(tensor.shape) != tuple(want.shape) or tensor.dtype != want.dtype:
+            raise QuantFormatError(
+                f"tensor {name!r} in {weights} has shape {tuple(tensor.shape)} {tensor.dtype}, but the model expects "
+                f"{tuple(want.shape)} {want.dtype}: the file does not belong to this model or {MAP_FILE}"
+            )
+    tied = document.get("tied", {})
+    missing = [n for n in expected if n not in tensors and n not in tied]
+    if missing:
+        raise QuantFormatError(f"{weights} lacks tensor(s) {', '.join(missing[:5])}: the file is incomplete")
+    for alias, kept in tied.items():
+        tensors[alias] = tensors[kept]
+    model.load_state_dict(tensors, strict=True)
+    relink_tied(model)
+    model.eval()
+    qmap = {"config": document["config"], "modules": document["modules"]}
+    if document.get("details"):
+        qmap["details"] = document["details"]
+    setattr(model, MAP_ATTRIBUTE, qmap)
+    return model

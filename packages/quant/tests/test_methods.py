@@ -1,0 +1,70 @@
+"""Every built-in method runs the conformance suite; tolerances reflect each method's precision."""
+
+from crossedge.quant.testing import QuantizerConformance
+
+
+class TestRTNInt8(QuantizerConformance):
+    spec = "rtn"
+    tolerance = 0.02
+
+
+class TestRTNInt8Asymmetric(QuantizerConformance):
+    spec = "rtn:symmetric=false,act_dtype=float32"
+    tolerance = 0.02
+
+
+class TestRTNInt4(QuantizerConformance):
+    spec = "rtn:bits=4,group_size=32"
+    tolerance = 0.1
+
+
+class TestRTNFake(QuantizerConformance):
+    spec = "rtn:bits=4,group_size=32,granularity=per_group,fake=true"
+    tolerance = 0.1
+    shrinks = False
+
+
+class TestW8A8(QuantizerConformance):
+    spec = "w8a8"
+    tolerance = 0.03
+
+
+class TestW8A8PerTensor(QuantizerConformance):
+    spec = "w8a8:act_granularity=per_tensor,weight_granularity=per_tensor"
+    tolerance = 0.05
+
+
+class TestSmoothQuant(QuantizerConformance):
+    spec = "smoothquant:alpha=0.5"
+    tolerance = 0.03
+
+
+class TestCrossQuant(QuantizerConformance):
+    spec = "crossquant"
+    tolerance = 0.03
+
+
+class TestCrossQuantFake(QuantizerConformance):
+    spec = "crossquant:fake=true"
+    tolerance = 0.03
+    shrinks = False
+
+
+class TestGPTQ(QuantizerConformance):
+    spec = "gptq:bits=4,group_size=32"
+    tolerance = 0.08
+
+
+class TestGPTQActOrder(QuantizerConformance):
+    spec = "gptq:bits=4,group_size=32,act_order=true"
+    tolerance = 0.08
+
+
+class TestGPTQInt8(QuantizerConformance):
+    spec = "gptq:bits=8"
+    tolerance = 0.02
+
+
+class TestMixed(QuantizerConformance):
+    spec = "mixed:group_size=32,budget_fraction=0.2"
+    tolerance = 0.1
