@@ -26,7 +26,7 @@ def test_pointwise_bce_against_labels_and_teacher():
     assert PointwiseBCE()(S, labels=labels).item() == pytest.approx(expected, rel=1e-5)
     p = [sig(3), sig(0), sig(1)]
     s = [2.0, 1.0, 0.0]
-    expected = -sum(pi * math.log(sig(si)) + (1 - pi) * math.log(1 - sig(si)) for pi, si in zip(p, s)) / 3
+    expected = -sum(pi * math.log(sig(si)) + (1 - pi) * math.log(1 - sig(si)) for pi, si in zip(p, s, strict=True)) / 3
     assert PointwiseBCE()(S, teacher=T).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -49,7 +49,7 @@ def test_listnet_kl():
         return [math.exp(x) / z for x in v]
 
     p, q = softmax([3, 0, 1]), softmax([2, 1, 0])
-    expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
     assert ListNetKL()(S, teacher=T).item() == pytest.approx(expected, rel=1e-5)
     assert ListNetKL()(T, teacher=T).item() == pytest.approx(0.0, abs=1e-6)
 

@@ -118,6 +118,20 @@ def training_lists(
     return examples
 
 
+def subsample_corpus(collection: Collection, qids: Sequence[str], size: int, seed: int = 0) -> Collection:
+    """Keep every document relevant to ``qids`` plus distractors in a stable hash order, ``size`` in all."""
+    keep = {d for q in qids for d, rel in collection.qrels.get(q, {}).items() if rel > 0 and d in collection.corpus}
+    others = sorted(
+        (d for d in collection.corpus if d not in keep),
+        key=lambda d: hashlib.sha256(f"{seed}|{d}".encode()).hexdigest(),
+    )
+    keep.update(others[: max(0, size - len(keep))])
+    corpus = {d: doc for d, doc in collection.corpus.items() if d in keep}
+    qrels = {q: collection.qrels[q] for q in qids if q in collection.qrels}
+    queries = {q: collection.queries[q] for q in qids}
+    return Collection(corpus, queries, qrels, name=f"{collection.name}[{len(corpus)} docs]", meta=collection.meta)
+
+
 @dataclass
 class BenchSettings:
     """Budgets and choices of one bench run (all of it goes into the JSON report)."""
@@ -125,10 +139,11 @@ class BenchSettings:
     collection: str | None = None
     train_collection: str | None = None
     limit_queries: int | None = 100
+    corpus_limit: int | None = None
     methods: tuple[str, ...] = ALL_METHODS
     losses: tuple[str, ...] = tuple(loss.name for loss in LOSSES)
     model: str = "minilm-l6"
-    train_queries: int = 128
+    train_queries: int = 64
     candidates: int = 4
     epochs: int = 1
     batch_size: int = 8
@@ -164,6 +179,8 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
     if not qids:
         raise CrossedgeError(f"collection {settings.collection or 'stdlib-code test'} has no judged queries")
+    if settings.corpus_limit:
+        test = subsample_corpus(test, qids, settings.corpus_limit, settings.seed)
     say(f"collection: {len(test.corpus)} documents, {len(qids)} queries (of {len(test.judged_queries())})")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"documents": len(test.corpus), "queries": len(qids)}

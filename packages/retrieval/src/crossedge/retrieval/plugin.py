@@ -139,7 +139,7 @@ def collection_cmd(out: Path | None, force: bool) -> None:
 @click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to evaluate on.")
 @click.option("--train-collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to train on.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
-@click.option("--limit-queries", type=int, default=100, show_default=True, help="Evaluate on a stable sample.")
+@click.option("--limit-queries", type=int, default=50, show_default=True, help="Evaluate on a stable sample.")
 @click.option(
     "--methods",
     default="all",
@@ -147,7 +147,8 @@ def collection_cmd(out: Path | None, force: bool) -> None:
     help="Comma list of bm25, bi-zero-shot, bi-trained, cross-rerank, uni-rerank, students, trans-encoder.",
 )
 @click.option("--losses", default=",".join(loss.name for loss in LOSSES), show_default=True)
-@click.option("--train-queries", default=128, show_default=True)
+@click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
+@click.option("--train-queries", default=64, show_default=True)
 @click.option("--candidates", default=4, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--rerank-depth", default=50, show_default=True)
@@ -156,8 +157,9 @@ def collection_cmd(out: Path | None, force: bool) -> None:
 @click.option("--max-doc-tokens", default=128, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
-def bench_cmd(collection, train_collection, json_out, limit_queries, methods, losses, train_queries, candidates,
-              epochs, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
+def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
+              candidates, epochs, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
+              seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -170,6 +172,7 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, methods, lo
         collection=str(collection) if collection else None,
         train_collection=str(train_collection) if train_collection else None,
         limit_queries=limit_queries,
+        corpus_limit=corpus_limit,
         methods=ALL_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip()),
         losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
         train_queries=train_queries,

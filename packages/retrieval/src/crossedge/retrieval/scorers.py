@@ -256,13 +256,12 @@ def _hidden_size(encoder: nn.Module) -> int:
 class _Head(nn.Module):
     def __init__(self, hidden: int, seed: int):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.dense = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, 1)
-        with torch.no_grad():
-            for layer in (self.dense, self.out):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
-                layer.bias.zero_()
+        # torch's default Linear init (not BERT's 0.02) gives scores of order one, so a head trained for a few
+        # dozen steps moves; the seed makes it reproducible without touching the global RNG stream.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.dense = nn.Linear(hidden, hidden)
+            self.out = nn.Linear(hidden, 1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(self.dense(pooled))).squeeze(-1)

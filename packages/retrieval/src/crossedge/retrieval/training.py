@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     max_steps_per_epoch: int | None = None
     grad_clip: float = 1.0
+    head_lr_scale: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for JSON."""
@@ -110,8 +111,15 @@ class Trainer:
     def __post_init__(self) -> None:
         if not self.examples:
             raise TrainingError("no training examples: check the training collection has judged queries")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # A freshly initialised head needs far larger steps than pretrained encoder weights, or short
+        # budgets leave it where it started.
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.startswith("head.")], "lr_scale": 1.0},
+            {"params": [p for n, p in named if n.startswith("head.")], "lr_scale": self.config.head_lr_scale},
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.examples) / self.config.batch_size)
         if self.config.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, self.config.max_steps_per_epoch)
@@ -209,7 +217,7 @@ class Trainer:
             for i in bar:
                 batch = [self.examples[j] for j in order[i * self.config.batch_size : (i + 1) * self.config.batch_size]]
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self._lr(self.step)
+                    group["lr"] = self._lr(self.step) * group.get("lr_scale", 1.0)
                 loss = self.loss_fn(self.model, batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
