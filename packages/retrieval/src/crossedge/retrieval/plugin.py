@@ -151,6 +151,7 @@ def collection_cmd(out: Path | None, force: bool) -> None:
 @click.option("--train-queries", default=64, show_default=True)
 @click.option("--candidates", default=4, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
 @click.option("--rerank-depth", default=50, show_default=True)
 @click.option("--uni-depth", default=20, show_default=True)
 @click.option("--trans-cycles", default=1, show_default=True)
@@ -158,7 +159,7 @@ def collection_cmd(out: Path | None, force: bool) -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
-              candidates, epochs, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
+              candidates, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
               seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
@@ -178,6 +179,7 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         train_queries=train_queries,
         candidates=candidates,
         epochs=epochs,
+        lr=lr,
         rerank_depth=rerank_depth,
         uni_depth=uni_depth,
         trans_cycles=trans_cycles,
