@@ -320,3 +320,46 @@ def search_index(
             r["first_stage_score"], r["score"] = r["score"], s
         results = sorted(head, key=lambda r: -r["score"]) + results[depth:]
     return results[:k]
+
+
+def uni_vs_cross_speed(
+    model: str = "minilm-l6",
+    *,
+    query_words: int = 8,
+    doc_words: int = 48,
+    candidates: int = 20,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median seconds for a cross-encoder to score ``candidates`` pairs vs a uni-encoder scoring them in one pass.
+
+    Texts are random words from the tokenizer's vocabulary, so only the shapes matter; both
+    scorers share one encoder, so the comparison isolates the packing.
+    """
+    from crossedge.core.bench import measure
+
+    cross = CrossEncoder.from_pretrained(model, seed=seed, max_query_tokens=4 * query_words, max_doc_tokens=doc_words)
+    uni = UniEncoder.from_encoder(
+        cross.encoder, cross.tokenizer, seed=seed, max_query_tokens=4 * query_words, max_doc_tokens=doc_words
+    )
+    words = [w for w in cross.tokenizer.get_vocab() if w.isalpha() and len(w) > 3]
+    generator = torch.Generator().manual_seed(seed)
+
+    def text(n: int) -> str:
+        return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
+
+    query, docs = text(query_words), [text(doc_words) for _ in range(candidates)]
+    cross_m = measure(lambda: cross.score(query, docs, batch_size=candidates), name="cross", repeats=repeats)
+    uni_m = measure(lambda: uni.score(query, docs, batch_size=candidates), name="uni", repeats=repeats)
+    q_tokens = len(cross.tokenizer(query, add_special_tokens=False)["input_ids"][: 4 * query_words])
+    return {
+        "query_tokens": q_tokens,
+        "doc_tokens": doc_words,
+        "candidates": candidates,
+        "cross_s": cross_m.median,
+        "uni_s": uni_m.median,
+        "speedup": cross_m.median / uni_m.median,
+        "cross_iqr_s": cross_m.spread,
+        "uni_iqr_s": uni_m.spread,
+        "threads": torch.get_num_threads(),
+    }

@@ -135,6 +135,20 @@ def collection_cmd(out: Path | None, force: bool) -> None:
     click.echo(str(folder))
 
 
+@retrieval.command("speed")
+@click.option("--query-words", default=8, show_default=True)
+@click.option("--doc-words", default=48, show_default=True, help="Words per candidate (truncated to this many tokens).")
+@click.option("--candidates", default=20, show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int) -> None:
+    """Time a cross-encoder scoring N pairs against a uni-encoder scoring the same N candidates in one pass."""
+    from crossedge.core.cli import echo_json
+
+    from .pipeline import uni_vs_cross_speed
+
+    echo_json(uni_vs_cross_speed(query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats))
+
+
 @retrieval.command("bench")
 @click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to evaluate on.")
 @click.option("--train-collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to train on.")
