@@ -45,3 +45,31 @@ def test_unknown_method_is_one_red_line(tmp_path, plugin):
     args = ["retrieval", "bench", "--collection", str(tmp_path / "beir"), "--methods", "bm26"]
     result = CliRunner().invoke(build_cli(), args)
     assert result.exit_code == 1 and "unknown bench method" in result.output
+
+
+def test_train_command_checkpoints_and_resumes(tmp_path, plugin):
+    from crossedge.core.cli import build_cli
+    from crossedge.retrieval.scorers import load_scorer
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    args = [
+        "retrieval",
+        "train",
+        "cross-encoder",
+        "--out",
+        str(tmp_path / "ce"),
+        "--collection",
+        str(tmp_path / "beir"),
+    ]
+    args += ["--model", str(tmp_path / "tiny"), "--queries", "3", "--candidates", "3", "--batch-size", "2"]
+    first = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "ce" / "checkpoints" / "epoch-001" / "state.json").exists()
+    scorer = load_scorer(tmp_path / "ce")
+    assert scorer.name == "cross-encoder"
+    again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert "resuming from" in again.output

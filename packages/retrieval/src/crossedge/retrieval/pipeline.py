@@ -110,6 +110,11 @@ def training_lists(
         if not relevant:
             continue
         negatives = [d for d, _ in found if d not in train.qrels[qid]][: n_candidates - 1]
+        if len(negatives) < n_candidates - 1:
+            # BM25 finds too few documents sharing a word: fill up with stable pseudo-random ones.
+            filler = sorted(ids, key=lambda d: hashlib.sha256(f"{qid}|{d}".encode()).hexdigest())
+            negatives += [d for d in filler if d not in train.qrels[qid] and d not in negatives]
+            negatives = negatives[: n_candidates - 1]
         if not negatives:
             continue
         docs = [relevant[0], *negatives]
