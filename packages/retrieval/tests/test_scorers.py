@@ -110,3 +110,13 @@ def test_bm25_ranks_lexical_match_first():
     assert {doc for doc, _ in hits[0]} == {"b", "c"}  # only documents sharing a term
     assert hits[1] == []
     assert bm25.score("config", DOCS).argmax() == 2
+
+
+def test_uni_encoder_blockwise_path_equals_masked_forward(tiny):
+    uni = UniEncoder(*tiny, seed=6)
+    uni.eval()
+    assert uni.supports_blockwise()
+    with torch.no_grad():
+        masked, _ = uni(["sort a list"], [DOCS])
+        blockwise = uni.score_blockwise("sort a list", DOCS)
+    assert torch.allclose(masked[0], blockwise, atol=1e-5)

@@ -140,13 +140,19 @@ def collection_cmd(out: Path | None, force: bool) -> None:
 @click.option("--doc-words", default=48, show_default=True, help="Words per candidate (truncated to this many tokens).")
 @click.option("--candidates", default=20, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
-def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int) -> None:
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, threads: int | None) -> None:
     """Time a cross-encoder scoring N pairs against a uni-encoder scoring the same N candidates in one pass."""
+    from crossedge.core.bench import threads as pin_threads
     from crossedge.core.cli import echo_json
 
     from .pipeline import uni_vs_cross_speed
 
-    echo_json(uni_vs_cross_speed(query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats))
+    with pin_threads(threads):
+        result = uni_vs_cross_speed(
+            query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats
+        )
+    echo_json(result)
 
 
 @retrieval.command("bench")

@@ -412,12 +412,78 @@ class UniEncoder(_HeadScorer):
         was_training = self.training
         self.eval()
         parts = []
+        fast = self.supports_blockwise()
         with torch.inference_mode():
             for start in range(0, len(documents), batch_size):
-                scores, _ = self([query], [documents[start : start + batch_size]])
-                parts.append(scores[0].float().cpu())
+                chunk = documents[start : start + batch_size]
+                if fast:
+                    parts.append(self.score_blockwise(query, chunk).float().cpu())
+                else:
+                    scores, _ = self([query], [chunk])
+                    parts.append(scores[0].float().cpu())
         self.train(was_training)
         return torch.cat(parts)
+
+    def supports_blockwise(self) -> bool:
+        """True for BERT-style encoders whose layers :meth:`score_blockwise` can drive directly."""
+        enc = self.encoder
+        return (
+            getattr(enc.config, "model_type", None) == "bert"
+            and getattr(enc.config, "position_embedding_type", "absolute") == "absolute"
+            and hasattr(enc, "embeddings")
+            and hasattr(enc, "encoder")
+        )
+
+    def score_blockwise(self, query: str, documents: Sequence[str]) -> torch.Tensor:
+        """The same scores as the masked one-pass forward, computed block by block (inference only).
+
+        Under the Uni-Encoder mask the query never sees the candidates, so its states at every
+        layer are those of the query alone: they are computed once, and each candidate attends to
+        the query's keys and values plus its own. This does exactly the masked computation
+        without the attention between candidates that the mask would throw away.
+        """
+        cls_id, sep_id, pad_id = _special_ids(self.tokenizer)
+        q_ids = [cls_id, *_token_ids(self.tokenizer, [query], self.max_query_tokens)[0], sep_id]
+        d_ids = [[*d, sep_id] for d in _token_ids(self.tokenizer, documents, self.max_doc_tokens)]
+        lq, lc, k = len(q_ids), max(len(d) for d in d_ids), len(d_ids)
+        device = self.device
+        q = torch.tensor([q_ids], device=device)
+        c = torch.full((k, lc), pad_id, dtype=torch.long, device=device)
+        valid = torch.zeros((k, lc), dtype=torch.bool, device=device)
+        for i, d in enumerate(d_ids):
+            c[i, : len(d)] = torch.tensor(d)
+            valid[i, : len(d)] = True
+        emb = self.encoder.embeddings
+        hq = emb(input_ids=q, position_ids=torch.arange(lq, device=device).unsqueeze(0),
+                 token_type_ids=torch.zeros_like(q))  # fmt: skip
+        pos = torch.arange(lq, lq + lc, device=device).unsqueeze(0).expand(k, lc)
+        hc = emb(input_ids=c, position_ids=pos, token_type_ids=torch.ones_like(c))
+        # Keys: the whole query, then the candidate's own real tokens.
+        key_ok = torch.cat([torch.ones((k, lq), dtype=torch.bool, device=device), valid], dim=1)
+        bias = torch.zeros((k, 1, 1, lq + lc), dtype=hc.dtype, device=device)
+        bias.masked_fill_(~key_ok[:, None, None, :], torch.finfo(hc.dtype).min)
+        for layer in self.encoder.encoder.layer:
+            att = layer.attention.self
+            heads, size = att.num_attention_heads, att.attention_head_size
+
+            def split(x: torch.Tensor, heads: int = heads, size: int = size) -> torch.Tensor:
+                return x.view(x.shape[0], x.shape[1], heads, size).transpose(1, 2)
+
+            kq, vq = split(att.key(hq)), split(att.value(hq))
+            # The query attends to itself only: exactly the query run alone.
+            ctx_q = nn.functional.scaled_dot_product_attention(split(att.query(hq)), kq, vq)
+            keys = torch.cat([kq.expand(k, -1, -1, -1), split(att.key(hc))], dim=2)
+            values = torch.cat([vq.expand(k, -1, -1, -1), split(att.value(hc))], dim=2)
+            ctx_c = nn.functional.scaled_dot_product_attention(split(att.query(hc)), keys, values, attn_mask=bias)
+            new = []
+            for h, ctx in ((hq, ctx_q), (hc, ctx_c)):
+                ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], heads * size)
+                a = layer.attention.output(ctx, h)
+                new.append(layer.output(layer.intermediate(a), a))
+            hq, hc = new
+        member = valid.to(hc.dtype).unsqueeze(-1)
+        pooled = (hc * member).sum(1) / member.sum(1).clamp(min=1.0)
+        return self.head(pooled)
 
     def max_positions(self) -> int:
         """Longest position id the encoder accepts."""
