@@ -23,6 +23,7 @@ PACKAGE_DEPS = {
     "core": [],
     "quant": ["core"],
     "ondevice": ["core"],
+    "retrieval": ["core"],
 }
 ALL_PACKAGES = list(PACKAGE_DEPS)
 #: Standalone plugin distributions under plugins/.

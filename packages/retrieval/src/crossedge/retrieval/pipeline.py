@@ -1,0 +1,376 @@
+"""Search pipelines and the ``crossedge retrieval bench`` comparison.
+
+One table: BM25, the bi-encoder zero-shot and trained, cross-encoder and
+uni-encoder reranking of the bi-encoder's candidates, the bi-encoder students
+distilled from the cross-encoder with each loss, and Trans-Encoder. Everything
+trains on the stdlib collection's train split (or ``train_collection``) and is
+evaluated on the test collection, with nDCG@10, MRR@10 and Recall@100 from
+ir-measures plus per-query latency and indexing throughput.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossedge.core import CrossedgeError
+
+from .collection import Collection, load_code_search, read_beir, sample_queries
+from .index import DenseIndex
+from .lexical import BM25Scorer
+from .losses import LOSSES, InfoNCE, ListNetKL, RankingLoss
+from .metrics import evaluate, ranking_to_run
+from .scorers import BiEncoder, CrossEncoder, Scorer, UniEncoder
+from .training import ListExample, TeacherCache, TrainConfig, Trainer, list_loss, trans_encoder
+
+ALL_METHODS = ("bm25", "bi-zero-shot", "bi-trained", "cross-rerank", "uni-rerank", "students", "trans-encoder")
+Ranking = dict[str, list[tuple[str, float]]]
+
+
+@dataclass
+class SearchResult:
+    """Rankings for a set of queries, with the time they took."""
+
+    rankings: Ranking
+    seconds: float
+    index_seconds: float = 0.0
+    documents: int = 0
+
+    def ms_per_query(self) -> float:
+        """Online milliseconds per query."""
+        return 1000 * self.seconds / max(1, len(self.rankings))
+
+
+def bm25_search(collection: Collection, qids: Sequence[str], k: int = 100) -> SearchResult:
+    """Index the corpus with BM25 and retrieve ``k`` per query."""
+    ids = collection.doc_ids()
+    start = time.perf_counter()
+    bm25 = BM25Scorer().index(ids, [collection.doc_text(d) for d in ids])
+    index_s = time.perf_counter() - start
+    start = time.perf_counter()
+    results = bm25.search([collection.queries[q] for q in qids], k=k)
+    return SearchResult(dict(zip(qids, results, strict=True)), time.perf_counter() - start, index_s, len(ids))
+
+
+def dense_index(bi: BiEncoder, collection: Collection, progress: bool = False) -> tuple[DenseIndex, float]:
+    """Embed the whole corpus; returns the index and the seconds it took."""
+    ids = collection.doc_ids()
+    start = time.perf_counter()
+    embeddings = bi.encode([collection.doc_text(d) for d in ids], progress=progress)
+    return DenseIndex(embeddings, ids), time.perf_counter() - start
+
+
+def dense_search(
+    bi: BiEncoder, collection: Collection, qids: Sequence[str], k: int = 100, progress: bool = False
+) -> SearchResult:
+    """Index the corpus with the bi-encoder, then encode each query and search by brute force."""
+    index, index_s = dense_index(bi, collection, progress)
+    start = time.perf_counter()
+    rankings = {}
+    for qid in qids:
+        q = bi.encode([collection.queries[qid]], queries=True)
+        rankings[qid] = [(index.ids[row], score) for row, score in index.search(q, k)[0]]
+    return SearchResult(rankings, time.perf_counter() - start, index_s, len(index))
+
+
+def rerank(
+    scorer: Scorer, collection: Collection, first: Ranking, depth: int, batch_size: int = 32, progress: bool = False
+) -> SearchResult:
+    """Rescore the top ``depth`` of each first-stage ranking; documents below keep their order after them."""
+    from tqdm.auto import tqdm
+
+    rankings, elapsed = {}, 0.0
+    for qid, ranked in tqdm(first.items(), desc=f"rerank {scorer.name}", disable=not progress, leave=False):
+        head = [doc for doc, _ in ranked[:depth]]
+        start = time.perf_counter()
+        scores = scorer.score(collection.queries[qid], [collection.doc_text(d) for d in head], batch_size=batch_size)
+        elapsed += time.perf_counter() - start
+        reordered = sorted(zip(head, scores.tolist(), strict=True), key=lambda x: -x[1])
+        rankings[qid] = reordered + [(doc, float("-inf")) for doc, _ in ranked[depth:]]
+    return SearchResult(rankings, elapsed)
+
+
+def training_lists(
+    train: Collection, n_queries: int, n_candidates: int, seed: int = 0, labelled: bool = True
+) -> list[ListExample]:
+    """Training lists: each query's relevant document then BM25's top non-relevant ones (hard negatives)."""
+    qids = sample_queries(train, n_queries, seed=seed)
+    ids = train.doc_ids()
+    bm25 = BM25Scorer().index(ids, [train.doc_text(d) for d in ids])
+    hits = bm25.search([train.queries[q] for q in qids], k=n_candidates + 5)
+    examples = []
+    for qid, found in zip(qids, hits, strict=True):
+        relevant = [d for d, rel in train.qrels[qid].items() if rel > 0 and d in train.corpus]
+        if not relevant:
+            continue
+        negatives = [d for d, _ in found if d not in train.qrels[qid]][: n_candidates - 1]
+        if len(negatives) < n_candidates - 1:
+            # BM25 finds too few documents sharing a word: fill up with stable pseudo-random ones.
+            filler = sorted(ids, key=lambda d: hashlib.sha256(f"{qid}|{d}".encode()).hexdigest())
+            negatives += [d for d in filler if d not in train.qrels[qid] and d not in negatives]
+            negatives = negatives[: n_candidates - 1]
+        if not negatives:
+            continue
+        docs = [relevant[0], *negatives]
+        labels = (1.0,) + (0.0,) * len(negatives) if labelled else ()
+        examples.append(ListExample(train.queries[qid], tuple(train.doc_text(d) for d in docs), labels=labels))
+    return examples
+
+
+def subsample_corpus(collection: Collection, qids: Sequence[str], size: int, seed: int = 0) -> Collection:
+    """Keep every document relevant to ``qids`` plus distractors in a stable hash order, ``size`` in all."""
+    keep = {d for q in qids for d, rel in collection.qrels.get(q, {}).items() if rel > 0 and d in collection.corpus}
+    others = sorted(
+        (d for d in collection.corpus if d not in keep),
+        key=lambda d: hashlib.sha256(f"{seed}|{d}".encode()).hexdigest(),
+    )
+    keep.update(others[: max(0, size - len(keep))])
+    corpus = {d: doc for d, doc in collection.corpus.items() if d in keep}
+    qrels = {q: collection.qrels[q] for q in qids if q in collection.qrels}
+    queries = {q: collection.queries[q] for q in qids}
+    return Collection(corpus, queries, qrels, name=f"{collection.name}[{len(corpus)} docs]", meta=collection.meta)
+
+
+@dataclass
+class BenchSettings:
+    """Budgets and choices of one bench run (all of it goes into the JSON report)."""
+
+    collection: str | None = None
+    train_collection: str | None = None
+    limit_queries: int | None = 100
+    corpus_limit: int | None = None
+    methods: tuple[str, ...] = ALL_METHODS
+    losses: tuple[str, ...] = tuple(loss.name for loss in LOSSES)
+    model: str = "minilm-l6"
+    train_queries: int = 64
+    candidates: int = 4
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 3e-5
+    rerank_depth: int = 50
+    uni_depth: int = 20
+    trans_cycles: int = 1
+    max_doc_tokens: int = 128
+    seed: int = 0
+    progress: bool = True
+    log: list[str] = field(default_factory=list)
+
+
+def _row(method: str, metrics: dict[str, float], result: SearchResult, **extra: Any) -> dict[str, Any]:
+    row = {"method": method, **metrics, "ms_per_query": result.ms_per_query()}
+    if result.documents:
+        row["index_docs_per_s"] = result.documents / max(result.index_seconds, 1e-9)
+    row.update(extra)
+    return row
+
+
+def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
+    """Run the comparison; returns ``{"rows": [...], "summary": {...}, "settings": {...}}``."""
+    from crossedge.core.cache import cache_dir
+
+    from .losses import get_loss
+
+    unknown = sorted(set(settings.methods) - set(ALL_METHODS))
+    if unknown:
+        raise CrossedgeError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    test = read_beir(settings.collection) if settings.collection else load_code_search("test")
+    train = read_beir(settings.train_collection, split="train") if settings.train_collection else None
+    qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
+    if not qids:
+        raise CrossedgeError(f"collection {settings.collection or 'stdlib-code test'} has no judged queries")
+    if settings.corpus_limit:
+        test = subsample_corpus(test, qids, settings.corpus_limit, settings.seed)
+    say(f"collection: {len(test.corpus)} documents, {len(qids)} queries (of {len(test.judged_queries())})")
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"documents": len(test.corpus), "queries": len(qids)}
+    methods = set(settings.methods)
+    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
+
+    def evaluate_row(name: str, result: SearchResult, **extra: Any) -> dict[str, Any]:
+        row = _row(name, evaluate(ranking_to_run(result.rankings), test.qrels, qids), result, **extra)
+        rows.append(row)
+        say(f"  {name}: ndcg@10={row['ndcg@10']:.4f} mrr@10={row['mrr@10']:.4f} recall@100={row['recall@100']:.4f}")
+        return row
+
+    def fresh(kind: type[Scorer]) -> Scorer:
+        return kind.from_pretrained(settings.model, seed=settings.seed, max_doc_tokens=settings.max_doc_tokens)
+
+    def train_scorer(model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str) -> Scorer:
+        start = time.perf_counter()
+        history = Trainer(model, examples, list_loss(loss), config, None, tag, settings.progress).fit()
+        summary.setdefault("training", {})[tag] = {
+            "seconds": time.perf_counter() - start,
+            "loss": history[-1]["loss"],
+            "examples": len(examples),
+        }
+        return model
+
+    if "bm25" in methods:
+        result = bm25_search(test, qids)
+        evaluate_row("bm25", result)
+        summary["bm25_index_docs_per_s"] = rows[-1]["index_docs_per_s"]
+
+    needs_first_stage = methods & {"bi-zero-shot", "cross-rerank", "uni-rerank"}
+    needs_lists = methods & {"bi-trained", "cross-rerank", "uni-rerank", "students", "trans-encoder"}
+    first = None
+    if needs_first_stage:
+        bi = fresh(BiEncoder)
+        first = dense_search(bi, test, qids, progress=settings.progress)
+        evaluate_row("bi-encoder zero-shot", first)
+        summary["bi_index_docs_per_s"] = first.documents / first.index_seconds
+        del bi
+    examples: list[ListExample] = []
+    if needs_lists:
+        train = train or load_code_search("train")
+        examples = training_lists(train, settings.train_queries, settings.candidates, settings.seed)
+        summary["train_lists"] = {"queries": len(examples), "candidates": settings.candidates}
+
+    if "bi-trained" in methods:
+        bi_t = train_scorer(fresh(BiEncoder), examples, InfoNCE(), "bi-encoder")
+        evaluate_row("bi-encoder trained", dense_search(bi_t, test, qids, progress=settings.progress))
+        del bi_t
+
+    teacher = None
+    if methods & {"cross-rerank", "students"}:
+        teacher = train_scorer(fresh(CrossEncoder), examples, InfoNCE(), "cross-encoder")
+    if "cross-rerank" in methods and first is not None:
+        for depth in sorted({settings.rerank_depth, settings.uni_depth}, reverse=True):
+            result = rerank(teacher, test, first.rankings, depth, progress=settings.progress)
+            result.seconds += first.seconds
+            rerank_ms = 1000 * (result.seconds - first.seconds) / len(qids)
+            evaluate_row(f"cross-encoder rerank@{depth}", result, rerank_ms_per_query=rerank_ms)
+    if "uni-rerank" in methods and first is not None:
+        uni = train_scorer(fresh(UniEncoder), examples, InfoNCE(), "uni-encoder")
+        result = rerank(uni, test, first.rankings, settings.uni_depth, batch_size=settings.uni_depth)
+        result.seconds += first.seconds
+        evaluate_row(
+            f"uni-encoder rerank@{settings.uni_depth}",
+            result,
+            rerank_ms_per_query=1000 * (result.seconds - first.seconds) / len(qids),
+        )
+        if teacher is not None:
+            # Same 20 pairs, same first stage: the speed ratio and quality gap the issue asks about.
+            cross_row = next(r for r in rows if r["method"] == f"cross-encoder rerank@{settings.uni_depth}")
+            uni_row = rows[-1]
+            summary["uni_vs_cross"] = {
+                "candidates": settings.uni_depth,
+                "speedup": cross_row["rerank_ms_per_query"] / uni_row["rerank_ms_per_query"],
+                "ndcg_gap_points": 100 * (cross_row["ndcg@10"] - uni_row["ndcg@10"]),
+            }
+        del uni
+
+    if "students" in methods:
+        cache = TeacherCache(cache_dir() / "retrieval" / "teacher-scores")
+        lists = [(ex.query, ex.documents) for ex in examples]
+        teacher_id = "cross-encoder|" + hashlib.sha256(repr(asdict(config)).encode()).hexdigest()[:8]
+        teacher_id += f"|{settings.model}|{settings.train_queries}|{settings.candidates}|{settings.max_doc_tokens}"
+        scores = cache.get_or_compute(teacher_id, lists, teacher.score, progress=settings.progress)
+        distil = [ListExample(q, d, teacher=tuple(s)) for (q, d), s in zip(lists, scores, strict=True)]
+        for loss_name in settings.losses:
+            student = train_scorer(fresh(BiEncoder), distil, get_loss(loss_name), f"student-{loss_name}")
+            evaluate_row(f"student {loss_name}", dense_search(student, test, qids, progress=settings.progress))
+            del student
+    del teacher
+
+    if "trans-encoder" in methods:
+        bi_u = fresh(BiEncoder)
+        lists = [(ex.query, ex.documents) for ex in examples]  # labels are never read
+        start = time.perf_counter()
+        history = trans_encoder(
+            bi_u, lists, cycles=settings.trans_cycles, loss=ListNetKL(), config=config, progress=settings.progress
+        )
+        summary["trans_encoder"] = {"seconds": time.perf_counter() - start, "cycles": history.history}
+        evaluate_row(
+            f"trans-encoder bi ({settings.trans_cycles} cycle{'s' if settings.trans_cycles > 1 else ''})",
+            dense_search(bi_u, test, qids, progress=settings.progress),
+        )
+    summary["threads"] = torch.get_num_threads()
+    settings_dict = {k: v for k, v in asdict(settings).items() if k != "log"}
+    return {"rows": rows, "summary": summary, "settings": settings_dict}
+
+
+def search_index(
+    index_dir: Path | str, query: str, *, k: int = 10, rerank_with: str | None = None, depth: int = 50
+) -> list[dict[str, Any]]:
+    """Search a saved index; optionally rerank its top ``depth`` with a cross- or uni-encoder."""
+    from .scorers import load_scorer
+
+    index = DenseIndex.load(index_dir)
+    model_dir = Path(index_dir) / "model"
+    bi = load_scorer(model_dir) if (model_dir / "scorer.json").exists() else BiEncoder.from_pretrained(index.model)
+    q = bi.encode([query], queries=True)
+    hits = index.search(q, max(k, depth if rerank_with else k))[0]
+    results = [{**index.documents[row], "id": index.ids[row], "score": score} for row, score in hits]
+    if rerank_with:
+        kinds = {"cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
+        if rerank_with not in kinds:
+            raise CrossedgeError(f"--rerank takes cross-encoder or uni-encoder, not {rerank_with!r}")
+        reranker_dir = Path(index_dir) / rerank_with
+        if (reranker_dir / "scorer.json").exists():
+            reranker = load_scorer(reranker_dir)
+        else:
+            raise CrossedgeError(
+                f"no trained {rerank_with} in {reranker_dir}: a {rerank_with} needs training before it can rerank; "
+                f"train one with `crossedge retrieval train {rerank_with} --out {reranker_dir}`"
+            )
+        head = results[:depth]
+        scores = reranker.score(query, [r["text"] for r in head])
+        for r, s in zip(head, scores.tolist(), strict=True):
+            r["first_stage_score"], r["score"] = r["score"], s
+        results = sorted(head, key=lambda r: -r["score"]) + results[depth:]
+    return results[:k]
+
+
+def uni_vs_cross_speed(
+    model: str = "minilm-l6",
+    *,
+    query_words: int = 8,
+    doc_words: int = 48,
+    candidates: int = 20,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median seconds for a cross-encoder to score ``candidates`` pairs vs a uni-encoder scoring them in one pass.
+
+    Texts are random words from the tokenizer's vocabulary, so only the shapes matter; both
+    scorers share one encoder, so the comparison isolates the packing.
+    """
+    from crossedge.core.bench import measure
+
+    cross = CrossEncoder.from_pretrained(model, seed=seed, max_query_tokens=4 * query_words, max_doc_tokens=doc_words)
+    uni = UniEncoder.from_encoder(
+        cross.encoder, cross.tokenizer, seed=seed, max_query_tokens=4 * query_words, max_doc_tokens=doc_words
+    )
+    words = [w for w in cross.tokenizer.get_vocab() if w.isalpha() and len(w) > 3]
+    generator = torch.Generator().manual_seed(seed)
+
+    def text(n: int) -> str:
+        return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
+
+    query, docs = text(query_words), [text(doc_words) for _ in range(candidates)]
+    cross.eval()
+    uni.eval()
+    with torch.inference_mode():
+        cross_m = measure(lambda: cross.score(query, docs, batch_size=candidates), name="cross", repeats=repeats)
+        uni_m = measure(lambda: uni.score(query, docs, batch_size=candidates), name="uni", repeats=repeats)
+        masked_m = measure(lambda: uni([query], [docs]), name="uni-masked", repeats=repeats)
+    q_tokens = len(cross.tokenizer(query, add_special_tokens=False)["input_ids"][: 4 * query_words])
+    return {
+        "query_tokens": q_tokens,
+        "doc_tokens": doc_words,
+        "candidates": candidates,
+        "cross_s": cross_m.median,
+        "uni_s": uni_m.median,
+        "uni_masked_s": masked_m.median,
+        "speedup": cross_m.median / uni_m.median,
+        "speedup_masked": cross_m.median / masked_m.median,
+        "cross_iqr_s": cross_m.spread,
+        "uni_iqr_s": uni_m.spread,
+        "threads": torch.get_num_threads(),
+    }

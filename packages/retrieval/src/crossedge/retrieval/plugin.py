@@ -1,0 +1,222 @@
+"""The retrieval plugin: scorers and losses as domain models, and the ``crossedge retrieval`` commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from crossedge.core import CrossedgeError, hookimpl
+
+from .lexical import BM25Scorer
+from .losses import LOSSES
+from .scorers import SCORER_CLASSES
+
+
+@hookimpl
+def register_domain_models(register):
+    """Register the four scorers (category "scorer") and the five losses (category "loss")."""
+    for scorer in SCORER_CLASSES:
+        register(scorer)
+    register(BM25Scorer)
+    for loss in LOSSES:
+        register(loss)
+
+
+@hookimpl
+def register_commands(cli):
+    """Add ``crossedge retrieval index|search|train|collection|bench``."""
+    cli.add_command(retrieval)
+
+
+@click.group()
+def retrieval() -> None:
+    """Local semantic search: bi-, cross- and uni-encoders, BM25, distillation and a code-search benchmark."""
+
+
+@retrieval.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the index to.")
+@click.option("--model", default="minilm-l6", show_default=True, help="Model name, or a folder saved by train.")
+@click.option("--batch-size", default=32, show_default=True)
+def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int) -> None:
+    """Index the text and code files under PATHS (Python by function/class, text by paragraph)."""
+    from .chunking import chunk_paths
+    from .index import DenseIndex
+    from .scorers import BiEncoder, load_scorer
+
+    chunks = chunk_paths(paths)
+    if not chunks:
+        raise CrossedgeError(f"no text or code files found under {', '.join(map(str, paths))}")
+    bi = load_scorer(model) if (Path(model) / "scorer.json").exists() else BiEncoder.from_pretrained(model)
+    start = time.perf_counter()
+    embeddings = bi.encode([f"{c.path}\n{c.text}" for c in chunks], batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - start
+    ids = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
+    info = {"paths": [str(p) for p in paths]}
+    index = DenseIndex(embeddings, ids, [c.to_dict() for c in chunks], model=model, info=info)
+    index.save(out)
+    if (Path(model) / "scorer.json").exists():
+        bi.save(out / "model")
+    click.echo(f"indexed {len(chunks)} chunks in {seconds:.1f} s ({len(chunks) / seconds:.1f} chunks/s) -> {out}")
+
+
+@retrieval.command("search")
+@click.argument("index", type=click.Path(path_type=Path))
+@click.argument("query")
+@click.option("--rerank", type=click.Choice(["cross-encoder", "uni-encoder"]), default=None)
+@click.option("--k", default=10, show_default=True, help="Results to show.")
+@click.option("--depth", default=50, show_default=True, help="Candidates the reranker rescores.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, as_json: bool) -> None:
+    """Search INDEX for QUERY; --rerank rescores the top candidates with a trained reranker saved in the index."""
+    from crossedge.core.cli import echo_json
+
+    from .pipeline import search_index
+
+    results = search_index(index, query, k=k, rerank_with=rerank, depth=depth)
+    if as_json:
+        echo_json(results)
+        return
+    for rank, r in enumerate(results, 1):
+        first_line = r.get("text", "").strip().splitlines()[0][:80] if r.get("text", "").strip() else ""
+        click.echo(f"{rank:2d}. {r['score']:8.4f}  {r.get('path', r['id'])}:{r.get('start_line', '')}  {first_line}")
+
+
+@retrieval.command("train")
+@click.argument("kind", type=click.Choice(["bi-encoder", "cross-encoder", "uni-encoder"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the trained scorer.")
+@click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder with qrels/train.tsv.")
+@click.option("--loss", default="infonce", show_default=True, help="Loss name (see crossedge plugins).")
+@click.option("--queries", default=256, show_default=True, help="Training queries.")
+@click.option("--candidates", default=4, show_default=True, help="List size: the positive plus BM25 hard negatives.")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", default="minilm-l6", show_default=True)
+def train_cmd(kind, out, collection, loss, queries, candidates, epochs, batch_size, lr, seed, model) -> None:
+    """Train a scorer on labelled lists; checkpoints per epoch in OUT/checkpoints, rerun to resume."""
+    from .collection import load_code_search, read_beir
+    from .losses import get_loss
+    from .pipeline import training_lists
+    from .scorers import BiEncoder, CrossEncoder, UniEncoder
+    from .training import TrainConfig, Trainer, list_loss
+
+    train = read_beir(collection, split="train") if collection else load_code_search("train")
+    examples = training_lists(train, queries, candidates, seed)
+    kinds = {"bi-encoder": BiEncoder, "cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
+    scorer = kinds[kind].from_pretrained(model, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    trainer = Trainer(scorer, examples, list_loss(get_loss(loss)), config, out / "checkpoints", kind)
+    if trainer.latest_checkpoint() is not None:
+        click.echo(f"resuming from {trainer.latest_checkpoint()}")
+    history = trainer.fit()
+    scorer.save(out)
+    click.echo(f"trained {kind} on {len(examples)} lists: {json.dumps(history)} -> {out}")
+
+
+@retrieval.command("collection")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the BEIR folders here.")
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+def collection_cmd(out: Path | None, force: bool) -> None:
+    """Build the stdlib code-search collection (train/dev/test BEIR folders) and print where it is."""
+    import shutil
+
+    from .collection import ensure_code_search
+
+    folder = ensure_code_search(force=force)
+    click.echo((folder / "complete.json").read_text())
+    if out is not None:
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+        folder = out
+    click.echo(str(folder))
+
+
+@retrieval.command("speed")
+@click.option("--query-words", default=8, show_default=True)
+@click.option("--doc-words", default=48, show_default=True, help="Words per candidate (truncated to this many tokens).")
+@click.option("--candidates", default=20, show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, threads: int | None) -> None:
+    """Time a cross-encoder scoring N pairs against a uni-encoder scoring the same N candidates in one pass."""
+    from crossedge.core.bench import threads as pin_threads
+    from crossedge.core.cli import echo_json
+
+    from .pipeline import uni_vs_cross_speed
+
+    with pin_threads(threads):
+        result = uni_vs_cross_speed(
+            query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats
+        )
+    echo_json(result)
+
+
+@retrieval.command("bench")
+@click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to evaluate on.")
+@click.option("--train-collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to train on.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+@click.option("--limit-queries", type=int, default=50, show_default=True, help="Evaluate on a stable sample.")
+@click.option(
+    "--methods",
+    default="all",
+    show_default=True,
+    help="Comma list of bm25, bi-zero-shot, bi-trained, cross-rerank, uni-rerank, students, trans-encoder.",
+)
+@click.option("--losses", default=",".join(loss.name for loss in LOSSES), show_default=True)
+@click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
+@click.option("--train-queries", default=64, show_default=True)
+@click.option("--candidates", default=4, show_default=True)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
+@click.option("--rerank-depth", default=50, show_default=True)
+@click.option("--uni-depth", default=20, show_default=True)
+@click.option("--trans-cycles", default=1, show_default=True)
+@click.option("--max-doc-tokens", default=128, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+@click.option("--seed", default=0, show_default=True)
+def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
+              candidates, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
+              seed) -> None:  # fmt: skip
+    """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
+    import sys
+
+    from crossedge.core.bench import BenchmarkReport, format_table, plot_bars
+    from crossedge.core.bench import threads as pin_threads
+
+    from .pipeline import ALL_METHODS, BenchSettings, run_bench
+
+    settings = BenchSettings(
+        collection=str(collection) if collection else None,
+        train_collection=str(train_collection) if train_collection else None,
+        limit_queries=limit_queries,
+        corpus_limit=corpus_limit,
+        methods=ALL_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip()),
+        losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
+        train_queries=train_queries,
+        candidates=candidates,
+        epochs=epochs,
+        lr=lr,
+        rerank_depth=rerank_depth,
+        uni_depth=uni_depth,
+        trans_cycles=trans_cycles,
+        max_doc_tokens=max_doc_tokens,
+        seed=seed,
+    )
+    with pin_threads(threads):
+        result = run_bench(settings, say=lambda m: click.echo(m, err=True))
+    columns = ["method", "ndcg@10", "mrr@10", "recall@100", "ms_per_query"]
+    click.echo(format_table(result["rows"], columns, floatfmt=".4g"))
+    click.echo(json.dumps(result["summary"], indent=2, default=str))
+    if json_out is not None:
+        report = BenchmarkReport(
+            "retrieval", rows=result["rows"], summary={**result["summary"], "settings": result["settings"]}
+        )
+        report.command = "crossedge " + " ".join(sys.argv[1:])
+        report.write_json(json_out)
+        png = Path(json_out).with_suffix(".png")
+        plot_bars(result["rows"], label="method", value="ndcg@10", path=png, title="nDCG@10", ylabel="nDCG@10")
+        click.echo(f"wrote {json_out} and {png}")

@@ -1,0 +1,75 @@
+import json
+
+from click.testing import CliRunner
+
+from crossedge.retrieval.collection import Collection, write_beir
+from crossedge.retrieval.pipeline import subsample_corpus
+
+
+def toy_collection():
+    corpus = {f"d{i}": {"title": "", "text": text} for i, text in enumerate(
+        ["read a config file", "sort numbers in a list", "open a network socket", "parse json text", "zip two lists"]
+    )}  # fmt: skip
+    queries = {"q0": "config file reader", "q1": "sorting a list of numbers", "q2": "json parsing"}
+    qrels = {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d3": 1}}
+    return Collection(corpus, queries, qrels)
+
+
+def test_subsample_keeps_relevant_documents():
+    small = subsample_corpus(toy_collection(), ["q0", "q2"], size=3)
+    assert {"d0", "d3"} <= set(small.corpus) and len(small.corpus) == 3
+    assert set(small.queries) == {"q0", "q2"}
+
+
+def test_bench_command_on_a_beir_folder(tmp_path, plugin):
+    from crossedge.core.bench import BenchmarkReport
+    from crossedge.core.cli import build_cli
+
+    write_beir(toy_collection(), tmp_path / "beir")
+    out = tmp_path / "report.json"
+    args = ["retrieval", "bench", "--collection", str(tmp_path / "beir"), "--methods", "bm25", "--json", str(out)]
+    result = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = BenchmarkReport.read_json(out)
+    (row,) = report.rows
+    assert set(row) >= {"method", "ndcg@10", "mrr@10", "recall@100", "ms_per_query"}
+    assert row["method"] == "bm25" and row["mrr@10"] == 1.0  # each query's words point at its document
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert json.loads(out.read_text())["summary"]["queries"] == 3
+
+
+def test_unknown_method_is_one_red_line(tmp_path, plugin):
+    from crossedge.core.cli import build_cli
+
+    write_beir(toy_collection(), tmp_path / "beir")
+    args = ["retrieval", "bench", "--collection", str(tmp_path / "beir"), "--methods", "bm26"]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 1 and "unknown bench method" in result.output
+
+
+def test_train_command_checkpoints_and_resumes(tmp_path, plugin):
+    from crossedge.core.cli import build_cli
+    from crossedge.retrieval.scorers import load_scorer
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    args = [
+        "retrieval",
+        "train",
+        "cross-encoder",
+        "--out",
+        str(tmp_path / "ce"),
+        "--collection",
+        str(tmp_path / "beir"),
+    ]
+    args += ["--model", str(tmp_path / "tiny"), "--queries", "3", "--candidates", "3", "--batch-size", "2"]
+    first = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "ce" / "checkpoints" / "epoch-001" / "state.json").exists()
+    scorer = load_scorer(tmp_path / "ce")
+    assert scorer.name == "cross-encoder"
+    again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert "resuming from" in again.output

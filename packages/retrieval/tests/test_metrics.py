@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from crossedge.retrieval.metrics import evaluate, ranking_to_run
+
+QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
+RUN = {
+    "q1": {"x": 3.0, "a": 2.0, "y": 1.0},  # relevant at rank 2
+    "q2": {"b": 3.0, "x": 2.0, "c": 1.0},  # relevant at ranks 1 and 3
+    "q3": {"x": 1.0},  # relevant never retrieved
+}
+
+
+def test_metrics_match_hand_computation():
+    got = evaluate(RUN, QRELS)
+    ndcg_q1 = (1 / math.log2(3)) / 1.0
+    ndcg_q2 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert got["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2 + 0) / 3, rel=1e-6)
+    assert got["mrr@10"] == pytest.approx((1 / 2 + 1 + 0) / 3, rel=1e-6)
+    assert got["recall@100"] == pytest.approx((1 + 1 + 0) / 3, rel=1e-6)
+
+
+def test_metrics_equal_ir_measures_directly():
+    import ir_measures
+
+    direct = ir_measures.calc_aggregate(
+        [ir_measures.parse_measure(m) for m in ("nDCG@10", "RR@10", "R@100")], QRELS, RUN
+    )
+    got = evaluate(RUN, QRELS)
+    assert got["ndcg@10"] == pytest.approx(direct[ir_measures.parse_measure("nDCG@10")])
+    assert got["mrr@10"] == pytest.approx(direct[ir_measures.parse_measure("RR@10")])
+
+
+def test_unretrieved_query_counts_as_zero():
+    got = evaluate({"q1": {"a": 1.0}}, QRELS, queries=["q1", "q3"])
+    assert got["mrr@10"] == pytest.approx(0.5)
+
+
+def test_ranking_to_run_keeps_order_under_ties():
+    run = ranking_to_run({"q": [("b", 1.0), ("a", 1.0)]})
+    assert run["q"]["b"] > run["q"]["a"]
+    assert evaluate(run, {"q": {"b": 1}})["mrr@10"] == 1.0
