@@ -1,0 +1,18 @@
+"""specdec tests never load entry points: the plugin module is registered per test by hand."""
+
+import os
+
+os.environ["CROSSEDGE_LOAD_PLUGINS"] = ""
+
+import pytest  # noqa: E402
+
+from crossedge.core import registered  # noqa: E402
+
+
+@pytest.fixture
+def specdec_plugin():
+    """The specdec plugin module registered for one test."""
+    from crossedge.specdec import plugin
+
+    with registered(plugin, name="specdec-test"):
+        yield plugin
