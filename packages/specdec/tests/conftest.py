@@ -16,3 +16,14 @@ def specdec_plugin():
 
     with registered(plugin, name="specdec-test"):
         yield plugin
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from threads, and a shared machine makes extra threads slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -78,4 +78,6 @@ def test_spec_parsing_and_building(specdec_plugin):
     with pytest.raises(SpecdecError, match="twice"):
         build_drafters("copy,copy")
     with pytest.raises(SpecdecError, match="does not accept"):
-        build_drafters("copy:colour=red:max_copy=0")
+        build_drafters("copy:colour=red")
+    with pytest.raises(SpecdecError, match="max_copy >= 1"):
+        build_drafters("copy:max_copy=0")

@@ -80,7 +80,7 @@ class CopyDrafter(Drafter):
     description = "copy the continuation of the longest earlier suffix match in prompt and output"
     cheap = True
 
-    def __init__(self, max_copy: int = 16, min_match: int = 2, **_: Any):
+    def __init__(self, max_copy: int = 16, min_match: int = 2):
         if max_copy < 1 or min_match < 1:
             raise SpecdecError(f"copy drafter needs max_copy >= 1 and min_match >= 1, got {max_copy}, {min_match}")
         self.max_copy = int(max_copy)
@@ -123,7 +123,7 @@ class DraftModelDrafter(Drafter):
     provides_probs = True
     needs_target = True
 
-    def __init__(self, model: Any = None, target: Any = None, **_: Any):
+    def __init__(self, model: Any = None, target: Any = None):
         if model is None:
             raise SpecdecError("the draft-model drafter needs a model: use 'draft-model:model=NAME' in --drafter")
         if isinstance(model, str):

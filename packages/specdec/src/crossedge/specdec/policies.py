@@ -50,7 +50,7 @@ class ConstantPolicy(DraftLengthPolicy):
 
     name = "constant"
 
-    def __init__(self, k: int = 5, **_: Any):
+    def __init__(self, k: int = 5):
         self.k = self.max_k = _check_k(k, "constant policy k")
 
     def choose(self, drafter: str, bucket: str, max_k: int) -> int:
@@ -62,7 +62,7 @@ class HeuristicPolicy(DraftLengthPolicy):
 
     name = "heuristic"
 
-    def __init__(self, k: int = 4, max_k: int = 16, **_: Any):
+    def __init__(self, k: int = 4, max_k: int = 16):
         self.initial = _check_k(k, "heuristic policy k")
         self.max_k = _check_k(max_k, "heuristic policy max_k")
         self.current: dict[str, int] = {}
@@ -160,7 +160,7 @@ class CostAwarePolicy(DraftLengthPolicy):
 
     name = "cost-aware"
 
-    def __init__(self, max_k: int = 16, probe_every: int = 16, **_: Any):
+    def __init__(self, max_k: int = 16, probe_every: int = 16):
         self.max_k = _check_k(max_k, "cost-aware policy max_k")
         #: After this many consecutive zero-length choices for one drafter and bucket, draft a little
         #: anyway so acceptance estimates keep tracking the text (costs at most a few percent).
