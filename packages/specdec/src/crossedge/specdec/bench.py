@@ -105,7 +105,9 @@ def build_methods(
     for spec in drafter_specs:
         if spec in methods:
             raise SpecdecError(f"drafter spec {spec!r} is given twice")
-        decoder = SpeculativeDecoder(model, spec, policy)
+        # "SPEC@POLICY" gives one method its own draft-length policy, so policies can be compared in one run.
+        drafter_spec, _, own_policy = spec.partition("@")
+        decoder = SpeculativeDecoder(model, drafter_spec, own_policy or policy)
         methods[spec] = decoder_method(decoder)
         for drafter in decoder.drafters:
             if draft_model is None and isinstance(drafter, DraftModelDrafter):

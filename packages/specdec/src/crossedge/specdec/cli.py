@@ -106,7 +106,13 @@ def generate(
 
 @specdec.command()
 @click.option("--model", "model_name", required=True, help="Target model.")
-@click.option("--drafter", "drafter_specs", multiple=True, required=True, help="Drafter spec (repeatable).")
+@click.option(
+    "--drafter",
+    "drafter_specs",
+    multiple=True,
+    required=True,
+    help="Drafter spec, optionally SPEC@POLICY (repeatable).",
+)
 @click.option("--policy", default=DEFAULT_POLICY, show_default=True, help="Draft-length policy for every drafter spec.")
 @click.option("--suite", "suite_name", type=click.Choice(["default"]), default=None, help="Bundled prompt suite.")
 @click.option(
