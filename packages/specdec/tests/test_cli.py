@@ -108,3 +108,20 @@ def test_bench_needs_exactly_one_prompt_source(run, tiny_folder):
 def test_drafters_command_lists_builtins(run):
     result = run("specdec", "drafters")
     assert "copy" in result.output and "draft-model" in result.output
+
+
+def test_demo_shows_speedup_and_identity(run, tiny_folder, monkeypatch):
+    from crossedge.specdec import suite
+
+    short = [suite.SuitePrompt("code-editing", "tiny", ("def f(x): return x\ndef f(x): return",))]
+    monkeypatch.setattr(suite, "default_suite", lambda: short)
+    result = run("specdec", "demo", "--model", tiny_folder, "--max-new-tokens", "12", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "identical to vanilla: yes" in result.output
+    assert "geometric-mean speedup" in result.output
+
+
+def test_registered_benchmark(specdec_plugin):
+    from crossedge.core import get_registry
+
+    assert get_registry("benchmark").get("specdec").name == "specdec"

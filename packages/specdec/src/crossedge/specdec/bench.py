@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from crossedge.core.bench import (
+    Benchmark,
     BenchmarkReport,
     environment,
     format_table,
@@ -278,3 +279,42 @@ def write_results(
         reference=1.0,
     )
     return path, png
+
+
+class SpecdecBenchmark(Benchmark):
+    """The specdec suite as a registered benchmark (``crossedge bench run specdec -o drafters=copy``)."""
+
+    name = "specdec"
+    description = "speculative decoding speedups over vanilla on the bundled suite (options: model, drafters, ...)"
+
+    def run(
+        self,
+        *,
+        model: str = "smollm2-135m",
+        drafters: str = "copy",
+        policy: str = "cost-aware",
+        limit_per_task: int | str = 1,
+        max_new_tokens: int | str = 64,
+        threads: int | str = 2,
+        compare_hf: bool | str = False,
+        **_: Any,
+    ) -> BenchmarkReport:
+        from crossedge.core import load_model
+        from crossedge.core.bench import threads as pinned_threads
+
+        from .suite import default_suite
+        from .suite import limit_per_task as limit
+
+        loaded = load_model(model)
+        compare = compare_hf if isinstance(compare_hf, bool) else str(compare_hf).lower() in ("1", "true", "yes")
+        notes: list[str] = []
+        # Several drafter specs are separated by ';' here because ',' already builds chains.
+        specs = [s for s in drafters.split(";") if s.strip()]
+        methods = build_methods(loaded.model, specs, policy=policy, compare_hf=compare, notes=notes)
+        prompts = limit(default_suite(), int(limit_per_task))
+        with pinned_threads(int(threads)):
+            runs = run_benchmark(
+                loaded.model, loaded.tokenizer, prompts, methods, max_new_tokens=int(max_new_tokens), progress=False
+            )
+        summary = summarize(runs)
+        return BenchmarkReport(self.name, rows=table_rows(summary), summary={**summary, "runs": runs, "notes": notes})

@@ -14,6 +14,13 @@ def register_drafters(register):
 
 
 @hookimpl
+def register_benchmarks(register):
+    from .bench import SpecdecBenchmark
+
+    register(SpecdecBenchmark())
+
+
+@hookimpl
 def register_commands(cli):
     from .cli import specdec
 
