@@ -184,5 +184,14 @@ def test_cost_aware_probes_after_a_zero_streak():
         policy.observe_verification(k, 1.0 + k)
     for _ in range(30):
         policy.observe_acceptance("d", "", 2, 0)
-    picks = [policy.choose("d", "", 4) for _ in range(6)]
-    assert picks.count(0) == 4 and picks.count(2) == 2
+    picks = []
+    for _ in range(6):
+        picks.append(policy.choose("d", "", 4))
+        if picks[-1]:
+            policy.observe_acceptance("d", "", picks[-1], 1)  # the probe found something: keep probing often
+    assert picks == [0, 0, 2, 0, 0, 2]
+    for _ in range(12):
+        k = policy.choose("d", "", 4)
+        if k:
+            policy.observe_acceptance("d", "", k, 0)  # probes that find nothing back off
+    assert policy.probe_interval[("d", "")] > 3

@@ -169,6 +169,10 @@ class CostAwarePolicy(DraftLengthPolicy):
         self.acceptance: dict[tuple[str, str], AcceptanceModel] = {}
         self.draft_seconds_per_token: dict[str, float] = {}
         self.zero_streak: dict[tuple[str, str], int] = defaultdict(int)
+        # Probes that find nothing double the wait before the next one (up to 16x), so text where
+        # drafting never pays costs almost nothing; an accepted probe resets the wait.
+        self.probe_interval: dict[tuple[str, str], int] = {}
+        self.probing: set[tuple[str, str]] = set()
 
     def _model(self, drafter: str, bucket: str) -> AcceptanceModel:
         key = (drafter, bucket)
@@ -191,17 +195,23 @@ class CostAwarePolicy(DraftLengthPolicy):
             if rate > best:
                 best_k, best = k, rate
         key = (drafter, bucket)
-        if best_k == 0 and max_k > 0:
+        if best_k == 0:
             self.zero_streak[key] += 1
-            if self.zero_streak[key] >= self.probe_every:
+            if self.zero_streak[key] >= self.probe_interval.get(key, self.probe_every):
                 self.zero_streak[key] = 0
+                self.probing.add(key)
                 return min(2, max_k)
         else:
             self.zero_streak[key] = 0
         return best_k
 
     def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
+        key = (drafter, bucket)
         self._model(drafter, bucket).observe(drafted, accepted)
+        if key in self.probing:
+            self.probing.discard(key)
+            interval = self.probe_interval.get(key, self.probe_every)
+            self.probe_interval[key] = self.probe_every if accepted else min(16 * self.probe_every, 2 * interval)
 
     def observe_verification(self, drafted: int, seconds: float) -> None:
         self.cost.observe(drafted, seconds)
