@@ -195,3 +195,32 @@ def test_cost_aware_probes_after_a_zero_streak():
         if k:
             policy.observe_acceptance("d", "", k, 0)  # probes that find nothing back off
     assert policy.probe_interval[("d", "")] > 3
+
+
+def test_sliding_window_cache_rolls_back_past_the_window():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=257,
+        eos_token_id=258,
+        pad_token_id=256,
+        initializer_range=0.15,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = None  # run the full length, far past the 8-token window
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
+    reference = greedy_reference(model, input_ids, 40)
+    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03), target=model)
+    result = SpeculativeDecoder(model, drafter, ConstantPolicy(k=4)).generate(input_ids, 40)
+    assert result.tokens == reference
+    assert 0 < result.stats.drafters["draft-model"].accepted < result.stats.drafters["draft-model"].drafted

@@ -149,6 +149,9 @@ class DraftModelDrafter(Drafter):
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.model.config)
+        self.trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", ()))
+        if self.trim_always:
+            self.cache.activate_past_recording()
         self.cached_ids = []
 
     def _rollback(self, context_ids: Sequence[int]) -> None:
@@ -159,7 +162,7 @@ class DraftModelDrafter(Drafter):
         # Keep one token uncached so the next forward always yields logits for the next position.
         common = min(common, len(context_ids) - 1)
         extra = len(self.cached_ids) - common
-        if extra > 0:
+        if extra > 0 or (self.trim_always and self.cached_ids):
             self.cache.crop(-extra)
             del self.cached_ids[common:]
 

@@ -141,10 +141,9 @@ class TokenStream:
 
 def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> frozenset[int]:
     if eos_token_id is None:
-        config = getattr(model, "generation_config", None)
+        # Same source as transformers' generate: the generation config when the model has one.
+        config = getattr(model, "generation_config", None) or model.config
         eos_token_id = getattr(config, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(model.config, "eos_token_id", None)
     if eos_token_id is None:
         return frozenset()
     if isinstance(eos_token_id, int):
@@ -238,6 +237,11 @@ class SpeculativeDecoder:
         for drafter in self.drafters:
             stats.drafters.setdefault(drafter.name, DrafterStats())
         cache = DynamicCache(config=model.config)
+        # Sliding-window layers forget old keys unless told to keep them until the next crop,
+        # which speculative rollback needs; crop(0) after each forward then trims them.
+        self._trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ()))
+        if self._trim_always:
+            cache.activate_past_recording()
         context = list(prompt)
         eos = self.eos
         clock = time.perf_counter
@@ -328,10 +332,10 @@ class SpeculativeDecoder:
             probs = process_logits(logits, sampling)
             accepted, next_token = verify_sampled(probs, drafted, draft.probs if draft else None, generator)
         self.policy.observe_verification(k, time.perf_counter() - start)
+        if accepted < k or self._trim_always:
+            # The cache holds keys for every drafted token; drop the rejected tail.
+            cache.crop(accepted - k)
         if k:
-            if accepted < k:
-                # The cache holds keys for every drafted token; drop the rejected tail.
-                cache.crop(accepted - k)
             stats.record(drafter.name, k, accepted)
             self.policy.observe_acceptance(drafter.name, draft.bucket, k, accepted)
             drafter.feedback(accepted)
