@@ -11,15 +11,36 @@ PROMPT = (
 )
 
 
-@pytest.mark.model
-@pytest.mark.parametrize("policy", ["constant:k=6", "cost-aware"])
-def test_copy_drafting_is_greedy_identical_on_smollm2(policy):
+@pytest.fixture(scope="module")
+def smollm2_reference():
     from crossedge.core import load_model
     from crossedge.core.sources import encode_prompt
 
     loaded = load_model("smollm2-135m")
     input_ids = encode_prompt(loaded.tokenizer, PROMPT)
-    reference = greedy_reference(loaded.model, input_ids, 32)
-    result = SpeculativeDecoder(loaded.model, CopyDrafter(), policy).generate(input_ids, 32)
+    return loaded.model, input_ids, greedy_reference(loaded.model, input_ids, 32)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("policy", ["constant:k=6", "cost-aware"])
+def test_copy_drafting_is_greedy_identical_on_smollm2(smollm2_reference, policy):
+    model, input_ids, reference = smollm2_reference
+    result = SpeculativeDecoder(model, CopyDrafter(), policy).generate(input_ids, 32)
+    assert result.tokens == reference
+    assert result.stats.drafters["copy"].accepted > 0
+
+
+@pytest.mark.model
+def test_copy_drafting_past_gemma3_sliding_window_is_greedy_identical():
+    """gemma3-270m has 512-token sliding-window layers: rollback must work beyond the window."""
+    from crossedge.core import load_model
+    from crossedge.specdec.suite import license_excerpt
+
+    loaded = load_model("gemma3-270m")
+    text = license_excerpt("Apache-2.0", 2, 3200)
+    input_ids = loaded.tokenizer(text + "\n\n" + text[:600], return_tensors="pt").input_ids
+    assert input_ids.shape[1] > 600
+    reference = greedy_reference(loaded.model, input_ids, 12)
+    result = SpeculativeDecoder(loaded.model, CopyDrafter(), "constant:k=8").generate(input_ids, 12)
     assert result.tokens == reference
     assert result.stats.drafters["copy"].accepted > 0
