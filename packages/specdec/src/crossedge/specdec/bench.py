@@ -96,6 +96,7 @@ def build_methods(
     policy: str | None = None,
     compare_hf: bool = False,
     hf_assistant: Any = None,
+    tokenizer: Any = None,
     prompt_lookup_tokens: int = 10,
     notes: list[str] | None = None,
 ) -> dict[str, Method]:
@@ -108,10 +109,10 @@ def build_methods(
             raise SpecdecError(f"drafter spec {spec!r} is given twice")
         # "SPEC@POLICY" gives one method its own draft-length policy, so policies can be compared in one run.
         drafter_spec, _, own_policy = spec.partition("@")
-        decoder = SpeculativeDecoder(model, drafter_spec, own_policy or policy)
+        decoder = SpeculativeDecoder(model, drafter_spec, own_policy or policy, tokenizer=tokenizer)
         methods[spec] = decoder_method(decoder)
         for drafter in decoder.drafters:
-            if draft_model is None and isinstance(drafter, DraftModelDrafter):
+            if draft_model is None and type(drafter) is DraftModelDrafter:
                 draft_model = drafter.model
     if compare_hf:
         eos = vanilla.eos
@@ -310,7 +311,9 @@ class SpecdecBenchmark(Benchmark):
         notes: list[str] = []
         # Several drafter specs are separated by ';' here because ',' already builds chains.
         specs = [s for s in drafters.split(";") if s.strip()]
-        methods = build_methods(loaded.model, specs, policy=policy, compare_hf=compare, notes=notes)
+        methods = build_methods(
+            loaded.model, specs, policy=policy, compare_hf=compare, notes=notes, tokenizer=loaded.tokenizer
+        )
         prompts = limit(default_suite(), int(limit_per_task))
         with pinned_threads(int(threads)):
             runs = run_benchmark(

@@ -87,7 +87,7 @@ def generate(
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model, tokenizer = _load(model_name)
-    decoder = SpeculativeDecoder(model, drafter_spec, policy)
+    decoder = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
     input_ids = encode_prompt(tokenizer, prompt)
     with pinned_threads(thread_count):
         stream = decoder.stream(input_ids, max_new_tokens, sampling)
@@ -162,7 +162,13 @@ def bench(
     notes: list[str] = []
     assistant = _load(hf_assistant)[0] if hf_assistant else None
     methods = runner.build_methods(
-        model, drafter_specs, policy=policy, compare_hf=compare_hf, hf_assistant=assistant, notes=notes
+        model,
+        drafter_specs,
+        policy=policy,
+        compare_hf=compare_hf,
+        hf_assistant=assistant,
+        notes=notes,
+        tokenizer=tokenizer,
     )
     for note in notes:
         click.secho(note, fg="yellow", err=True)
@@ -210,7 +216,7 @@ def demo(model_name: str, drafter_spec: str, policy: str, max_new_tokens: int, t
     for prompt in suite:
         by_task.setdefault(prompt.task, []).append(prompt)
     vanilla = SpeculativeDecoder(model, None)
-    speculative = SpeculativeDecoder(model, drafter_spec, policy)
+    speculative = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
     all_identical = True
     speedups = []
     with pinned_threads(thread_count):

@@ -9,6 +9,7 @@ through the ``register_drafters`` hook with their class; ``name`` is the spec na
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -169,10 +170,16 @@ class DraftModelDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
         start = time.perf_counter()
+        tokens, rows = self._draft_tokens(context_ids, k, sample=not self.sampler.config.greedy)
+        self.seconds += time.perf_counter() - start
+        return Draft(tokens, torch.stack(rows) if rows else None)
+
+    def _draft_tokens(self, context_ids: Sequence[int], k: int, sample: bool) -> tuple[list[int], list[torch.Tensor]]:
+        """Up to ``k`` draft-vocabulary tokens after ``context_ids``, with their q rows when sampling."""
         if self.window is not None:
             k = min(k, self.window - len(context_ids))
         if k <= 0:
-            return Draft([])
+            return [], []
         self._rollback(context_ids)
         feed = list(context_ids[len(self.cached_ids) :])
         config = self.sampler.config
@@ -183,7 +190,7 @@ class DraftModelDrafter(Drafter):
             self.cached_ids.extend(feed)
             logits = out.logits[0, -1]
             check_finite(logits, "the draft model")
-            if config.greedy:
+            if not sample:
                 token = int(logits.argmax())
             else:
                 probs = process_logits(logits, config)
@@ -191,8 +198,49 @@ class DraftModelDrafter(Drafter):
                 rows.append(probs)
             tokens.append(token)
             feed = [token]
+        return tokens, rows
+
+
+class CrossVocabDrafter(DraftModelDrafter):
+    """A draft model with a different tokenizer, bridged through text (universal assisted decoding).
+
+    Each step decodes the target context to text, re-encodes it with the draft
+    tokenizer (the draft KV cache keeps the longest unchanged prefix), drafts
+    greedily, and re-encodes the drafted text with the target tokenizer. The
+    proposal is deterministic given the context, so verification treats it as a
+    point mass, which keeps sampling exact.
+    """
+
+    name = "cross-vocab"
+    description = "a draft model with a different tokenizer, bridged through text (option model=NAME)"
+    provides_probs = False
+
+    def __init__(self, model: Any = None, target: Any = None, tokenizer: Any = None, draft_tokenizer: Any = None):
+        if model is None:
+            raise SpecdecError("the cross-vocab drafter needs a model: use 'cross-vocab:model=NAME' in --drafter")
+        if isinstance(model, str):
+            from crossedge.core import load_model
+
+            loaded = load_model(model)
+            model, draft_tokenizer = loaded.model, loaded.tokenizer
+        if tokenizer is None or draft_tokenizer is None:
+            raise SpecdecError(
+                "cross-vocab needs the target's and the draft's tokenizers (tokenizer=, draft_tokenizer=)"
+            )
+        super().__init__(model)
+        self.target_tokenizer = tokenizer
+        self.draft_tokenizer = draft_tokenizer
+
+    @torch.inference_mode()
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        start = time.perf_counter()
+        text = self.target_tokenizer.decode(list(context_ids), skip_special_tokens=False)
+        draft_context = self.draft_tokenizer(text).input_ids
+        draft_tokens, _ = self._draft_tokens(draft_context, k, sample=False)
+        drafted_text = self.draft_tokenizer.decode(draft_tokens, skip_special_tokens=True)
+        tokens = self.target_tokenizer(drafted_text, add_special_tokens=False).input_ids[:k] if drafted_text else []
         self.seconds += time.perf_counter() - start
-        return Draft(tokens, torch.stack(rows) if rows else None)
+        return Draft(list(tokens))
 
 
 def _convert(value: str) -> Any:
@@ -238,8 +286,9 @@ def build_drafters(spec: str, *, target: Any = None, **context: Any) -> list[Dra
         cls = registry.get(name)
         kwargs = dict(options)
         if getattr(cls, "needs_target", False):
-            kwargs.setdefault("target", target)
-            kwargs.update({k: v for k, v in context.items() if k not in kwargs})
+            accepted = inspect.signature(cls.__init__).parameters
+            supplied = {"target": target, **context}
+            kwargs.update({k: v for k, v in supplied.items() if k in accepted and k not in kwargs})
         try:
             drafters.append(cls(**kwargs))
         except TypeError as exc:

@@ -168,6 +168,7 @@ class SpeculativeDecoder:
 
     ``drafters`` is a spec string (``"copy"``, ``"copy,draft-model:model=NAME"``,
     ``"none"``), a drafter, a list of drafters, or ``None`` for plain decoding.
+    ``tokenizer`` (the target's) is handed to drafters that bridge vocabularies.
     ``policy`` is a draft-length policy or its spec (``"constant:k=5"``,
     ``"heuristic"``, ``"cost-aware"``). The policy keeps what it learned across
     calls, so a decoder reused over many prompts keeps its latency model.
@@ -180,10 +181,11 @@ class SpeculativeDecoder:
         policy: str | DraftLengthPolicy | None = None,
         *,
         eos_token_id: int | Sequence[int] | None = None,
+        tokenizer: Any = None,
     ):
         self.model = model
         if isinstance(drafters, str):
-            drafters = build_drafters(drafters, target=model)
+            drafters = build_drafters(drafters, target=model, tokenizer=tokenizer)
         elif isinstance(drafters, Drafter):
             drafters = [drafters]
         self.drafters: list[Drafter] = list(drafters or [])

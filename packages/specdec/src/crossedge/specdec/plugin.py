@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from crossedge.core import hookimpl
 
-from .drafters import CopyDrafter, DraftModelDrafter
+from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter
 
 
 @hookimpl
 def register_drafters(register):
     register(CopyDrafter, aliases=("prompt-lookup", "copyspec"))
     register(DraftModelDrafter, aliases=("draft",))
+    register(CrossVocabDrafter, aliases=("universal",))
 
 
 @hookimpl

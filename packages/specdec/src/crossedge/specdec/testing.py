@@ -48,6 +48,48 @@ def noisy_copy(model: Any, scale: float = 0.02, seed: int = 0) -> Any:
     return draft
 
 
+def permuted_byte_tokenizer(seed: int = 0) -> tuple[Any, list[int]]:
+    """A byte tokenizer whose 256 byte ids are shuffled: same text, a different vocabulary.
+
+    Returns the tokenizer and ``perm`` with ``perm[i]`` the new id of the byte that
+    :func:`crossedge.core.testing.byte_tokenizer` numbers ``i``.
+    """
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from crossedge.core.testing import SPECIAL_TOKENS
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    perm = list(range(len(alphabet)))
+    random.Random(seed).shuffle(perm)
+    vocab = {ch: perm[i] for i, ch in enumerate(alphabet)}
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return tokenizer, perm
+
+
+def permuted_copy(model: Any, perm: list[int]) -> Any:
+    """The same model speaking the permuted vocabulary: embedding (and tied head) rows moved by ``perm``."""
+    import copy
+
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        weight = draft.get_input_embeddings().weight
+        original = weight[: len(perm)].clone()
+        weight[torch.tensor(perm)] = original
+        head = draft.get_output_embeddings().weight
+        if head.data_ptr() != weight.data_ptr():
+            original_head = head[: len(perm)].clone()
+            head[torch.tensor(perm)] = original_head
+    return draft
+
+
 def greedy_reference(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
     """New tokens of plain transformers greedy decoding, up to and including EOS."""
     with torch.inference_mode():
