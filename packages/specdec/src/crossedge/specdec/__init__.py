@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .drafters import CopyDrafter, Draft, Drafter, DraftModelDrafter, build_drafters, parse_spec
+from .drafters import CopyDrafter, CrossVocabDrafter, Draft, Drafter, DraftModelDrafter, build_drafters, parse_spec
 from .engine import GenerationResult, RunStats, SpeculativeDecoder, TokenStream
 from .errors import NonFiniteLogitsError, PromptTooLongError, SpecdecError
 from .policies import ConstantPolicy, CostAwarePolicy, DraftLengthPolicy, HeuristicPolicy, build_policy
@@ -12,6 +12,7 @@ __all__ = [
     "ConstantPolicy",
     "CopyDrafter",
     "CostAwarePolicy",
+    "CrossVocabDrafter",
     "Draft",
     "DraftLengthPolicy",
     "DraftModelDrafter",
