@@ -122,8 +122,15 @@ class DrafterConformance:
         model, tokenizer = tiny_target(request.param)
         return model, tokenizer
 
-    @pytest.mark.parametrize("policy", ["constant:k=4", "heuristic", "cost-aware"])
-    @pytest.mark.parametrize("prompt", CONFORMANCE_PROMPTS)
+    @pytest.mark.parametrize(
+        ("policy", "prompt"),
+        [
+            ("constant:k=4", CONFORMANCE_PROMPTS[0]),
+            ("heuristic", CONFORMANCE_PROMPTS[1]),
+            ("cost-aware", CONFORMANCE_PROMPTS[0]),
+            ("cost-aware", CONFORMANCE_PROMPTS[1]),
+        ],
+    )
     def test_greedy_identity(self, target, policy, prompt):
         model, tokenizer = target
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
