@@ -37,6 +37,8 @@ class Outcome:
     tokens: list[int]
     seconds: float
     forwards: int | None = None
+    #: CPU seconds of this process (all threads): on a shared machine it varies far less than wall time.
+    cpu_seconds: float = 0.0
 
 
 Method = Callable[[torch.Tensor, int], Outcome]
@@ -63,9 +65,10 @@ def decoder_method(decoder: SpeculativeDecoder) -> Method:
     """A method running crossedge's engine."""
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Outcome:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = decoder.generate(input_ids, max_new_tokens)
-        return Outcome(result.tokens, time.perf_counter() - start, result.stats.target_forwards)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return Outcome(result.tokens, seconds, result.stats.target_forwards, cpu)
 
     return run
 
@@ -74,7 +77,7 @@ def hf_method(model: Any, eos: frozenset[int], **generate_kwargs: Any) -> Method
     """A method running transformers' own ``generate`` with extra arguments."""
 
     def run(input_ids: torch.Tensor, max_new_tokens: int) -> Outcome:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             out = model.generate(
                 input_ids,
@@ -83,8 +86,8 @@ def hf_method(model: Any, eos: frozenset[int], **generate_kwargs: Any) -> Method
                 max_new_tokens=max_new_tokens,
                 **generate_kwargs,
             )
-        seconds = time.perf_counter() - start
-        return Outcome(_truncate_at_eos(out[0, input_ids.shape[1] :].tolist(), eos), seconds)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return Outcome(_truncate_at_eos(out[0, input_ids.shape[1] :].tolist(), eos), seconds, None, cpu)
 
     return run
 
@@ -143,7 +146,7 @@ def run_benchmark(
     runs = []
     for prompt in progress_bar(prompts, desc="specdec bench", enabled=progress):
         history: list[dict[str, str]] = []
-        totals = {name: {"tokens": [], "seconds": 0.0, "forwards": 0, "known": True} for name in methods}
+        totals = {name: {"tokens": [], "seconds": 0.0, "cpu": 0.0, "forwards": 0, "known": True} for name in methods}
         for turn in prompt.turns:
             history.append({"role": "user", "content": turn})
             input_ids = encode_chat(tokenizer, history)
@@ -152,6 +155,7 @@ def run_benchmark(
                 entry = totals[name]
                 entry["tokens"].append(outcome.tokens)
                 entry["seconds"] += outcome.seconds
+                entry["cpu"] += outcome.cpu_seconds
                 if outcome.forwards is None:
                     entry["known"] = False
                 else:
@@ -170,6 +174,7 @@ def run_benchmark(
                     "new_tokens": new_tokens,
                     "seconds": entry["seconds"],
                     "tokens_per_s": new_tokens / entry["seconds"] if entry["seconds"] > 0 else 0.0,
+                    "cpu_seconds": entry["cpu"],
                     "mean_accepted": new_tokens / entry["forwards"] if entry["known"] and entry["forwards"] else None,
                     "identical_to_baseline": entry["tokens"] == baseline_tokens,
                 }
@@ -183,10 +188,14 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     methods = list(dict.fromkeys(r["method"] for r in runs))
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     ratios: dict[tuple[str, str], list[float]] = {}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {}
     for run in runs:
         base = baseline[(run["task"], run["prompt_id"])]
         if run["tokens_per_s"] > 0 and base["tokens_per_s"] > 0:
             ratios.setdefault((run["task"], run["method"]), []).append(run["tokens_per_s"] / base["tokens_per_s"])
+        if run.get("cpu_seconds") and base.get("cpu_seconds") and run["new_tokens"] and base["new_tokens"]:
+            cpu = (base["cpu_seconds"] / base["new_tokens"]) / (run["cpu_seconds"] / run["new_tokens"])
+            cpu_ratios.setdefault((run["task"], run["method"]), []).append(cpu)
 
     def task_runs(task: str | None, method: str) -> list[dict[str, Any]]:
         return [r for r in runs if r["method"] == method and (task is None or r["task"] == task)]
@@ -194,11 +203,13 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def cell(task: str | None, method: str) -> dict[str, Any]:
         selected = task_runs(task, method)
         values = [v for t in ([task] if task else tasks) for v in ratios.get((t, method), [])]
+        cpu_values = [v for t in ([task] if task else tasks) for v in cpu_ratios.get((t, method), [])]
         accepted = [r["mean_accepted"] for r in selected if r["mean_accepted"] is not None]
         tokens = sum(r["new_tokens"] for r in selected)
         seconds = sum(r["seconds"] for r in selected)
         return {
             "speedup": geometric_mean(values) if values else None,
+            "cpu_speedup": geometric_mean(cpu_values) if cpu_values else None,
             "tokens_per_s": tokens / seconds if seconds else None,
             "mean_accepted": sum(accepted) / len(accepted) if accepted else None,
             "identical": all(r["identical_to_baseline"] for r in selected),
@@ -233,6 +244,7 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                     "task": task,
                     "method": method,
                     "speedup": c["speedup"],
+                    "cpu_speedup": c["cpu_speedup"],
                     "tokens_per_s": c["tokens_per_s"],
                     "mean_accepted": c["mean_accepted"],
                     "identical": c["identical"],
@@ -242,7 +254,7 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-TABLE_COLUMNS = ("task", "method", "speedup", "tokens_per_s", "mean_accepted", "identical", "prompts")
+TABLE_COLUMNS = ("task", "method", "speedup", "cpu_speedup", "tokens_per_s", "mean_accepted", "identical", "prompts")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

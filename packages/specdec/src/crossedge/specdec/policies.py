@@ -140,17 +140,32 @@ class AcceptanceModel:
             if i <= accepted:
                 self.accepted[i] += 1.0
 
+    def rates(self, k: int) -> list[float]:
+        """Acceptance probability of positions 1..k, each given that the positions before it were accepted.
+
+        Deep positions are observed rarely, so each position's prior is the previous position's
+        estimate (worth ``a + b`` observations) rather than a fixed value: a drafter whose first
+        tokens are almost always right is expected to keep being right until data says otherwise.
+        """
+        a, b = self.prior
+        weight = a + b
+        prior = a / weight
+        out = []
+        for i in range(1, k + 1):
+            j = min(i, len(self.reached) - 1)
+            prior = (self.accepted[j] + weight * prior) / (self.reached[j] + weight)
+            out.append(prior)
+        return out
+
     def rate(self, i: int) -> float:
         """Probability that position ``i`` is accepted given positions before it were."""
-        a, b = self.prior
-        i = min(i, len(self.reached) - 1)
-        return (self.accepted[i] + a) / (self.reached[i] + a + b)
+        return self.rates(i)[-1]
 
     def expected_tokens(self, k: int) -> float:
         """Expected tokens per verification with ``k`` drafted, the target's own token included."""
         total, survive = 1.0, 1.0
-        for i in range(1, k + 1):
-            survive *= self.rate(i)
+        for rate in self.rates(k):
+            survive *= rate
             total += survive
         return total
 
@@ -189,11 +204,15 @@ class CostAwarePolicy(DraftLengthPolicy):
         max_k = min(max_k, self.max_k)
         if max_k <= 0:
             return 0
-        best_k, best = 0, self.expected_rate(drafter, bucket, 0)
-        for k in range(1, max_k + 1):
-            rate = self.expected_rate(drafter, bucket, k)
-            if rate > best:
-                best_k, best = k, rate
+        per_token = self.draft_seconds_per_token.get(drafter, 0.0)
+        best_k, best = 0, 1.0 / self.cost(0)
+        expected, survive = 1.0, 1.0
+        for k, rate in enumerate(self._model(drafter, bucket).rates(max_k), start=1):
+            survive *= rate
+            expected += survive
+            value = expected / (self.cost(k) + per_token * k)
+            if value > best:
+                best_k, best = k, value
         key = (drafter, bucket)
         if best_k == 0:
             self.zero_streak[key] += 1
