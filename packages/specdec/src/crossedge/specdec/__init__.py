@@ -1,0 +1,32 @@
+"""crossedge-specdec: lossless speculative decoding with pluggable drafters."""
+
+from __future__ import annotations
+
+from .drafters import CopyDrafter, CrossVocabDrafter, Draft, Drafter, DraftModelDrafter, build_drafters, parse_spec
+from .engine import GenerationResult, RunStats, SpeculativeDecoder, TokenStream
+from .errors import NonFiniteLogitsError, PromptTooLongError, SpecdecError
+from .policies import ConstantPolicy, CostAwarePolicy, DraftLengthPolicy, HeuristicPolicy, build_policy
+from .sampling import SamplingConfig
+
+__all__ = [
+    "ConstantPolicy",
+    "CopyDrafter",
+    "CostAwarePolicy",
+    "CrossVocabDrafter",
+    "Draft",
+    "DraftLengthPolicy",
+    "DraftModelDrafter",
+    "Drafter",
+    "GenerationResult",
+    "HeuristicPolicy",
+    "NonFiniteLogitsError",
+    "PromptTooLongError",
+    "RunStats",
+    "SamplingConfig",
+    "SpecdecError",
+    "SpeculativeDecoder",
+    "TokenStream",
+    "build_drafters",
+    "build_policy",
+    "parse_spec",
+]

@@ -1,0 +1,294 @@
+"""``crossedge specdec``: generate, bench, demo and suite commands."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+import warnings
+from typing import Any
+
+import click
+
+from crossedge.core.bench import threads as pinned_threads
+from crossedge.core.cli import echo_json
+
+from .errors import SpecdecError
+from .sampling import SamplingConfig
+
+DEFAULT_POLICY = "cost-aware"
+
+
+@click.group(name="specdec")
+def specdec() -> None:
+    """Lossless speculative decoding with pluggable drafters."""
+
+
+def _load(model_name: str) -> tuple[Any, Any]:
+    from crossedge.core import load_model
+
+    loaded = load_model(model_name)
+    return loaded.model, loaded.tokenizer
+
+
+def _format_stats(stats: Any, policy: Any = None) -> str:
+    lines = [
+        f"new tokens {stats.new_tokens} in {stats.seconds:.2f} s = {stats.tokens_per_s:.1f} tokens/s; "
+        f"mean accepted length {stats.mean_accepted:.2f}; stop: {stats.stop_reason}"
+    ]
+    if stats.drafted_at:
+        rates = " ".join(f"{r:.2f}" for r in stats.acceptance_by_position[:10])
+        lines.append(f"acceptance by draft position: {rates}")
+    for name, s in stats.drafters.items():
+        lines.append(
+            f"drafter {name}: {s.proposals} drafts, {s.drafted} tokens drafted, {s.accepted} accepted "
+            f"({100 * s.acceptance_rate:.0f}%), {s.seconds * 1000:.0f} ms drafting"
+        )
+    return "\n".join(lines)
+
+
+@specdec.command()
+@click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
+@click.option(
+    "--drafter",
+    "drafter_spec",
+    default="copy",
+    show_default=True,
+    help="Drafter spec, e.g. copy,draft-model:model=NAME; 'none' for vanilla.",
+)
+@click.option(
+    "--policy", default=DEFAULT_POLICY, show_default=True, help="Draft length: constant[:k=N], heuristic, cost-aware."
+)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--threads", "thread_count", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON after the text.")
+@click.argument("prompt")
+def generate(
+    model_name: str,
+    drafter_spec: str,
+    policy: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    max_new_tokens: int,
+    thread_count: int | None,
+    as_json: bool,
+    prompt: str,
+) -> None:
+    """Stream a model's answer to PROMPT with speculative decoding, then print the statistics."""
+    from crossedge.core.sources import encode_prompt
+
+    from .engine import SpeculativeDecoder
+
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    model, tokenizer = _load(model_name)
+    decoder = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
+    input_ids = encode_prompt(tokenizer, prompt)
+    with pinned_threads(thread_count):
+        stream = decoder.stream(input_ids, max_new_tokens, sampling)
+        shown = ""
+        for _ in stream:
+            # Decoding the whole answer each time keeps multi-byte characters intact.
+            text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
+            if text.startswith(shown):
+                click.echo(text[len(shown) :], nl=False)
+                shown = text
+        click.echo()
+    click.secho(_format_stats(stream.stats), fg="cyan", err=True)
+    if as_json:
+        echo_json(stream.stats.to_dict())
+
+
+@specdec.command()
+@click.option("--model", "model_name", required=True, help="Target model.")
+@click.option(
+    "--drafter",
+    "drafter_specs",
+    multiple=True,
+    required=True,
+    help="Drafter spec, optionally SPEC@POLICY (repeatable).",
+)
+@click.option("--policy", default=DEFAULT_POLICY, show_default=True, help="Draft-length policy for every drafter spec.")
+@click.option("--suite", "suite_name", type=click.Choice(["default"]), default=None, help="Bundled prompt suite.")
+@click.option(
+    "--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None, help="Spec-Bench question.jsonl."
+)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--limit-per-task", type=int, default=None, help="Only the first N prompts of each task.")
+@click.option("--compare-hf", is_flag=True, help="Add transformers' greedy, prompt-lookup and assisted generate.")
+@click.option("--hf-assistant", default=None, help="Draft model for hf-assisted (default: the draft-model drafter's).")
+@click.option("--threads", "thread_count", type=int, default=2, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write results JSON (and a PNG beside it).",
+)
+def bench(
+    model_name: str,
+    drafter_specs: tuple[str, ...],
+    policy: str,
+    suite_name: str | None,
+    prompts_file: str | None,
+    max_new_tokens: int,
+    limit_per_task: int | None,
+    compare_hf: bool,
+    hf_assistant: str | None,
+    thread_count: int,
+    json_path: str | None,
+) -> None:
+    """Benchmark drafters against vanilla decoding on a prompt suite, per task and overall."""
+    from . import bench as runner
+    from .suite import default_suite, read_spec_bench
+    from .suite import limit_per_task as limit
+
+    if (suite_name is None) == (prompts_file is None):
+        raise SpecdecError("give exactly one of --suite default or --prompts FILE.jsonl")
+    if max_new_tokens <= 0:
+        raise SpecdecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prompts = default_suite() if suite_name else read_spec_bench(prompts_file)
+    for warning in caught:
+        click.secho(f"warning: {warning.message}", fg="yellow", err=True)
+    prompts = limit(prompts, limit_per_task)
+    model, tokenizer = _load(model_name)
+    notes: list[str] = []
+    assistant = _load(hf_assistant)[0] if hf_assistant else None
+    methods = runner.build_methods(
+        model,
+        drafter_specs,
+        policy=policy,
+        compare_hf=compare_hf,
+        hf_assistant=assistant,
+        notes=notes,
+        tokenizer=tokenizer,
+    )
+    for note in notes:
+        click.secho(note, fg="yellow", err=True)
+    click.echo(
+        f"{len(prompts)} prompts x {len(methods)} methods, {max_new_tokens} new tokens, greedy, {thread_count} threads",
+        err=True,
+    )
+    with pinned_threads(thread_count):
+        runs = runner.run_benchmark(model, tokenizer, prompts, methods, max_new_tokens=max_new_tokens)
+    summary = runner.summarize(runs)
+    click.echo(runner.format_summary(summary))
+    not_identical = [r for r in runs if not r["identical_to_baseline"]]
+    if not_identical:
+        click.secho(
+            f"{len(not_identical)} runs differ from vanilla: "
+            + ", ".join(f"{r['method']}@{r['task']}/{r['prompt_id']}" for r in not_identical[:8]),
+            fg="yellow",
+            err=True,
+        )
+    if json_path:
+        command = "crossedge specdec bench " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        written, png = runner.write_results(json_path, runs, summary, command=command, notes=notes)
+        click.echo(f"wrote {written} and {png}", err=True)
+
+
+DEMO_PROMPTS = (("code-editing", 0), ("redundant-turn", 0), ("summarization", 0))
+
+
+@specdec.command()
+@click.option("--model", "model_name", default="smollm2-135m", show_default=True)
+@click.option("--drafter", "drafter_spec", default="copy", show_default=True)
+@click.option("--policy", default=DEFAULT_POLICY, show_default=True)
+@click.option("--max-new-tokens", type=int, default=96, show_default=True)
+@click.option("--threads", "thread_count", type=int, default=2, show_default=True)
+def demo(model_name: str, drafter_spec: str, policy: str, max_new_tokens: int, thread_count: int) -> None:
+    """Vanilla against speculative decoding, side by side, with speedup and identity check."""
+    from .bench import encode_chat
+    from .engine import SpeculativeDecoder
+    from .suite import default_suite
+
+    click.echo(f"loading {model_name} (the first run pulls it into the crossedge cache) ...", err=True)
+    model, tokenizer = _load(model_name)
+    suite = default_suite()
+    by_task: dict[str, list[Any]] = {}
+    for prompt in suite:
+        by_task.setdefault(prompt.task, []).append(prompt)
+    vanilla = SpeculativeDecoder(model, None)
+    speculative = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
+    all_identical = True
+    speedups = []
+    with pinned_threads(thread_count):
+        warm = encode_chat(tokenizer, [{"role": "user", "content": "Say hello."}])
+        vanilla.generate(warm, 4)
+        speculative.generate(warm, 4)
+        for task, index in DEMO_PROMPTS:
+            if task not in by_task or len(by_task[task]) <= index:
+                continue
+            prompt = by_task[task][index]
+            input_ids = encode_chat(tokenizer, [{"role": "user", "content": prompt.turns[0]}])
+            start = time.perf_counter()
+            base = vanilla.generate(input_ids, max_new_tokens)
+            base_s = time.perf_counter() - start
+            start = time.perf_counter()
+            spec = speculative.generate(input_ids, max_new_tokens)
+            spec_s = time.perf_counter() - start
+            identical = base.tokens == spec.tokens
+            all_identical &= identical
+            speedup = (len(spec.tokens) / spec_s) / (len(base.tokens) / base_s)
+            speedups.append(speedup)
+            click.secho(f"\n=== {task} / {prompt.prompt_id} ===", bold=True)
+            click.echo(prompt.turns[0][:300] + (" ..." if len(prompt.turns[0]) > 300 else ""))
+            click.secho("--- answer ---", dim=True)
+            click.echo(tokenizer.decode(spec.tokens, skip_special_tokens=True).strip())
+            click.echo(
+                f"vanilla      {len(base.tokens):4d} tokens {base_s:6.2f} s {len(base.tokens) / base_s:6.1f} tok/s\n"
+                f"{drafter_spec:<12} {len(spec.tokens):4d} tokens {spec_s:6.2f} s "
+                f"{len(spec.tokens) / spec_s:6.1f} tok/s"
+                f"  mean accepted {spec.stats.mean_accepted:.2f}\n"
+                f"speedup {speedup:.2f}x   identical to vanilla: {'yes' if identical else 'NO'}"
+            )
+    if not speedups:
+        raise SpecdecError("the default suite has no demo prompts on this machine (see the warnings above)")
+    from crossedge.core.bench import geometric_mean
+
+    colour = "green" if all_identical else "red"
+    click.secho(
+        f"\ngeometric-mean speedup {geometric_mean(speedups):.2f}x on {thread_count} threads; "
+        f"outputs identical: {'yes' if all_identical else 'NO'}",
+        fg=colour,
+        bold=True,
+    )
+    if not all_identical:
+        raise SpecdecError("speculative output differed from vanilla greedy output: please report this as a bug")
+
+
+@specdec.command(name="suite")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--json", "as_json", is_flag=True, help="Print the prompts as JSON.")
+def suite_command(task: str | None, as_json: bool) -> None:
+    """Show the bundled default suite as materialized on this machine."""
+    from dataclasses import asdict
+
+    from .suite import default_suite
+
+    prompts = [p for p in default_suite() if task is None or p.task == task]
+    if as_json:
+        echo_json([asdict(p) for p in prompts])
+        return
+    for p in prompts:
+        first = p.turns[0].splitlines()[0][:90]
+        click.echo(f"{p.task:<20} {p.prompt_id:<34} turns={len(p.turns)}  {first}")
+
+
+@specdec.command(name="drafters")
+def drafters_command() -> None:
+    """List registered drafters and their capabilities."""
+    from crossedge.core import get_registry
+
+    for entry in get_registry("drafter").entries():
+        cls = entry.obj
+        flags = [f for f in ("cheap", "provides_probs", "needs_target") if getattr(cls, f, False)]
+        aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        click.echo(f"{entry.name:<14} {cls.description}{aliases} [{', '.join(flags)}] from {entry.plugin}")

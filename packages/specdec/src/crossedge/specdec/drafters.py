@@ -1,0 +1,299 @@
+"""The drafter contract, the built-in drafters, and ``--drafter`` spec parsing.
+
+A drafter is as small as transformers' ``CandidateGenerator``: configuration in
+``__init__``, capability flags as class attributes, ``propose(context_ids, k)``
+returning up to ``k`` tokens (plus their draft probabilities when it samples), and
+``feedback(num_accepted)`` after the target verified them. Drafters register
+through the ``register_drafters`` hook with their class; ``name`` is the spec name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import SpecdecError
+from .sampling import SamplingConfig, check_finite, process_logits
+from .suffix_index import SuffixIndex
+
+
+@dataclass
+class Draft:
+    """Proposed tokens; ``probs`` (k x vocab) when they were sampled, ``None`` for a point mass."""
+
+    tokens: list[int]
+    probs: torch.Tensor | None = None
+    #: A drafter-chosen label for how confident it is (the copy drafter uses match-length
+    #: buckets); policies keep acceptance statistics per bucket.
+    bucket: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def truncated(self, k: int) -> Draft:
+        """The first ``k`` tokens of this draft."""
+        probs = None if self.probs is None else self.probs[:k]
+        return Draft(self.tokens[:k], probs, self.bucket)
+
+
+@dataclass
+class Sampler:
+    """What a drafter needs to know about the current run's sampling."""
+
+    config: SamplingConfig = field(default_factory=SamplingConfig)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+class Drafter:
+    """Base class of drafters. Subclasses set ``name`` and implement :meth:`propose`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Proposing costs next to nothing, so the engine may ask for the most tokens and let
+    #: the draft-length policy cut the draft after seeing it.
+    cheap: ClassVar[bool] = False
+    #: ``propose`` returns draft probabilities when sampling (else drafts are a point mass).
+    provides_probs: ClassVar[bool] = False
+    #: The constructor needs the target model (``target=``) or its tokenizer (``tokenizer=``).
+    needs_target: ClassVar[bool] = False
+
+    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+        """Reset per-generation state; called once before the first ``propose`` of a run."""
+        self.sampler = sampler
+
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        """Up to ``k`` tokens continuing ``context_ids`` (prompt plus accepted output)."""
+        raise NotImplementedError
+
+    def feedback(self, num_accepted: int) -> None:
+        """How many tokens of the last proposal the target accepted (``propose`` order)."""
+
+
+class CopyDrafter(Drafter):
+    """Copy what followed the longest earlier match of the current suffix (prompt lookup / CopySpec)."""
+
+    name = "copy"
+    description = "copy the continuation of the longest earlier suffix match in prompt and output"
+    cheap = True
+
+    def __init__(self, max_copy: int = 16, min_match: int = 2):
+        if max_copy < 1 or min_match < 1:
+            raise SpecdecError(f"copy drafter needs max_copy >= 1 and min_match >= 1, got {max_copy}, {min_match}")
+        self.max_copy = int(max_copy)
+        self.min_match = int(min_match)
+        self.index = SuffixIndex()
+
+    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+        super().begin(prompt_ids, sampler)
+        self.index = SuffixIndex(prompt_ids)
+
+    def _sync(self, context_ids: Sequence[int]) -> None:
+        indexed = len(self.index)
+        # The context only grows during a run; anything else means a new sequence.
+        if indexed > len(context_ids) or (indexed and context_ids[indexed - 1] != self.index.tokens[-1]):
+            self.index = SuffixIndex(context_ids)
+        else:
+            self.index.extend(context_ids[indexed:])
+
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        self._sync(context_ids)
+        tokens, match = self.index.continuation(min(k, self.max_copy), self.min_match)
+        return Draft(tokens, None, _match_bucket(match))
+
+
+def _match_bucket(match: int) -> str:
+    if match <= 2:
+        return f"m{match}"
+    if match <= 4:
+        return "m3-4"
+    if match <= 8:
+        return "m5-8"
+    return "m9+"
+
+
+class DraftModelDrafter(Drafter):
+    """A smaller causal LM with the same tokenizer drafting autoregressively with its own rolled-back KV cache."""
+
+    name = "draft-model"
+    description = "a smaller model with the same tokenizer (option model=NAME)"
+    provides_probs = True
+    needs_target = True
+
+    def __init__(self, model: Any = None, target: Any = None):
+        if model is None:
+            raise SpecdecError("the draft-model drafter needs a model: use 'draft-model:model=NAME' in --drafter")
+        if isinstance(model, str):
+            from crossedge.core import load_model
+
+            model = load_model(model).model
+        self.model = model
+        if target is not None:
+            target_vocab = target.get_output_embeddings().weight.shape[0]
+            draft_vocab = model.get_output_embeddings().weight.shape[0]
+            if target_vocab != draft_vocab:
+                raise SpecdecError(
+                    f"draft model vocabulary ({draft_vocab}) differs from the target's ({target_vocab}); "
+                    f"draft-model needs the same tokenizer"
+                )
+        self.window = getattr(model.config, "max_position_embeddings", None)
+        self.cache = None
+        self.cached_ids: list[int] = []
+        self.seconds = 0.0
+
+    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+        super().begin(prompt_ids, sampler)
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", ()))
+        if self.trim_always:
+            self.cache.activate_past_recording()
+        self.cached_ids = []
+
+    def _rollback(self, context_ids: Sequence[int]) -> None:
+        common = 0
+        limit = min(len(self.cached_ids), len(context_ids))
+        while common < limit and self.cached_ids[common] == context_ids[common]:
+            common += 1
+        # Keep one token uncached so the next forward always yields logits for the next position.
+        common = min(common, len(context_ids) - 1)
+        extra = len(self.cached_ids) - common
+        if extra > 0 or (self.trim_always and self.cached_ids):
+            self.cache.crop(-extra)
+            del self.cached_ids[common:]
+
+    @torch.inference_mode()
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        start = time.perf_counter()
+        tokens, rows = self._draft_tokens(context_ids, k, sample=not self.sampler.config.greedy)
+        self.seconds += time.perf_counter() - start
+        return Draft(tokens, torch.stack(rows) if rows else None)
+
+    def _draft_tokens(self, context_ids: Sequence[int], k: int, sample: bool) -> tuple[list[int], list[torch.Tensor]]:
+        """Up to ``k`` draft-vocabulary tokens after ``context_ids``, with their q rows when sampling."""
+        if self.window is not None:
+            k = min(k, self.window - len(context_ids))
+        if k <= 0:
+            return [], []
+        self._rollback(context_ids)
+        feed = list(context_ids[len(self.cached_ids) :])
+        config = self.sampler.config
+        tokens: list[int] = []
+        rows = []
+        for _ in range(k):
+            out = self.model(input_ids=torch.tensor([feed]), cache=self.cache, use_cache=True, logits_to_keep=1)
+            self.cached_ids.extend(feed)
+            logits = out.logits[0, -1]
+            check_finite(logits, "the draft model")
+            if not sample:
+                token = int(logits.argmax())
+            else:
+                probs = process_logits(logits, config)
+                token = int(torch.multinomial(probs, 1, generator=self.sampler.generator))
+                rows.append(probs)
+            tokens.append(token)
+            feed = [token]
+        return tokens, rows
+
+
+class CrossVocabDrafter(DraftModelDrafter):
+    """A draft model with a different tokenizer, bridged through text (universal assisted decoding).
+
+    Each step decodes the target context to text, re-encodes it with the draft
+    tokenizer (the draft KV cache keeps the longest unchanged prefix), drafts
+    greedily, and re-encodes the drafted text with the target tokenizer. The
+    proposal is deterministic given the context, so verification treats it as a
+    point mass, which keeps sampling exact.
+    """
+
+    name = "cross-vocab"
+    description = "a draft model with a different tokenizer, bridged through text (option model=NAME)"
+    provides_probs = False
+
+    def __init__(self, model: Any = None, target: Any = None, tokenizer: Any = None, draft_tokenizer: Any = None):
+        if model is None:
+            raise SpecdecError("the cross-vocab drafter needs a model: use 'cross-vocab:model=NAME' in --drafter")
+        if isinstance(model, str):
+            from crossedge.core import load_model
+
+            loaded = load_model(model)
+            model, draft_tokenizer = loaded.model, loaded.tokenizer
+        if tokenizer is None or draft_tokenizer is None:
+            raise SpecdecError(
+                "cross-vocab needs the target's and the draft's tokenizers (tokenizer=, draft_tokenizer=)"
+            )
+        super().__init__(model)
+        self.target_tokenizer = tokenizer
+        self.draft_tokenizer = draft_tokenizer
+
+    @torch.inference_mode()
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        start = time.perf_counter()
+        text = self.target_tokenizer.decode(list(context_ids), skip_special_tokens=False)
+        draft_context = self.draft_tokenizer(text).input_ids
+        draft_tokens, _ = self._draft_tokens(draft_context, k, sample=False)
+        drafted_text = self.draft_tokenizer.decode(draft_tokens, skip_special_tokens=True)
+        tokens = self.target_tokenizer(drafted_text, add_special_tokens=False).input_ids[:k] if drafted_text else []
+        self.seconds += time.perf_counter() - start
+        return Draft(list(tokens))
+
+
+def _convert(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``name[:key=value[:key=value]][,name...]`` into (name, options) pairs, in chain order."""
+    if spec is None or not spec.strip():
+        raise SpecdecError("empty drafter spec: use 'none', 'copy', 'draft-model:model=NAME' or a chain 'copy,...'")
+    chain = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise SpecdecError(f"drafter spec {spec!r} has an empty element between commas")
+        name, *pairs = part.split(":")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SpecdecError(f"drafter option {pair!r} in {spec!r} must look like key=value")
+            options[key.strip().replace("-", "_")] = _convert(value.strip())
+        chain.append((name.strip(), options))
+    return chain
+
+
+def build_drafters(spec: str, *, target: Any = None, **context: Any) -> list[Drafter]:
+    """Instantiate the drafters of a spec from the drafter registry; ``none``/``vanilla`` gives an empty chain."""
+    from crossedge.core import get_registry
+
+    if spec is not None and spec.strip().lower() in ("none", "vanilla"):
+        return []
+    registry = get_registry("drafter")
+    drafters = []
+    for name, options in parse_spec(spec):
+        cls = registry.get(name)
+        kwargs = dict(options)
+        if getattr(cls, "needs_target", False):
+            accepted = inspect.signature(cls.__init__).parameters
+            supplied = {"target": target, **context}
+            kwargs.update({k: v for k, v in supplied.items() if k in accepted and k not in kwargs})
+        try:
+            drafters.append(cls(**kwargs))
+        except TypeError as exc:
+            raise SpecdecError(f"drafter {name!r} does not accept options {sorted(options)}: {exc}") from exc
+    names = [d.name for d in drafters]
+    if len(set(names)) != len(names):
+        raise SpecdecError(f"drafter spec {spec!r} names a drafter twice; statistics are kept per drafter name")
+    return drafters

@@ -1,0 +1,344 @@
+"""The speculative decoding engine: draft, verify in one target forward, roll back, stream.
+
+Behaviour at the edges (documented here and in docs/specdec.md):
+
+* an empty prompt, ``max_new_tokens <= 0`` or a batch of more than one row raise
+  :class:`SpecdecError`; a prompt that fills the context window raises
+  :class:`PromptTooLongError`;
+* when prompt plus ``max_new_tokens`` exceed the window, generation stops at the
+  window with ``stop_reason == "context"``;
+* an end-of-sequence token ends generation: it is emitted, nothing after it is,
+  even when a draft continued past it;
+* NaN, +inf or all-masked logits raise :class:`NonFiniteLogitsError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .drafters import Draft, Drafter, Sampler, build_drafters
+from .errors import PromptTooLongError, SpecdecError
+from .policies import DraftLengthPolicy, build_policy
+from .sampling import SamplingConfig, check_finite, process_logits, sample, verify_sampled
+
+
+@dataclass
+class DrafterStats:
+    """What one drafter proposed and how much of it the target kept."""
+
+    proposals: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted over drafted tokens (0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class RunStats:
+    """Metrics of one generation."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    target_forwards: int = 0
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+    drafters: dict[str, DrafterStats] = field(default_factory=dict)
+    stop_reason: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """New tokens per second of decoding (prefill included)."""
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """New tokens per target forward: the target's own token included, so vanilla decoding is 1.00."""
+        return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """Share of drafted tokens accepted at each draft position (1-based order)."""
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at, strict=True)]
+
+    def record(self, drafter: str, drafted: int, accepted: int) -> None:
+        """Count one verified draft."""
+        while len(self.drafted_at) < drafted:
+            self.drafted_at.append(0)
+            self.accepted_at.append(0)
+        for i in range(drafted):
+            self.drafted_at[i] += 1
+            if i < accepted:
+                self.accepted_at[i] += 1
+        entry = self.drafters.setdefault(drafter, DrafterStats())
+        entry.proposals += 1
+        entry.drafted += drafted
+        entry.accepted += accepted
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for JSON output."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "target_forwards": self.target_forwards,
+            "mean_accepted": self.mean_accepted,
+            "acceptance_by_position": self.acceptance_by_position,
+            "drafters": {
+                name: {
+                    "proposals": s.proposals,
+                    "drafted": s.drafted,
+                    "accepted": s.accepted,
+                    "acceptance_rate": s.acceptance_rate,
+                    "seconds": s.seconds,
+                }
+                for name, s in self.drafters.items()
+            },
+            "stop_reason": self.stop_reason,
+        }
+
+
+@dataclass
+class GenerationResult:
+    """The new tokens of one generation and its metrics."""
+
+    tokens: list[int]
+    stats: RunStats
+
+
+class TokenStream:
+    """Iterator over generated token ids as they are accepted; ``stats`` fills in as it runs."""
+
+    def __init__(self, iterator: Iterator[int], stats: RunStats):
+        self._iterator = iterator
+        self.stats = stats
+        self.tokens: list[int] = []
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        token = next(self._iterator)
+        self.tokens.append(token)
+        return token
+
+    def result(self) -> GenerationResult:
+        """Run to the end (if not yet) and return everything."""
+        for _ in self:
+            pass
+        return GenerationResult(self.tokens, self.stats)
+
+
+def _eos_ids(model: Any, eos_token_id: int | Sequence[int] | None) -> frozenset[int]:
+    if eos_token_id is None:
+        # Same source as transformers' generate: the generation config when the model has one.
+        config = getattr(model, "generation_config", None) or model.config
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return frozenset()
+    if isinstance(eos_token_id, int):
+        return frozenset([eos_token_id])
+    return frozenset(int(t) for t in eos_token_id)
+
+
+def _prompt_list(input_ids: Any) -> list[int]:
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 2:
+            if input_ids.shape[0] != 1:
+                raise SpecdecError(
+                    f"batch size {input_ids.shape[0]} is not supported yet: pass one prompt (shape 1 x n) at a time"
+                )
+            input_ids = input_ids[0]
+        return [int(t) for t in input_ids.tolist()]
+    return [int(t) for t in input_ids]
+
+
+class SpeculativeDecoder:
+    """Lossless speculative decoding of a transformers causal LM with a chain of drafters.
+
+    ``drafters`` is a spec string (``"copy"``, ``"copy,draft-model:model=NAME"``,
+    ``"none"``), a drafter, a list of drafters, or ``None`` for plain decoding.
+    ``tokenizer`` (the target's) is handed to drafters that bridge vocabularies.
+    ``policy`` is a draft-length policy or its spec (``"constant:k=5"``,
+    ``"heuristic"``, ``"cost-aware"``). The policy keeps what it learned across
+    calls, so a decoder reused over many prompts keeps its latency model.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        drafters: str | Drafter | Sequence[Drafter] | None = None,
+        policy: str | DraftLengthPolicy | None = None,
+        *,
+        eos_token_id: int | Sequence[int] | None = None,
+        tokenizer: Any = None,
+    ):
+        self.model = model
+        if isinstance(drafters, str):
+            drafters = build_drafters(drafters, target=model, tokenizer=tokenizer)
+        elif isinstance(drafters, Drafter):
+            drafters = [drafters]
+        self.drafters: list[Drafter] = list(drafters or [])
+        self.policy = build_policy(policy)
+        self.eos = _eos_ids(model, eos_token_id)
+        self.window: int | None = getattr(model.config, "max_position_embeddings", None)
+
+    # ----------------------------------------------------------------- public
+
+    def stream(self, input_ids: Any, max_new_tokens: int, sampling: SamplingConfig | None = None) -> TokenStream:
+        """Start generating; iterate the returned stream to receive tokens as they are accepted."""
+        prompt = _prompt_list(input_ids)
+        if not prompt:
+            raise SpecdecError("empty prompt: give at least one token (a BOS token will do)")
+        if max_new_tokens is None or max_new_tokens <= 0:
+            raise SpecdecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if self.window is not None and len(prompt) >= self.window:
+            raise PromptTooLongError(
+                f"prompt has {len(prompt)} tokens but the model's context window is {self.window}: "
+                f"shorten the prompt to at most {self.window - 1} tokens"
+            )
+        sampling = sampling or SamplingConfig()
+        stats = RunStats(prompt_tokens=len(prompt))
+        limit = max_new_tokens
+        if self.window is not None:
+            limit = min(limit, self.window - len(prompt))
+        iterator = self._decode(prompt, limit, max_new_tokens, sampling, stats)
+        return TokenStream(iterator, stats)
+
+    def generate(self, input_ids: Any, max_new_tokens: int, sampling: SamplingConfig | None = None) -> GenerationResult:
+        """Generate to the end and return the new tokens with the run's metrics."""
+        return self.stream(input_ids, max_new_tokens, sampling).result()
+
+    # --------------------------------------------------------------- decoding
+
+    def _pick(self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> int:
+        if sampling.greedy:
+            return int(logits.argmax())
+        return sample(process_logits(logits, sampling), generator)
+
+    def _decode(
+        self, prompt: list[int], limit: int, requested: int, sampling: SamplingConfig, stats: RunStats
+    ) -> Iterator[int]:
+        from transformers import DynamicCache
+
+        model = self.model
+        generator = None if sampling.greedy else sampling.generator()
+        sampler = Sampler(sampling, generator if generator is not None else torch.Generator())
+        for drafter in self.drafters:
+            drafter.begin(prompt, sampler)
+        for drafter in self.drafters:
+            stats.drafters.setdefault(drafter.name, DrafterStats())
+        cache = DynamicCache(config=model.config)
+        # Sliding-window layers forget old keys unless told to keep them until the next crop,
+        # which speculative rollback needs; crop(0) after each forward then trims them.
+        self._trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ()))
+        if self._trim_always:
+            cache.activate_past_recording()
+        context = list(prompt)
+        eos = self.eos
+        clock = time.perf_counter
+        started = clock()
+
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[0, -1]
+            check_finite(logits, "the target model")
+            token = self._pick(logits, sampling, generator)
+            stats.target_forwards = 1
+
+        pending = [token]
+        emitted = 0
+        while True:
+            for tok in pending:
+                context.append(tok)
+                emitted += 1
+                stats.new_tokens = emitted
+                # The engine clock stops while the consumer handles the token.
+                stats.seconds += clock() - started
+                yield tok
+                started = clock()
+                stop = None
+                if tok in eos:
+                    stop = "eos"
+                elif emitted >= limit:
+                    stop = "length" if limit == requested else "context"
+                if stop is not None:
+                    stats.seconds += clock() - started
+                    stats.stop_reason = stop
+                    return
+            with torch.inference_mode():
+                pending = self._step(
+                    model, cache, context, pending[-1], limit - emitted - 1, sampling, generator, stats
+                )
+            stats.target_forwards += 1
+
+    def _draft(self, context: list[int], budget: int, stats: RunStats) -> tuple[Draft | None, Drafter | None]:
+        policy = self.policy
+        for drafter in self.drafters:
+            start = time.perf_counter()
+            if drafter.cheap:
+                cap = min(budget, policy.max_k)
+                proposal = drafter.propose(context, cap)
+                k = policy.choose(drafter.name, proposal.bucket, min(len(proposal), cap))
+                proposal = proposal.truncated(k)
+            else:
+                k = policy.choose(drafter.name, "", budget)
+                if k <= 0:
+                    continue
+                proposal = drafter.propose(context, k)
+                proposal = proposal.truncated(k)
+            seconds = time.perf_counter() - start
+            stats.drafters[drafter.name].seconds += seconds
+            policy.observe_drafting(drafter.name, len(proposal), seconds)
+            if len(proposal):
+                return proposal, drafter
+        return None, None
+
+    def _step(
+        self,
+        model: Any,
+        cache: Any,
+        context: list[int],
+        last: int,
+        budget: int,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        stats: RunStats,
+    ) -> list[int]:
+        """One draft-and-verify step; returns the tokens to emit (accepted drafts + one target token)."""
+        draft, drafter = (None, None) if budget <= 0 or not self.drafters else self._draft(context, budget, stats)
+        drafted = draft.tokens if draft is not None else []
+        k = len(drafted)
+        feed = [last, *drafted]
+        start = time.perf_counter()
+        out = model(input_ids=torch.tensor([feed]), cache=cache, use_cache=True, logits_to_keep=k + 1)
+        logits = out.logits[0]
+        check_finite(logits, "the target model")
+        if sampling.greedy:
+            picks = logits.argmax(dim=-1).tolist()
+            accepted = 0
+            while accepted < k and drafted[accepted] == picks[accepted]:
+                accepted += 1
+            next_token = picks[accepted]
+        else:
+            probs = process_logits(logits, sampling)
+            accepted, next_token = verify_sampled(probs, drafted, draft.probs if draft else None, generator)
+        self.policy.observe_verification(k, time.perf_counter() - start)
+        if accepted < k or self._trim_always:
+            # The cache holds keys for every drafted token; drop the rejected tail.
+            cache.crop(accepted - k)
+        if k:
+            stats.record(drafter.name, k, accepted)
+            self.policy.observe_acceptance(drafter.name, draft.bucket, k, accepted)
+            drafter.feedback(accepted)
+        return [*drafted[:accepted], next_token]

@@ -1,0 +1,17 @@
+"""Errors raised by speculative decoding; each says what to change."""
+
+from __future__ import annotations
+
+from crossedge.core import CrossedgeError
+
+
+class SpecdecError(CrossedgeError):
+    """A speculative-decoding request cannot be served as given."""
+
+
+class PromptTooLongError(SpecdecError):
+    """The prompt does not fit the model's context window."""
+
+
+class NonFiniteLogitsError(SpecdecError):
+    """The model produced NaN or infinite logits, so no token can be chosen."""

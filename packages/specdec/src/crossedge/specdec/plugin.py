@@ -1,0 +1,28 @@
+"""The specdec plugin module: registers the built-in drafters and the ``crossedge specdec`` commands."""
+
+from __future__ import annotations
+
+from crossedge.core import hookimpl
+
+from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter
+
+
+@hookimpl
+def register_drafters(register):
+    register(CopyDrafter, aliases=("prompt-lookup", "copyspec"))
+    register(DraftModelDrafter, aliases=("draft",))
+    register(CrossVocabDrafter, aliases=("universal",))
+
+
+@hookimpl
+def register_benchmarks(register):
+    from .bench import SpecdecBenchmark
+
+    register(SpecdecBenchmark())
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import specdec
+
+    cli.add_command(specdec)

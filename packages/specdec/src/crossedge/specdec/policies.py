@@ -1,0 +1,276 @@
+"""Draft-length policies: how many tokens to draft before each verification.
+
+``constant`` always drafts ``k``; ``heuristic`` grows the length by 2 after a fully
+accepted draft and shrinks it by 1 otherwise (transformers' schedule); ``cost-aware``
+measures the target's verification latency ``t(k)`` and each drafter's acceptance
+online and drafts the ``k`` (possibly 0) that maximises expected tokens per second.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from .errors import SpecdecError
+
+
+class DraftLengthPolicy:
+    """Base class: ``choose`` a length, then hear about the outcome through the ``observe`` methods."""
+
+    name: ClassVar[str] = ""
+    max_k: int = 16
+
+    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
+        """How many tokens (0..max_k) of drafter ``drafter`` to verify next."""
+        raise NotImplementedError
+
+    def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
+        """``accepted`` of ``drafted`` tokens survived verification."""
+
+    def observe_verification(self, drafted: int, seconds: float) -> None:
+        """One target forward verifying ``drafted`` tokens took ``seconds``."""
+
+    def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
+        """Drafter ``drafter`` spent ``seconds`` proposing ``drafted`` tokens."""
+
+    def describe(self) -> dict[str, Any]:
+        """Learned state worth printing (empty for stateless policies)."""
+        return {}
+
+
+def _check_k(value: int, what: str) -> int:
+    value = int(value)
+    if value < 1:
+        raise SpecdecError(f"{what} must be at least 1, got {value}")
+    return value
+
+
+class ConstantPolicy(DraftLengthPolicy):
+    """Always draft ``k`` tokens (fewer when the drafter has fewer)."""
+
+    name = "constant"
+
+    def __init__(self, k: int = 5):
+        self.k = self.max_k = _check_k(k, "constant policy k")
+
+    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
+        return min(self.k, max_k)
+
+
+class HeuristicPolicy(DraftLengthPolicy):
+    """Per drafter: +2 after a fully accepted draft, -1 otherwise, within [1, max_k]."""
+
+    name = "heuristic"
+
+    def __init__(self, k: int = 4, max_k: int = 16):
+        self.initial = _check_k(k, "heuristic policy k")
+        self.max_k = _check_k(max_k, "heuristic policy max_k")
+        self.current: dict[str, int] = {}
+
+    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
+        return min(self.current.setdefault(drafter, self.initial), max_k)
+
+    def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
+        k = self.current.setdefault(drafter, self.initial)
+        k = k + 2 if accepted >= drafted else k - 1
+        self.current[drafter] = max(1, min(self.max_k, k))
+
+
+class VerificationCostModel:
+    """Online estimate of the target's forward latency t(k) when verifying k drafted tokens."""
+
+    def __init__(self, smoothing: float = 0.2, prior_slope: float = 0.05):
+        self.smoothing = smoothing
+        #: Before measurements exist, each drafted token is assumed to add this fraction of t(0).
+        self.prior_slope = prior_slope
+        self.seconds: dict[int, float] = {}
+        self.counts: dict[int, int] = defaultdict(int)
+
+    def observe(self, k: int, seconds: float) -> None:
+        """Fold one measured forward into the estimate for ``k``."""
+        old = self.seconds.get(k)
+        # The first few samples are averaged plainly; afterwards an EMA follows the context-length drift.
+        self.counts[k] += 1
+        weight = max(self.smoothing, 1.0 / self.counts[k])
+        self.seconds[k] = seconds if old is None else old + weight * (seconds - old)
+
+    def __call__(self, k: int) -> float:
+        """Predicted seconds for verifying ``k`` tokens (interpolated between measured lengths)."""
+        if k in self.seconds:
+            return self.seconds[k]
+        if not self.seconds:
+            return 1.0 + self.prior_slope * k
+        known = sorted(self.seconds)
+        below = [j for j in known if j < k]
+        above = [j for j in known if j > k]
+        if below and above:
+            lo, hi = below[-1], above[0]
+            return self.seconds[lo] + (self.seconds[hi] - self.seconds[lo]) * (k - lo) / (hi - lo)
+        base_k = below[-1] if below else above[0]
+        base = self.seconds[base_k]
+        slope = self._slope() if len(known) >= 2 else self.prior_slope * base / (1 + self.prior_slope * base_k)
+        return max(1e-6, base + slope * (k - base_k))
+
+    def _slope(self) -> float:
+        known = sorted(self.seconds)
+        lo, hi = known[0], known[-1]
+        return max(0.0, (self.seconds[hi] - self.seconds[lo]) / (hi - lo))
+
+    def table(self) -> dict[int, float]:
+        """Measured mean seconds per k."""
+        return dict(sorted(self.seconds.items()))
+
+
+class AcceptanceModel:
+    """Per-position conditional acceptance rates with a Beta prior and exponential forgetting."""
+
+    def __init__(self, max_k: int, prior_accept: float = 1.0, prior_reject: float = 1.0, decay: float = 0.98):
+        self.accepted = [0.0] * (max_k + 1)
+        self.reached = [0.0] * (max_k + 1)
+        self.prior = (prior_accept, prior_reject)
+        self.decay = decay
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """Record one verification: positions 1..accepted accepted, position accepted+1 rejected."""
+        for i in range(1, len(self.reached)):
+            self.accepted[i] *= self.decay
+            self.reached[i] *= self.decay
+        for i in range(1, min(drafted, accepted + 1, len(self.reached) - 1) + 1):
+            self.reached[i] += 1.0
+            if i <= accepted:
+                self.accepted[i] += 1.0
+
+    def rates(self, k: int) -> list[float]:
+        """Acceptance probability of positions 1..k, each given that the positions before it were accepted.
+
+        Deep positions are observed rarely, so each position's prior is the previous position's
+        estimate (worth ``a + b`` observations) rather than a fixed value: a drafter whose first
+        tokens are almost always right is expected to keep being right until data says otherwise.
+        """
+        a, b = self.prior
+        weight = a + b
+        prior = a / weight
+        out = []
+        for i in range(1, k + 1):
+            j = min(i, len(self.reached) - 1)
+            prior = (self.accepted[j] + weight * prior) / (self.reached[j] + weight)
+            out.append(prior)
+        return out
+
+    def rate(self, i: int) -> float:
+        """Probability that position ``i`` is accepted given positions before it were."""
+        return self.rates(i)[-1]
+
+    def expected_tokens(self, k: int) -> float:
+        """Expected tokens per verification with ``k`` drafted, the target's own token included."""
+        total, survive = 1.0, 1.0
+        for rate in self.rates(k):
+            survive *= rate
+            total += survive
+        return total
+
+
+class CostAwarePolicy(DraftLengthPolicy):
+    """Draft the k in [0, max_k] maximising expected accepted tokens per second, learned online."""
+
+    name = "cost-aware"
+
+    def __init__(self, max_k: int = 16, probe_every: int = 16):
+        self.max_k = _check_k(max_k, "cost-aware policy max_k")
+        #: After this many consecutive zero-length choices for one drafter and bucket, draft a little
+        #: anyway so acceptance estimates keep tracking the text (costs at most a few percent).
+        self.probe_every = _check_k(probe_every, "cost-aware policy probe_every")
+        self.cost = VerificationCostModel()
+        self.acceptance: dict[tuple[str, str], AcceptanceModel] = {}
+        self.draft_seconds_per_token: dict[str, float] = {}
+        self.zero_streak: dict[tuple[str, str], int] = defaultdict(int)
+        # Probes that find nothing double the wait before the next one (up to 16x), so text where
+        # drafting never pays costs almost nothing; an accepted probe resets the wait.
+        self.probe_interval: dict[tuple[str, str], int] = {}
+        self.probing: set[tuple[str, str]] = set()
+
+    def _model(self, drafter: str, bucket: str) -> AcceptanceModel:
+        key = (drafter, bucket)
+        if key not in self.acceptance:
+            self.acceptance[key] = AcceptanceModel(self.max_k)
+        return self.acceptance[key]
+
+    def expected_rate(self, drafter: str, bucket: str, k: int) -> float:
+        """Expected tokens per second when drafting ``k`` tokens now."""
+        drafting = self.draft_seconds_per_token.get(drafter, 0.0) * k
+        return self._model(drafter, bucket).expected_tokens(k) / (self.cost(k) + drafting)
+
+    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
+        max_k = min(max_k, self.max_k)
+        if max_k <= 0:
+            return 0
+        per_token = self.draft_seconds_per_token.get(drafter, 0.0)
+        best_k, best = 0, 1.0 / self.cost(0)
+        expected, survive = 1.0, 1.0
+        for k, rate in enumerate(self._model(drafter, bucket).rates(max_k), start=1):
+            survive *= rate
+            expected += survive
+            value = expected / (self.cost(k) + per_token * k)
+            if value > best:
+                best_k, best = k, value
+        key = (drafter, bucket)
+        if best_k == 0:
+            self.zero_streak[key] += 1
+            if self.zero_streak[key] >= self.probe_interval.get(key, self.probe_every):
+                self.zero_streak[key] = 0
+                self.probing.add(key)
+                return min(2, max_k)
+        else:
+            self.zero_streak[key] = 0
+        return best_k
+
+    def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
+        key = (drafter, bucket)
+        self._model(drafter, bucket).observe(drafted, accepted)
+        if key in self.probing:
+            self.probing.discard(key)
+            interval = self.probe_interval.get(key, self.probe_every)
+            self.probe_interval[key] = self.probe_every if accepted else min(16 * self.probe_every, 2 * interval)
+
+    def observe_verification(self, drafted: int, seconds: float) -> None:
+        self.cost.observe(drafted, seconds)
+
+    def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
+        if drafted <= 0:
+            return
+        per_token = seconds / drafted
+        old = self.draft_seconds_per_token.get(drafter)
+        self.draft_seconds_per_token[drafter] = per_token if old is None else 0.8 * old + 0.2 * per_token
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "verify_seconds": {k: round(v, 5) for k, v in self.cost.table().items()},
+            "acceptance": {
+                f"{d}/{b}" if b else d: [round(m.rate(i), 3) for i in range(1, 6)]
+                for (d, b), m in sorted(self.acceptance.items())
+            },
+        }
+
+
+POLICIES: dict[str, type[DraftLengthPolicy]] = {
+    cls.name: cls for cls in (ConstantPolicy, HeuristicPolicy, CostAwarePolicy)
+}
+
+
+def build_policy(spec: str | DraftLengthPolicy | None) -> DraftLengthPolicy:
+    """A policy from ``name[:key=value...]`` (``constant:k=5``, ``heuristic``, ``cost-aware:max_k=12``)."""
+    from .drafters import parse_spec
+
+    if isinstance(spec, DraftLengthPolicy):
+        return spec
+    if spec is None:
+        return CostAwarePolicy()
+    (name, options), *rest = parse_spec(spec)
+    if rest:
+        raise SpecdecError(f"policy spec {spec!r} names more than one policy")
+    if name not in POLICIES:
+        raise SpecdecError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICIES)}")
+    try:
+        return POLICIES[name](**options)
+    except TypeError as exc:
+        raise SpecdecError(f"policy {name!r} does not accept options {sorted(options)}: {exc}") from exc

@@ -1,0 +1,99 @@
+"""An incrementally built suffix automaton answering "where did the current suffix occur before?".
+
+The copy drafter needs, after every accepted token, the longest suffix of the
+token sequence that also ends at an earlier position, and what followed it
+there. Rescanning the sequence each step costs O(n) per step; a suffix automaton
+extends in amortized O(1) per appended token and answers the query in O(1): the
+state of the whole sequence is new after each append (its end position set is
+just the last position), so its suffix link is exactly the longest suffix that
+also occurs earlier, and the link's first end position says where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SuffixIndex:
+    """Longest earlier occurrence of the current suffix of a growing token sequence."""
+
+    __slots__ = ("tokens", "_length", "_link", "_next", "_first_end", "_last")
+
+    def __init__(self, tokens: Iterable[int] = ()):
+        self.tokens: list[int] = []
+        # Parallel arrays keep states cheap: length of the longest string in the state,
+        # suffix link, transitions, and the first position where the state's strings end.
+        self._length: list[int] = [0]
+        self._link: list[int] = [-1]
+        self._next: list[dict[int, int]] = [{}]
+        self._first_end: list[int] = [-1]
+        self._last = 0
+        self.extend(tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Append tokens to the indexed sequence."""
+        for token in tokens:
+            self.append(int(token))
+
+    def append(self, token: int) -> None:
+        """Append one token (amortized constant time)."""
+        length, link, nxt, first_end = self._length, self._link, self._next, self._first_end
+        position = len(self.tokens)
+        self.tokens.append(token)
+        cur = len(length)
+        length.append(length[self._last] + 1)
+        link.append(-1)
+        nxt.append({})
+        first_end.append(position)
+        p = self._last
+        while p != -1 and token not in nxt[p]:
+            nxt[p][token] = cur
+            p = link[p]
+        if p == -1:
+            link[cur] = 0
+        else:
+            q = nxt[p][token]
+            if length[p] + 1 == length[q]:
+                link[cur] = q
+            else:
+                clone = len(length)
+                length.append(length[p] + 1)
+                link.append(link[q])
+                nxt.append(dict(nxt[q]))
+                first_end.append(first_end[q])
+                while p != -1 and nxt[p].get(token) == q:
+                    nxt[p][token] = clone
+                    p = link[p]
+                link[q] = clone
+                link[cur] = clone
+        self._last = cur
+
+    def longest_match(self) -> tuple[int, int]:
+        """``(match length, end position of its earliest earlier occurrence)``; ``(0, -1)`` if none."""
+        if not self.tokens:
+            return 0, -1
+        state = self._link[self._last]
+        if state <= 0:
+            return 0, -1
+        return self._length[state], self._first_end[state]
+
+    def continuation(self, max_tokens: int, min_match: int = 1) -> tuple[list[int], int]:
+        """Tokens that followed the earlier occurrence of the longest suffix match, and the match length."""
+        match, end = self.longest_match()
+        if match < min_match or max_tokens <= 0:
+            return [], match
+        return self.tokens[end + 1 : end + 1 + max_tokens], match
+
+
+def brute_force_longest_match(tokens: list[int]) -> tuple[int, int]:
+    """Reference answer for :meth:`SuffixIndex.longest_match` by direct search (tests use it)."""
+    n = len(tokens)
+    for match in range(n - 1, 0, -1):
+        suffix = tokens[n - match :]
+        for end in range(match - 1, n - 1):
+            if tokens[end - match + 1 : end + 1] == suffix:
+                return match, end
+    return 0, -1

@@ -1,0 +1,29 @@
+"""specdec tests never load entry points: the plugin module is registered per test by hand."""
+
+import os
+
+os.environ["CROSSEDGE_LOAD_PLUGINS"] = ""
+
+import pytest  # noqa: E402
+
+from crossedge.core import registered  # noqa: E402
+
+
+@pytest.fixture
+def specdec_plugin():
+    """The specdec plugin module registered for one test."""
+    from crossedge.specdec import plugin
+
+    with registered(plugin, name="specdec-test"):
+        yield plugin
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from threads, and a shared machine makes extra threads slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,127 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from crossedge.core.cli import build_cli
+from crossedge.core.testing import save_tiny_causal_lm
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    return str(save_tiny_causal_lm(tmp_path / "tiny", "llama", seed=1, initializer_range=0.15))
+
+
+@pytest.fixture
+def run(specdec_plugin, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROSSEDGE_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(build_cli(), list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_generate_streams_text_and_prints_stats(run, tiny_folder):
+    result = run(
+        "specdec",
+        "generate",
+        "--model",
+        tiny_folder,
+        "--drafter",
+        "copy",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "the cat sat on the mat, the cat sat on the",
+    )
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output[result.output.index("{") :])
+    assert stats["new_tokens"] == 12
+    assert "mean accepted length" in result.output
+
+
+def test_generate_rejects_bad_input(run, tiny_folder):
+    result = run("specdec", "generate", "--model", tiny_folder, "--max-new-tokens", "0", "hi")
+    assert result.exit_code == 1
+    assert "max_new_tokens must be at least 1" in result.output
+
+
+def test_bench_writes_runs_summary_and_plot(run, tiny_folder, tmp_path):
+    prompts = tmp_path / "question.jsonl"
+    prompts.write_text(
+        json.dumps({"question_id": 1, "category": "coding", "turns": ["def f(x): return x\ndef f(", "again"]})
+        + "\n"
+        + json.dumps({"question_id": 2, "category": "qa", "turns": ["the cat sat on the"]})
+        + "\n"
+    )
+    out = tmp_path / "bench.json"
+    result = run(
+        "specdec",
+        "bench",
+        "--model",
+        tiny_folder,
+        "--drafter",
+        "copy",
+        "--drafter",
+        "copy:min_match=3",
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "10",
+        "--compare-hf",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    methods = {r["method"] for r in data["runs"]}
+    assert methods == {"vanilla", "copy", "copy:min_match=3", "hf-greedy", "hf-prompt-lookup"}
+    assert len(data["runs"]) == 2 * len(methods)
+    for r in data["runs"]:
+        assert {
+            "task",
+            "prompt_id",
+            "method",
+            "new_tokens",
+            "seconds",
+            "tokens_per_s",
+            "mean_accepted",
+            "identical_to_baseline",
+        } <= set(r)
+        assert r["identical_to_baseline"], r
+    assert data["summary"]["per_task"]["coding"]["copy"]["speedup"] > 0
+    assert data["summary"]["geomean_speedup"]["vanilla"] == pytest.approx(1.0)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "hf-assisted skipped" in result.output
+
+
+def test_bench_needs_exactly_one_prompt_source(run, tiny_folder):
+    result = run("specdec", "bench", "--model", tiny_folder, "--drafter", "copy")
+    assert result.exit_code == 1
+    assert "exactly one of --suite" in result.output
+
+
+def test_drafters_command_lists_builtins(run):
+    result = run("specdec", "drafters")
+    assert "copy" in result.output and "draft-model" in result.output
+
+
+def test_demo_shows_speedup_and_identity(run, tiny_folder, monkeypatch):
+    from crossedge.specdec import suite
+
+    short = [suite.SuitePrompt("code-editing", "tiny", ("def f(x): return x\ndef f(x): return",))]
+    monkeypatch.setattr(suite, "default_suite", lambda: short)
+    result = run("specdec", "demo", "--model", tiny_folder, "--max-new-tokens", "12", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "identical to vanilla: yes" in result.output
+    assert "geometric-mean speedup" in result.output
+
+
+def test_registered_benchmark(specdec_plugin):
+    from crossedge.core import get_registry
+
+    assert get_registry("benchmark").get("specdec").name == "specdec"

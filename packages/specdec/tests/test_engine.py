@@ -1,0 +1,226 @@
+import pytest
+import torch
+
+from crossedge.specdec import (
+    ConstantPolicy,
+    CostAwarePolicy,
+    Draft,
+    Drafter,
+    DraftModelDrafter,
+    HeuristicPolicy,
+    SamplingConfig,
+    SpeculativeDecoder,
+    build_policy,
+)
+from crossedge.specdec.errors import NonFiniteLogitsError, PromptTooLongError, SpecdecError
+from crossedge.specdec.testing import greedy_reference, noisy_copy, tiny_target
+
+
+class OracleDrafter(Drafter):
+    """Proposes a known continuation, including whatever follows an EOS."""
+
+    name = "oracle"
+    cheap = True
+
+    def __init__(self, prompt_len, continuation, wrong_at=()):
+        self.prompt_len = prompt_len
+        self.continuation = continuation
+        self.wrong_at = set(wrong_at)
+        self.feedbacks = []
+
+    def propose(self, context_ids, k):
+        start = len(context_ids) - self.prompt_len
+        tokens = list(self.continuation[start : start + k])
+        # Deliberately wrong guesses force rejections and cache rollbacks at chosen positions.
+        tokens = [(t + 1) % 250 if start + i in self.wrong_at else t for i, t in enumerate(tokens)]
+        return Draft(tokens)
+
+    def feedback(self, num_accepted):
+        self.feedbacks.append(num_accepted)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_target("llama")
+
+
+def _ids(tokenizer, text="hello world, hello"):
+    return tokenizer(text, return_tensors="pt").input_ids
+
+
+def test_vanilla_matches_generate_and_streams(llama):
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    reference = greedy_reference(model, input_ids, 24)
+    stream = SpeculativeDecoder(model).stream(input_ids, 24)
+    first = next(stream)
+    assert first == reference[0]
+    assert stream.stats.new_tokens == 1  # tokens arrive before generation ends
+    result = stream.result()
+    assert result.tokens == reference
+    assert result.stats.mean_accepted == 1.0
+    assert result.stats.target_forwards == len(reference)
+
+
+def test_rollback_after_rejections_keeps_output_identical(llama):
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    reference = greedy_reference(model, input_ids, 40)
+    oracle = OracleDrafter(input_ids.shape[1], reference, wrong_at={3, 4, 9, 17, 18, 19, 30})
+    result = SpeculativeDecoder(model, oracle, ConstantPolicy(k=6)).generate(input_ids, 40)
+    assert result.tokens == reference
+    assert 0 in oracle.feedbacks and max(oracle.feedbacks) >= 5
+    assert result.stats.drafters["oracle"].accepted < result.stats.drafters["oracle"].drafted
+
+
+def test_eos_inside_a_draft_stops_there(llama):
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer, "abc")
+    continuation = greedy_reference(model, input_ids, 30)
+    cut = next(i for i in range(4, len(continuation)) if continuation[i] not in continuation[:i])
+    eos = continuation[cut]
+    oracle = OracleDrafter(input_ids.shape[1], continuation)
+    result = SpeculativeDecoder(model, oracle, ConstantPolicy(k=8), eos_token_id=eos).generate(input_ids, 30)
+    assert result.tokens == continuation[: cut + 1]
+    assert result.stats.stop_reason == "eos"
+    assert result.stats.drafters["oracle"].drafted > len(result.tokens) - result.stats.target_forwards
+
+
+def test_length_limit_inside_a_draft(llama):
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    continuation = greedy_reference(model, input_ids, 20)
+    oracle = OracleDrafter(input_ids.shape[1], continuation)
+    result = SpeculativeDecoder(model, oracle, ConstantPolicy(k=8), eos_token_id=[]).generate(input_ids, 7)
+    assert result.tokens == continuation[:7]
+    assert result.stats.stop_reason == "length"
+
+
+def test_errors(llama):
+    model, tokenizer = llama
+    decoder = SpeculativeDecoder(model)
+    with pytest.raises(SpecdecError, match="empty prompt"):
+        decoder.generate([], 5)
+    for bad in (0, -3):
+        with pytest.raises(SpecdecError, match="max_new_tokens"):
+            decoder.generate([1, 2], bad)
+    with pytest.raises(PromptTooLongError, match="context window is 512"):
+        decoder.generate(list(range(200)) * 3, 5)
+    with pytest.raises(SpecdecError, match="batch size 2"):
+        decoder.generate(torch.ones(2, 3, dtype=torch.long), 5)
+
+
+def test_context_window_stops_generation(llama):
+    model, _ = llama
+    result = SpeculativeDecoder(model, eos_token_id=[]).generate([5] * 508, 50)
+    assert len(result.tokens) == 4
+    assert result.stats.stop_reason == "context"
+
+
+def test_nan_logits_raise_a_clear_error():
+    model, tokenizer = tiny_target("gpt2")
+    with torch.no_grad():
+        model.lm_head.weight[7, 0] = float("nan")
+    with pytest.raises(NonFiniteLogitsError, match="non-finite logits"):
+        SpeculativeDecoder(model, "none").generate(_ids(tokenizer), 5)
+
+
+def test_sampling_preserves_the_target_distribution_end_to_end(llama):
+    """The second token's joint law with the first matches the target's, with a different draft model."""
+    model, _ = llama
+    config_kwargs = {"temperature": 0.8, "top_k": 3}
+    prompt = [72, 101, 108, 108, 111]
+    draft = noisy_copy(model, scale=0.15, seed=3)
+    decoder = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=1), eos_token_id=[])
+    trials = 800
+    counts: dict[tuple[int, int], int] = {}
+    for seed in range(trials):
+        tokens = decoder.generate(prompt, 2, SamplingConfig(seed=seed, **config_kwargs)).tokens
+        counts[tuple(tokens)] = counts.get(tuple(tokens), 0) + 1
+    assert decoder.policy.k == 1
+    from crossedge.specdec.sampling import process_logits
+
+    config = SamplingConfig(**config_kwargs)
+    with torch.inference_mode():
+        first = process_logits(model(input_ids=torch.tensor([prompt])).logits[0, -1], config)
+        expected = {}
+        for a in torch.nonzero(first).flatten().tolist():
+            second = process_logits(model(input_ids=torch.tensor([[*prompt, a]])).logits[0, -1], config)
+            for b in torch.nonzero(second).flatten().tolist():
+                expected[(a, b)] = float(first[a] * second[b])
+    assert set(counts) <= set(expected)
+    tv = 0.5 * sum(abs(counts.get(key, 0) / trials - p) for key, p in expected.items())
+    assert tv < 0.09
+
+
+def test_policies():
+    assert build_policy("constant:k=3").choose("copy", "", 10) == 3
+    heuristic = HeuristicPolicy(k=4, max_k=8)
+    heuristic.observe_acceptance("d", "", 4, 4)
+    assert heuristic.choose("d", "", 99) == 6
+    heuristic.observe_acceptance("d", "", 6, 2)
+    assert heuristic.choose("d", "", 99) == 5
+    with pytest.raises(SpecdecError, match="unknown draft-length policy"):
+        build_policy("fastest")
+
+
+def test_cost_aware_drafts_nothing_when_drafting_does_not_pay_and_a_lot_when_it_does():
+    policy = CostAwarePolicy(max_k=8, probe_every=1000)
+    # Verification cost rises steeply with k, as on a CPU: 60 ms alone, +20 ms per drafted token.
+    for k in range(0, 9):
+        for _ in range(3):
+            policy.observe_verification(k, 0.060 + 0.020 * k)
+    for _ in range(50):
+        policy.observe_acceptance("poor", "", 4, 0)
+        policy.observe_acceptance("good", "", 8, 8)
+    assert policy.choose("poor", "", 8) == 0
+    assert policy.choose("good", "", 8) == 8
+    assert policy.expected_rate("good", "", 8) > policy.expected_rate("good", "", 0)
+
+
+def test_cost_aware_probes_after_a_zero_streak():
+    policy = CostAwarePolicy(max_k=4, probe_every=3)
+    for k in range(5):
+        policy.observe_verification(k, 1.0 + k)
+    for _ in range(30):
+        policy.observe_acceptance("d", "", 2, 0)
+    picks = []
+    for _ in range(6):
+        picks.append(policy.choose("d", "", 4))
+        if picks[-1]:
+            policy.observe_acceptance("d", "", picks[-1], 1)  # the probe found something: keep probing often
+    assert picks == [0, 0, 2, 0, 0, 2]
+    for _ in range(12):
+        k = policy.choose("d", "", 4)
+        if k:
+            policy.observe_acceptance("d", "", k, 0)  # probes that find nothing back off
+    assert policy.probe_interval[("d", "")] > 3
+
+
+def test_sliding_window_cache_rolls_back_past_the_window():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=257,
+        eos_token_id=258,
+        pad_token_id=256,
+        initializer_range=0.15,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = None  # run the full length, far past the 8-token window
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
+    reference = greedy_reference(model, input_ids, 40)
+    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03), target=model)
+    result = SpeculativeDecoder(model, drafter, ConstantPolicy(k=4)).generate(input_ids, 40)
+    assert result.tokens == reference
+    assert 0 < result.stats.drafters["draft-model"].accepted < result.stats.drafters["draft-model"].drafted
