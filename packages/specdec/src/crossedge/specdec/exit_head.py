@@ -419,3 +419,63 @@ def load_exit_head(model: nn.Module, folder: Path | str) -> ExitHead:
         )
     head.eval()
     return head
+
+
+def default_head_folder(model_name: str, exit_layer: int) -> Path:
+    """Where ``train-exit`` puts a head when no ``--out`` is given: beside the model cache."""
+    from crossedge.core.cache import cache_dir
+
+    safe = model_name.replace("/", "--")
+    return cache_dir() / "exit-heads" / safe / f"layer-{exit_layer}"
+
+
+def corpus_texts(names: Sequence[str] = ("pydoc-topics", "common-licenses")) -> list[str]:
+    """Texts of the bundled corpora (built at run time from files on this machine)."""
+    from crossedge.core.datasets import get_dataset
+
+    texts = []
+    for name in names:
+        try:
+            texts.extend(d.text for d in get_dataset(name).documents())
+        except CrossedgeError:
+            continue  # a corpus whose files are absent on this machine
+    if not texts:
+        raise ExitHeadError(f"none of the corpora {list(names)} has text on this machine")
+    return texts
+
+
+def train_exit_heads(
+    model: nn.Module,
+    tokenizer: Any,
+    model_name: str,
+    exit_layers: Sequence[int],
+    *,
+    out: Path | str | None = None,
+    prompts: int = 96,
+    prompt_tokens: int = 64,
+    new_tokens: int = 64,
+    holdout: int = 16,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+) -> list[tuple[Path, TrainResult]]:
+    """Self-distil one head per exit layer from the model's own generations; save each.
+
+    With several exit layers the generations and the teacher pass are shared. ``out``
+    names the folder for a single layer; with several, one sub-folder per layer.
+    """
+    for layer in exit_layers:
+        check_exit_layer(model, layer)
+    prompt_ids = training_prompts(tokenizer, corpus_texts(), prompts, prompt_tokens)
+    sequences = self_generated_sequences(model, prompt_ids, new_tokens, progress=progress)
+    data = collect_exit_data(model, sequences, exit_layers, progress=progress)
+    train, held = data.split(holdout)
+    results = []
+    for layer in exit_layers:
+        head, result = train_exit_head(model, train, layer, config, heldout=held, progress=progress)
+        if out is None:
+            folder = default_head_folder(model_name, layer)
+        else:
+            folder = Path(out) if len(exit_layers) == 1 else Path(out) / f"layer-{layer}"
+        save_exit_head(head, folder, model_name=model_name, result=result)
+        results.append((folder, result))
+    return results
