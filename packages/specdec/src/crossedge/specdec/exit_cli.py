@@ -1,0 +1,72 @@
+"""``crossedge specdec train-exit``: self-distil exit heads for early-exit drafting."""
+
+from __future__ import annotations
+
+import click
+
+from crossedge.core.bench import format_table
+
+from .exit_head import TrainConfig, expected_accepted_length, train_exit_heads
+
+
+@click.command(name="train-exit")
+@click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
+@click.option(
+    "--exit-layer",
+    "exit_layers",
+    type=int,
+    multiple=True,
+    required=True,
+    help="Exit after this many layers; repeat to train several heads on shared data.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the head (default: beside the model cache, where the drafter looks).",
+)
+@click.option(
+    "--prompts",
+    default=96,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
+)
+@click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=5e-4, show_default=True, type=float)
+@click.option(
+    "--max-minutes", default=20.0, show_default=True, type=float, help="Stop each head's training after this."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+def train_exit(model_name, exit_layers, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, seed):
+    """Train exit heads by self-distillation and report their agreement with the full model."""
+    from crossedge.core import load_model
+
+    loaded = load_model(model_name)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes)
+    results = train_exit_heads(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.source.name,
+        list(exit_layers),
+        out=out,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        holdout=max(4, prompts // 6),
+        config=config,
+    )
+    rows = [
+        {
+            "exit_layer": r.exit_layer,
+            "agreement_plain_exit": r.agreement_untrained_exit,
+            "agreement_trained_head": r.agreement_head,
+            "est_mean_accepted_k4": expected_accepted_length(r.agreement_head, 4),
+            "train_s": r.seconds,
+            "folder": str(folder),
+        }
+        for folder, r in results
+    ]
+    click.echo(format_table(rows, list(rows[0])))

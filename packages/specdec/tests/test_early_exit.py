@@ -1,0 +1,85 @@
+"""The early-exit drafter: lossless on any head, and exact with a head that mirrors the last layer."""
+
+import pytest
+import torch
+
+from crossedge.specdec.drafters import Sampler
+from crossedge.specdec.early_exit import EarlyExitDrafter
+from crossedge.specdec.engine import SpeculativeDecoder
+from crossedge.specdec.errors import SpecdecError
+from crossedge.specdec.exit_head import ExitHead, save_exit_head
+from crossedge.specdec.testing import CONFORMANCE_PROMPTS, DrafterConformance, greedy_reference, tiny_target
+
+
+def random_head(model, exit_layer=1, seed=0):
+    head = ExitHead(model, exit_layer)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
+    return head.eval()
+
+
+class TestEarlyExitConformance(DrafterConformance):
+    @pytest.fixture(scope="class")
+    def target(self):
+        return tiny_target("llama")
+
+    def make_drafter(self, target):
+        return EarlyExitDrafter(target=target, head=random_head(target))
+
+
+def test_mirroring_head_is_always_accepted():
+    # Exiting before the last layer with a head that copies it reproduces the full model exactly,
+    # so every draft must be accepted: this checks the shared cache and the head cache positions.
+    model, tokenizer = tiny_target("llama")
+    head = ExitHead(model, model.config.num_hidden_layers - 1).eval()
+    input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
+    reference = greedy_reference(model, input_ids, 24)
+    drafter = EarlyExitDrafter(target=model, head=head)
+    result = SpeculativeDecoder(model, [drafter], "constant:k=3").generate(input_ids, 24)
+    assert result.tokens == reference
+    stats = result.stats.drafters["early-exit"]
+    assert stats.accepted == stats.drafted > 0
+
+
+def test_drafting_leaves_the_target_cache_as_it_was():
+    from transformers import DynamicCache
+
+    model, tokenizer = tiny_target("llama")
+    drafter = EarlyExitDrafter(target=model, head=random_head(model))
+    prompt = tokenizer("the cat sat", return_tensors="pt").input_ids[0].tolist()
+    drafter.begin(prompt, Sampler())
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prompt[:-1]]), cache=cache, use_cache=True)
+    keys = [layer.keys.clone() for layer in cache.layers]
+    draft = drafter.propose(prompt, 5)
+    assert len(draft) == 5
+    for layer, before in zip(cache.layers, keys, strict=True):
+        assert torch.equal(layer.keys, before)
+    assert drafter.head_cache.get_seq_length() == len(prompt) - 1
+
+
+def test_head_from_a_folder_and_errors(tmp_path):
+    model, _ = tiny_target("llama")
+    folder = save_exit_head(random_head(model), tmp_path / "head", model_name="tiny")
+    assert EarlyExitDrafter(target=model, head=str(folder)).exit_layer == 1
+    with pytest.raises(SpecdecError, match="trained for layer 1, not 2"):
+        EarlyExitDrafter(target=model, head=str(folder), exit_layer=2)
+    with pytest.raises(SpecdecError, match="train-exit"):
+        EarlyExitDrafter(target=model, head=str(tmp_path / "missing"))
+    with pytest.raises(SpecdecError, match="needs target"):
+        EarlyExitDrafter(head=str(folder))
+
+
+def test_dropping_the_drafter_removes_its_hooks():
+    import gc
+
+    model, _ = tiny_target("llama")
+    drafter = EarlyExitDrafter(target=model, head=random_head(model))
+    assert len(model._forward_pre_hooks) == 1
+    del drafter
+    gc.collect()
+    assert len(model._forward_pre_hooks) == 0
+    assert all(len(layer._forward_hooks) == 0 for layer in model.model.layers)

@@ -1,0 +1,134 @@
+"""Exit heads: cache consistency, training mechanics, save/load and its refusals."""
+
+import json
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from crossedge.core.testing import tiny_causal_lm
+from crossedge.specdec.exit_head import (
+    ExitHead,
+    ExitHeadError,
+    TrainConfig,
+    collect_exit_data,
+    expected_accepted_length,
+    load_exit_head,
+    save_exit_head,
+    self_generated_sequences,
+    train_exit_head,
+    training_prompts,
+)
+
+TEXTS = [
+    "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
+    "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return tiny_causal_lm("llama", layers=3, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def data(tiny):
+    model, tokenizer = tiny
+    prompts = training_prompts(tokenizer, TEXTS, 10, 12)
+    sequences = self_generated_sequences(model, prompts, 8, progress=False)
+    return collect_exit_data(model, sequences, [1, 2], top_k=4, progress=False)
+
+
+def test_prompts_have_equal_length_and_the_instruction(tiny):
+    _, tokenizer = tiny
+    prompts = training_prompts(tokenizer, TEXTS, 6, 10, instruction="Summarize.")
+    assert prompts.shape[0] == 6
+    assert "Summarize." in tokenizer.decode(prompts[0])
+    with pytest.raises(ExitHeadError, match="cuts of 10 tokens"):
+        training_prompts(tokenizer, ["short"], 3, 10)
+
+
+def test_collected_targets_match_the_model(tiny, data):
+    model, _ = tiny
+    with torch.no_grad():
+        logits = model(input_ids=data.input_ids[:2]).logits
+    assert torch.equal(logits.argmax(-1), data.top_ids[:2, :, 0])
+    assert torch.allclose(data.top_probs.sum(-1), torch.ones(data.top_probs.shape[:2]))
+    assert data.hidden[1].shape == (*data.input_ids.shape, 32)
+
+
+def test_head_with_cache_matches_head_without(tiny, data):
+    model, _ = tiny
+    head = ExitHead(model, 2).eval()
+    hidden, ids = data.hidden[2][:1], data.input_ids[:1]
+    length = ids.shape[1]
+    positions = torch.arange(length).unsqueeze(0)
+    with torch.no_grad():
+        full = head(hidden, ids, positions)
+        cache = DynamicCache()
+        first = head(hidden[:, :5], ids[:, :5], positions[:, :5], cache)
+        rest = [head(hidden[:, t : t + 1], ids[:, t : t + 1], positions[:, t : t + 1], cache) for t in range(5, length)]
+    stepwise = torch.cat([first, *rest], dim=1)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
+
+
+def test_training_lowers_the_loss_and_changes_only_the_head(tiny, data):
+    model, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, held = data.split(2)
+    head, result = train_exit_head(
+        model, train, 1, TrainConfig(epochs=6, batch_size=4, lr=3e-3), heldout=held, progress=False
+    )
+    assert result.steps == 12
+    assert sum(result.history[-3:]) / 3 < sum(result.history[:3]) / 3
+    assert 0.0 <= result.agreement_head <= 1.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert head.model is model
+
+
+def test_save_load_round_trip_and_refusals(tiny, data, tmp_path):
+    model, _ = tiny
+    head = ExitHead(model, 2).eval()
+    with torch.no_grad():
+        head.fuse.weight.add_(0.01)
+    folder = save_exit_head(head, tmp_path / "head", model_name="tiny")
+    loaded = load_exit_head(model, folder)
+    positions = torch.arange(data.input_ids.shape[1]).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(data.hidden[2][:1], data.input_ids[:1], positions),
+            head(data.hidden[2][:1], data.input_ids[:1], positions),
+        )
+    other, _ = tiny_causal_lm("llama", layers=4, hidden=32)
+    with pytest.raises(ExitHeadError, match="num_hidden_layers=3"):
+        load_exit_head(other, folder)
+    meta = json.loads((folder / "exit_head.json").read_text())
+    meta["format_version"] = 99
+    (folder / "exit_head.json").write_text(json.dumps(meta))
+    with pytest.raises(ExitHeadError, match="format 99"):
+        load_exit_head(model, folder)
+    meta["format_version"] = 1
+    (folder / "exit_head.json").write_text(json.dumps(meta))
+    weights = folder / "exit_head.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(ExitHeadError, match="damaged"):
+        load_exit_head(model, folder)
+    with pytest.raises(ExitHeadError, match="train-exit"):
+        load_exit_head(model, tmp_path / "nowhere")
+
+
+def test_exit_layer_bounds_and_architecture(tiny):
+    model, _ = tiny
+    with pytest.raises(ExitHeadError, match="between 1 and 2"):
+        ExitHead(model, 3)
+    gpt2, _ = tiny_causal_lm("gpt2")
+    with pytest.raises(ExitHeadError, match="Llama-family"):
+        ExitHead(gpt2, 1)
+
+
+def test_expected_accepted_length():
+    assert expected_accepted_length(0.0, 4) == 1.0
+    assert expected_accepted_length(1.0, 4) == 5.0
+    assert expected_accepted_length(0.5, 2) == pytest.approx(1.75)
