@@ -5,6 +5,7 @@ from __future__ import annotations
 from crossedge.core import hookimpl
 
 from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter
+from .early_exit import EarlyExitDrafter
 
 
 @hookimpl
@@ -12,6 +13,7 @@ def register_drafters(register):
     register(CopyDrafter, aliases=("prompt-lookup", "copyspec"))
     register(DraftModelDrafter, aliases=("draft",))
     register(CrossVocabDrafter, aliases=("universal",))
+    register(EarlyExitDrafter, aliases=("self-speculative", "layerskip"))
 
 
 @hookimpl
@@ -24,5 +26,7 @@ def register_benchmarks(register):
 @hookimpl
 def register_commands(cli):
     from .cli import specdec
+    from .exit_cli import train_exit
 
+    specdec.add_command(train_exit)
     cli.add_command(specdec)
