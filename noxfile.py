@@ -3,7 +3,7 @@
     nox -s tests          every package's unit tests, then the integration tests
     nox -s lint           ruff check and format check
     nox -s demo           the main job on the embedded default model
-    nox -s bench          the registered benchmarks, reports under bench-results/
+    nox -s bench          the registered benchmarks (or: nox -s bench -- model-load), reports in bench-results/
 
 ``PACKAGES=core,specdec nox -s tests`` narrows the test sessions; arguments after
 ``--`` go to pytest.
@@ -89,9 +89,16 @@ def demo(session: nox.Session) -> None:
     session.run("crossedge", "specdec", "demo", *session.posargs, env={"OMP_WAIT_POLICY": "PASSIVE"})
 
 
+#: Registered benchmarks that ``nox -s bench`` runs by default (``crossedge bench list`` shows all).
+BENCHMARKS = ["model-load", "specdec", "quant-eval", "ondevice-mobiletl", "ondevice-predictor", "ondevice-backends"]
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the registered benchmarks and write JSON + PNG reports to bench-results/."""
+    """Run the registered benchmarks (or those named after --); JSON + PNG reports go to bench-results/."""
     _install_everything(session)
     out = ROOT / "bench-results"
-    session.run("crossedge", "bench", "run", "model-load", "--json", str(out / "model-load.json"), *session.posargs)
+    for name in session.posargs or BENCHMARKS:
+        session.run(
+            "crossedge", "bench", "run", name, "--json", str(out / f"{name}.json"), env={"OMP_WAIT_POLICY": "PASSIVE"}
+        )
