@@ -272,6 +272,13 @@ def plot_bars(
         ax.axhline(reference, color="#444", linestyle="--", linewidth=1)
     ax.set_ylabel(ylabel or value)
     ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path | str) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossedge.core.bench import Benchmark, BenchmarkReport, format_table, measure, progress_bar, ratio, threads
+from crossedge.core.bench import (
+    Benchmark,
+    BenchmarkReport,
+    format_table,
+    measure,
+    progress_bar,
+    ratio,
+    save_figure,
+    threads,
+)
 from crossedge.core.datasets import Document, get_dataset, split_documents
 from crossedge.core.errors import CrossedgeError
 
@@ -372,12 +381,7 @@ def plot(report: BenchmarkReport, path: Path | str) -> Path:
     for ax in axes:
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
     fig.suptitle(f"crossedge quant eval: {report.summary.get('model', '')} ({report.summary.get('threads')} threads)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class QuantEvalBenchmark(Benchmark):

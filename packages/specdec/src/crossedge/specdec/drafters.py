@@ -73,6 +73,15 @@ class Drafter:
     def feedback(self, num_accepted: int) -> None:
         """How many tokens of the last proposal the target accepted (``propose`` order)."""
 
+    def draw(self, logits: torch.Tensor, where: str, sample: bool) -> tuple[int, torch.Tensor | None]:
+        """Check one position's logits, then take the greedy token or sample one from the processed
+        distribution; returns (token, probabilities or ``None`` when greedy)."""
+        check_finite(logits, where)
+        if not sample:
+            return int(logits.argmax()), None
+        probs = process_logits(logits, self.sampler.config)
+        return int(torch.multinomial(probs, 1, generator=self.sampler.generator)), probs
+
 
 class CopyDrafter(Drafter):
     """Copy what followed the longest earlier match of the current suffix (prompt lookup / CopySpec)."""
@@ -182,19 +191,13 @@ class DraftModelDrafter(Drafter):
             return [], []
         self._rollback(context_ids)
         feed = list(context_ids[len(self.cached_ids) :])
-        config = self.sampler.config
         tokens: list[int] = []
         rows = []
         for _ in range(k):
             out = self.model(input_ids=torch.tensor([feed]), cache=self.cache, use_cache=True, logits_to_keep=1)
             self.cached_ids.extend(feed)
-            logits = out.logits[0, -1]
-            check_finite(logits, "the draft model")
-            if not sample:
-                token = int(logits.argmax())
-            else:
-                probs = process_logits(logits, config)
-                token = int(torch.multinomial(probs, 1, generator=self.sampler.generator))
+            token, probs = self.draw(out.logits[0, -1], "the draft model", sample)
+            if probs is not None:
                 rows.append(probs)
             tokens.append(token)
             feed = [token]

@@ -21,7 +21,6 @@ import torch
 from .drafters import Draft, Drafter, Sampler
 from .errors import SpecdecError
 from .exit_head import ExitHead, ExitHeadError, decoder_parts, default_head_folder, load_exit_head
-from .sampling import check_finite, process_logits
 
 
 def find_head_folder(target: Any, exit_layer: int | None) -> Path:
@@ -160,7 +159,6 @@ class EarlyExitDrafter(Drafter):
             ids = torch.tensor([list(context_ids[head_len : n - 1])])
             positions = torch.arange(head_len, n - 1).unsqueeze(0)
             self.head.hidden(torch.cat(missing, dim=1), ids, positions, self.head_cache)
-        config = self.sampler.config
         tokens: list[int] = []
         rows = []
         token = int(context_ids[-1])
@@ -172,13 +170,8 @@ class EarlyExitDrafter(Drafter):
                 position = n - 1 + step
                 exit_hidden = self._run_exit_layers(token, position)
                 logits = self.head(exit_hidden, torch.tensor([[token]]), torch.tensor([[position]]), self.head_cache)
-                logits = logits[0, -1]
-                check_finite(logits, "the early-exit head")
-                if config.greedy:
-                    token = int(logits.argmax())
-                else:
-                    probs = process_logits(logits, config)
-                    token = int(torch.multinomial(probs, 1, generator=self.sampler.generator))
+                token, probs = self.draw(logits[0, -1], "the early-exit head", not self.sampler.config.greedy)
+                if probs is not None:
                     rows.append(probs)
                 tokens.append(token)
         finally:
