@@ -6,6 +6,7 @@ real transformers architectures without fetching anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,21 @@ CHAT_TEMPLATE = (
 )
 
 
-def byte_tokenizer() -> Any:
+def byte_tokenizer(permutation: Sequence[int] | None = None) -> Any:
     """A transformers fast tokenizer over the 256 byte values plus pad, bos and eos.
 
-    Any text round-trips exactly, so tests can use real strings.
+    Any text round-trips exactly, so tests can use real strings. ``permutation[i]``
+    renumbers the byte that the default numbers ``i``: the same text then gets a
+    different vocabulary (for cross-tokenizer tests).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    ids = list(range(len(alphabet))) if permutation is None else list(permutation)
+    if sorted(ids) != list(range(len(alphabet))):
+        raise ValueError(f"permutation must reorder the {len(alphabet)} byte ids")
+    vocab = {ch: ids[i] for i, ch in enumerate(alphabet)}
     for token in SPECIAL_TOKENS:
         vocab[token] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossedge.core.cache import sha256_file
 from crossedge.core.errors import CrossedgeError
 
 from .api import MAP_ATTRIBUTE, quantization_map, relink_tied
@@ -25,14 +25,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 class QuantFormatError(CrossedgeError):
     """A quantized model folder is missing, damaged, from another version, or does not match its model."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -67,7 +59,7 @@ def save_quantized(model: nn.Module, folder: Path | str, tokenizer: Any = None) 
         "modules": qmap["modules"],
         "details": qmap.get("details", {}),
         "tied": tied,
-        "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": _sha256(weights)},
+        "weights": {"file": WEIGHTS_FILE, "bytes": weights.stat().st_size, "sha256": sha256_file(weights)},
         "model": {"library": "transformers" if is_transformers else "torch", "class": type(model).__name__},
     }
     (folder / MAP_FILE).write_text(json.dumps(document, indent=2) + "\n")
@@ -118,7 +110,7 @@ def _check_weights_file(folder: Path, document: dict[str, Any]) -> Path:
             f"{weights} is {size} bytes but {MAP_FILE} records {info['bytes']}: the file is truncated or was "
             "replaced; re-run 'crossedge quant run'"
         )
-    if "sha256" in info and _sha256(weights) != info["sha256"]:
+    if "sha256" in info and sha256_file(weights) != info["sha256"]:
         raise QuantFormatError(
             f"{weights} does not match the SHA-256 recorded in {MAP_FILE}: the file is damaged; re-export the model"
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from crossedge.core import CrossedgeError
+from crossedge.core.cache import sha256_file
 
 INDEX_FORMAT = "crossedge.retrieval.index"
 INDEX_VERSION = 1
@@ -22,14 +22,6 @@ DOCUMENTS = "documents.jsonl"
 
 class IndexCorruptedError(CrossedgeError):
     """An index folder is missing, damaged, or does not match what is asked of it."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -97,7 +89,7 @@ class DenseIndex:
             "dim": self.dim,
             "info": self.info,
             "files": {
-                name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+                name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
                 for name in (EMBEDDINGS, DOCUMENTS)
             },
         }
@@ -136,7 +128,7 @@ class DenseIndex:
                     f"index file {path} has {size} bytes, the manifest says {expected['bytes']} "
                     f"(truncated or modified); {rebuild}"
                 )
-            if verify and _sha256(path) != expected["sha256"]:
+            if verify and sha256_file(path) != expected["sha256"]:
                 raise IndexCorruptedError(
                     f"index file {path} fails its SHA-256 check (corrupted or modified); {rebuild}"
                 )

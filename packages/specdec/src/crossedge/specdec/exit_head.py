@@ -289,11 +289,12 @@ def train_exit_head(
     generator = torch.Generator().manual_seed(config.seed)
     history: list[float] = []
     start = time.perf_counter()
-    step = 0
+    deadline = start + config.max_minutes * 60
     head.train()
-    bar = progress_bar(range(steps_total), desc=f"exit head @ layer {exit_layer}", enabled=progress)
-    iterator = iter(bar)
+    bar = progress_bar(None, desc=f"exit head @ layer {exit_layer}", total=steps_total, enabled=progress)
     for _epoch in range(config.epochs):
+        if time.perf_counter() > deadline:
+            break
         order = torch.randperm(n, generator=generator)
         for b in range(0, n, config.batch_size):
             idx = order[b : b + config.batch_size]
@@ -306,18 +307,15 @@ def train_exit_head(
             optimizer.step()
             scheduler.step()
             history.append(loss.item())
-            step += 1
-            next(iterator, None)
-            if time.perf_counter() - start > config.max_minutes * 60:
+            bar.update(1)
+            if time.perf_counter() > deadline:
                 break
-        else:
-            continue
-        break
+    bar.close()
     head.eval()
     evaluation = heldout if heldout is not None else data
     result = TrainResult(
         exit_layer=exit_layer,
-        steps=step,
+        steps=len(history),
         seconds=time.perf_counter() - start,
         final_loss=history[-1] if history else float("nan"),
         agreement_untrained_exit=untrained_exit_agreement(model, evaluation, exit_layer),

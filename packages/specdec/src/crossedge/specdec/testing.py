@@ -56,21 +56,12 @@ def permuted_byte_tokenizer(seed: int = 0) -> tuple[Any, list[int]]:
     """
     import random
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from crossedge.core.testing import byte_tokenizer
 
-    from crossedge.core.testing import SPECIAL_TOKENS
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    perm = list(range(len(alphabet)))
+    perm = list(range(256))
     random.Random(seed).shuffle(perm)
-    vocab = {ch: perm[i] for i, ch in enumerate(alphabet)}
-    for token in SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer = byte_tokenizer(permutation=perm)
+    tokenizer.chat_template = None
     return tokenizer, perm
 
 
