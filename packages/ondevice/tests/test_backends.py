@@ -90,3 +90,28 @@ def test_require_refuses_with_the_backends_that_would_work():
     with pytest.raises(BackendCapabilityError, match="dtype bfloat16"):
         OnnxRuntimeBackend().require(purpose="x", dtype="bf16")
     TorchEagerBackend().require(purpose="training", training=True, dynamic_shapes=True, dtype="bf16")
+
+
+@pytest.mark.parametrize("backend_cls", [OnnxRuntimeBackend, ExecuTorchBackend])
+def test_static_backends_refuse_kv_cache_decoding_before_checking_their_wheel(backend_cls, monkeypatch):
+    # Refused for what it cannot do, even where its runtime is missing: installing it would not help.
+    monkeypatch.setattr(backend_cls, "requires", (("crossedge_no_such_module", "crossedge-no-such-package"),))
+    backend = backend_cls()
+    with pytest.raises(BackendCapabilityError) as caught:
+        backend.require(purpose="specdec bench", dynamic_shapes=True, kv_cache_decoding=True)
+    message = str(caught.value)
+    assert f"{backend.name!r} cannot be used for specdec bench" in message
+    assert "mutable KV cache" in message and "use --backend torch-eager or torch-compile" in message
+    with pytest.raises(BackendCapabilityError, match="custom"):
+        backend.require(purpose="quant eval", custom_kernels=True)
+    with pytest.raises(BackendCapabilityError, match="KV cache"):
+        backend.prepare_causal_lm(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("backend_cls", [TorchEagerBackend, TorchCompileBackend])
+def test_torch_backends_accept_causal_lm_uses(backend_cls):
+    backend = backend_cls()
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    backend.require(purpose="quant eval", dynamic_shapes=True, kv_cache_decoding=True, custom_kernels=True)
+    assert backend.capabilities()["kv_cache_decoding"] and backend.capabilities()["custom_kernels"]

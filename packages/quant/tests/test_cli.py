@@ -86,3 +86,54 @@ def test_registered_benchmark_runs_on_a_folder(quant_plugin, tiny_folder):
                        calib_tokens="64", decode_tokens="2", threads="1")  # fmt: skip
     assert [r["method"] for r in report.rows] == ["fp32", "rtn"]
     assert report.summary["perplexity_protocol"]["windows"] == 2
+
+
+def test_eval_through_a_plugin_backend_matches_eager(quant_plugin, tiny_folder, tmp_path):
+    from crossedge.core import registered
+    from crossedge.core.testing import BackendPlugin, CountingBackend
+    from crossedge.quant.evaluation import EvalSettings, evaluate_methods, load_corpus
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i}: " + "some words about quantization. " * 8 for i in range(40)))
+    settings = EvalSettings(window=64, max_eval_tokens=128, calib_tokens=64, decode_tokens=2, decode_repeats=1,
+                            threads=1, progress=False)  # fmt: skip
+
+    def evaluate(backend):
+        return evaluate_methods(_loader(tiny_folder), ["fp32", "rtn"], load_corpus(corpus), settings, backend=backend)
+
+    eager = evaluate("torch-eager")
+    counting = CountingBackend()
+    with registered(BackendPlugin(counting), name="counting-test"):
+        through = evaluate("counting")
+    assert [r["ppl"] for r in through.rows] == [r["ppl"] for r in eager.rows]
+    assert counting.forwards > 0
+    assert counting.requests[0]["custom_kernels"] and counting.requests[0]["kv_cache_decoding"]
+    assert (eager.summary["backend"], through.summary["backend"]) == ("torch-eager", "counting")
+
+
+def _loader(folder):
+    from crossedge.core.sources import load_model
+
+    def load():
+        loaded = load_model(str(folder))
+        return loaded.model, loaded.tokenizer
+
+    return load
+
+
+def test_eval_refuses_a_backend_that_cannot_decode_before_loading(quant_plugin):
+    from crossedge.core import registered
+    from crossedge.core.testing import BackendPlugin, StaticGraphBackend
+
+    with registered(BackendPlugin(StaticGraphBackend()), name="static-test"):
+        result = CliRunner().invoke(
+            build_cli(), ["quant", "eval", "--model", "no-such-model", "--methods", "rtn", "--backend", "static-graph"]
+        )
+    assert result.exit_code == 1
+    assert "'static-graph' cannot be used for quant eval" in result.output and "--backend torch-eager" in result.output
+
+
+def test_eval_unknown_backend_gets_close_matches(quant_plugin):
+    result = CliRunner().invoke(build_cli(), ["quant", "eval", "--model", "no-such-model", "--backend", "eagr"])
+    assert result.exit_code == 1
+    assert "unknown backend 'eagr': did you mean" in result.output

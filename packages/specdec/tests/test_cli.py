@@ -125,3 +125,55 @@ def test_registered_benchmark(specdec_plugin):
     from crossedge.core import get_registry
 
     assert get_registry("benchmark").get("specdec").name == "specdec"
+
+
+def _text_and_stats(result):
+    """The streamed text and the --json statistics printed after it on stdout."""
+    split = result.stdout.rindex("\n{")
+    return result.stdout[:split], json.loads(result.stdout[split:])
+
+
+def test_generate_through_a_plugin_backend_matches_eager(run, tiny_folder):
+    from crossedge.core import registered
+    from crossedge.core.testing import BackendPlugin, CountingBackend
+
+    args = ["specdec", "generate", "--model", tiny_folder, "--max-new-tokens", "12", "--json", "the cat sat on the"]
+    eager = run(*args)
+    counting = CountingBackend()
+    with registered(BackendPlugin(counting), name="counting-test"):
+        through = run(*args[:-1], "--backend", "counting", args[-1])
+    assert eager.exit_code == 0 and through.exit_code == 0, through.output
+    (eager_text, eager_stats), (text, stats) = _text_and_stats(eager), _text_and_stats(through)
+    assert text == eager_text
+    assert counting.forwards > 0
+    assert counting.requests == [{"purpose": "specdec generate", "dynamic_shapes": True, "kv_cache_decoding": True}]
+    assert (eager_stats["backend"], stats["backend"]) == ("torch-eager", "counting")
+
+
+def test_bench_records_the_backend_and_refuses_one_that_cannot_decode(run, tmp_path):
+    from crossedge.core import registered
+    from crossedge.core.testing import BackendPlugin, CountingBackend, StaticGraphBackend
+
+    prompts = tmp_path / "question.jsonl"
+    prompts.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": ["the cat sat on the"]}) + "\n")
+    model = str(save_tiny_causal_lm(tmp_path / "tiny", "llama", seed=1))
+    out = tmp_path / "bench.json"
+    bench = ["specdec", "bench", "--drafter", "copy", "--prompts", str(prompts), "--max-new-tokens", "6",
+             "--threads", "1"]  # fmt: skip
+    with registered(BackendPlugin(CountingBackend(), StaticGraphBackend()), name="backends-test"):
+        result = run(*bench, "--model", model, "--backend", "counting", "--json", str(out))
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["summary"]["backend"] == "counting"
+        # Refused before the (missing) model is loaded.
+        refused = CliRunner().invoke(build_cli(), [*bench, "--model", "no-such-model", "--backend", "static-graph"])
+    assert refused.exit_code == 1
+    assert "'static-graph' cannot be used for specdec bench" in refused.output
+    assert "KV cache" in refused.output and "--backend torch-eager" in refused.output
+
+
+def test_unknown_backend_gets_close_matches(specdec_plugin):
+    result = CliRunner().invoke(
+        build_cli(), ["specdec", "generate", "--model", "no-such-model", "--backend", "torch-eagr", "hi"]
+    )
+    assert result.exit_code == 1
+    assert "unknown backend 'torch-eagr': did you mean 'torch-eager'?" in result.output

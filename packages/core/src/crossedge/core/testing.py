@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .hookspecs import hookimpl
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>{% endfor %}"
@@ -92,3 +94,65 @@ def save_tiny_causal_lm(folder: Path | str, arch: str = "llama", *, seed: int = 
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class CountingBackend:
+    """A third-party-style backend that runs a causal LM eagerly and counts its forwards.
+
+    Register it (with :class:`BackendPlugin`) to check that a package runs the model
+    through ``--backend`` and that the output matches eager.
+    """
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.forwards = 0
+        self.requests: list[dict[str, Any]] = []
+
+    def require(self, *, purpose: str, **capabilities: bool) -> None:
+        """Accept everything, remembering what was asked."""
+        self.requests.append({"purpose": purpose, **capabilities})
+
+    def prepare_causal_lm(self, model: Any) -> Any:
+        """The same model, its forward wrapped to count calls."""
+        forward = model.forward
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.forwards += 1
+            return forward(*args, **kwargs)
+
+        model.forward = counted
+        return model
+
+
+class StaticGraphBackend:
+    """A backend that, like an exported static graph, cannot decode with a KV cache: it refuses."""
+
+    name = "static-graph"
+
+    def require(self, *, purpose: str, kv_cache_decoding: bool = False, **capabilities: bool) -> None:
+        """Refuse uses that need KV-cache decoding, naming the backend, the capability and what to use."""
+        from .errors import CrossedgeError
+
+        if kv_cache_decoding:
+            raise CrossedgeError(
+                f"backend {self.name!r} cannot be used for {purpose}: it does not support decoding a causal LM "
+                "with a mutable KV cache; use --backend torch-eager"
+            )
+
+    def prepare_causal_lm(self, model: Any) -> Any:
+        """Never reached: ``require`` refuses first."""
+        raise AssertionError("a refused backend must not prepare a model")
+
+
+class BackendPlugin:
+    """A plugin registering the given backend objects (``registered(BackendPlugin(b))`` in a test)."""
+
+    def __init__(self, *backends: Any) -> None:
+        self.backends = backends
+
+    @hookimpl
+    def register_backends(self, register: Any) -> None:
+        """Register every backend given to the constructor."""
+        for backend in self.backends:
+            register(backend)

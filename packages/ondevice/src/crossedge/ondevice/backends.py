@@ -117,6 +117,11 @@ class Backend:
     dynamic_shapes: bool = False
     #: whether gradients flow through the prepared model
     training: bool = False
+    #: whether a causal LM can be decoded through it step by step with a mutable KV cache
+    #: (speculative decoding, ``generate``): exported static graphs cannot
+    kv_cache_decoding: bool = False
+    #: whether modules calling custom kernels (crossedge-quant's int8/int4 linears) run through it
+    custom_kernels: bool = False
     #: (module to import, pip requirement) pairs the backend needs
     requires: tuple[tuple[str, str], ...] = ()
     #: the pip command that installs what is missing
@@ -151,6 +156,8 @@ class Backend:
             "dtypes": list(self.dtypes),
             "dynamic_shapes": self.dynamic_shapes,
             "training": self.training,
+            "kv_cache_decoding": self.kv_cache_decoding,
+            "custom_kernels": self.custom_kernels,
             "available": self.available(),
             "unavailable_reason": self.unavailable_reason(),
         }
@@ -162,32 +169,48 @@ class Backend:
         dynamic_shapes: bool = False,
         training: bool = False,
         dtype: str | torch.dtype | None = None,
+        kv_cache_decoding: bool = False,
+        custom_kernels: bool = False,
     ) -> None:
         """Refuse clearly when this backend lacks what a caller (``purpose``, e.g. "specdec bench") needs.
 
-        Other packages call this before accepting ``--backend``: speculative decoding needs
-        dynamic shapes (the sequence grows), quantization-aware training needs training.
+        Other packages call this (through ``crossedge.core.backends.resolve_backend``) before
+        they load a model: speculative decoding needs dynamic shapes and KV-cache decoding,
+        quantized evaluation also needs custom kernels, quantization-aware training needs
+        training. Capabilities are checked before dependencies, so nobody is told to install
+        a runtime that would then be refused.
         """
-        self.check_dependencies()
-        lacking = []
-        if dynamic_shapes and not self.dynamic_shapes:
-            lacking.append("dynamic input shapes")
-        if training and not self.training:
-            lacking.append("training (gradients)")
+        wanted = {
+            "dynamic_shapes": dynamic_shapes,
+            "training": training,
+            "kv_cache_decoding": kv_cache_decoding,
+            "custom_kernels": custom_kernels,
+        }
+        lacking = [CAPABILITY_LABELS[flag] for flag, needed in wanted.items() if needed and not getattr(self, flag)]
         if dtype is not None and not self.supports_dtype(dtype):
             lacking.append(f"dtype {dtype_name(dtype)}")
         if lacking:
             able = [
                 b.name
-                for b in (cls() for cls in BUILTIN_BACKENDS)
-                if (not dynamic_shapes or b.dynamic_shapes)
-                and (not training or b.training)
+                for b in _known_backends()
+                if all(getattr(b, flag, False) for flag, needed in wanted.items() if needed)
                 and (dtype is None or b.supports_dtype(dtype))
             ]
+            instead = "use --backend " + " or ".join(able) if able else "no installed backend supports it"
             raise BackendCapabilityError(
                 f"backend {self.name!r} cannot be used for {purpose}: it does not support {', '.join(lacking)}; "
-                f"use one of: {', '.join(able) or 'none available'}"
+                f"{instead}"
             )
+        self.check_dependencies()
+
+    def prepare_causal_lm(self, model: nn.Module) -> nn.Module:
+        """The causal LM to decode with in place of ``model`` (same interface: ``config``, ``generate``, caches).
+
+        Only backends with ``kv_cache_decoding`` implement it; call :meth:`require` first.
+        """
+        raise BackendCapabilityError(
+            f"backend {self.name!r} cannot run a causal LM with a KV cache; use --backend torch-eager"
+        )
 
     def supports_dtype(self, dtype: str | torch.dtype) -> bool:
         """Whether ``dtype`` is one the backend declares."""
@@ -223,9 +246,14 @@ class TorchEagerBackend(Backend):
     dtypes = ("float32", "bfloat16", "float16")
     dynamic_shapes = True
     training = True
+    kv_cache_decoding = True
+    custom_kernels = True
 
     def _prepare(self, model, example_inputs, dtype):
         return PreparedModel(self, lambda *xs: first_tensor(model(*xs)), example_inputs, dtype, module=model)
+
+    def prepare_causal_lm(self, model):
+        return model
 
 
 class TorchCompileBackend(Backend):
@@ -236,6 +264,10 @@ class TorchCompileBackend(Backend):
     dtypes = ("float32", "bfloat16")
     dynamic_shapes = True
     training = True
+    # Checked on a tiny Llama: speculative and vanilla decoding stay token-identical to eager,
+    # and crossedge-quant's int8/int4/W8A8 modules compile (their kernels are aten ops).
+    kv_cache_decoding = True
+    custom_kernels = True
 
     def __init__(self, mode: str | None = None):
         self.mode = mode
@@ -256,6 +288,20 @@ class TorchCompileBackend(Backend):
         with torch.inference_mode():
             run(*example_inputs)  # compile now, so timings and errors do not hide in the first call
         return PreparedModel(self, run, example_inputs, dtype, module=model)
+
+    def prepare_causal_lm(self, model):
+        """Compile the model's forward in place with dynamic shapes; ``generate`` and the KV cache keep working.
+
+        Compilation happens at the first call (callers warm up before timing). Every model
+        compiled in one process adds guards to the same transformers forward (quant eval
+        compiles one model per method); past dynamo's default limit of 8 it would silently
+        run eagerly, so the limit is raised.
+        """
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        model.compile(backend="inductor", mode=self.mode, dynamic=True)
+        return model
 
 
 class OnnxRuntimeBackend(Backend):
@@ -372,6 +418,23 @@ BUILTIN_BACKENDS: tuple[type[Backend], ...] = (
 )
 
 DEFAULT_BACKEND = "torch-eager"
+
+#: what ``require`` calls each capability flag in its messages
+CAPABILITY_LABELS = {
+    "dynamic_shapes": "dynamic input shapes",
+    "training": "training (gradients)",
+    "kv_cache_decoding": "decoding a causal LM with a mutable KV cache (incremental steps)",
+    "custom_kernels": "modules with custom (quantized int8/int4) kernels",
+}
+
+#: dynamo's recompile limit while causal LMs are compiled (see TorchCompileBackend.prepare_causal_lm)
+RECOMPILE_LIMIT = 64
+
+
+def _known_backends() -> list[Backend]:
+    """Registered backends (third-party ones included), or the built-ins when none are registered; default first."""
+    registered = [e.obj for e in get_registry("backend").entries() if isinstance(e.obj, Backend)]
+    return sorted(registered or [cls() for cls in BUILTIN_BACKENDS], key=lambda b: b.name != DEFAULT_BACKEND)
 
 
 def get_backend(name: str = DEFAULT_BACKEND) -> Backend:

@@ -28,7 +28,8 @@ def backends_command(as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(format_table(rows, ["name", "dtypes", "dynamic_shapes", "training", "available"]))
+    columns = ["name", "dtypes", "dynamic_shapes", "training", "kv_cache_decoding", "custom_kernels", "available"]
+    click.echo(format_table(rows, columns))
     for row in rows:
         if row["unavailable_reason"]:
             click.echo(f"  {row['name']}: {row['unavailable_reason']}")

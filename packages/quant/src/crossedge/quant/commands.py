@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from crossedge.core.backends import DEFAULT_BACKEND
 from crossedge.core.bench import format_table
 from crossedge.core.cli import echo_json
 from crossedge.core.errors import CrossedgeError
@@ -19,7 +20,7 @@ from crossedge.core.sources import load_model
 from .api import as_config, quantization_map, quantize_, weight_bytes
 from .calibration import text_batches
 from .config import spec_label
-from .evaluation import EvalSettings, evaluate_methods, load_corpus, plot, table
+from .evaluation import EvalSettings, eval_backend, evaluate_methods, load_corpus, plot, table
 from .serialization import save_quantized
 
 
@@ -74,6 +75,14 @@ def methods_command(as_json: bool) -> None:
 @click.option("--decode-tokens", default=64, show_default=True, help="New tokens per decode timing.")
 @click.option("--decode-repeats", default=3, show_default=True, help="Timed decode repeats (median taken).")
 @click.option("--threads", type=int, default=None, help="Torch threads (default: torch's current setting).")
+@click.option(
+    "--backend",
+    "backend_name",
+    default=DEFAULT_BACKEND,
+    show_default=True,
+    help="Backend that runs every model (a registered name, e.g. torch-compile); it must support KV-cached "
+    "decoding and quantized kernels.",
+)
 def eval_command(
     model_name: str,
     methods: str,
@@ -85,12 +94,14 @@ def eval_command(
     decode_tokens: int,
     decode_repeats: int,
     threads: int | None,
+    backend_name: str,
 ) -> None:
     """Perplexity, kernel fraction, bytes, memory and decode speed of each method beside fp32."""
     specs = split_methods(methods)
     for spec in specs:
         if spec != "fp32":
             as_config(spec)  # refuse a bad spec before any model is loaded
+    backend = eval_backend(backend_name, specs)  # and a backend that cannot run them
     settings = EvalSettings(
         window=window,
         max_eval_tokens=max_eval_tokens,
@@ -101,13 +112,19 @@ def eval_command(
     )
     command = "crossedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     report = evaluate_methods(
-        _loader(model_name), specs, load_corpus(corpus), settings, model_name=model_name, command=command
+        _loader(model_name),
+        specs,
+        load_corpus(corpus),
+        settings,
+        model_name=model_name,
+        command=command,
+        backend=backend,
     )
     click.echo(table(report))
     p = report.summary["perplexity_protocol"]
     click.echo(
         f"\nperplexity: {p['windows']} non-overlapping windows of {p['window']} tokens, remainder dropped, "
-        f"corpus {report.summary['corpus']}; {report.summary['threads']} threads"
+        f"corpus {report.summary['corpus']}; {report.summary['threads']} threads; backend {report.summary['backend']}"
     )
     if json_out is not None:
         report.write_json(json_out)

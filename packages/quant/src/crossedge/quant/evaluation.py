@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossedge.core.backends import DEFAULT_BACKEND, resolve_backend
 from crossedge.core.bench import (
     Benchmark,
     BenchmarkReport,
@@ -236,6 +237,19 @@ class EvalSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def eval_backend(name: str, specs: Sequence[str]) -> Any:
+    """The backend that runs every model of an evaluation, refused before any model loads unless it can.
+
+    Perplexity windows are full forwards; decode timing runs ``generate`` (growing
+    sequence, KV cache); quantized methods run crossedge-quant's custom int8/int4 kernels.
+    The backend itself says whether it supports that.
+    """
+    quantized = any(s.strip() != "fp32" for s in specs)
+    return resolve_backend(
+        name, purpose="quant eval", dynamic_shapes=True, kv_cache_decoding=True, custom_kernels=quantized
+    )
+
+
 def evaluate_methods(
     load: Callable[[], tuple[nn.Module, Any]],
     specs: Sequence[str],
@@ -244,6 +258,7 @@ def evaluate_methods(
     *,
     model_name: str = "",
     command: str | None = None,
+    backend: str | Any = DEFAULT_BACKEND,
 ) -> BenchmarkReport:
     """Quantize a fresh copy of the model per method and measure it beside fp32, all in one run.
 
@@ -251,12 +266,16 @@ def evaluate_methods(
     loaded: each method's decode runs alternate with fp32 runs, and its speedup is
     the ratio of the two medians. Peak memory is the peak RSS while the model
     scores the perplexity windows and decodes, minus the RSS before it was loaded.
+    ``backend`` (a name, or what :func:`eval_backend` returned) runs every model, fp32
+    included, after quantization.
     """
     configs = [as_config(s) for s in specs if s.strip() != "fp32"]
+    runner = eval_backend(backend, specs) if isinstance(backend, str) else backend
     rows: list[dict[str, Any]] = []
     _trim_heap()
     rss_before = current_rss()
     base, tokenizer = load()
+    base = runner.prepare_causal_lm(base)
     eval_ids = tokenizer(corpus.evaluation, return_tensors="pt").input_ids[0]
     num_batches = max(1, settings.calib_tokens // settings.window)
     calibration = text_batches(tokenizer, corpus.calibration, seq_len=settings.window, num_batches=num_batches)
@@ -274,6 +293,7 @@ def evaluate_methods(
                 start = time.perf_counter()
                 quantize_(model, config, calibration=calibration)
                 quantize_s = time.perf_counter() - start
+                model = runner.prepare_causal_lm(model)
             with peak_rss() as peak:
                 track_kernel(model)
                 result = perplexity(model, eval_ids, window=settings.window, max_tokens=settings.max_eval_tokens)
@@ -338,6 +358,7 @@ def evaluate_methods(
             "speedup": "median fp32 time / median method time, runs interleaved with fp32 on the same machine",
         },
         "threads": thread_count,
+        "backend": runner.name,
         "peak_memory": "peak RSS during perplexity and one decode, minus RSS before the model was loaded",
     }
     report = BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
@@ -400,11 +421,15 @@ class QuantEvalBenchmark(Benchmark):
         calib_tokens: int | str = 4096,
         decode_tokens: int | str = 64,
         threads: int | str | None = None,
+        backend: str = DEFAULT_BACKEND,
         **_: Any,
     ) -> BenchmarkReport:
         from crossedge.core.sources import load_model
 
         from .commands import split_methods
+
+        specs = split_methods(methods)
+        runner = eval_backend(backend, specs)
 
         def load() -> tuple[nn.Module, Any]:
             loaded = load_model(model)
@@ -417,4 +442,4 @@ class QuantEvalBenchmark(Benchmark):
             decode_tokens=int(decode_tokens),
             threads=None if threads is None else int(threads),
         )
-        return evaluate_methods(load, split_methods(methods), load_corpus(), settings, model_name=model)
+        return evaluate_methods(load, specs, load_corpus(), settings, model_name=model, backend=runner)

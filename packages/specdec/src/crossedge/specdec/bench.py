@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from crossedge.core.backends import DEFAULT_BACKEND, resolve_backend
 from crossedge.core.bench import (
     Benchmark,
     BenchmarkReport,
@@ -28,6 +29,16 @@ from .errors import SpecdecError
 from .suite import SuitePrompt
 
 BASELINE = "vanilla"
+
+
+def target_backend(name: str = DEFAULT_BACKEND, *, purpose: str = "specdec bench") -> Any:
+    """The backend that will run the target model, refused before any model loads unless it can decode.
+
+    Speculative decoding feeds the target a growing sequence and keeps a KV cache it crops
+    after every rejected draft; the backend itself says whether it supports that. Drafters'
+    own models stay in eager PyTorch.
+    """
+    return resolve_backend(name, purpose=purpose, dynamic_shapes=True, kv_cache_decoding=True)
 
 
 @dataclass
@@ -310,6 +321,7 @@ class SpecdecBenchmark(Benchmark):
         max_new_tokens: int | str = 64,
         threads: int | str = 2,
         compare_hf: bool | str = False,
+        backend: str = DEFAULT_BACKEND,
         **_: Any,
     ) -> BenchmarkReport:
         from crossedge.core import load_model
@@ -318,18 +330,20 @@ class SpecdecBenchmark(Benchmark):
         from .suite import default_suite
         from .suite import limit_per_task as limit
 
+        runner = target_backend(backend, purpose="the specdec benchmark")
         loaded = load_model(model)
+        target = runner.prepare_causal_lm(loaded.model)
         compare = compare_hf if isinstance(compare_hf, bool) else str(compare_hf).lower() in ("1", "true", "yes")
         notes: list[str] = []
         # Several drafter specs are separated by ';' here because ',' already builds chains.
         specs = [s for s in drafters.split(";") if s.strip()]
         methods = build_methods(
-            loaded.model, specs, policy=policy, compare_hf=compare, notes=notes, tokenizer=loaded.tokenizer
+            target, specs, policy=policy, compare_hf=compare, notes=notes, tokenizer=loaded.tokenizer
         )
         prompts = limit(default_suite(), int(limit_per_task))
         with pinned_threads(int(threads)):
             runs = run_benchmark(
-                loaded.model, loaded.tokenizer, prompts, methods, max_new_tokens=int(max_new_tokens), progress=False
+                target, loaded.tokenizer, prompts, methods, max_new_tokens=int(max_new_tokens), progress=False
             )
-        summary = summarize(runs)
+        summary = {**summarize(runs), "backend": runner.name}
         return BenchmarkReport(self.name, rows=table_rows(summary), summary={**summary, "runs": runs, "notes": notes})

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from crossedge.core.backends import DEFAULT_BACKEND
 from crossedge.core.bench import threads as pinned_threads
 from crossedge.core.cli import echo_json
 
@@ -17,6 +18,15 @@ from .errors import SpecdecError
 from .sampling import SamplingConfig
 
 DEFAULT_POLICY = "cost-aware"
+
+backend_option = click.option(
+    "--backend",
+    "backend_name",
+    default=DEFAULT_BACKEND,
+    show_default=True,
+    help="Backend that runs the target model (a registered name, e.g. torch-compile); it must support "
+    "KV-cached decoding. Drafters' models stay eager.",
+)
 
 
 @click.group(name="specdec")
@@ -66,6 +76,7 @@ def _format_stats(stats: Any, policy: Any = None) -> str:
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--threads", "thread_count", type=int, default=None, help="torch threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON after the text.")
+@backend_option
 @click.argument("prompt")
 def generate(
     model_name: str,
@@ -78,15 +89,19 @@ def generate(
     max_new_tokens: int,
     thread_count: int | None,
     as_json: bool,
+    backend_name: str,
     prompt: str,
 ) -> None:
     """Stream a model's answer to PROMPT with speculative decoding, then print the statistics."""
     from crossedge.core.sources import encode_prompt
 
+    from .bench import target_backend
     from .engine import SpeculativeDecoder
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    backend = target_backend(backend_name, purpose="specdec generate")
     model, tokenizer = _load(model_name)
+    model = backend.prepare_causal_lm(model)
     decoder = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
     input_ids = encode_prompt(tokenizer, prompt)
     with pinned_threads(thread_count):
@@ -101,7 +116,7 @@ def generate(
         click.echo()
     click.secho(_format_stats(stream.stats), fg="cyan", err=True)
     if as_json:
-        echo_json(stream.stats.to_dict())
+        echo_json({**stream.stats.to_dict(), "backend": backend.name})
 
 
 @specdec.command()
@@ -130,6 +145,7 @@ def generate(
     default=None,
     help="Write results JSON (and a PNG beside it).",
 )
+@backend_option
 def bench(
     model_name: str,
     drafter_specs: tuple[str, ...],
@@ -142,6 +158,7 @@ def bench(
     hf_assistant: str | None,
     thread_count: int,
     json_path: str | None,
+    backend_name: str,
 ) -> None:
     """Benchmark drafters against vanilla decoding on a prompt suite, per task and overall."""
     from . import bench as runner
@@ -152,6 +169,7 @@ def bench(
         raise SpecdecError("give exactly one of --suite default or --prompts FILE.jsonl")
     if max_new_tokens <= 0:
         raise SpecdecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    backend = runner.target_backend(backend_name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         prompts = default_suite() if suite_name else read_spec_bench(prompts_file)
@@ -159,6 +177,7 @@ def bench(
         click.secho(f"warning: {warning.message}", fg="yellow", err=True)
     prompts = limit(prompts, limit_per_task)
     model, tokenizer = _load(model_name)
+    model = backend.prepare_causal_lm(model)
     notes: list[str] = []
     assistant = _load(hf_assistant)[0] if hf_assistant else None
     methods = runner.build_methods(
@@ -173,12 +192,13 @@ def bench(
     for note in notes:
         click.secho(note, fg="yellow", err=True)
     click.echo(
-        f"{len(prompts)} prompts x {len(methods)} methods, {max_new_tokens} new tokens, greedy, {thread_count} threads",
+        f"{len(prompts)} prompts x {len(methods)} methods, {max_new_tokens} new tokens, greedy, "
+        f"{thread_count} threads, backend {backend.name}",
         err=True,
     )
     with pinned_threads(thread_count):
         runs = runner.run_benchmark(model, tokenizer, prompts, methods, max_new_tokens=max_new_tokens)
-    summary = runner.summarize(runs)
+    summary = {**runner.summarize(runs), "backend": backend.name}
     click.echo(runner.format_summary(summary))
     not_identical = [r for r in runs if not r["identical_to_baseline"]]
     if not_identical:
