@@ -9,8 +9,11 @@ from crossedge.ondevice.backends import (
     BackendUnavailableError,
     ExecuTorchBackend,
     OnnxRuntimeBackend,
+    PackedLinear,
     TorchCompileBackend,
     TorchEagerBackend,
+    TorchOneDNNBackend,
+    pack_linears,
     prepare,
 )
 from crossedge.ondevice.conformance import BackendConformance, assert_missing_dependency_error
@@ -42,6 +45,53 @@ class TestTorchCompile(BackendConformance):
 
     def test_parity_minilm(self, backend):
         pytest.skip("compiling minilm-l6 takes ~20 s here; the ondevice-backends benchmark measures its parity")
+
+
+class TestTorchOneDNN(BackendConformance):
+    backend_factory = TorchOneDNNBackend
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
+def test_packed_linear_matches_linear(rows):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80)
+    packed = PackedLinear(linear)
+    x = torch.randn(1, rows, 48)
+    with torch.inference_mode():
+        assert torch.allclose(packed(x), linear(x), atol=1e-5)
+        # Non-contiguous inputs (a transposed view) give the same result too.
+        y = torch.randn(48, rows).t()
+        assert torch.allclose(packed(y), linear(y), atol=1e-5)
+    with pytest.raises(BackendCapabilityError, match="inference-only"):
+        packed(torch.randn(2, 48, requires_grad=True))
+
+
+def test_onednn_backend_decodes_a_causal_lm_like_eager():
+    from crossedge.core.testing import tiny_causal_lm
+
+    model, _ = tiny_causal_lm("llama", seed=0)
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6]])
+    with torch.inference_mode():
+        expected = model.generate(prompt, do_sample=False, max_new_tokens=12, min_new_tokens=12)
+        linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+        backend = TorchOneDNNBackend()
+        backend.require(purpose="specdec bench", dynamic_shapes=True, kv_cache_decoding=True)
+        packed = backend.prepare_causal_lm(model)
+        assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+        assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == linears
+        got = packed.generate(prompt, do_sample=False, max_new_tokens=12, min_new_tokens=12)
+    assert got.tolist() == expected.tolist()
+    with pytest.raises(BackendCapabilityError, match="training"):
+        backend.require(purpose="finetune", training=True)
+
+
+def test_pack_linears_leaves_linear_subclasses_alone():
+    class Custom(torch.nn.Linear):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), Custom(4, 4))
+    assert pack_linears(model) == 1
+    assert isinstance(model[0], PackedLinear) and type(model[1]) is Custom
 
 
 class TestOnnxRuntime(BackendConformance):
@@ -108,7 +158,7 @@ def test_static_backends_refuse_kv_cache_decoding_before_checking_their_wheel(ba
         backend.prepare_causal_lm(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("backend_cls", [TorchEagerBackend, TorchCompileBackend])
+@pytest.mark.parametrize("backend_cls", [TorchEagerBackend, TorchCompileBackend, TorchOneDNNBackend])
 def test_torch_backends_accept_causal_lm_uses(backend_cls):
     backend = backend_cls()
     if not backend.available():

@@ -3,6 +3,7 @@ import torch
 
 from crossedge.specdec import (
     ConstantPolicy,
+    CopyDrafter,
     CostAwarePolicy,
     Draft,
     Drafter,
@@ -224,3 +225,44 @@ def test_sliding_window_cache_rolls_back_past_the_window():
     result = SpeculativeDecoder(model, drafter, ConstantPolicy(k=4)).generate(input_ids, 40)
     assert result.tokens == reference
     assert 0 < result.stats.drafters["draft-model"].accepted < result.stats.drafters["draft-model"].drafted
+
+
+def test_cost_aware_calibrates_once_and_leaves_the_output_and_cache_intact():
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=257,
+        eos_token_id=258,
+        pad_token_id=256,
+        initializer_range=0.15,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = None
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
+    reference = greedy_reference(model, input_ids, 30)
+    policy = CostAwarePolicy(max_k=6, calibration_rounds=2)
+    calls = []
+    original = policy.calibrate
+
+    def counting(measure):
+        calls.append(1)
+        original(measure)
+
+    policy.calibrate = counting
+    decoder = SpeculativeDecoder(model, CopyDrafter(), policy)
+    assert decoder.generate(input_ids, 30).tokens == reference
+    assert decoder.generate(input_ids, 30).tokens == reference
+    assert calls == [1]
+    # Every calibration length up to max_k was timed before any draft was verified.
+    assert {0, 1, 2, 3, 4, 6} <= set(policy.cost.table())
+    assert not CostAwarePolicy(calibrate=False).wants_calibration()

@@ -9,8 +9,13 @@ from .backends import BUILTIN_BACKENDS
 
 @hookimpl
 def register_backends(register):
-    """Register torch-eager, torch-compile, onnxruntime and executorch."""
-    aliases = {"torch-eager": ("eager",), "torch-compile": ("inductor",), "onnxruntime": ("ort",)}
+    """Register torch-eager, torch-compile, torch-onednn, onnxruntime and executorch."""
+    aliases = {
+        "torch-eager": ("eager",),
+        "torch-compile": ("inductor",),
+        "torch-onednn": ("onednn",),
+        "onnxruntime": ("ort",),
+    }
     for backend_cls in BUILTIN_BACKENDS:
         register(backend_cls(), aliases=aliases.get(backend_cls.name, ()))
 

@@ -255,6 +255,8 @@ class SpeculativeDecoder:
             check_finite(logits, "the target model")
             token = self._pick(logits, sampling, generator)
             stats.target_forwards = 1
+            if self.drafters and self.policy.wants_calibration():
+                self.policy.calibrate(lambda k: self._time_verification(model, cache, token, k))
 
         pending = [token]
         emitted = 0
@@ -281,6 +283,15 @@ class SpeculativeDecoder:
                     model, cache, context, pending[-1], limit - emitted - 1, sampling, generator, stats
                 )
             stats.target_forwards += 1
+
+    def _time_verification(self, model: Any, cache: Any, token: int, k: int) -> float:
+        """Seconds of one verification forward of ``k`` dummy drafted tokens; the cache is left as it was."""
+        start = time.perf_counter()
+        out = model(input_ids=torch.full((1, k + 1), token), cache=cache, use_cache=True, logits_to_keep=k + 1)
+        out.logits[0].argmax(dim=-1).tolist()
+        seconds = time.perf_counter() - start
+        cache.crop(-(k + 1))
+        return seconds
 
     def _draft(self, context: list[int], budget: int, stats: RunStats) -> tuple[Draft | None, Drafter | None]:
         policy = self.policy

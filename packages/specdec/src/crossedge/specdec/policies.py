@@ -9,6 +9,7 @@ online and drafts the ``k`` (possibly 0) that maximises expected tokens per seco
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .errors import SpecdecError
@@ -32,6 +33,13 @@ class DraftLengthPolicy:
 
     def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
         """Drafter ``drafter`` spent ``seconds`` proposing ``drafted`` tokens."""
+
+    def wants_calibration(self) -> bool:
+        """Whether :meth:`calibrate` should be called before the next generation's first step."""
+        return False
+
+    def calibrate(self, measure: Callable[[int], float]) -> None:
+        """Learn from ``measure(k)``, which runs and times one verification of ``k`` dummy drafted tokens."""
 
     def describe(self) -> dict[str, Any]:
         """Learned state worth printing (empty for stateless policies)."""
@@ -175,8 +183,18 @@ class CostAwarePolicy(DraftLengthPolicy):
 
     name = "cost-aware"
 
-    def __init__(self, max_k: int = 16, probe_every: int = 16):
+    #: Draft lengths timed by :meth:`calibrate`; lengths in between are interpolated.
+    CALIBRATION_LENGTHS: ClassVar[tuple[int, ...]] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+    def __init__(self, max_k: int = 16, probe_every: int = 16, calibrate: bool = True, calibration_rounds: int = 2):
         self.max_k = _check_k(max_k, "cost-aware policy max_k")
+        #: Time t(k) for a spread of k once, before the first draft. Without it, t(k) is only known for
+        #: lengths the policy already chose, and on CPUs t(k) is far from linear (matrix kernels switch
+        #: algorithm with the row count: here 2-3 rows cost more than 4-16), so extrapolating from the
+        #: first few lengths keeps the policy away from long drafts that are in fact cheap.
+        self.calibrate_first = bool(calibrate)
+        self.calibration_rounds = _check_k(calibration_rounds, "cost-aware policy calibration_rounds")
+        self.calibrated = False
         #: After this many consecutive zero-length choices for one drafter and bucket, draft a little
         #: anyway so acceptance estimates keep tracking the text (costs at most a few percent).
         self.probe_every = _check_k(probe_every, "cost-aware policy probe_every")
@@ -234,6 +252,22 @@ class CostAwarePolicy(DraftLengthPolicy):
 
     def observe_verification(self, drafted: int, seconds: float) -> None:
         self.cost.observe(drafted, seconds)
+
+    def wants_calibration(self) -> bool:
+        return self.calibrate_first and not self.calibrated
+
+    def calibrate(self, measure: Callable[[int], float]) -> None:
+        """Time every calibration length up to ``max_k`` (rounds interleaved, median kept) into the cost model."""
+        lengths = [k for k in self.CALIBRATION_LENGTHS if k < self.max_k] + [self.max_k]
+        samples: dict[int, list[float]] = defaultdict(list)
+        measure(0)  # the first forward after a prefill pays allocation costs
+        for _ in range(self.calibration_rounds):
+            for k in lengths:
+                samples[k].append(measure(k))
+        for k, seconds in samples.items():
+            seconds.sort()
+            self.cost.observe(k, seconds[len(seconds) // 2])
+        self.calibrated = True
 
     def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
         if drafted <= 0:
