@@ -118,7 +118,16 @@ def test_demo_shows_speedup_and_identity(run, tiny_folder, monkeypatch):
     result = run("specdec", "demo", "--model", tiny_folder, "--max-new-tokens", "12", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "identical to vanilla: yes" in result.output
-    assert "geometric-mean speedup" in result.output
+    assert "geometric-mean speedup" in result.output and "backend torch-eager" in result.output
+
+    from crossedge.core import registered
+    from crossedge.core.testing import BackendPlugin, CountingBackend
+
+    counting = CountingBackend()
+    with registered(BackendPlugin(counting), name="counting-test"):
+        through = run("specdec", "demo", "--model", tiny_folder, "--max-new-tokens", "12", "--backend", "counting")
+    assert through.exit_code == 0, through.output
+    assert "backend counting" in through.output and counting.forwards > 0
 
 
 def test_registered_benchmark(specdec_plugin):

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from crossedge.core.testing import byte_tokenizer
-from crossedge.specdec import CopyDrafter, DraftModelDrafter, SpeculativeDecoder, build_drafters, parse_spec
+from crossedge.specdec import (
+    CopyDrafter,
+    DraftModelDrafter,
+    HistoryDrafter,
+    SpeculativeDecoder,
+    build_drafters,
+    parse_spec,
+)
 from crossedge.specdec.drafters import CrossVocabDrafter
 from crossedge.specdec.errors import SpecdecError
 from crossedge.specdec.testing import (
@@ -111,3 +118,38 @@ def test_spec_parsing_and_building(specdec_plugin):
         build_drafters("copy:colour=red")
     with pytest.raises(SpecdecError, match="max_copy >= 1"):
         build_drafters("copy:max_copy=0")
+
+
+class TestHistoryDrafter(DrafterConformance):
+    def make_drafter(self, target):
+        drafter = HistoryDrafter(min_match=1)
+        drafter.remember(list(range(20, 60)) * 2)  # unrelated history: drafts rejected, output unchanged
+        return [CopyDrafter(min_match=3), drafter]
+
+
+def test_history_drafter_copies_from_an_earlier_generation_only():
+    model, tokenizer = tiny_target("llama")
+    input_ids = tokenizer(CONFORMANCE_PROMPTS[0], return_tensors="pt").input_ids
+    history = HistoryDrafter(min_match=2)
+    decoder = SpeculativeDecoder(model, history, "constant:k=6")
+    first = decoder.generate(input_ids, 40)
+    # The first run has no history, so nothing is drafted even if it repeats itself.
+    assert first.stats.drafters["history"].drafted == 0
+    second = decoder.generate(input_ids, 40)
+    assert second.tokens == first.tokens
+    # The same prompt again: the earlier run's continuation is proposed and accepted.
+    assert second.stats.drafters["history"].accepted >= 30
+    assert second.stats.target_forwards < first.stats.target_forwards
+
+
+def test_history_drafter_keeps_runs_apart_and_bounded():
+    history = HistoryDrafter(min_match=1, max_tokens=10)
+    history.remember([1, 2, 3])
+    history.remember([4, 5])
+    assert history.index.tokens == [1, 2, 3, -1, 4, 5]
+    history.remember([6, 7, 8, 9])
+    assert len(history.index) <= 10 and history.index.tokens[-4:] == [6, 7, 8, 9]
+    history.begin([3], None)
+    assert history.propose([3], 4).tokens == []  # what followed 3 was the end of its run, not the next run
+    with pytest.raises(SpecdecError, match="history drafter"):
+        HistoryDrafter(max_copy=0)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .drafters import CopyDrafter, CrossVocabDrafter, Draft, Drafter, DraftModelDrafter, build_drafters, parse_spec
+from .drafters import (
+    CopyDrafter,
+    CrossVocabDrafter,
+    Draft,
+    Drafter,
+    DraftModelDrafter,
+    HistoryDrafter,
+    build_drafters,
+    parse_spec,
+)
 from .engine import GenerationResult, RunStats, SpeculativeDecoder, TokenStream
 from .errors import NonFiniteLogitsError, PromptTooLongError, SpecdecError
 from .policies import ConstantPolicy, CostAwarePolicy, DraftLengthPolicy, HeuristicPolicy, build_policy
@@ -19,6 +28,7 @@ __all__ = [
     "Drafter",
     "GenerationResult",
     "HeuristicPolicy",
+    "HistoryDrafter",
     "NonFiniteLogitsError",
     "PromptTooLongError",
     "RunStats",

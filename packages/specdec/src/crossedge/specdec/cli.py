@@ -223,14 +223,20 @@ DEMO_PROMPTS = (("code-editing", 0), ("redundant-turn", 0), ("summarization", 0)
 @click.option("--policy", default=DEFAULT_POLICY, show_default=True)
 @click.option("--max-new-tokens", type=int, default=96, show_default=True)
 @click.option("--threads", "thread_count", type=int, default=2, show_default=True)
-def demo(model_name: str, drafter_spec: str, policy: str, max_new_tokens: int, thread_count: int) -> None:
+@backend_option
+def demo(
+    model_name: str, drafter_spec: str, policy: str, max_new_tokens: int, thread_count: int, backend_name: str
+) -> None:
     """Vanilla against speculative decoding, side by side, with speedup and identity check."""
-    from .bench import encode_chat
+    from .bench import encode_chat, target_backend
     from .engine import SpeculativeDecoder
     from .suite import default_suite
 
+    backend = target_backend(backend_name, purpose="specdec demo")
     click.echo(f"loading {model_name} (the first run pulls it into the crossedge cache) ...", err=True)
     model, tokenizer = _load(model_name)
+    # Vanilla and speculative decoding run the same prepared model, so the speedup compares like with like.
+    model = backend.prepare_causal_lm(model)
     suite = default_suite()
     by_task: dict[str, list[Any]] = {}
     for prompt in suite:
@@ -275,7 +281,8 @@ def demo(model_name: str, drafter_spec: str, policy: str, max_new_tokens: int, t
 
     colour = "green" if all_identical else "red"
     click.secho(
-        f"\ngeometric-mean speedup {geometric_mean(speedups):.2f}x on {thread_count} threads; "
+        f"\ngeometric-mean speedup {geometric_mean(speedups):.2f}x on {thread_count} threads, "
+        f"backend {backend.name}; "
         f"outputs identical: {'yes' if all_identical else 'NO'}",
         fg=colour,
         bold=True,

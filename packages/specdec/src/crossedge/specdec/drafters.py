@@ -19,7 +19,7 @@ import torch
 
 from .errors import SpecdecError
 from .sampling import SamplingConfig, check_finite, process_logits
-from .suffix_index import SuffixIndex
+from .suffix_index import SuffixIndex, SuffixMatcher
 
 
 @dataclass
@@ -73,6 +73,9 @@ class Drafter:
     def feedback(self, num_accepted: int) -> None:
         """How many tokens of the last proposal the target accepted (``propose`` order)."""
 
+    def end(self, context_ids: Sequence[int]) -> None:
+        """A generation finished with ``context_ids`` (prompt plus output); not called when a stream is abandoned."""
+
     def draw(self, logits: torch.Tensor, where: str, sample: bool) -> tuple[int, torch.Tensor | None]:
         """Check one position's logits, then take the greedy token or sample one from the processed
         distribution; returns (token, probabilities or ``None`` when greedy)."""
@@ -113,6 +116,76 @@ class CopyDrafter(Drafter):
         self._sync(context_ids)
         tokens, match = self.index.continuation(min(k, self.max_copy), self.min_match)
         return Draft(tokens, None, _match_bucket(match))
+
+
+class HistoryDrafter(Drafter):
+    """Copy from what this drafter saw in earlier generations (prompts and outputs), not the current one.
+
+    Models repeat their own phrasing across answers (chat boilerplate, the wording of
+    code explanations); llama.cpp's lookup decoding keeps such an n-gram cache across
+    runs. Every finished context is appended to one suffix automaton (with a separator,
+    so no match spans two runs); while decoding, a matcher streams the current context
+    through it and proposes what followed the longest match. Chain it after ``copy``
+    (``copy,history``) so the current text is tried first. Buckets are prefixed ``h``.
+    """
+
+    name = "history"
+    description = "copy from earlier generations of the same decoder (an n-gram cache across runs)"
+    cheap = True
+    SEPARATOR: ClassVar[int] = -1
+
+    def __init__(self, max_copy: int = 16, min_match: int = 2, max_tokens: int = 1_000_000):
+        if max_copy < 1 or min_match < 1 or max_tokens < 2:
+            raise SpecdecError(
+                f"history drafter needs max_copy >= 1, min_match >= 1 and max_tokens >= 2, "
+                f"got {max_copy}, {min_match}, {max_tokens}"
+            )
+        self.max_copy = int(max_copy)
+        self.min_match = int(min_match)
+        self.max_tokens = int(max_tokens)
+        self.index = SuffixIndex()
+        self.matcher = SuffixMatcher(self.index)
+        self.fed: list[int] = []
+
+    def remember(self, tokens: Sequence[int]) -> None:
+        """Add one finished sequence to the history (the oldest half is dropped past ``max_tokens``)."""
+        if not len(tokens):
+            return
+        if len(self.index) + len(tokens) + 1 > self.max_tokens:
+            kept = self.index.tokens[-(self.max_tokens // 2) :]
+            self.index = SuffixIndex(kept[kept.index(self.SEPARATOR) + 1 :] if self.SEPARATOR in kept else [])
+            self.matcher = SuffixMatcher(self.index)
+        if len(self.index):
+            self.index.append(self.SEPARATOR)
+        self.index.extend(list(tokens)[-(self.max_tokens // 2) :])
+
+    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+        super().begin(prompt_ids, sampler)
+        self.matcher.reset()
+        self.fed = []
+
+    def end(self, context_ids: Sequence[int]) -> None:
+        self.remember(context_ids)
+        self.matcher.reset()
+        self.fed = []
+
+    def _sync(self, context_ids: Sequence[int]) -> None:
+        fed = len(self.fed)
+        if fed > len(context_ids) or (fed and context_ids[fed - 1] != self.fed[-1]):
+            self.matcher.reset()
+            self.fed = []
+            fed = 0
+        new = [int(t) for t in context_ids[fed:]]
+        self.matcher.feed(new)
+        self.fed.extend(new)
+
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        self._sync(context_ids)
+        match = self.matcher.length
+        if match < self.min_match:
+            return Draft([], None, "h" + _match_bucket(match))
+        tokens = self.matcher.continuation(min(k, self.max_copy), stop=self.SEPARATOR)
+        return Draft(tokens, None, "h" + _match_bucket(match))
 
 
 def _match_bucket(match: int) -> str:

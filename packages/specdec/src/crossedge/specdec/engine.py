@@ -275,6 +275,8 @@ class SpeculativeDecoder:
                 elif emitted >= limit:
                     stop = "length" if limit == requested else "context"
                 if stop is not None:
+                    for drafter in self.drafters:
+                        drafter.end(context)
                     stats.seconds += clock() - started
                     stats.stop_reason = stop
                     return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from crossedge.core import hookimpl
 
-from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter
+from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter, HistoryDrafter
 from .early_exit import EarlyExitDrafter
 
 
 @hookimpl
 def register_drafters(register):
     register(CopyDrafter, aliases=("prompt-lookup", "copyspec"))
+    register(HistoryDrafter, aliases=("lookup-cache",))
     register(DraftModelDrafter, aliases=("draft",))
     register(CrossVocabDrafter, aliases=("universal",))
     register(EarlyExitDrafter, aliases=("self-speculative", "layerskip"))

@@ -88,6 +88,52 @@ class SuffixIndex:
         return self.tokens[end + 1 : end + 1 + max_tokens], match
 
 
+class SuffixMatcher:
+    """The longest suffix of a streamed token sequence that occurs somewhere in a :class:`SuffixIndex`.
+
+    Feeding a token walks the automaton (following suffix links on a mismatch), so each
+    token costs amortized constant time, as in the classic longest-common-substring scan.
+    The index must not grow while a matcher streams over it: call :meth:`reset` after it does.
+    """
+
+    __slots__ = ("index", "state", "length")
+
+    def __init__(self, index: SuffixIndex):
+        self.index = index
+        self.state = 0
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the streamed tokens."""
+        self.state = self.length = 0
+
+    def feed(self, tokens: Iterable[int]) -> None:
+        """Stream tokens; afterwards ``length`` is the longest suffix of everything fed that occurs in the index."""
+        index = self.index
+        state, length = self.state, self.length
+        for token in tokens:
+            token = int(token)
+            while state and token not in index._next[state]:
+                state = index._link[state]
+                length = index._length[state]
+            following = index._next[state].get(token)
+            if following is None:
+                state, length = 0, 0
+            else:
+                state, length = following, length + 1
+        self.state, self.length = state, length
+
+    def continuation(self, max_tokens: int, stop: int | None = None) -> list[int]:
+        """What followed the earliest occurrence of the current match in the index, cut before ``stop``."""
+        if self.length == 0 or max_tokens <= 0:
+            return []
+        end = self.index._first_end[self.state]
+        tokens = self.index.tokens[end + 1 : end + 1 + max_tokens]
+        if stop is not None and stop in tokens:
+            tokens = tokens[: tokens.index(stop)]
+        return tokens
+
+
 def brute_force_longest_match(tokens: list[int]) -> tuple[int, int]:
     """Reference answer for :meth:`SuffixIndex.longest_match` by direct search (tests use it)."""
     n = len(tokens)
