@@ -73,3 +73,59 @@ def test_train_command_checkpoints_and_resumes(tmp_path, plugin):
     assert scorer.name == "cross-encoder"
     again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert "resuming from" in again.output
+
+
+def test_bench_reuses_models_it_trained(tmp_path, cache):
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    settings = BenchSettings(
+        collection=str(tmp_path / "beir"),
+        train_collection=str(tmp_path / "beir"),
+        model=str(tmp_path / "tiny"),
+        methods=("bi-trained",),
+        train_queries=3,
+        candidates=3,
+        progress=False,
+    )
+    first_log, again_log = [], []
+    first = run_bench(settings, say=first_log.append)
+    assert not any("resuming" in line for line in first_log)
+    assert list((cache / "retrieval" / "bench-checkpoints").glob("*/bi-encoder/epoch-001/state.json"))
+    again = run_bench(settings, say=again_log.append)
+    assert any("bi-encoder: resuming from" in line for line in again_log)
+    assert again["rows"][0]["ndcg@10"] == first["rows"][0]["ndcg@10"]
+
+
+def test_students_can_get_a_smaller_budget_than_the_teacher(tmp_path, cache, plugin):
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    settings = BenchSettings(
+        collection=str(tmp_path / "beir"),
+        train_collection=str(tmp_path / "beir"),
+        model=str(tmp_path / "tiny"),
+        methods=("students",),
+        losses=("infonce",),
+        train_queries=3,
+        student_queries=2,
+        candidates=3,
+        batch_size=2,
+        progress=False,
+    )
+    report = run_bench(settings, say=lambda _: None)
+    training = report["summary"]["training"]
+    assert training["cross-encoder"]["examples"] == 3
+    assert training["student-infonce-2"]["examples"] == 2
+    assert report["summary"]["student_lists"] == 2
+    assert [row["method"] for row in report["rows"]] == ["student infonce"]

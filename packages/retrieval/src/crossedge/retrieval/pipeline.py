@@ -149,6 +149,7 @@ class BenchSettings:
     losses: tuple[str, ...] = tuple(loss.name for loss in LOSSES)
     model: str = "minilm-l6"
     train_queries: int = 64
+    student_queries: int | None = None
     candidates: int = 4
     epochs: int = 1
     batch_size: int = 8
@@ -201,9 +202,30 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     def fresh(kind: type[Scorer]) -> Scorer:
         return kind.from_pretrained(settings.model, seed=settings.seed, max_doc_tokens=settings.max_doc_tokens)
 
+    # Every model the bench trains checkpoints under a key of everything that determines it, so a
+    # later run with the same settings (e.g. ``--methods students`` after ``cross-rerank``) loads the
+    # finished model instead of training it again, and an interrupted run resumes.
+    run_key = hashlib.sha256(
+        repr(
+            (
+                asdict(config),
+                settings.model,
+                settings.collection,
+                settings.train_collection,
+                settings.train_queries,
+                settings.candidates,
+                settings.max_doc_tokens,
+            )
+        ).encode()
+    ).hexdigest()[:16]
+    checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
+
     def train_scorer(model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str) -> Scorer:
         start = time.perf_counter()
-        history = Trainer(model, examples, list_loss(loss), config, None, tag, settings.progress).fit()
+        trainer = Trainer(model, examples, list_loss(loss), config, checkpoints / tag, tag, settings.progress)
+        if trainer.latest_checkpoint() is not None:
+            say(f"  {tag}: resuming from {trainer.latest_checkpoint()}")
+        history = trainer.fit()
         summary.setdefault("training", {})[tag] = {
             "seconds": time.perf_counter() - start,
             "loss": history[-1]["loss"],
@@ -230,6 +252,10 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         train = train or load_code_search("train")
         examples = training_lists(train, settings.train_queries, settings.candidates, settings.seed)
         summary["train_lists"] = {"queries": len(examples), "candidates": settings.candidates}
+    # Students and Trans-Encoder may get a smaller budget than the teacher: the first N of its lists.
+    student_examples = examples[: settings.student_queries] if settings.student_queries else examples
+    if settings.student_queries:
+        summary["student_lists"] = len(student_examples)
 
     if "bi-trained" in methods:
         bi_t = train_scorer(fresh(BiEncoder), examples, InfoNCE(), "bi-encoder")
@@ -267,20 +293,21 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
 
     if "students" in methods:
         cache = TeacherCache(cache_dir() / "retrieval" / "teacher-scores")
-        lists = [(ex.query, ex.documents) for ex in examples]
+        lists = [(ex.query, ex.documents) for ex in student_examples]
         teacher_id = "cross-encoder|" + hashlib.sha256(repr(asdict(config)).encode()).hexdigest()[:8]
         teacher_id += f"|{settings.model}|{settings.train_queries}|{settings.candidates}|{settings.max_doc_tokens}"
         scores = cache.get_or_compute(teacher_id, lists, teacher.score, progress=settings.progress)
         distil = [ListExample(q, d, teacher=tuple(s)) for (q, d), s in zip(lists, scores, strict=True)]
         for loss_name in settings.losses:
-            student = train_scorer(fresh(BiEncoder), distil, get_loss(loss_name), f"student-{loss_name}")
+            tag = f"student-{loss_name}" + (f"-{len(distil)}" if settings.student_queries else "")
+            student = train_scorer(fresh(BiEncoder), distil, get_loss(loss_name), tag)
             evaluate_row(f"student {loss_name}", dense_search(student, test, qids, progress=settings.progress))
             del student
     del teacher
 
     if "trans-encoder" in methods:
         bi_u = fresh(BiEncoder)
-        lists = [(ex.query, ex.documents) for ex in examples]  # labels are never read
+        lists = [(ex.query, ex.documents) for ex in student_examples]  # labels are never read
         start = time.perf_counter()
         history = trans_encoder(
             bi_u, lists, cycles=settings.trans_cycles, loss=ListNetKL(), config=config, progress=settings.progress

@@ -169,6 +169,12 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--losses", default=",".join(loss.name for loss in LOSSES), show_default=True)
 @click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
 @click.option("--train-queries", default=64, show_default=True)
+@click.option(
+    "--student-queries",
+    type=int,
+    default=None,
+    help="Students and Trans-Encoder train on the first N training lists (default: all, as the teacher).",
+)
 @click.option("--candidates", default=4, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
@@ -179,7 +185,7 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
-              candidates, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
+              student_queries, candidates, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
               seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
@@ -197,6 +203,7 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         methods=ALL_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip()),
         losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
         train_queries=train_queries,
+        student_queries=student_queries,
         candidates=candidates,
         epochs=epochs,
         lr=lr,
