@@ -186,3 +186,30 @@ def test_unknown_backend_gets_close_matches(specdec_plugin):
     )
     assert result.exit_code == 1
     assert "unknown backend 'torch-eagr': did you mean 'torch-eager'?" in result.output
+
+
+def test_summary_separates_the_turns_of_multi_turn_prompts():
+    from crossedge.specdec.bench import format_summary, summarize
+
+    def run(method, turn_tokens, turn_seconds):
+        tokens, seconds = sum(turn_tokens), sum(turn_seconds)
+        return {
+            "task": "redundant-turn",
+            "prompt_id": "p",
+            "method": method,
+            "new_tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            "cpu_seconds": seconds,
+            "mean_accepted": 1.0,
+            "identical_to_baseline": True,
+            "turn_new_tokens": turn_tokens,
+            "turn_seconds": turn_seconds,
+        }
+
+    runs = [run("vanilla", [10, 10], [1.0, 1.0]), run("copy", [10, 10], [1.0, 0.25])]
+    summary = summarize(runs)
+    # The whole prompt is 1.6x faster; its second turn alone 4x.
+    assert summary["per_task"]["redundant-turn"]["copy"]["speedup"] == pytest.approx(1.6)
+    assert summary["per_turn"]["redundant-turn"]["copy"] == pytest.approx([1.0, 4.0])
+    assert "turn 2 4.00x" in format_summary(summary)

@@ -27,6 +27,37 @@ class TestCopyDrafter(DrafterConformance):
         return CopyDrafter(max_copy=8, min_match=1)
 
 
+class TestCopyDrafterLatestOccurrence(DrafterConformance):
+    def make_drafter(self, target):
+        return CopyDrafter(max_copy=8, min_match=1, occurrence="latest")
+
+
+def test_copy_drafter_occurrence_option():
+    context = [1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3]
+    assert CopyDrafter().propose(context, 2).tokens == [4, 9]
+    assert CopyDrafter(occurrence="latest").propose(context, 2).tokens == [5, 8]
+    with pytest.raises(SpecdecError, match="occurrence"):
+        CopyDrafter(occurrence="middle")
+
+
+class TestCopyDrafterRealign(DrafterConformance):
+    def make_drafter(self, target):
+        return CopyDrafter(max_copy=8, realign=True)
+
+
+def test_realign_continues_copying_after_a_replaced_token():
+    source = [10, 11, 12, 13, 14, 15, 16, 17]
+    drafter = CopyDrafter(min_match=2, realign=True)
+    context = [*source, 99, 10, 11]
+    assert drafter.propose(context, 3).tokens == [12, 13, 14]  # an ordinary suffix match
+    # The target accepted 12 and then emitted 50 instead of 13: a replaced token breaks the match ...
+    context += [12, 50]
+    draft = drafter.propose(context, 3)
+    # ... and realignment copies what followed the replaced source token.
+    assert (draft.tokens, draft.bucket) == ([14, 15, 16], "realign")
+    assert CopyDrafter(min_match=2).propose(context, 3).tokens == []
+
+
 class TestDraftModelDrafter(DrafterConformance):
     def make_drafter(self, target):
         return DraftModelDrafter(noisy_copy(target, scale=0.03), target=target)

@@ -63,3 +63,20 @@ def test_matcher_continuation_stops_at_the_separator():
     matcher = SuffixMatcher(SuffixIndex([5, 6, 7, -1, 8, 9]))
     matcher.feed([5, 6])
     assert matcher.continuation(4, stop=-1) == [7]
+
+
+def test_latest_match_is_the_most_recent_earlier_occurrence():
+    rng = random.Random(2)
+    for trial in range(60):
+        alphabet = rng.choice([2, 3, 5, 20])
+        tokens = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 120))]
+        index = SuffixIndex()
+        for n, token in enumerate(tokens, start=1):
+            index.append(token)
+            assert index.latest_match() == brute_force_longest_match(tokens[:n], latest=True), (trial, n)
+
+
+def test_latest_continuation_copies_from_the_nearer_occurrence():
+    index = SuffixIndex([1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3])
+    assert index.continuation(2) == ([4, 9], 3)
+    assert index.continuation(2, latest=True) == ([5, 8], 3)

@@ -157,7 +157,10 @@ def run_benchmark(
     runs = []
     for prompt in progress_bar(prompts, desc="specdec bench", enabled=progress):
         history: list[dict[str, str]] = []
-        totals = {name: {"tokens": [], "seconds": 0.0, "cpu": 0.0, "forwards": 0, "known": True} for name in methods}
+        totals = {
+            name: {"tokens": [], "turn_seconds": [], "seconds": 0.0, "cpu": 0.0, "forwards": 0, "known": True}
+            for name in methods
+        }
         for turn in prompt.turns:
             history.append({"role": "user", "content": turn})
             input_ids = encode_chat(tokenizer, history)
@@ -165,6 +168,7 @@ def run_benchmark(
                 outcome = method(input_ids, max_new_tokens)
                 entry = totals[name]
                 entry["tokens"].append(outcome.tokens)
+                entry["turn_seconds"].append(outcome.seconds)
                 entry["seconds"] += outcome.seconds
                 entry["cpu"] += outcome.cpu_seconds
                 if outcome.forwards is None:
@@ -188,6 +192,8 @@ def run_benchmark(
                     "cpu_seconds": entry["cpu"],
                     "mean_accepted": new_tokens / entry["forwards"] if entry["known"] and entry["forwards"] else None,
                     "identical_to_baseline": entry["tokens"] == baseline_tokens,
+                    "turn_new_tokens": [len(t) for t in entry["tokens"]],
+                    "turn_seconds": entry["turn_seconds"],
                 }
             )
     return runs
@@ -229,7 +235,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     per_task = {task: {m: cell(task, m) for m in methods} for task in tasks}
     overall = {m: cell(None, m) for m in methods}
-    return {
+    summary = {
         "baseline": BASELINE,
         "methods": methods,
         "tasks": tasks,
@@ -240,6 +246,37 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             m: min((per_task[t][m]["speedup"] for t in tasks if per_task[t][m]["speedup"] is not None), default=None)
             for m in methods
         },
+    }
+    per_turn = per_turn_speedups(runs)
+    if per_turn:
+        summary["per_turn"] = per_turn
+    return summary
+
+
+def per_turn_speedups(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float | None]]]:
+    """For tasks with several turns: per method, the geometric-mean speedup of each turn on its own.
+
+    A multi-turn prompt's speedup mixes its turns; MT-Redundant's question is how fast the
+    *second* turn (a variation of the first answer) goes, which this separates out.
+    """
+    baseline = {(r["task"], r["prompt_id"]): r for r in runs if r["method"] == BASELINE}
+    ratios: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for run in runs:
+        base = baseline[(run["task"], run["prompt_id"])]
+        turns = list(zip(run.get("turn_new_tokens") or [], run.get("turn_seconds") or [], strict=True))
+        base_turns = list(zip(base.get("turn_new_tokens") or [], base.get("turn_seconds") or [], strict=True))
+        if len(turns) < 2 or len(turns) != len(base_turns):
+            continue
+        for i, ((tokens, seconds), (base_tokens, base_seconds)) in enumerate(zip(turns, base_turns, strict=True)):
+            if tokens and seconds > 0 and base_tokens and base_seconds > 0:
+                ratio = (tokens / seconds) / (base_tokens / base_seconds)
+                ratios.setdefault(run["task"], {}).setdefault(run["method"], {}).setdefault(i, []).append(ratio)
+    return {
+        task: {
+            method: [geometric_mean(by_turn[i]) if by_turn.get(i) else None for i in range(max(by_turn) + 1)]
+            for method, by_turn in methods.items()
+        }
+        for task, methods in ratios.items()
     }
 
 
@@ -274,6 +311,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     blocks = []
     for task in [*summary["tasks"], "overall"]:
         blocks.append(format_table([r for r in rows if r["task"] == task], TABLE_COLUMNS, floatfmt=".2f"))
+    for task, methods in summary.get("per_turn", {}).items():
+        lines = [f"{task}, speedup per turn:"]
+        for method, values in methods.items():
+            cells = "  ".join(
+                f"turn {i + 1} {v:.2f}x" if v is not None else f"turn {i + 1} -" for i, v in enumerate(values)
+            )
+            lines.append(f"  {method:<24} {cells}")
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 

@@ -146,6 +146,7 @@ def generate(
     help="Write results JSON (and a PNG beside it).",
 )
 @backend_option
+@click.option("--task", "tasks", multiple=True, help="Only prompts of this task (repeatable).")
 def bench(
     model_name: str,
     drafter_specs: tuple[str, ...],
@@ -159,6 +160,7 @@ def bench(
     thread_count: int,
     json_path: str | None,
     backend_name: str,
+    tasks: tuple[str, ...],
 ) -> None:
     """Benchmark drafters against vanilla decoding on a prompt suite, per task and overall."""
     from . import bench as runner
@@ -175,6 +177,12 @@ def bench(
         prompts = default_suite() if suite_name else read_spec_bench(prompts_file)
     for warning in caught:
         click.secho(f"warning: {warning.message}", fg="yellow", err=True)
+    if tasks:
+        known = sorted({p.task for p in prompts})
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise SpecdecError(f"no prompts of task {', '.join(map(repr, unknown))}: the tasks are {', '.join(known)}")
+        prompts = [p for p in prompts if p.task in tasks]
     prompts = limit(prompts, limit_per_task)
     model, tokenizer = _load(model_name)
     model = backend.prepare_causal_lm(model)

@@ -87,35 +87,66 @@ class Drafter:
 
 
 class CopyDrafter(Drafter):
-    """Copy what followed the longest earlier match of the current suffix (prompt lookup / CopySpec)."""
+    """Copy what followed the longest earlier match of the current suffix (prompt lookup / CopySpec).
+
+    With ``realign`` (off by default), when the suffix has no usable match the drafter keeps
+    copying from where the last copy would have continued, one source token per emitted
+    token: an edit that replaces a token (a renamed variable, a changed word) breaks the
+    suffix match for a few tokens, but the text after it often goes on as in the source.
+    Such drafts get the bucket ``realign``, so the cost-aware policy learns separately
+    whether they pay. Measured on the default suite it helped some tasks and hurt others
+    (docs/benchmarks.md), so it is an option.
+    """
 
     name = "copy"
     description = "copy the continuation of the longest earlier suffix match in prompt and output"
     cheap = True
 
-    def __init__(self, max_copy: int = 16, min_match: int = 2):
+    def __init__(self, max_copy: int = 16, min_match: int = 2, occurrence: str = "earliest", realign: bool = False):
         if max_copy < 1 or min_match < 1:
             raise SpecdecError(f"copy drafter needs max_copy >= 1 and min_match >= 1, got {max_copy}, {min_match}")
+        if occurrence not in ("earliest", "latest"):
+            raise SpecdecError(f"copy drafter occurrence must be 'earliest' or 'latest', got {occurrence!r}")
         self.max_copy = int(max_copy)
         self.min_match = int(min_match)
+        #: Which earlier occurrence of the longest match to copy from when there are several.
+        self.latest = occurrence == "latest"
+        self.realign = bool(realign)
         self.index = SuffixIndex()
+        # Source position the last proposal copied from, and the context length at that time.
+        self.source: int | None = None
+        self.proposed_at = 0
 
     def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
         super().begin(prompt_ids, sampler)
         self.index = SuffixIndex(prompt_ids)
+        self.source = None
 
     def _sync(self, context_ids: Sequence[int]) -> None:
         indexed = len(self.index)
         # The context only grows during a run; anything else means a new sequence.
         if indexed > len(context_ids) or (indexed and context_ids[indexed - 1] != self.index.tokens[-1]):
             self.index = SuffixIndex(context_ids)
+            self.source = None
         else:
             self.index.extend(context_ids[indexed:])
 
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
         self._sync(context_ids)
-        tokens, match = self.index.continuation(min(k, self.max_copy), self.min_match)
-        return Draft(tokens, None, _match_bucket(match))
+        n = len(self.index)
+        # Where the previous copy would be now if every emitted token had replaced one source token.
+        aligned = None if self.source is None else self.source + (n - self.proposed_at)
+        self.proposed_at = n
+        match, end = self.index.latest_match() if self.latest else self.index.longest_match()
+        take = min(k, self.max_copy)
+        if match >= self.min_match and take > 0:
+            self.source = end + 1
+            return Draft(self.index.tokens[end + 1 : end + 1 + take], None, _match_bucket(match))
+        if self.realign and aligned is not None and aligned < n - 1 and take > 0:
+            self.source = aligned
+            return Draft(self.index.tokens[aligned : aligned + take], None, "realign")
+        self.source = aligned if aligned is not None and aligned < n - 1 else None
+        return Draft([], None, _match_bucket(match))
 
 
 class HistoryDrafter(Drafter):

@@ -17,7 +17,12 @@ from collections.abc import Iterable
 class SuffixIndex:
     """Longest earlier occurrence of the current suffix of a growing token sequence."""
 
-    __slots__ = ("tokens", "_length", "_link", "_next", "_first_end", "_last")
+    __slots__ = ("tokens", "_length", "_link", "_next", "_first_end", "_last_end", "_recent_end", "_last")
+
+    #: Appending refreshes the latest end position of at most this many states on the suffix-link
+    #: chain (the longest match's state is always first). Shorter suffixes deeper in the chain may keep
+    #: an older, still valid, end position: this bounds the work per token on very repetitive text.
+    RECENT_DEPTH = 64
 
     def __init__(self, tokens: Iterable[int] = ()):
         self.tokens: list[int] = []
@@ -27,6 +32,8 @@ class SuffixIndex:
         self._link: list[int] = [-1]
         self._next: list[dict[int, int]] = [{}]
         self._first_end: list[int] = [-1]
+        self._last_end: list[int] = [-1]
+        self._recent_end = -1
         self._last = 0
         self.extend(tokens)
 
@@ -48,6 +55,8 @@ class SuffixIndex:
         link.append(-1)
         nxt.append({})
         first_end.append(position)
+        last_end = self._last_end
+        last_end.append(position)
         p = self._last
         while p != -1 and token not in nxt[p]:
             nxt[p][token] = cur
@@ -64,12 +73,22 @@ class SuffixIndex:
                 link.append(link[q])
                 nxt.append(dict(nxt[q]))
                 first_end.append(first_end[q])
+                last_end.append(last_end[q])
                 while p != -1 and nxt[p].get(token) == q:
                     nxt[p][token] = clone
                     p = link[p]
                 link[q] = clone
                 link[cur] = clone
         self._last = cur
+        # Every state on cur's suffix-link chain now also ends here; its previous latest end, for the
+        # first one (the longest earlier match), is the most recent earlier occurrence.
+        state = link[cur]
+        self._recent_end = last_end[state] if state > 0 else -1
+        for _ in range(self.RECENT_DEPTH):
+            if state <= 0:
+                break
+            last_end[state] = position
+            state = link[state]
 
     def longest_match(self) -> tuple[int, int]:
         """``(match length, end position of its earliest earlier occurrence)``; ``(0, -1)`` if none."""
@@ -80,9 +99,18 @@ class SuffixIndex:
             return 0, -1
         return self._length[state], self._first_end[state]
 
-    def continuation(self, max_tokens: int, min_match: int = 1) -> tuple[list[int], int]:
-        """Tokens that followed the earlier occurrence of the longest suffix match, and the match length."""
-        match, end = self.longest_match()
+    def latest_match(self) -> tuple[int, int]:
+        """``(match length, end position of its most recent earlier occurrence)``; ``(0, -1)`` if none."""
+        match, _ = self.longest_match()
+        return (match, self._recent_end) if match else (0, -1)
+
+    def continuation(self, max_tokens: int, min_match: int = 1, latest: bool = False) -> tuple[list[int], int]:
+        """Tokens that followed an earlier occurrence of the longest suffix match, and the match length.
+
+        The earliest occurrence by default; ``latest`` takes the most recent one (nearer text, but
+        fewer tokens follow it when it overlaps the suffix).
+        """
+        match, end = self.latest_match() if latest else self.longest_match()
         if match < min_match or max_tokens <= 0:
             return [], match
         return self.tokens[end + 1 : end + 1 + max_tokens], match
@@ -134,12 +162,13 @@ class SuffixMatcher:
         return tokens
 
 
-def brute_force_longest_match(tokens: list[int]) -> tuple[int, int]:
-    """Reference answer for :meth:`SuffixIndex.longest_match` by direct search (tests use it)."""
+def brute_force_longest_match(tokens: list[int], latest: bool = False) -> tuple[int, int]:
+    """Reference answer for :meth:`SuffixIndex.longest_match` (``latest``: :meth:`latest_match`) by direct search."""
     n = len(tokens)
     for match in range(n - 1, 0, -1):
         suffix = tokens[n - match :]
-        for end in range(match - 1, n - 1):
+        ends = range(n - 2, match - 2, -1) if latest else range(match - 1, n - 1)
+        for end in ends:
             if tokens[end - match + 1 : end + 1] == suffix:
                 return match, end
     return 0, -1

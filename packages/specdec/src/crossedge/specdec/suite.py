@@ -32,7 +32,7 @@ TASKS = (
     "code-editing",
     "redundant-turn",
 )
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 LICENSES = Path("/usr/share/common-licenses")
 
 
@@ -144,9 +144,12 @@ REDUNDANT_FUNCTIONS = [
 REDUNDANT_FIRST = (
     "Explain briefly what this function does, then show it again with a comment on each line:\n\n```python\n{code}\n```"
 )
+# MT-Redundant asks for the previous answer again with a small variation, so most of the second
+# answer repeats the first. Suite version 1 asked for variations that rewrite most lines (every local
+# variable renamed, every comment reworded); version 2 asks for one local change.
 REDUNDANT_SECOND = [
-    "Show the same commented function again, but rename its local variables to longer, descriptive names.",
-    "Repeat your commented version, but write the comments in the imperative mood.",
+    "Show your commented version of the function again, but rename the function to `{name}_v2`.",
+    "Show your commented version of the function again, with a one-line docstring added at the top.",
 ]
 TOPICS = ["assert", "break", "del", "global", "pass", "raise", "return", "with", "yield", "import"]
 MULTI_TURN_SECOND = [
@@ -277,7 +280,7 @@ def _recipe() -> list[tuple[str, str, Callable[[], tuple[str, ...]]]]:
                 f"{relpath.replace('/', '-')}-{name}",
                 lambda r=relpath, n=name, second=REDUNDANT_SECOND[i % 2]: (
                     REDUNDANT_FIRST.format(code=function_source(r, n)),
-                    second,
+                    second.format(name=n),
                 ),
             )
         )
@@ -291,6 +294,9 @@ def _recipe_hash() -> str:
             CODE_FUNCTIONS,
             CODE_INSTRUCTIONS,
             REDUNDANT_FUNCTIONS,
+            REDUNDANT_FIRST,
+            REDUNDANT_SECOND,
+            MULTI_TURN_SECOND,
             TOPICS,
             PROSE,
             RAG_QUESTIONS,
