@@ -66,3 +66,15 @@ def test_smollm2_drafts_for_gemma3_across_vocabularies(gemma3):
     result = SpeculativeDecoder(gemma3.model, drafter, "constant:k=6").generate(input_ids, 16)
     assert result.tokens == reference
     assert result.stats.mean_accepted > 1.5
+
+
+@pytest.mark.model
+def test_copy_history_chain_is_greedy_identical_on_smollm2(smollm2_reference):
+    from crossedge.specdec import HistoryDrafter
+
+    model, input_ids, reference = smollm2_reference
+    decoder = SpeculativeDecoder(model, [CopyDrafter(), HistoryDrafter()])
+    first = decoder.generate(input_ids, 32)
+    second = decoder.generate(input_ids, 32)  # now with the first run as history
+    assert first.tokens == reference and second.tokens == reference
+    assert second.stats.drafters["history"].accepted + second.stats.drafters["copy"].accepted > 0
