@@ -12,7 +12,7 @@ def test_onednn_target_decodes_like_the_eager_model():
     from crossedge.core import load_model
     from crossedge.core.sources import encode_prompt
     from crossedge.ondevice.backends import PackedLinear, TorchOneDNNBackend
-    from crossedge.specdec import SpeculativeDecoder
+    from crossedge.specdec import CopyDrafter, HistoryDrafter, SpeculativeDecoder
 
     loaded = load_model("smollm2-135m")
     backend = TorchOneDNNBackend()
@@ -23,6 +23,6 @@ def test_onednn_target_decodes_like_the_eager_model():
         input_ids = encode_prompt(loaded.tokenizer, prompt)
         with torch.inference_mode():
             reference = loaded.model.generate(input_ids, do_sample=False, max_new_tokens=40)[0, input_ids.shape[1] :]
-        result = SpeculativeDecoder(packed, "copy,history").generate(input_ids, 40)
+        result = SpeculativeDecoder(packed, [CopyDrafter(), HistoryDrafter()]).generate(input_ids, 40)
         assert result.tokens == reference.tolist()[: len(result.tokens)]
         assert len(result.tokens) == len(reference) or result.stats.stop_reason == "eos"
