@@ -2,6 +2,8 @@
 
 import copy
 
+import pytest
+
 from crossedge.quant import load_quantized, quantize_, save_quantized
 from crossedge.specdec.drafters import CopyDrafter, DraftModelDrafter
 from crossedge.specdec.engine import SpeculativeDecoder
@@ -46,3 +48,20 @@ def test_saved_and_reloaded_quantized_target(tmp_path):
     expected = greedy_reference(model, ids, MAX_NEW)
     result = SpeculativeDecoder(reloaded, [CopyDrafter()], "heuristic").generate(ids, MAX_NEW)
     assert result.tokens == expected
+
+
+@pytest.mark.model
+def test_int4_smollm2_drafts_for_fp32_smollm2():
+    from crossedge.core import load_model
+    from crossedge.core.sources import encode_prompt
+
+    loaded = load_model("smollm2-135m")
+    target = loaded.model
+    draft = copy.deepcopy(target)
+    quantize_(draft, "rtn:bits=4,group_size=128")
+    ids = encode_prompt(loaded.tokenizer, "Write a Python function that returns the square of a number.")
+    reference = greedy_reference(target, ids, MAX_NEW)
+    drafter = DraftModelDrafter(model=draft, target=target)
+    result = SpeculativeDecoder(target, [CopyDrafter(), drafter], "constant:k=4").generate(ids, MAX_NEW)
+    assert result.tokens == reference
+    assert result.stats.drafters["draft-model"].accepted > 0

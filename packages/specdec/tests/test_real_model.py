@@ -78,3 +78,20 @@ def test_copy_history_chain_is_greedy_identical_on_smollm2(smollm2_reference):
     second = decoder.generate(input_ids, 32)  # now with the first run as history
     assert first.tokens == reference and second.tokens == reference
     assert second.stats.drafters["history"].accepted + second.stats.drafters["copy"].accepted > 0
+
+
+@pytest.mark.model
+def test_early_exit_drafting_is_greedy_identical_on_smollm2(smollm2_reference):
+    from crossedge.specdec.early_exit import EarlyExitDrafter
+    from crossedge.specdec.exit_head import ExitHead
+
+    model, input_ids, reference = smollm2_reference
+    # A head that is a copy of the last layer, exiting before it, reproduces the full model: every
+    # draft must be accepted, which checks the shared cache on the real 30-layer model.
+    head = ExitHead(model, model.config.num_hidden_layers - 1).eval()
+    result = SpeculativeDecoder(model, [EarlyExitDrafter(target=model, head=head)], "constant:k=3").generate(
+        input_ids, 32
+    )
+    assert result.tokens == reference
+    stats = result.stats.drafters["early-exit"]
+    assert stats.accepted == stats.drafted > 0
