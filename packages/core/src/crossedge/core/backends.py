@@ -54,10 +54,11 @@ def resolve_backend(name: str, *, purpose: str, **capabilities: bool) -> Any:
         known = [DEFAULT_BACKEND, *(n for e in registry.entries() for n in (e.name, *e.aliases))]
         error = UnknownNameError("backend", name, known)
         if importlib.util.find_spec("crossedge.ondevice") is None:
-            raise CrossedgeError(
+            # Still an UnknownNameError (callers catch one type), with the install hint added.
+            error.args = (
                 f"{error}; backends other than {DEFAULT_BACKEND} come from plugins, and crossedge-ondevice "
-                f"(torch-compile, onnxruntime, executorch) is not installed: run `{ONDEVICE_INSTALL}`"
-            ) from None
+                f"(torch-compile, torch-onednn, onnxruntime, executorch) is not installed: run `{ONDEVICE_INSTALL}`",
+            )
         raise error
     entry = registry.entry(name)
     backend = entry.obj
