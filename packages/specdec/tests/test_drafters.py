@@ -15,6 +15,7 @@ from crossedge.specdec.errors import SpecdecError
 from crossedge.specdec.testing import (
     CONFORMANCE_PROMPTS,
     DrafterConformance,
+    greedy_reference,
     noisy_copy,
     permuted_byte_tokenizer,
     permuted_copy,
@@ -184,3 +185,39 @@ def test_history_drafter_keeps_runs_apart_and_bounded():
     assert history.propose([3], 4).tokens == []  # what followed 3 was the end of its run, not the next run
     with pytest.raises(SpecdecError, match="history drafter"):
         HistoryDrafter(max_copy=0)
+
+
+def test_vocab_bridge_learns_aligned_ngrams_and_translates_drafts():
+    from crossedge.specdec.drafters import VocabBridge
+
+    target_tokenizer = byte_tokenizer()
+    draft_tokenizer, _ = permuted_byte_tokenizer(seed=3)
+    bridge = VocabBridge()
+    bridge.learn("héllo wörld", draft_tokenizer, target_tokenizer)
+
+    def ids(tokenizer, text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    # "é" is two bytes in both vocabularies with one shared character span: one 2-gram pair.
+    assert bridge.table[tuple(ids(draft_tokenizer, "é"))] == tuple(ids(target_tokenizer, "é"))
+    translated, used = bridge.translate(ids(draft_tokenizer, "hollow") + ids(draft_tokenizer, "z"))
+    assert translated == ids(target_tokenizer, "hollow") and used == 6  # "z" was never seen
+    # Text before ``since`` is not learned again.
+    fresh = VocabBridge()
+    fresh.learn("ab", draft_tokenizer, target_tokenizer, since=1)
+    assert list(fresh.table) == [tuple(ids(draft_tokenizer, "b"))]
+
+
+def test_cross_vocab_drafts_through_the_ngram_cache():
+    model, tokenizer = tiny_target("llama")
+    draft_tokenizer, perm = permuted_byte_tokenizer(seed=3)
+    drafter = CrossVocabDrafter(permuted_copy(model, perm), tokenizer=tokenizer, draft_tokenizer=draft_tokenizer)
+    input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
+    result = SpeculativeDecoder(model, drafter, "constant:k=4").generate(input_ids, 40)
+    assert result.tokens == greedy_reference(model, input_ids, 40)
+    assert drafter.bridge.translated > 0
+    assert result.stats.drafters["cross-vocab"].accepted > 0
+    plain = CrossVocabDrafter(
+        permuted_copy(model, perm), tokenizer=tokenizer, draft_tokenizer=draft_tokenizer, ngram_cache=False
+    )
+    assert plain.bridge is None

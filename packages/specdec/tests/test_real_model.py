@@ -66,6 +66,7 @@ def test_smollm2_drafts_for_gemma3_across_vocabularies(gemma3):
     result = SpeculativeDecoder(gemma3.model, drafter, "constant:k=6").generate(input_ids, 16)
     assert result.tokens == reference
     assert result.stats.mean_accepted > 1.5
+    assert drafter.bridge.translated > 0  # drafts went through the learned n-gram cache
 
 
 @pytest.mark.model

@@ -308,21 +308,97 @@ class DraftModelDrafter(Drafter):
         return tokens, rows
 
 
+class VocabBridge:
+    """An online n-gram cache from draft-token sequences to the target tokens that spell the same text.
+
+    OmniDraft's cross-vocabulary cache: both tokenizers cut the same text, and wherever
+    their cuts coincide, the draft n-gram between two common cuts spells exactly the target
+    m-gram between them (n, m <= ``max_n``). Those pairs are learned from the running context;
+    a drafted sequence is then translated by longest cached prefixes, and only a tail the
+    cache does not know goes through decode-and-re-encode.
+    """
+
+    def __init__(self, max_n: int = 4, max_entries: int = 200_000):
+        self.max_n = max_n
+        self.max_entries = max_entries
+        self.table: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.translated = 0  # target tokens produced from the cache
+        self.bridged = 0  # target tokens produced by re-encoding text
+
+    @staticmethod
+    def _cuts(offsets: Sequence[tuple[int, int]]) -> list[int]:
+        """Character positions after which a tokenization has a complete token (one per token, -1 inside)."""
+        cuts = []
+        for i, (_, end) in enumerate(offsets):
+            complete = i + 1 == len(offsets) or offsets[i + 1][0] >= end
+            cuts.append(end if complete else -1)
+        return cuts
+
+    def learn(self, text: str, draft_tokenizer: Any, target_tokenizer: Any, since: int = 0) -> None:
+        """Align both tokenizations of ``text`` and cache the n-gram pairs between common cuts after ``since``."""
+        if len(self.table) >= self.max_entries:
+            return
+        encoded = []
+        for tokenizer in (draft_tokenizer, target_tokenizer):
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            encoded.append((enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]))
+        (draft_ids, draft_off), (target_ids, target_off) = encoded
+        draft_cuts, target_cuts = self._cuts(draft_off), self._cuts(target_off)
+        i = j = 0
+        di = dj = 0  # first token of the current segment in each tokenization
+        while i < len(draft_ids) and j < len(target_ids):
+            a, b = draft_cuts[i], target_cuts[j]
+            if a == b and a >= 0:
+                draft_part, target_part = tuple(draft_ids[di : i + 1]), tuple(target_ids[dj : j + 1])
+                if a > since and len(draft_part) <= self.max_n and len(target_part) <= self.max_n:
+                    self.table[draft_part] = target_part
+                i, j = i + 1, j + 1
+                di, dj = i, j
+            elif a < 0 or (b >= 0 and a < b):
+                i += 1
+            else:
+                j += 1
+
+    def translate(self, draft_tokens: Sequence[int]) -> tuple[list[int], int]:
+        """Target tokens for the longest prefix of ``draft_tokens`` the cache can spell, and that prefix's length."""
+        out: list[int] = []
+        i = 0
+        while i < len(draft_tokens):
+            for n in range(min(self.max_n, len(draft_tokens) - i), 0, -1):
+                hit = self.table.get(tuple(draft_tokens[i : i + n]))
+                if hit is not None:
+                    out.extend(hit)
+                    i += n
+                    break
+            else:
+                break
+        return out, i
+
+
 class CrossVocabDrafter(DraftModelDrafter):
     """A draft model with a different tokenizer, bridged through text (universal assisted decoding).
 
     Each step decodes the target context to text, re-encodes it with the draft
-    tokenizer (the draft KV cache keeps the longest unchanged prefix), drafts
-    greedily, and re-encodes the drafted text with the target tokenizer. The
-    proposal is deterministic given the context, so verification treats it as a
-    point mass, which keeps sampling exact.
+    tokenizer (the draft KV cache keeps the longest unchanged prefix) and drafts
+    greedily. The drafted tokens are translated into target tokens by an online
+    n-gram cache learned from the context (:class:`VocabBridge`, ``ngram_cache=true``,
+    the default); what the cache cannot spell is decoded to text and re-encoded with
+    the target tokenizer. The proposal is deterministic given the context, so
+    verification treats it as a point mass, which keeps sampling exact.
     """
 
     name = "cross-vocab"
     description = "a draft model with a different tokenizer, bridged through text (option model=NAME)"
     provides_probs = False
 
-    def __init__(self, model: Any = None, target: Any = None, tokenizer: Any = None, draft_tokenizer: Any = None):
+    def __init__(
+        self,
+        model: Any = None,
+        target: Any = None,
+        tokenizer: Any = None,
+        draft_tokenizer: Any = None,
+        ngram_cache: bool = True,
+    ):
         if model is None:
             raise SpecdecError("the cross-vocab drafter needs a model: use 'cross-vocab:model=NAME' in --drafter")
         if isinstance(model, str):
@@ -337,6 +413,12 @@ class CrossVocabDrafter(DraftModelDrafter):
         super().__init__(model)
         self.target_tokenizer = tokenizer
         self.draft_tokenizer = draft_tokenizer
+        self.bridge = VocabBridge() if ngram_cache else None
+        self.learned_chars = 0
+
+    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+        super().begin(prompt_ids, sampler)
+        self.learned_chars = 0
 
     @torch.inference_mode()
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
@@ -344,10 +426,23 @@ class CrossVocabDrafter(DraftModelDrafter):
         text = self.target_tokenizer.decode(list(context_ids), skip_special_tokens=False)
         draft_context = self.draft_tokenizer(text).input_ids
         draft_tokens, _ = self._draft_tokens(draft_context, k, sample=False)
-        drafted_text = self.draft_tokenizer.decode(draft_tokens, skip_special_tokens=True)
-        tokens = self.target_tokenizer(drafted_text, add_special_tokens=False).input_ids[:k] if drafted_text else []
+        tokens: list[int] = []
+        rest = draft_tokens
+        if self.bridge is not None:
+            # Learn from the text added since the last step (a little before it, where cuts may have moved).
+            self.bridge.learn(text, self.draft_tokenizer, self.target_tokenizer, since=max(0, self.learned_chars - 32))
+            self.learned_chars = len(text)
+            tokens, used = self.bridge.translate(draft_tokens)
+            self.bridge.translated += len(tokens)
+            rest = draft_tokens[used:]
+        if rest and len(tokens) < k:
+            drafted_text = self.draft_tokenizer.decode(rest, skip_special_tokens=True)
+            bridged = self.target_tokenizer(drafted_text, add_special_tokens=False).input_ids if drafted_text else []
+            if self.bridge is not None:
+                self.bridge.bridged += len(bridged)
+            tokens.extend(bridged)
         self.seconds += time.perf_counter() - start
-        return Draft(list(tokens))
+        return Draft(list(tokens[:k]))
 
 
 def _convert(value: str) -> Any:
