@@ -1,5 +1,7 @@
 import json
 
+import pytest
+import torch
 from click.testing import CliRunner
 
 from crossedge.retrieval.collection import Collection, write_beir
@@ -129,3 +131,80 @@ def test_students_can_get_a_smaller_budget_than_the_teacher(tmp_path, cache, plu
     assert training["student-infonce-2"]["examples"] == 2
     assert report["summary"]["student_lists"] == 2
     assert [row["method"] for row in report["rows"]] == ["student infonce"]
+
+
+def test_bi_encoder_negatives_are_the_miners_top_non_relevant_documents():
+    from crossedge.retrieval.pipeline import training_lists
+    from crossedge.retrieval.scorers import BiEncoder
+    from crossedge.retrieval.testing import tiny_bert
+
+    collection = toy_collection()
+    miner = BiEncoder(*tiny_bert(seed=3))
+    lists = training_lists(collection, 3, 3, negatives="bi-encoder", miner=miner)
+    assert len(lists) == 3
+    ids = collection.doc_ids()
+    docs = miner.encode([collection.doc_text(d) for d in ids])
+    for qid in ("q0", "q1", "q2"):
+        example = next(ex for ex in lists if ex.query == collection.queries[qid])
+        (relevant,) = collection.qrels[qid]
+        assert example.documents[0] == collection.doc_text(relevant)
+        assert example.labels == (1.0, 0.0, 0.0)
+        q = miner.encode([collection.queries[qid]], queries=True)[0]
+        ranking = [ids[i] for i in torch.argsort(docs @ q, descending=True).tolist()]
+        expected = [d for d in ranking if d != relevant][:2]
+        assert example.documents[1:] == tuple(collection.doc_text(d) for d in expected)
+        assert collection.doc_text(relevant) not in example.documents[1:]
+
+
+def test_bi_encoder_negatives_need_a_miner():
+    from crossedge.core import CrossedgeError
+    from crossedge.retrieval.pipeline import training_lists
+
+    with pytest.raises(CrossedgeError, match="needs the bi-encoder"):
+        training_lists(toy_collection(), 3, 3, negatives="bi-encoder")
+    with pytest.raises(CrossedgeError, match="unknown negatives"):
+        training_lists(toy_collection(), 3, 3, negatives="random")
+
+
+def test_bench_does_not_reuse_models_trained_with_other_negatives(tmp_path, cache):
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    settings = BenchSettings(
+        collection=str(tmp_path / "beir"),
+        train_collection=str(tmp_path / "beir"),
+        model=str(tmp_path / "tiny"),
+        methods=("bi-trained",),
+        train_queries=3,
+        candidates=3,
+        progress=False,
+    )
+    run_bench(settings, say=lambda _: None)
+    settings.negatives = "bi-encoder"
+    log = []
+    report = run_bench(settings, say=log.append)
+    assert not any("resuming" in line for line in log)
+    assert report["summary"]["train_lists"]["negatives"] == "bi-encoder"
+    assert len(list((cache / "retrieval" / "bench-checkpoints").glob("*/bi-encoder/epoch-001/state.json"))) == 2
+
+
+def test_bi_encoder_negatives_skip_answers_to_an_identical_query():
+    from crossedge.retrieval.pipeline import training_lists
+    from crossedge.retrieval.scorers import BiEncoder
+    from crossedge.retrieval.testing import tiny_bert
+
+    collection = toy_collection()
+    collection.queries["q3"] = collection.queries["q0"]  # same docstring, another function
+    collection.qrels["q3"] = {"d4": 1}
+    miner = BiEncoder(*tiny_bert(seed=3))
+    lists = training_lists(collection, 4, 5, negatives="bi-encoder", miner=miner)
+    for example in lists:
+        if example.query == collection.queries["q0"]:
+            answers = {collection.doc_text("d0"), collection.doc_text("d4")}
+            assert example.documents[0] in answers and not answers & set(example.documents[1:])
+            assert len(example.documents) == 4  # the 3 documents no such query is answered by

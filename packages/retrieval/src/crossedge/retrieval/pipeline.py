@@ -96,29 +96,78 @@ def rerank(
     return SearchResult(rankings, elapsed)
 
 
+NEGATIVE_SOURCES = ("bm25", "bi-encoder")
+
+
+def ranked_training_documents(
+    train: Collection,
+    qids: Sequence[str],
+    k: int,
+    negatives: str = "bm25",
+    miner: BiEncoder | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Each query's top ``k`` documents of the training corpus, by BM25 or by the ``miner`` bi-encoder."""
+    if negatives not in NEGATIVE_SOURCES:
+        raise CrossedgeError(f"unknown negatives {negatives!r}; choose from {', '.join(NEGATIVE_SOURCES)}")
+    ids = train.doc_ids()
+    queries = [train.queries[q] for q in qids]
+    if negatives == "bm25":
+        bm25 = BM25Scorer().index(ids, [train.doc_text(d) for d in ids])
+        return [[d for d, _ in found] for found in bm25.search(queries, k=k)]
+    if miner is None:
+        raise CrossedgeError(
+            "negatives='bi-encoder' needs the bi-encoder that mines them: pass miner=BiEncoder.from_pretrained(...)"
+        )
+    index, _ = dense_index(miner, train, progress)
+    hits = index.search(miner.encode(queries, queries=True), k)
+    return [[index.ids[row] for row, _ in found] for found in hits]
+
+
 def training_lists(
-    train: Collection, n_queries: int, n_candidates: int, seed: int = 0, labelled: bool = True
+    train: Collection,
+    n_queries: int,
+    n_candidates: int,
+    seed: int = 0,
+    labelled: bool = True,
+    negatives: str = "bm25",
+    miner: BiEncoder | None = None,
+    progress: bool = False,
 ) -> list[ListExample]:
-    """Training lists: each query's relevant document then BM25's top non-relevant ones (hard negatives)."""
+    """Training lists: each query's relevant document, then hard negatives.
+
+    The negatives are the top non-relevant documents of BM25 (``negatives="bm25"``) or of the
+    ``miner`` bi-encoder (``negatives="bi-encoder"``): the latter are the kind of near misses a
+    reranker of that bi-encoder's candidates has to tell apart at search time. Bi-encoder negatives
+    also skip documents relevant to another query with the very same text, which a dense miner ranks
+    at the top and which are correct answers to this query too.
+    """
     qids = sample_queries(train, n_queries, seed=seed)
     ids = train.doc_ids()
-    bm25 = BM25Scorer().index(ids, [train.doc_text(d) for d in ids])
-    hits = bm25.search([train.queries[q] for q in qids], k=n_candidates + 5)
+    same_text: dict[str, set[str]] = {}
+    if negatives == "bi-encoder":
+        for q, judged in train.qrels.items():
+            if q in train.queries:
+                same_text.setdefault(train.queries[q], set()).update(d for d, rel in judged.items() if rel > 0)
+    depth = n_candidates + 5 + max((len(docs) for docs in same_text.values()), default=0)
+    ranked = ranked_training_documents(train, qids, depth, negatives, miner, progress)
     examples = []
-    for qid, found in zip(qids, hits, strict=True):
+    for qid, found in zip(qids, ranked, strict=True):
         relevant = [d for d, rel in train.qrels[qid].items() if rel > 0 and d in train.corpus]
         if not relevant:
             continue
-        negatives = [d for d, _ in found if d not in train.qrels[qid]][: n_candidates - 1]
-        if len(negatives) < n_candidates - 1:
-            # BM25 finds too few documents sharing a word: fill up with stable pseudo-random ones.
+        skip = set(train.qrels[qid]) | same_text.get(train.queries[qid], set())
+        chosen = [d for d in found if d not in skip][: n_candidates - 1]
+        if len(chosen) < n_candidates - 1:
+            # The ranking holds too few non-relevant documents (BM25 finds few sharing a word, or the
+            # corpus is tiny): fill up with stable pseudo-random ones.
             filler = sorted(ids, key=lambda d: hashlib.sha256(f"{qid}|{d}".encode()).hexdigest())
-            negatives += [d for d in filler if d not in train.qrels[qid] and d not in negatives]
-            negatives = negatives[: n_candidates - 1]
-        if not negatives:
+            chosen += [d for d in filler if d not in skip and d not in chosen]
+            chosen = chosen[: n_candidates - 1]
+        if not chosen:
             continue
-        docs = [relevant[0], *negatives]
-        labels = (1.0,) + (0.0,) * len(negatives) if labelled else ()
+        docs = [relevant[0], *chosen]
+        labels = (1.0,) + (0.0,) * len(chosen) if labelled else ()
         examples.append(ListExample(train.queries[qid], tuple(train.doc_text(d) for d in docs), labels=labels))
     return examples
 
@@ -151,6 +200,7 @@ class BenchSettings:
     train_queries: int = 64
     student_queries: int | None = None
     candidates: int = 4
+    negatives: str = "bm25"
     epochs: int = 1
     batch_size: int = 8
     lr: float = 3e-5
@@ -180,6 +230,8 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     unknown = sorted(set(settings.methods) - set(ALL_METHODS))
     if unknown:
         raise CrossedgeError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    if settings.negatives not in NEGATIVE_SOURCES:
+        raise CrossedgeError(f"unknown negatives {settings.negatives!r}; choose from {', '.join(NEGATIVE_SOURCES)}")
     test = read_beir(settings.collection) if settings.collection else load_code_search("test")
     train = read_beir(settings.train_collection, split="train") if settings.train_collection else None
     qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
@@ -205,19 +257,20 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     # Every model the bench trains checkpoints under a key of everything that determines it, so a
     # later run with the same settings (e.g. ``--methods students`` after ``cross-rerank``) loads the
     # finished model instead of training it again, and an interrupted run resumes.
-    run_key = hashlib.sha256(
-        repr(
-            (
-                asdict(config),
-                settings.model,
-                settings.collection,
-                settings.train_collection,
-                settings.train_queries,
-                settings.candidates,
-                settings.max_doc_tokens,
-            )
-        ).encode()
-    ).hexdigest()[:16]
+    key_parts: tuple[Any, ...] = (
+        asdict(config),
+        settings.model,
+        settings.collection,
+        settings.train_collection,
+        settings.train_queries,
+        settings.candidates,
+        settings.max_doc_tokens,
+    )
+    # Lists with other negatives train other models. BM25 runs keep the key they had before the
+    # choice existed, so their checkpoints stay valid.
+    if settings.negatives != "bm25":
+        key_parts += (f"negatives={settings.negatives}",)
+    run_key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
 
     def train_scorer(model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str) -> Scorer:
@@ -250,8 +303,26 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     examples: list[ListExample] = []
     if needs_lists:
         train = train or load_code_search("train")
-        examples = training_lists(train, settings.train_queries, settings.candidates, settings.seed)
-        summary["train_lists"] = {"queries": len(examples), "candidates": settings.candidates}
+        start = time.perf_counter()
+        # The miner is the zero-shot first stage itself, so training negatives look like the candidates
+        # the rerankers get at test time.
+        miner = fresh(BiEncoder) if settings.negatives == "bi-encoder" else None
+        examples = training_lists(
+            train,
+            settings.train_queries,
+            settings.candidates,
+            settings.seed,
+            negatives=settings.negatives,
+            miner=miner,
+            progress=settings.progress,
+        )
+        del miner
+        summary["train_lists"] = {
+            "queries": len(examples),
+            "candidates": settings.candidates,
+            "negatives": settings.negatives,
+            "seconds": time.perf_counter() - start,
+        }
     # Students and Trans-Encoder may get a smaller budget than the teacher: the first N of its lists.
     student_examples = examples[: settings.student_queries] if settings.student_queries else examples
     if settings.student_queries:
@@ -296,6 +367,8 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         lists = [(ex.query, ex.documents) for ex in student_examples]
         teacher_id = "cross-encoder|" + hashlib.sha256(repr(asdict(config)).encode()).hexdigest()[:8]
         teacher_id += f"|{settings.model}|{settings.train_queries}|{settings.candidates}|{settings.max_doc_tokens}"
+        if settings.negatives != "bm25":
+            teacher_id += f"|negatives={settings.negatives}"
         scores = cache.get_or_compute(teacher_id, lists, teacher.score, progress=settings.progress)
         distil = [ListExample(q, d, teacher=tuple(s)) for (q, d), s in zip(lists, scores, strict=True)]
         for loss_name in settings.losses:

@@ -12,7 +12,13 @@ from crossedge.core import CrossedgeError, hookimpl
 
 from .lexical import BM25Scorer
 from .losses import LOSSES
+from .pipeline import NEGATIVE_SOURCES
 from .scorers import SCORER_CLASSES
+
+NEGATIVES_HELP = (
+    "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
+    "bi-encoder (the near misses a reranker of its candidates has to tell apart)."
+)
 
 
 @hookimpl
@@ -91,13 +97,16 @@ def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, 
 @click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder with qrels/train.tsv.")
 @click.option("--loss", default="infonce", show_default=True, help="Loss name (see crossedge plugins).")
 @click.option("--queries", default=256, show_default=True, help="Training queries.")
-@click.option("--candidates", default=4, show_default=True, help="List size: the positive plus BM25 hard negatives.")
+@click.option("--candidates", default=4, show_default=True, help="List size: the positive plus hard negatives.")
+@click.option(
+    "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
+)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--model", default="minilm-l6", show_default=True)
-def train_cmd(kind, out, collection, loss, queries, candidates, epochs, batch_size, lr, seed, model) -> None:
+def train_cmd(kind, out, collection, loss, queries, candidates, negatives, epochs, batch_size, lr, seed, model) -> None:
     """Train a scorer on labelled lists; checkpoints per epoch in OUT/checkpoints, rerun to resume."""
     from .collection import load_code_search, read_beir
     from .losses import get_loss
@@ -106,7 +115,9 @@ def train_cmd(kind, out, collection, loss, queries, candidates, epochs, batch_si
     from .training import TrainConfig, Trainer, list_loss
 
     train = read_beir(collection, split="train") if collection else load_code_search("train")
-    examples = training_lists(train, queries, candidates, seed)
+    miner = BiEncoder.from_pretrained(model) if negatives == "bi-encoder" else None
+    examples = training_lists(train, queries, candidates, seed, negatives=negatives, miner=miner, progress=True)
+    del miner
     kinds = {"bi-encoder": BiEncoder, "cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
     scorer = kinds[kind].from_pretrained(model, seed=seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -176,6 +187,9 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
     help="Students and Trans-Encoder train on the first N training lists (default: all, as the teacher).",
 )
 @click.option("--candidates", default=4, show_default=True)
+@click.option(
+    "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
+)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
 @click.option("--rerank-depth", default=50, show_default=True)
@@ -185,8 +199,8 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
-              student_queries, candidates, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads,
-              seed) -> None:  # fmt: skip
+              student_queries, candidates, negatives, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens,
+              threads, seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -205,6 +219,7 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         train_queries=train_queries,
         student_queries=student_queries,
         candidates=candidates,
+        negatives=negatives,
         epochs=epochs,
         lr=lr,
         rerank_depth=rerank_depth,
