@@ -198,7 +198,8 @@ def test_cost_aware_probes_after_a_zero_streak():
     assert policy.probe_interval[("d", "")] > 3
 
 
-def test_sliding_window_cache_rolls_back_past_the_window():
+def sliding_window_model(seed):
+    """A tiny random Mistral with an 8-token sliding window."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
     config = MistralConfig(
@@ -216,8 +217,13 @@ def test_sliding_window_cache_rolls_back_past_the_window():
         initializer_range=0.15,
     )
     with torch.random.fork_rng():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config).eval()
+    return model
+
+
+def test_sliding_window_cache_rolls_back_past_the_window():
+    model = sliding_window_model(0)
     model.generation_config.eos_token_id = None  # run the full length, far past the 8-token window
     input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
     reference = greedy_reference(model, input_ids, 40)
@@ -228,25 +234,7 @@ def test_sliding_window_cache_rolls_back_past_the_window():
 
 
 def test_cost_aware_calibrates_once_and_leaves_the_output_and_cache_intact():
-    from transformers import AutoModelForCausalLM, MistralConfig
-
-    config = MistralConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        max_position_embeddings=512,
-        bos_token_id=257,
-        eos_token_id=258,
-        pad_token_id=256,
-        initializer_range=0.15,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        model = AutoModelForCausalLM.from_config(config).eval()
+    model = sliding_window_model(1)
     model.generation_config.eos_token_id = None
     input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
     reference = greedy_reference(model, input_ids, 30)
