@@ -17,6 +17,25 @@ def toy_collection():
     return Collection(corpus, queries, qrels)
 
 
+def tiny_bench_settings(tmp_path, **options):
+    """Bench settings over the toy collection (as test and train split) and a saved tiny random BERT."""
+    from crossedge.retrieval.pipeline import BenchSettings
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    write_beir(toy_collection(), tmp_path / "beir")
+    write_beir(toy_collection(), tmp_path / "beir", split="train")
+    return BenchSettings(
+        collection=str(tmp_path / "beir"),
+        train_collection=str(tmp_path / "beir"),
+        model=str(tmp_path / "tiny"),
+        progress=False,
+        **options,
+    )
+
+
 def test_subsample_keeps_relevant_documents():
     small = subsample_corpus(toy_collection(), ["q0", "q2"], size=3)
     assert {"d0", "d3"} <= set(small.corpus) and len(small.corpus) == 3
@@ -78,22 +97,13 @@ def test_train_command_checkpoints_and_resumes(tmp_path, plugin):
 
 
 def test_bench_reuses_models_it_trained(tmp_path, cache):
-    from crossedge.retrieval.pipeline import BenchSettings, run_bench
-    from crossedge.retrieval.testing import tiny_bert
+    from crossedge.retrieval.pipeline import run_bench
 
-    model, tokenizer = tiny_bert(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    write_beir(toy_collection(), tmp_path / "beir")
-    write_beir(toy_collection(), tmp_path / "beir", split="train")
-    settings = BenchSettings(
-        collection=str(tmp_path / "beir"),
-        train_collection=str(tmp_path / "beir"),
-        model=str(tmp_path / "tiny"),
+    settings = tiny_bench_settings(
+        tmp_path,
         methods=("bi-trained",),
         train_queries=3,
         candidates=3,
-        progress=False,
     )
     first_log, again_log = [], []
     first = run_bench(settings, say=first_log.append)
@@ -105,25 +115,16 @@ def test_bench_reuses_models_it_trained(tmp_path, cache):
 
 
 def test_students_can_get_a_smaller_budget_than_the_teacher(tmp_path, cache, plugin):
-    from crossedge.retrieval.pipeline import BenchSettings, run_bench
-    from crossedge.retrieval.testing import tiny_bert
+    from crossedge.retrieval.pipeline import run_bench
 
-    model, tokenizer = tiny_bert(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    write_beir(toy_collection(), tmp_path / "beir")
-    write_beir(toy_collection(), tmp_path / "beir", split="train")
-    settings = BenchSettings(
-        collection=str(tmp_path / "beir"),
-        train_collection=str(tmp_path / "beir"),
-        model=str(tmp_path / "tiny"),
+    settings = tiny_bench_settings(
+        tmp_path,
         methods=("students",),
         losses=("infonce",),
         train_queries=3,
         student_queries=2,
         candidates=3,
         batch_size=2,
-        progress=False,
     )
     report = run_bench(settings, say=lambda _: None)
     training = report["summary"]["training"]
@@ -167,22 +168,13 @@ def test_bi_encoder_negatives_need_a_miner():
 
 
 def test_bench_does_not_reuse_models_trained_with_other_negatives(tmp_path, cache):
-    from crossedge.retrieval.pipeline import BenchSettings, run_bench
-    from crossedge.retrieval.testing import tiny_bert
+    from crossedge.retrieval.pipeline import run_bench
 
-    model, tokenizer = tiny_bert(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    write_beir(toy_collection(), tmp_path / "beir")
-    write_beir(toy_collection(), tmp_path / "beir", split="train")
-    settings = BenchSettings(
-        collection=str(tmp_path / "beir"),
-        train_collection=str(tmp_path / "beir"),
-        model=str(tmp_path / "tiny"),
+    settings = tiny_bench_settings(
+        tmp_path,
         methods=("bi-trained",),
         train_queries=3,
         candidates=3,
-        progress=False,
     )
     run_bench(settings, say=lambda _: None)
     settings.negatives = "bi-encoder"

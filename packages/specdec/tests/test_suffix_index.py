@@ -1,31 +1,39 @@
 import random
 
+import pytest
+
+from crossedge.specdec import CopyDrafter
 from crossedge.specdec.suffix_index import SuffixIndex, brute_force_longest_match
 
 
-def test_matches_brute_force_on_random_sequences():
-    rng = random.Random(0)
+@pytest.mark.parametrize("latest", [False, True])
+def test_matches_brute_force_on_random_sequences(latest):
+    rng = random.Random(2 if latest else 0)
     for trial in range(60):
         alphabet = rng.choice([2, 3, 5, 20])
         tokens = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 120))]
         index = SuffixIndex()
         for n, token in enumerate(tokens, start=1):
             index.append(token)
-            assert index.longest_match() == brute_force_longest_match(tokens[:n]), (trial, n)
+            found = index.latest_match() if latest else index.longest_match()
+            assert found == brute_force_longest_match(tokens[:n], latest=latest), (trial, n)
 
 
-def test_continuation_copies_what_followed_the_earlier_occurrence():
-    index = SuffixIndex([1, 2, 3, 4, 5, 9, 1, 2, 3])
-    tokens, match = index.continuation(max_tokens=3)
-    assert match == 3
-    assert tokens == [4, 5, 9]
+def test_copy_drafter_copies_what_followed_the_earlier_occurrence():
+    assert CopyDrafter(max_copy=3).propose([1, 2, 3, 4, 5, 9, 1, 2, 3], 8).tokens == [4, 5, 9]
 
 
 def test_min_match_and_empty_sequence():
     assert SuffixIndex().longest_match() == (0, -1)
-    index = SuffixIndex([7, 8, 7])
-    assert index.continuation(4, min_match=2) == ([], 1)
-    assert index.continuation(4, min_match=1) == ([8, 7], 1)
+    assert SuffixIndex([7, 8, 7]).longest_match() == (1, 0)
+    assert CopyDrafter(min_match=2).propose([7, 8, 7], 4).tokens == []
+    assert CopyDrafter(min_match=1).propose([7, 8, 7], 4).tokens == [8, 7]
+
+
+def test_latest_match_is_the_nearer_occurrence():
+    index = SuffixIndex([1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3])
+    assert index.longest_match() == (3, 2)
+    assert index.latest_match() == (3, 7)
 
 
 def _longest_suffix_in(text: list[int], pattern: list[int]) -> int:
@@ -63,20 +71,3 @@ def test_matcher_continuation_stops_at_the_separator():
     matcher = SuffixMatcher(SuffixIndex([5, 6, 7, -1, 8, 9]))
     matcher.feed([5, 6])
     assert matcher.continuation(4, stop=-1) == [7]
-
-
-def test_latest_match_is_the_most_recent_earlier_occurrence():
-    rng = random.Random(2)
-    for trial in range(60):
-        alphabet = rng.choice([2, 3, 5, 20])
-        tokens = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 120))]
-        index = SuffixIndex()
-        for n, token in enumerate(tokens, start=1):
-            index.append(token)
-            assert index.latest_match() == brute_force_longest_match(tokens[:n], latest=True), (trial, n)
-
-
-def test_latest_continuation_copies_from_the_nearer_occurrence():
-    index = SuffixIndex([1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3])
-    assert index.continuation(2) == ([4, 9], 3)
-    assert index.continuation(2, latest=True) == ([5, 8], 3)

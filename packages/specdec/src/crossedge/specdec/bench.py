@@ -158,8 +158,7 @@ def run_benchmark(
     for prompt in progress_bar(prompts, desc="specdec bench", enabled=progress):
         history: list[dict[str, str]] = []
         totals = {
-            name: {"tokens": [], "turn_seconds": [], "seconds": 0.0, "cpu": 0.0, "forwards": 0, "known": True}
-            for name in methods
+            name: {"tokens": [], "turn_seconds": [], "cpu": 0.0, "forwards": 0, "known": True} for name in methods
         }
         for turn in prompt.turns:
             history.append({"role": "user", "content": turn})
@@ -169,7 +168,6 @@ def run_benchmark(
                 entry = totals[name]
                 entry["tokens"].append(outcome.tokens)
                 entry["turn_seconds"].append(outcome.seconds)
-                entry["seconds"] += outcome.seconds
                 entry["cpu"] += outcome.cpu_seconds
                 if outcome.forwards is None:
                     entry["known"] = False
@@ -180,6 +178,7 @@ def run_benchmark(
         baseline_tokens = totals[BASELINE]["tokens"]
         for name, entry in totals.items():
             new_tokens = sum(len(t) for t in entry["tokens"])
+            seconds = sum(entry["turn_seconds"])
             runs.append(
                 {
                     "task": prompt.task,
@@ -187,8 +186,8 @@ def run_benchmark(
                     "method": name,
                     "turns": len(prompt.turns),
                     "new_tokens": new_tokens,
-                    "seconds": entry["seconds"],
-                    "tokens_per_s": new_tokens / entry["seconds"] if entry["seconds"] > 0 else 0.0,
+                    "seconds": seconds,
+                    "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
                     "cpu_seconds": entry["cpu"],
                     "mean_accepted": new_tokens / entry["forwards"] if entry["known"] and entry["forwards"] else None,
                     "identical_to_baseline": entry["tokens"] == baseline_tokens,

@@ -429,8 +429,11 @@ class CrossVocabDrafter(DraftModelDrafter):
         tokens: list[int] = []
         rest = draft_tokens
         if self.bridge is not None:
-            # Learn from the text added since the last step (a little before it, where cuts may have moved).
-            self.bridge.learn(text, self.draft_tokenizer, self.target_tokenizer, since=max(0, self.learned_chars - 32))
+            # Learn from the text added since the last step. Tokenizing only a tail keeps the cost per step
+            # flat; the tail starts earlier than what is learned, so the tokenizers' cuts have settled there.
+            start = max(0, self.learned_chars - 64)
+            since = max(0, self.learned_chars - 32) - start
+            self.bridge.learn(text[start:], self.draft_tokenizer, self.target_tokenizer, since=since)
             self.learned_chars = len(text)
             tokens, used = self.bridge.translate(draft_tokens)
             self.bridge.translated += len(tokens)

@@ -257,16 +257,16 @@ class CostAwarePolicy(DraftLengthPolicy):
         return self.calibrate_first and not self.calibrated
 
     def calibrate(self, measure: Callable[[int], float]) -> None:
-        """Time every calibration length up to ``max_k`` (rounds interleaved, median kept) into the cost model."""
+        """Time every calibration length up to ``max_k`` (rounds interleaved, fastest kept) into the cost model."""
         lengths = [k for k in self.CALIBRATION_LENGTHS if k < self.max_k] + [self.max_k]
         samples: dict[int, list[float]] = defaultdict(list)
         measure(0)  # the first forward after a prefill pays allocation costs
         for _ in range(self.calibration_rounds):
             for k in lengths:
                 samples[k].append(measure(k))
+        # Interference only ever adds time, so the fastest round is the best estimate of the cost itself.
         for k, seconds in samples.items():
-            seconds.sort()
-            self.cost.observe(k, seconds[len(seconds) // 2])
+            self.cost.observe(k, min(seconds))
         self.calibrated = True
 
     def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:

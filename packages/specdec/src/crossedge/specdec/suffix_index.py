@@ -104,17 +104,6 @@ class SuffixIndex:
         match, _ = self.longest_match()
         return (match, self._recent_end) if match else (0, -1)
 
-    def continuation(self, max_tokens: int, min_match: int = 1, latest: bool = False) -> tuple[list[int], int]:
-        """Tokens that followed an earlier occurrence of the longest suffix match, and the match length.
-
-        The earliest occurrence by default; ``latest`` takes the most recent one (nearer text, but
-        fewer tokens follow it when it overlaps the suffix).
-        """
-        match, end = self.latest_match() if latest else self.longest_match()
-        if match < min_match or max_tokens <= 0:
-            return [], match
-        return self.tokens[end + 1 : end + 1 + max_tokens], match
-
 
 class SuffixMatcher:
     """The longest suffix of a streamed token sequence that occurs somewhere in a :class:`SuffixIndex`.
