@@ -200,3 +200,34 @@ def test_bi_encoder_negatives_skip_answers_to_an_identical_query():
             answers = {collection.doc_text("d0"), collection.doc_text("d4")}
             assert example.documents[0] in answers and not answers & set(example.documents[1:])
             assert len(example.documents) == 4  # the 3 documents no such query is answered by
+
+
+def test_trans_encoder_lists_read_no_judgements():
+    from crossedge.retrieval.collection import Collection
+    from crossedge.retrieval.pipeline import unlabelled_lists
+    from crossedge.retrieval.scorers import BiEncoder
+    from crossedge.retrieval.testing import tiny_bert
+
+    judged = toy_collection()
+    # The same queries and corpus with one judgement moved: the lists must not change.
+    moved = Collection(judged.corpus, judged.queries, {**judged.qrels, "q0": {"d4": 1}})
+    bi = BiEncoder(*tiny_bert(seed=3))
+    lists = unlabelled_lists(judged, 3, 2, bi)
+    assert lists == unlabelled_lists(moved, 3, 2, bi)
+    ids = judged.doc_ids()
+    docs = bi.encode([judged.doc_text(d) for d in ids])
+    for query, found in lists:
+        ranking = torch.argsort(docs @ bi.encode([query], queries=True)[0], descending=True).tolist()
+        assert found == tuple(judged.doc_text(ids[i]) for i in ranking[:2])
+
+
+def test_bench_keeps_models_with_other_heads_apart(tmp_path, cache):
+    from crossedge.retrieval.pipeline import run_bench
+
+    settings = tiny_bench_settings(tmp_path, methods=("cross-rerank",), train_queries=3, candidates=3, head="cls")
+    run_bench(settings, say=lambda _: None)
+    settings.head = "similarity"
+    log = []
+    run_bench(settings, say=log.append)
+    assert not any("resuming" in line for line in log)
+    assert len(list((cache / "retrieval" / "bench-checkpoints").glob("*/cross-encoder/epoch-001/state.json"))) == 2

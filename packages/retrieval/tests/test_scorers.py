@@ -46,37 +46,106 @@ def test_bi_encoder_batching_does_not_change_embeddings(tiny):
     assert torch.allclose(bi.encode(DOCS, batch_size=1), bi.encode(DOCS, batch_size=4), atol=1e-5)
 
 
-def test_cross_encoder_matches_unbatched(tiny):
-    cross = CrossEncoder(*tiny, seed=1)
+HEADS = ["similarity", "cls"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_cross_encoder_matches_unbatched(tiny, head):
+    cross = CrossEncoder(*tiny, seed=1, head=head)
     together = cross.score("sort a list", DOCS, batch_size=4)
     alone = torch.cat([cross.score("sort a list", [d]) for d in DOCS])
     assert torch.allclose(together, alone, atol=1e-5)
     assert len(set(together.tolist())) == 4
-    batch = cross.pair_batch(["ab"], ["cd"])
+
+
+def test_cross_encoder_cls_layout_marks_the_document_as_segment_b(tiny):
+    batch = CrossEncoder(*tiny, head="cls").pair_batch(["ab"], ["cd"])
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1]]  # [CLS] a ##b [SEP] c ##d [SEP]
 
 
-def test_uni_encoder_mask_equals_scoring_each_candidate_alone(tiny):
-    uni = UniEncoder(*tiny, seed=2)
+def test_cross_encoder_without_interaction_is_the_bi_encoder(tiny):
+    bi = BiEncoder(*tiny)
+    cross = CrossEncoder(*tiny, interaction_layers=0)
+    scale = cross.head.log_scale.exp().item()
+    assert torch.allclose(cross.score("sort a list", DOCS), bi.score("sort a list", DOCS) * scale, atol=1e-4)
+
+
+def test_cross_segment_gate_starts_nearly_shut_and_opens(tiny):
+    bi_scores = BiEncoder(*tiny).score("sort a list", DOCS)
+    for kind in (CrossEncoder, UniEncoder):
+        scorer = kind(*tiny)
+        scale = scorer.head.log_scale.exp().item()
+        start = scorer.score("sort a list", DOCS) / scale
+        # At GATE_START the segments barely see each other: close to, but not exactly, the bi-encoder.
+        assert torch.allclose(start, bi_scores, atol=0.02)
+        assert (start - bi_scores).abs().max() > 1e-6  # float noise of the same computation is ~6e-8
+        with torch.no_grad():
+            scorer.head.gate.fill_(-scorer.head.GATE_START / scorer.head.GATE_GAIN)  # bias 0: plain attention
+        opened = scorer.score("sort a list", DOCS) / scale
+        assert (opened - bi_scores).abs().max() > 5 * (start - bi_scores).abs().max()
+
+
+def test_cross_segment_gate_learns(tiny):
+    from crossedge.retrieval.losses import InfoNCE
+    from crossedge.retrieval.training import ListExample, list_loss
+
+    cross = CrossEncoder(*tiny)
+    loss = list_loss(InfoNCE())(cross, [ListExample("sort a list", tuple(DOCS), labels=(1.0, 0.0, 0.0, 0.0))])
+    loss.backward()
+    assert cross.head.gate.grad is not None and cross.head.gate.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("interaction_layers", [None, 1])
+def test_cross_encoder_encodes_each_query_once_without_changing_scores(tiny, interaction_layers):
+    cross = CrossEncoder(*tiny, interaction_layers=interaction_layers).eval()
+    queries = ["sort a list", "read", "sort a list", "read"]
+    with torch.no_grad():
+        mixed = cross(queries, DOCS)
+    expected = torch.stack([cross.score(q, [d])[0] for q, d in zip(queries, DOCS, strict=True)])
+    assert torch.allclose(mixed, expected, atol=1e-5)
+
+
+def test_cross_encoder_rejects_bad_head_settings(tiny):
+    from crossedge.retrieval.scorers import ScorerError
+
+    with pytest.raises(ScorerError, match="unknown head"):
+        CrossEncoder(*tiny, head="mlp")
+    with pytest.raises(ScorerError, match="similarity head"):
+        CrossEncoder(*tiny, head="cls", interaction_layers=1)
+    with pytest.raises(ScorerError, match="outside 0..2"):
+        CrossEncoder(*tiny, interaction_layers=3)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_uni_encoder_mask_equals_scoring_each_candidate_alone(tiny, head):
+    uni = UniEncoder(*tiny, seed=2, head=head)
     together = uni.score("sort a list", DOCS)
     alone = torch.cat([uni.score("sort a list", [d]) for d in DOCS])
     assert torch.allclose(together, alone, atol=1e-5)
     assert together.std() > 0  # the candidates really differ
 
 
-def test_uni_encoder_shares_positions_and_blocks_candidates(tiny):
-    uni = UniEncoder(*tiny)
+@pytest.mark.parametrize(
+    ("head", "positions"),
+    [
+        ("cls", [0, 1, 2, 3, 4, 5, 6, 4, 5]),  # [CLS] a b [SEP] | c d [SEP] | e [SEP]
+        ("similarity", [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]),  # [CLS] a b [SEP] | [CLS] c d [SEP] | [CLS] e [SEP]
+    ],
+)
+def test_uni_encoder_shares_positions_and_blocks_candidates(tiny, head, positions):
+    uni = UniEncoder(*tiny, head=head)
     batch = uni.list_batch(["ab"], [["cd", "e"]])
-    # [CLS] a b [SEP] | c d [SEP] | e [SEP]
-    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5]
+    assert batch["position_ids"][0].tolist() == positions
+    first_end = 7 if head == "cls" else 8
     allowed = batch["allowed"][0]
     assert not allowed[:4, 4:].any()  # the query never sees candidates
-    assert allowed[4:7, :4].all() and allowed[4:7, 4:7].all()
-    assert not allowed[4:7, 7:].any() and not allowed[7:, 4:7].any()
+    assert allowed[4:first_end, :4].all() and allowed[4:first_end, 4:first_end].all()
+    assert not allowed[4:first_end, first_end:].any() and not allowed[first_end:, 4:first_end].any()
 
 
-def test_uni_encoder_padded_lists_in_a_batch(tiny):
-    uni = UniEncoder(*tiny, seed=3)
+@pytest.mark.parametrize("head", HEADS)
+def test_uni_encoder_padded_lists_in_a_batch(tiny, head):
+    uni = UniEncoder(*tiny, seed=3, head=head)
     uni.eval()
     with torch.no_grad():
         scores, mask = uni(["sort a list", "read"], [DOCS, DOCS[:2]])
@@ -85,14 +154,44 @@ def test_uni_encoder_padded_lists_in_a_batch(tiny):
     assert torch.allclose(scores[0], uni.score("sort a list", DOCS), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", [BiEncoder, CrossEncoder, UniEncoder])
-def test_save_and_load_round_trip(tiny, tmp_path, kind):
-    scorer = kind(*tiny, seed=4) if kind is not BiEncoder else kind(*tiny)
+@pytest.mark.parametrize(
+    ("kind", "head"), [(BiEncoder, None)] + [(k, h) for k in (CrossEncoder, UniEncoder) for h in HEADS]
+)
+def test_save_and_load_round_trip(tiny, tmp_path, kind, head):
+    scorer = kind(*tiny, seed=4, head=head) if kind is not BiEncoder else kind(*tiny)
+    if head == "similarity":
+        with torch.no_grad():
+            scorer.head.log_scale.fill_(1.5)  # a trained scale must survive the round trip
     before = scorer.score("sort a list", DOCS)
     scorer.save(tmp_path / "s")
     loaded = load_scorer(tmp_path / "s")
     assert type(loaded) is kind
     assert torch.allclose(loaded.score("sort a list", DOCS), before, atol=1e-5)
+
+
+def test_scorer_saved_before_heads_existed_loads_as_cls(tiny, tmp_path):
+    import json
+
+    cross = CrossEncoder(*tiny, seed=5, head="cls")
+    before = cross.score("sort a list", DOCS)
+    cross.save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "scorer.json").read_text())
+    for key in ("head", "pooling", "interaction_layers"):
+        del meta[key]
+    (tmp_path / "s" / "scorer.json").write_text(json.dumps(meta))
+    assert torch.allclose(load_scorer(tmp_path / "s").score("sort a list", DOCS), before, atol=1e-5)
+
+
+def test_head_weights_of_the_wrong_kind_are_a_clear_error(tiny, tmp_path):
+    import json
+
+    from crossedge.retrieval.scorers import ScorerError
+
+    CrossEncoder(*tiny, head="cls").save(tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "scorer.json").read_text())
+    (tmp_path / "s" / "scorer.json").write_text(json.dumps({**meta, "head": "similarity"}))
+    with pytest.raises(ScorerError, match="do not fit a 'similarity' head"):
+        load_scorer(tmp_path / "s")
 
 
 def test_load_scorer_without_metadata_is_a_clear_error(tmp_path):
@@ -112,8 +211,9 @@ def test_bm25_ranks_lexical_match_first():
     assert bm25.score("config", DOCS).argmax() == 2
 
 
-def test_uni_encoder_blockwise_path_equals_masked_forward(tiny):
-    uni = UniEncoder(*tiny, seed=6)
+@pytest.mark.parametrize("head", HEADS)
+def test_uni_encoder_blockwise_path_equals_masked_forward(tiny, head):
+    uni = UniEncoder(*tiny, seed=6, head=head)
     uni.eval()
     assert uni.supports_blockwise()
     with torch.no_grad():

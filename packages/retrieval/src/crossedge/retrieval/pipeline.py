@@ -172,6 +172,19 @@ def training_lists(
     return examples
 
 
+def unlabelled_lists(
+    train: Collection, n_queries: int, n_candidates: int, bi: BiEncoder, seed: int = 0, progress: bool = False
+) -> list[tuple[str, tuple[str, ...]]]:
+    """Each sampled query with the bi-encoder's top ``n_candidates`` documents: no relevance judgement is read.
+
+    Trans-Encoder learns without labels, so its lists must not be built from them either (a list
+    that always holds the relevant document would leak the judgements in).
+    """
+    qids = sample_queries(train, n_queries, seed=seed)
+    ranked = ranked_training_documents(train, qids, n_candidates, "bi-encoder", bi, progress)
+    return [(train.queries[q], tuple(train.doc_text(d) for d in found)) for q, found in zip(qids, ranked, strict=True)]
+
+
 def subsample_corpus(collection: Collection, qids: Sequence[str], size: int, seed: int = 0) -> Collection:
     """Keep every document relevant to ``qids`` plus distractors in a stable hash order, ``size`` in all."""
     keep = {d for q in qids for d, rel in collection.qrels.get(q, {}).items() if rel > 0 and d in collection.corpus}
@@ -201,6 +214,8 @@ class BenchSettings:
     student_queries: int | None = None
     candidates: int = 4
     negatives: str = "bm25"
+    head: str = "similarity"
+    interaction_layers: int | None = None
     epochs: int = 1
     batch_size: int = 8
     lr: float = 3e-5
@@ -252,7 +267,12 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         return row
 
     def fresh(kind: type[Scorer]) -> Scorer:
-        return kind.from_pretrained(settings.model, seed=settings.seed, max_doc_tokens=settings.max_doc_tokens)
+        extra: dict[str, Any] = {}
+        if kind is not BiEncoder:
+            extra["head"] = settings.head
+        if kind is CrossEncoder and settings.interaction_layers is not None:
+            extra["interaction_layers"] = settings.interaction_layers
+        return kind.from_pretrained(settings.model, seed=settings.seed, max_doc_tokens=settings.max_doc_tokens, **extra)
 
     # Every model the bench trains checkpoints under a key of everything that determines it, so a
     # later run with the same settings (e.g. ``--methods students`` after ``cross-rerank``) loads the
@@ -270,6 +290,9 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     # choice existed, so their checkpoints stay valid.
     if settings.negatives != "bm25":
         key_parts += (f"negatives={settings.negatives}",)
+    # The same goes for the head, which came later still: ``cls`` runs keep their old key.
+    if settings.head != "cls":
+        key_parts += (f"head={settings.head}", f"interaction_layers={settings.interaction_layers}")
     run_key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
 
@@ -369,6 +392,8 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         teacher_id += f"|{settings.model}|{settings.train_queries}|{settings.candidates}|{settings.max_doc_tokens}"
         if settings.negatives != "bm25":
             teacher_id += f"|negatives={settings.negatives}"
+        if settings.head != "cls":
+            teacher_id += f"|head={settings.head}|interaction_layers={settings.interaction_layers}"
         scores = cache.get_or_compute(teacher_id, lists, teacher.score, progress=settings.progress)
         distil = [ListExample(q, d, teacher=tuple(s)) for (q, d), s in zip(lists, scores, strict=True)]
         for loss_name in settings.losses:
@@ -380,7 +405,11 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
 
     if "trans-encoder" in methods:
         bi_u = fresh(BiEncoder)
-        lists = [(ex.query, ex.documents) for ex in student_examples]  # labels are never read
+        train = train or load_code_search("train")
+        start = time.perf_counter()
+        lists = unlabelled_lists(train, settings.student_queries or settings.train_queries, settings.candidates,
+                                 bi_u, settings.seed, settings.progress)  # fmt: skip
+        summary["trans_encoder_lists"] = {"lists": len(lists), "seconds": time.perf_counter() - start}
         start = time.perf_counter()
         history = trans_encoder(
             bi_u, lists, cycles=settings.trans_cycles, loss=ListNetKL(), config=config, progress=settings.progress

@@ -13,11 +13,19 @@ from crossedge.core import CrossedgeError, hookimpl
 from .lexical import BM25Scorer
 from .losses import LOSSES
 from .pipeline import NEGATIVE_SOURCES
-from .scorers import SCORER_CLASSES
+from .scorers import HEADS, SCORER_CLASSES
 
 NEGATIVES_HELP = (
     "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
     "bi-encoder (the near misses a reranker of its candidates has to tell apart)."
+)
+HEAD_HELP = (
+    "Reranker head: 'similarity' scores the cosine of the query's and the document's pooled states "
+    "(starts from the bi-encoder's ranking); 'cls' is a fresh regression head on [CLS]."
+)
+INTERACTION_HELP = (
+    "Cross-encoder only: let query and document attend to each other in the top N layers only "
+    "(the lower layers encode each alone). Default: all layers."
 )
 
 
@@ -101,12 +109,14 @@ def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, 
 @click.option(
     "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
 )
+@click.option("--head", type=click.Choice(HEADS), default="similarity", show_default=True, help=HEAD_HELP)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--model", default="minilm-l6", show_default=True)
-def train_cmd(kind, out, collection, loss, queries, candidates, negatives, epochs, batch_size, lr, seed, model) -> None:
+def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head, epochs, batch_size, lr, seed,
+              model) -> None:  # fmt: skip
     """Train a scorer on labelled lists; checkpoints per epoch in OUT/checkpoints, rerun to resume."""
     from .collection import load_code_search, read_beir
     from .losses import get_loss
@@ -119,7 +129,7 @@ def train_cmd(kind, out, collection, loss, queries, candidates, negatives, epoch
     examples = training_lists(train, queries, candidates, seed, negatives=negatives, miner=miner, progress=True)
     del miner
     kinds = {"bi-encoder": BiEncoder, "cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
-    scorer = kinds[kind].from_pretrained(model, seed=seed)
+    scorer = kinds[kind].from_pretrained(model, seed=seed, **({} if kind == "bi-encoder" else {"head": head}))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     trainer = Trainer(scorer, examples, list_loss(get_loss(loss)), config, out / "checkpoints", kind)
     if trainer.latest_checkpoint() is not None:
@@ -190,6 +200,8 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option(
     "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
 )
+@click.option("--head", type=click.Choice(HEADS), default="similarity", show_default=True, help=HEAD_HELP)
+@click.option("--interaction-layers", type=int, default=None, help=INTERACTION_HELP)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
 @click.option("--rerank-depth", default=50, show_default=True)
@@ -199,8 +211,8 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
-              student_queries, candidates, negatives, epochs, lr, rerank_depth, uni_depth, trans_cycles, max_doc_tokens,
-              threads, seed) -> None:  # fmt: skip
+              student_queries, candidates, negatives, head, interaction_layers, epochs, lr, rerank_depth, uni_depth,
+              trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -220,6 +232,8 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         student_queries=student_queries,
         candidates=candidates,
         negatives=negatives,
+        head=head,
+        interaction_layers=interaction_layers,
         epochs=epochs,
         lr=lr,
         rerank_depth=rerank_depth,

@@ -9,6 +9,7 @@ tokenizer. They share one save format: the encoder as safetensors through
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,8 @@ def load_scorer(folder: Path | str) -> Scorer:
         raise ScorerError(f"{folder} has no {SCORER_FILE}: it was not written by crossedge retrieval's Scorer.save")
     meta = json.loads(meta_path.read_text())
     kind = meta.pop("kind")
+    if kind in ("cross-encoder", "uni-encoder"):
+        meta.setdefault("head", "cls")  # written before the similarity head existed
     classes = {c.name: c for c in (BiEncoder, CrossEncoder, UniEncoder)}
     if kind not in classes:
         raise ScorerError(f"{meta_path} names scorer kind {kind!r}; known: {', '.join(classes)}")
@@ -253,6 +256,9 @@ def _hidden_size(encoder: nn.Module) -> int:
 # ---------------------------------------------------------------- cross-encoder
 
 
+HEADS = ("similarity", "cls")
+
+
 class _Head(nn.Module):
     def __init__(self, hidden: int, seed: int):
         super().__init__()
@@ -267,33 +273,139 @@ class _Head(nn.Module):
         return self.out(torch.tanh(self.dense(pooled))).squeeze(-1)
 
 
-class _HeadScorer(Scorer):
-    """A scorer with a small regression head over a pooled representation."""
+class _SimilarityHead(nn.Module):
+    """``scale * cos(query, document)`` over the two segments' pooled states, plus a learned attention gate.
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any, *, seed: int = 0, **kw):
+    The gate is an additive bias, per layer and attention head, on every attention logit from one
+    segment to the other. It starts at ``GATE_START`` logits: the segments barely see each other,
+    so the reranker starts out ranking like the bi-encoder it was made from (with the gate shut it
+    would be exactly the bi-encoder, and the gate could never learn to open), and training opens
+    it as far as attending across segments helps.
+    """
+
+    GATE_START = -4.0
+    # AdamW moves a parameter by about lr per step; the gate is read as GAIN * parameter so a few hundred
+    # steps at a head's learning rate can move it by several logits.
+    GATE_GAIN = 50.0
+
+    def __init__(self, layers: int, heads: int, scale: float = 20.0):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.gate = nn.Parameter(torch.zeros(layers, heads))
+
+    def cross_bias(self, layer: int) -> torch.Tensor:
+        """Bias ``[1, heads, 1, 1]`` added to attention logits across segments in ``layer``."""
+        return (self.GATE_START + self.GATE_GAIN * self.gate[layer]).view(1, -1, 1, 1)
+
+    def forward(self, query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cosine_similarity(query, document, dim=-1) * self.log_scale.exp()
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean key mask ``[B, T]`` as the additive ``[B, 1, 1, T]`` bias BERT layers take."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill(~mask, torch.finfo(dtype).min)[:, None, None, :]
+
+
+class _HeadScorer(Scorer):
+    """A scorer with a head over pooled states: ``similarity`` (the default) or ``cls``.
+
+    ``similarity`` gives the query and the document each their own ``[CLS] ... [SEP]`` segment with
+    positions from 0, as the bi-encoder sees them, and scores the cosine of the segments' pooled
+    states times a learned scale. ``cls`` is the classic layout (one ``[CLS]``, the document as
+    segment B) with a freshly initialised regression head on the ``[CLS]`` state: it knows nothing
+    at the start and needs far more training.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        *,
+        seed: int = 0,
+        head: str = "similarity",
+        pooling: str = "mean",
+        **kw,
+    ):
         super().__init__(encoder, tokenizer, **kw)
-        self.head = _Head(_hidden_size(encoder), seed)
+        if head not in HEADS:
+            raise ScorerError(f"unknown head {head!r}: use {' or '.join(HEADS)}")
+        self.head_kind = head
+        self.pooling = pooling
+        if head == "similarity":
+            config = encoder.config
+            self.head = _SimilarityHead(config.num_hidden_layers, config.num_attention_heads)
+        else:
+            self.head = _Head(_hidden_size(encoder), seed)
 
     @classmethod
     def from_encoder(cls, encoder, tokenizer, *, folder=None, seed=0, **kw):
+        if folder is not None and kw.get("head", "similarity") == "similarity":
+            kw.setdefault("pooling", pooling_mode(folder))
         return cls(encoder, tokenizer, seed=seed, **kw)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "head": self.head_kind, "pooling": self.pooling}
 
     def head_state(self) -> dict[str, torch.Tensor]:
         return self.head.state_dict()
 
     def load_head(self, state: dict[str, torch.Tensor]) -> None:
         """Load head weights saved by :meth:`head_state`."""
-        self.head.load_state_dict(state)
+        try:
+            self.head.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ScorerError(f"head weights do not fit a {self.head_kind!r} head: {exc}") from exc
+
+    def segments(self, texts: Sequence[str], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[CLS] text [SEP]`` rows, padded: ids ``[N, T]`` and mask ``[N, T]``."""
+        cls_id, sep_id, pad_id = _special_ids(self.tokenizer)
+        rows = [[cls_id, *ids, sep_id] for ids in _token_ids(self.tokenizer, texts, limit)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    def embed_segments(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of segment rows: positions from 0, token type 0 (as the bi-encoder sees them)."""
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
+        return self.encoder.embeddings(input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids))
 
 
 class CrossEncoder(_HeadScorer):
-    """``[CLS] query [SEP] document [SEP]`` in one sequence; a head on the [CLS] state gives the score."""
+    """Query and document in one sequence, attending to each other; a head on top gives the score.
+
+    With the default ``similarity`` head the sequence is ``[CLS] query [SEP] [CLS] document [SEP]``
+    and the score is the cosine of the two segments' pooled states. ``interaction_layers=m`` lets
+    the two segments attend to each other only in the top ``m`` layers (the lower ones encode each
+    alone, as in PreTTR, MacAvaney et al. 2020): the query's lower layers then run once per query,
+    not once per pair, and with ``m = 0`` the score is exactly the bi-encoder's.
+    """
 
     name = "cross-encoder"
-    description = "query and document in one sequence with a regression head (initialised from minilm-l6)"
+    description = "query and document in one sequence with a similarity or regression head (from minilm-l6)"
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, *, interaction_layers: int | None = None, **kw):
+        super().__init__(encoder, tokenizer, **kw)
+        layers = len(self._layers()) if hasattr(encoder, "encoder") else None
+        if interaction_layers is not None:
+            if self.head_kind != "similarity":
+                raise ScorerError("interaction_layers needs the similarity head (head='similarity')")
+            if layers is None or not 0 <= interaction_layers <= layers:
+                raise ScorerError(f"interaction_layers={interaction_layers} is outside 0..{layers} for this encoder")
+        self.interaction_layers = interaction_layers
+
+    def _layers(self) -> nn.ModuleList:
+        return self.encoder.encoder.layer
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "interaction_layers": self.interaction_layers}
 
     def pair_batch(self, queries: Sequence[str], documents: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token ids, token types and mask for query/document pairs."""
+        """Token ids, token types and mask for query/document pairs in the classic ``cls`` layout."""
         cls_id, sep_id, pad_id = _special_ids(self.tokenizer)
         q_ids = _token_ids(self.tokenizer, queries, self.max_query_tokens)
         d_ids = _token_ids(self.tokenizer, documents, self.max_doc_tokens)
@@ -310,9 +422,32 @@ class CrossEncoder(_HeadScorer):
 
     def forward(self, queries: Sequence[str], documents: Sequence[str]) -> torch.Tensor:
         """Scores ``[N]`` for N (query, document) pairs, with gradients."""
-        batch = {k: v.to(self.device) for k, v in self.pair_batch(queries, documents).items()}
-        hidden = self.encoder(**batch).last_hidden_state
-        return self.head(hidden[:, 0])
+        if self.head_kind == "cls":
+            batch = {k: v.to(self.device) for k, v in self.pair_batch(queries, documents).items()}
+            hidden = self.encoder(**batch).last_hidden_state
+            return self.head(hidden[:, 0])
+        # Each distinct query is encoded once through the separate layers, then copied to its pairs.
+        unique = list(dict.fromkeys(queries))
+        row_of = torch.tensor([unique.index(q) for q in queries], device=self.device)
+        q_ids, q_mask = self.segments(unique, self.max_query_tokens)
+        d_ids, d_mask = self.segments(documents, self.max_doc_tokens)
+        layers = self._layers()
+        split = len(layers) - (len(layers) if self.interaction_layers is None else self.interaction_layers)
+        hq, hd = self.embed_segments(q_ids), self.embed_segments(d_ids)
+        for layer in layers[:split]:
+            hq = layer(hq, _additive(q_mask, hq.dtype))
+            hd = layer(hd, _additive(d_mask, hd.dtype))
+        lq = hq.shape[1]
+        hidden = torch.cat([hq[row_of], hd], dim=1)
+        mask = torch.cat([q_mask[row_of], d_mask], dim=1)
+        bias = _additive(mask, hidden.dtype)
+        in_doc = torch.arange(hidden.shape[1], device=self.device) >= lq
+        across = (in_doc[:, None] != in_doc[None, :]).to(hidden.dtype)
+        for i in range(split, len(layers)):
+            hidden = layers[i](hidden, bias + across * self.head.cross_bias(i))
+        pooled_q = pool(hidden[:, :lq], mask[:, :lq], self.pooling)
+        pooled_d = pool(hidden[:, lq:], mask[:, lq:], self.pooling)
+        return self.head(pooled_q, pooled_d)
 
     def score(self, query: str, documents: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         documents = list(documents)
@@ -333,11 +468,13 @@ class CrossEncoder(_HeadScorer):
 class UniEncoder(_HeadScorer):
     """Uni-Encoder (arXiv 2106.01263): the query once, then every candidate, in one sequence.
 
-    Candidates share position ids (each starts right after the query) and an
-    attention mask lets the query see only itself and each candidate see the query
-    and itself, never another candidate; so one forward pass scores the whole list
-    and each score equals that of scoring the candidate alone. The score comes from
-    a head on the mean of each candidate's token states.
+    Candidates share position ids and an attention mask lets the query see only
+    itself and each candidate see the query and itself, never another candidate; so
+    one forward pass scores the whole list and each score equals that of scoring the
+    candidate alone. With the default ``similarity`` head each candidate is its own
+    ``[CLS] document [SEP]`` segment with positions from 0 and the score is the cosine
+    of its pooled states with the query's; with the ``cls`` head candidates start
+    right after the query, as segment B, and a regression head reads their mean state.
     """
 
     name = "uni-encoder"
@@ -353,10 +490,12 @@ class UniEncoder(_HeadScorer):
         for q, docs in zip(q_ids, lists, strict=True):
             query = [cls_id, *q, sep_id]
             ids, pos, seg = list(query), list(range(len(query))), [-1] * len(query)
+            similarity = self.head_kind == "similarity"
             for j in range(len(docs)):
-                cand = [*d_flat[cursor + j], sep_id]
+                cand = [cls_id, *d_flat[cursor + j], sep_id] if similarity else [*d_flat[cursor + j], sep_id]
                 ids += cand
-                pos += range(len(query), len(query) + len(cand))
+                first = 0 if similarity else len(query)
+                pos += range(first, first + len(cand))
                 seg += [j] * len(cand)
             cursor += len(docs)
             rows.append((ids, pos, seg))
@@ -376,7 +515,7 @@ class UniEncoder(_HeadScorer):
         allowed = (cols_seg == -1) & (rows_seg != -2)
         allowed |= (rows_seg == cols_seg) & (rows_seg >= 0)
         allowed |= torch.eye(length, dtype=torch.bool).unsqueeze(0) & (rows_seg == -2)
-        types = (seg >= 0).long()
+        types = (seg >= 0).long() if self.head_kind == "cls" else torch.zeros_like(seg)
         member = torch.zeros((b, width, length), dtype=torch.bool)
         for j in range(width):
             member[:, j] = seg == j
@@ -387,6 +526,7 @@ class UniEncoder(_HeadScorer):
             "allowed": allowed,
             "member": member,
             "list_mask": member.any(-1),
+            "query_member": seg == -1,
         }
 
     def forward(self, queries: Sequence[str], lists: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,15 +535,27 @@ class UniEncoder(_HeadScorer):
         dtype = next(self.encoder.parameters()).dtype
         additive = torch.zeros(batch["allowed"].shape, dtype=dtype)
         additive.masked_fill_(~batch["allowed"], torch.finfo(dtype).min)
-        hidden = self.encoder(
-            input_ids=batch["input_ids"].to(self.device),
-            position_ids=batch["position_ids"].to(self.device),
-            token_type_ids=batch["token_type_ids"].to(self.device),
-            attention_mask=additive.unsqueeze(1).to(self.device),
-        ).last_hidden_state
-        member = batch["member"].to(self.device, hidden.dtype)
-        pooled = (member @ hidden) / member.sum(-1, keepdim=True).clamp(min=1.0)
-        return self.head(pooled), batch["list_mask"].to(self.device)
+        additive = additive.unsqueeze(1).to(self.device)
+        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "position_ids", "token_type_ids")}
+        if self.head_kind == "cls":
+            hidden = self.encoder(**inputs, attention_mask=additive).last_hidden_state
+        else:
+            # Candidates attend to the query through the learned cross-segment gate.
+            seg = batch["query_member"].to(self.device)
+            to_query = ((~seg).unsqueeze(2) & seg.unsqueeze(1)).unsqueeze(1).to(dtype)
+            hidden = self.encoder.embeddings(**inputs)
+            for i, layer in enumerate(self.encoder.encoder.layer):
+                hidden = layer(hidden, additive + to_query * self.head.cross_bias(i))
+        member = batch["member"].to(self.device)
+        if self.head_kind == "cls":
+            member = member.to(hidden.dtype)
+            pooled = (member @ hidden) / member.sum(-1, keepdim=True).clamp(min=1.0)
+            return self.head(pooled), batch["list_mask"].to(self.device)
+        b, width, length = member.shape
+        flat = hidden.unsqueeze(1).expand(b, width, length, -1).reshape(b * width, length, -1)
+        cands = pool(flat, member.reshape(b * width, length), self.pooling).view(b, width, -1)
+        query = pool(hidden, batch["query_member"].to(self.device), self.pooling)
+        return self.head(query.unsqueeze(1).expand_as(cands), cands), batch["list_mask"].to(self.device)
 
     def score(self, query: str, documents: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         documents = list(documents)
@@ -444,7 +596,11 @@ class UniEncoder(_HeadScorer):
         """
         cls_id, sep_id, pad_id = _special_ids(self.tokenizer)
         q_ids = [cls_id, *_token_ids(self.tokenizer, [query], self.max_query_tokens)[0], sep_id]
-        d_ids = [[*d, sep_id] for d in _token_ids(self.tokenizer, documents, self.max_doc_tokens)]
+        similarity = self.head_kind == "similarity"
+        d_ids = [
+            [cls_id, *d, sep_id] if similarity else [*d, sep_id]
+            for d in _token_ids(self.tokenizer, documents, self.max_doc_tokens)
+        ]
         lq, lc, k = len(q_ids), max(len(d) for d in d_ids), len(d_ids)
         device = self.device
         q = torch.tensor([q_ids], device=device)
@@ -456,13 +612,14 @@ class UniEncoder(_HeadScorer):
         emb = self.encoder.embeddings
         hq = emb(input_ids=q, position_ids=torch.arange(lq, device=device).unsqueeze(0),
                  token_type_ids=torch.zeros_like(q))  # fmt: skip
-        pos = torch.arange(lq, lq + lc, device=device).unsqueeze(0).expand(k, lc)
-        hc = emb(input_ids=c, position_ids=pos, token_type_ids=torch.ones_like(c))
+        first = 0 if similarity else lq
+        pos = torch.arange(first, first + lc, device=device).unsqueeze(0).expand(k, lc)
+        hc = emb(input_ids=c, position_ids=pos, token_type_ids=torch.full_like(c, 0 if similarity else 1))
         # Keys: the whole query, then the candidate's own real tokens.
         key_ok = torch.cat([torch.ones((k, lq), dtype=torch.bool, device=device), valid], dim=1)
         bias = torch.zeros((k, 1, 1, lq + lc), dtype=hc.dtype, device=device)
         bias.masked_fill_(~key_ok[:, None, None, :], torch.finfo(hc.dtype).min)
-        for layer in self.encoder.encoder.layer:
+        for index, layer in enumerate(self.encoder.encoder.layer):
             att = layer.attention.self
             heads, size = att.num_attention_heads, att.attention_head_size
 
@@ -474,13 +631,20 @@ class UniEncoder(_HeadScorer):
             ctx_q = nn.functional.scaled_dot_product_attention(split(att.query(hq)), kq, vq)
             keys = torch.cat([kq.expand(k, -1, -1, -1), split(att.key(hc))], dim=2)
             values = torch.cat([vq.expand(k, -1, -1, -1), split(att.value(hc))], dim=2)
-            ctx_c = nn.functional.scaled_dot_product_attention(split(att.query(hc)), keys, values, attn_mask=bias)
+            layer_bias = bias
+            if similarity:
+                gate = self.head.cross_bias(index).expand(k, -1, 1, lq)
+                layer_bias = bias + torch.cat([gate, gate.new_zeros(k, gate.shape[1], 1, lc)], dim=-1)
+            ctx_c = nn.functional.scaled_dot_product_attention(split(att.query(hc)), keys, values, attn_mask=layer_bias)
             new = []
             for h, ctx in ((hq, ctx_q), (hc, ctx_c)):
                 ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], heads * size)
                 a = layer.attention.output(ctx, h)
                 new.append(layer.output(layer.intermediate(a), a))
             hq, hc = new
+        if similarity:
+            query = pool(hq, torch.ones(hq.shape[:2], dtype=torch.bool, device=device), self.pooling)
+            return self.head(query.expand(k, -1), pool(hc, valid, self.pooling))
         member = valid.to(hc.dtype).unsqueeze(-1)
         pooled = (hc * member).sum(1) / member.sum(1).clamp(min=1.0)
         return self.head(pooled)

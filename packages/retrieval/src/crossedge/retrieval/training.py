@@ -399,7 +399,11 @@ def trans_encoder(
     loss (ListNet KL by default in the CLI). Returns per-cycle losses.
     """
     cross = CrossEncoder(
-        bi.encoder, bi.tokenizer, max_query_tokens=bi.max_query_tokens, max_doc_tokens=bi.max_doc_tokens
+        bi.encoder,
+        bi.tokenizer,
+        pooling=bi.pooling,
+        max_query_tokens=bi.max_query_tokens,
+        max_doc_tokens=bi.max_doc_tokens,
     )
     result = TransEncoderResult()
     for cycle in range(cycles):
