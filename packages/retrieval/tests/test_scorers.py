@@ -96,7 +96,7 @@ def test_cross_segment_gate_learns(tiny):
 
 
 @pytest.mark.parametrize("interaction_layers", [None, 1])
-def test_cross_encoder_encodes_each_query_once_without_changing_scores(tiny, interaction_layers):
+def test_cross_encoder_pairs_sharing_a_query_score_as_alone(tiny, interaction_layers):
     cross = CrossEncoder(*tiny, interaction_layers=interaction_layers).eval()
     queries = ["sort a list", "read", "sort a list", "read"]
     with torch.no_grad():

@@ -427,16 +427,17 @@ class CrossEncoder(_HeadScorer):
             hidden = self.encoder(**batch).last_hidden_state
             return self.head(hidden[:, 0])
         # Each distinct query is encoded once through the separate layers, then copied to its pairs.
-        unique = list(dict.fromkeys(queries))
-        row_of = torch.tensor([unique.index(q) for q in queries], device=self.device)
+        row = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+        unique = list(row)
+        row_of = torch.tensor([row[q] for q in queries], device=self.device)
         q_ids, q_mask = self.segments(unique, self.max_query_tokens)
         d_ids, d_mask = self.segments(documents, self.max_doc_tokens)
         layers = self._layers()
         split = len(layers) - (len(layers) if self.interaction_layers is None else self.interaction_layers)
         hq, hd = self.embed_segments(q_ids), self.embed_segments(d_ids)
+        q_bias, d_bias = _additive(q_mask, hq.dtype), _additive(d_mask, hd.dtype)
         for layer in layers[:split]:
-            hq = layer(hq, _additive(q_mask, hq.dtype))
-            hd = layer(hd, _additive(d_mask, hd.dtype))
+            hq, hd = layer(hq, q_bias), layer(hd, d_bias)
         lq = hq.shape[1]
         hidden = torch.cat([hq[row_of], hd], dim=1)
         mask = torch.cat([q_mask[row_of], d_mask], dim=1)
