@@ -94,6 +94,15 @@ def test_train_command_checkpoints_and_resumes(tmp_path, plugin):
     assert scorer.name == "cross-encoder"
     again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert "resuming from" in again.output
+    uni_args = ["retrieval", "train", "uni-encoder", "--out", str(tmp_path / "ue"), "--init", str(tmp_path / "ce")]
+    uni_args += args[5:]
+    uni = CliRunner().invoke(build_cli(), uni_args, catch_exceptions=False)
+    assert uni.exit_code == 0, uni.output
+    assert f"starting from the cross-encoder in {tmp_path / 'ce'}" in uni.output
+    assert load_scorer(tmp_path / "ue").name == "uni-encoder"
+    bi_args = ["retrieval", "train", "bi-encoder", "--out", str(tmp_path / "be"), "--init", str(tmp_path / "ce")]
+    refused = CliRunner().invoke(build_cli(), bi_args + args[5:])
+    assert refused.exit_code == 1 and "a bi-encoder starts from --model" in refused.output
 
 
 def test_bench_reuses_models_it_trained(tmp_path, cache):
@@ -132,6 +141,49 @@ def test_students_can_get_a_smaller_budget_than_the_teacher(tmp_path, cache, plu
     assert training["student-infonce-2"]["examples"] == 2
     assert report["summary"]["student_lists"] == 2
     assert [row["method"] for row in report["rows"]] == ["student infonce"]
+
+
+def test_uni_encoder_can_start_from_the_trained_cross_encoder(tmp_path, cache):
+    from dataclasses import replace
+
+    from crossedge.retrieval.pipeline import run_bench
+
+    settings = tiny_bench_settings(
+        tmp_path,
+        methods=("bi-zero-shot", "cross-rerank", "uni-rerank"),
+        uni_init="cross-encoder",
+        train_queries=3,
+        candidates=3,
+        batch_size=2,
+        rerank_depth=3,
+        uni_depth=3,
+    )
+    report = run_bench(settings, say=lambda _: None)
+    methods = [row["method"] for row in report["rows"]]
+    assert methods == ["bi-encoder zero-shot", "cross-encoder rerank@3", "uni-encoder rerank@3 (from cross-encoder)"]
+    assert set(report["summary"]["training"]) == {"cross-encoder", "uni-encoder-from-cross"}
+    as_is = run_bench(replace(settings, methods=("bi-zero-shot", "uni-rerank"), uni_epochs=0), say=lambda _: None)
+    assert as_is["rows"][1]["method"] == "uni-encoder rerank@3 (cross-encoder weights)"
+    assert set(as_is["summary"]["training"]) == {"cross-encoder"}  # loaded from the first run, nothing trained
+    gap = report["summary"]["uni_vs_cross"]
+    low, high = gap["ndcg_gap_ci95_points"]
+    assert low <= gap["ndcg_gap_points"] <= high
+    paired = report["summary"]["ndcg_vs_bi_zero_shot_points"]
+    assert set(paired) == set(methods[1:])
+    for row in report["rows"][1:]:
+        expected = 100 * (row["ndcg@10"] - report["rows"][0]["ndcg@10"])
+        assert paired[row["method"]]["mean"] == pytest.approx(expected)
+        assert paired[row["method"]]["low"] <= paired[row["method"]]["mean"] <= paired[row["method"]]["high"]
+
+
+def test_bad_uni_settings_are_clear_errors(tmp_path):
+    from crossedge.core import CrossedgeError
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+
+    with pytest.raises(CrossedgeError, match="unknown uni_init 'bi-encoder'"):
+        run_bench(BenchSettings(uni_init="bi-encoder"), say=lambda _: None)
+    with pytest.raises(CrossedgeError, match="uni_epochs must be 0 or more"):
+        run_bench(BenchSettings(uni_epochs=-1), say=lambda _: None)
 
 
 def test_bi_encoder_negatives_are_the_miners_top_non_relevant_documents():

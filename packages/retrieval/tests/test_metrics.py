@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from crossedge.retrieval.metrics import evaluate, ranking_to_run
+from crossedge.retrieval.metrics import evaluate, paired_difference, per_query, ranking_to_run
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
 RUN = {
@@ -41,3 +41,23 @@ def test_ranking_to_run_keeps_order_under_ties():
     run = ranking_to_run({"q": [("b", 1.0), ("a", 1.0)]})
     assert run["q"]["b"] > run["q"]["a"]
     assert evaluate(run, {"q": {"b": 1}})["mrr@10"] == 1.0
+
+
+def test_per_query_values_by_hand():
+    got = per_query(RUN, QRELS)
+    assert got["mrr@10"] == pytest.approx({"q1": 0.5, "q2": 1.0, "q3": 0.0})
+    assert got["recall@100"] == pytest.approx({"q1": 1.0, "q2": 1.0, "q3": 0.0})
+
+
+def test_paired_difference_interval():
+    a = {f"q{i}": 1.0 if i % 4 else 0.0 for i in range(40)}  # 30 of 40 queries right
+    b = {f"q{i}": 1.0 if i % 2 else 0.0 for i in range(40)}  # 20 of 40, every one also right in a
+    got = paired_difference(a, b, seed=1)
+    assert got["mean"] == pytest.approx(0.25) and got["queries"] == 40
+    # Differences are 0 or 1 with p = 0.25: the interval is about +-1.96 * sqrt(.25 * .75 / 40) = +-0.134.
+    assert 0.25 - 0.2 < got["low"] < 0.25 - 0.07
+    assert 0.25 + 0.07 < got["high"] < 0.25 + 0.2
+    same = paired_difference(a, {q: v - 0.1 for q, v in a.items()})
+    assert same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="at least 2 shared"):
+        paired_difference({"q1": 1.0}, {"q1": 0.0})

@@ -105,6 +105,36 @@ def test_cross_encoder_pairs_sharing_a_query_score_as_alone(tiny, interaction_la
     assert torch.allclose(mixed, expected, atol=1e-5)
 
 
+def test_uni_encoder_starts_from_a_cross_encoders_weights(tiny):
+    from crossedge.retrieval.scorers import ScorerError
+
+    cross = CrossEncoder(*tiny)
+    with torch.no_grad():
+        cross.head.gate.normal_(0.0, 0.05)
+        cross.head.log_scale.fill_(1.5)
+    uni = UniEncoder.from_scorer(cross)
+    assert uni.encoder is not cross.encoder
+    for name, tensor in cross.state_dict().items():
+        assert torch.equal(uni.state_dict()[name], tensor), name
+    # The copy shares no storage: training the uni-encoder leaves the cross-encoder as it was.
+    before = cross.encoder.embeddings.word_embeddings.weight.clone()
+    with torch.no_grad():
+        uni.encoder.embeddings.word_embeddings.weight.add_(1.0)
+        uni.head.gate.add_(1.0)
+    assert torch.equal(cross.encoder.embeddings.word_embeddings.weight, before)
+    assert not torch.equal(cross.head.gate, uni.head.gate)
+    # With the gate shut both layouts reduce to the bi-encoder, so a copy made then scores exactly as the cross-encoder.
+    with torch.no_grad():
+        cross.head.gate.fill_(-1.0)
+    assert torch.allclose(
+        UniEncoder.from_scorer(cross).score("sort a list", DOCS), cross.score("sort a list", DOCS), atol=1e-4
+    )
+    with pytest.raises(ScorerError, match="similarity head"):
+        UniEncoder.from_scorer(CrossEncoder(*tiny, head="cls"))
+    with pytest.raises(ScorerError, match="top 1 layers"):
+        UniEncoder.from_scorer(CrossEncoder(*tiny, interaction_layers=1))
+
+
 def test_cross_encoder_rejects_bad_head_settings(tiny):
     from crossedge.retrieval.scorers import ScorerError
 

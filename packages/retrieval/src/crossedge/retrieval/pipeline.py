@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .collection import Collection, load_code_search, read_beir, sample_queries
 from .index import DenseIndex
 from .lexical import BM25Scorer
 from .losses import LOSSES, InfoNCE, ListNetKL, RankingLoss
-from .metrics import evaluate, ranking_to_run
+from .metrics import means, paired_difference, per_query, ranking_to_run
 from .scorers import BiEncoder, CrossEncoder, Scorer, UniEncoder
 from .training import ListExample, TeacherCache, TrainConfig, Trainer, list_loss, trans_encoder
 
@@ -97,6 +97,7 @@ def rerank(
 
 
 NEGATIVE_SOURCES = ("bm25", "bi-encoder")
+UNI_INITS = ("encoder", "cross-encoder")
 
 
 def ranked_training_documents(
@@ -216,6 +217,8 @@ class BenchSettings:
     negatives: str = "bm25"
     head: str = "similarity"
     interaction_layers: int | None = None
+    uni_init: str = "encoder"
+    uni_epochs: int | None = None
     epochs: int = 1
     batch_size: int = 8
     lr: float = 3e-5
@@ -247,6 +250,10 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         raise CrossedgeError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
     if settings.negatives not in NEGATIVE_SOURCES:
         raise CrossedgeError(f"unknown negatives {settings.negatives!r}; choose from {', '.join(NEGATIVE_SOURCES)}")
+    if settings.uni_epochs is not None and settings.uni_epochs < 0:
+        raise CrossedgeError(f"uni_epochs must be 0 or more, not {settings.uni_epochs}")
+    if settings.uni_init not in UNI_INITS:
+        raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
     test = read_beir(settings.collection) if settings.collection else load_code_search("test")
     train = read_beir(settings.train_collection, split="train") if settings.train_collection else None
     qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
@@ -260,8 +267,12 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     methods = set(settings.methods)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
 
+    ndcg_by_query: dict[str, dict[str, float]] = {}
+
     def evaluate_row(name: str, result: SearchResult, **extra: Any) -> dict[str, Any]:
-        row = _row(name, evaluate(ranking_to_run(result.rankings), test.qrels, qids), result, **extra)
+        values = per_query(ranking_to_run(result.rankings), test.qrels, qids)
+        ndcg_by_query[name] = values["ndcg@10"]
+        row = _row(name, means(values), result, **extra)
         rows.append(row)
         say(f"  {name}: ndcg@10={row['ndcg@10']:.4f} mrr@10={row['mrr@10']:.4f} recall@100={row['recall@100']:.4f}")
         return row
@@ -296,9 +307,11 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     run_key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
 
-    def train_scorer(model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str) -> Scorer:
+    def train_scorer(
+        model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str, own: TrainConfig | None = None
+    ) -> Scorer:
         start = time.perf_counter()
-        trainer = Trainer(model, examples, list_loss(loss), config, checkpoints / tag, tag, settings.progress)
+        trainer = Trainer(model, examples, list_loss(loss), own or config, checkpoints / tag, tag, settings.progress)
         if trainer.latest_checkpoint() is not None:
             say(f"  {tag}: resuming from {trainer.latest_checkpoint()}")
         history = trainer.fit()
@@ -357,7 +370,8 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         del bi_t
 
     teacher = None
-    if methods & {"cross-rerank", "students"}:
+    uni_from_cross = "uni-rerank" in methods and settings.uni_init == "cross-encoder"
+    if methods & {"cross-rerank", "students"} or uni_from_cross:
         teacher = train_scorer(fresh(CrossEncoder), examples, InfoNCE(), "cross-encoder")
     if "cross-rerank" in methods and first is not None:
         for depth in sorted({settings.rerank_depth, settings.uni_depth}, reverse=True):
@@ -366,23 +380,40 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
             rerank_ms = 1000 * (result.seconds - first.seconds) / len(qids)
             evaluate_row(f"cross-encoder rerank@{depth}", result, rerank_ms_per_query=rerank_ms)
     if "uni-rerank" in methods and first is not None:
-        uni = train_scorer(fresh(UniEncoder), examples, InfoNCE(), "uni-encoder")
+        # From the trained cross-encoder (same encoder and head; only the query's attention to the
+        # candidate is lost) or from the plain encoder, then trained in its own layout on the same lists.
+        # ``uni_epochs=0`` keeps the starting weights as they are.
+        uni = UniEncoder.from_scorer(teacher) if uni_from_cross else fresh(UniEncoder)
+        uni_tag = "uni-encoder-from-cross" if uni_from_cross else "uni-encoder"
+        if settings.uni_epochs is None:
+            uni = train_scorer(uni, examples, InfoNCE(), uni_tag)
+        elif settings.uni_epochs > 0:
+            own = replace(config, epochs=settings.uni_epochs)
+            uni = train_scorer(uni, examples, InfoNCE(), f"{uni_tag}-{settings.uni_epochs}-epochs", own)
+        if uni_from_cross:
+            uni_label = " (cross-encoder weights)" if settings.uni_epochs == 0 else " (from cross-encoder)"
+        else:
+            uni_label = " (untrained)" if settings.uni_epochs == 0 else ""
         result = rerank(uni, test, first.rankings, settings.uni_depth, batch_size=settings.uni_depth)
         result.seconds += first.seconds
         evaluate_row(
-            f"uni-encoder rerank@{settings.uni_depth}",
+            f"uni-encoder rerank@{settings.uni_depth}{uni_label}",
             result,
             rerank_ms_per_query=1000 * (result.seconds - first.seconds) / len(qids),
         )
-        if teacher is not None:
-            # Same 20 pairs, same first stage: the speed ratio and quality gap the issue asks about.
-            cross_row = next(r for r in rows if r["method"] == f"cross-encoder rerank@{settings.uni_depth}")
+        # Same 20 pairs, same first stage: the speed ratio and quality gap the issue asks about.
+        cross_name = f"cross-encoder rerank@{settings.uni_depth}"
+        cross_row = next((r for r in rows if r["method"] == cross_name), None)
+        if cross_row is not None:
             uni_row = rows[-1]
             summary["uni_vs_cross"] = {
                 "candidates": settings.uni_depth,
                 "speedup": cross_row["rerank_ms_per_query"] / uni_row["rerank_ms_per_query"],
                 "ndcg_gap_points": 100 * (cross_row["ndcg@10"] - uni_row["ndcg@10"]),
             }
+            if len(qids) > 1:
+                gap = paired_difference(ndcg_by_query[cross_name], ndcg_by_query[uni_row["method"]])
+                summary["uni_vs_cross"]["ndcg_gap_ci95_points"] = [100 * gap["low"], 100 * gap["high"]]
         del uni
 
     if "students" in methods:
@@ -419,6 +450,15 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
             f"trans-encoder bi ({settings.trans_cycles} cycle{'s' if settings.trans_cycles > 1 else ''})",
             dense_search(bi_u, test, qids, progress=settings.progress),
         )
+    # Each row against the zero-shot bi-encoder on the same queries, with a paired bootstrap interval:
+    # whether a gain of a point or two is more than the luck of the query sample.
+    base = "bi-encoder zero-shot"
+    if base in ndcg_by_query and len(qids) > 1:
+        summary["ndcg_vs_bi_zero_shot_points"] = {
+            name: {k: 100 * v for k, v in paired_difference(values, ndcg_by_query[base]).items() if k != "queries"}
+            for name, values in ndcg_by_query.items()
+            if name != base
+        }
     summary["threads"] = torch.get_num_threads()
     settings_dict = {k: v for k, v in asdict(settings).items() if k != "log"}
     return {"rows": rows, "summary": summary, "settings": settings_dict}

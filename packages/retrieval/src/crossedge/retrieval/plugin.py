@@ -12,7 +12,7 @@ from crossedge.core import CrossedgeError, hookimpl
 
 from .lexical import BM25Scorer
 from .losses import LOSSES
-from .pipeline import NEGATIVE_SOURCES
+from .pipeline import NEGATIVE_SOURCES, UNI_INITS
 from .scorers import HEADS, SCORER_CLASSES
 
 NEGATIVES_HELP = (
@@ -22,6 +22,10 @@ NEGATIVES_HELP = (
 HEAD_HELP = (
     "Reranker head: 'similarity' scores the cosine of the query's and the document's pooled states "
     "(starts from the bi-encoder's ranking); 'cls' is a fresh regression head on [CLS]."
+)
+UNI_INIT_HELP = (
+    "Where the uni-encoder starts before training in its own layout: the plain encoder, or the "
+    "cross-encoder the bench trains (same encoder and head, candidates keep what it learned)."
 )
 INTERACTION_HELP = (
     "Cross-encoder only: let query and document attend to each other in the top N layers only "
@@ -115,21 +119,37 @@ def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, 
 @click.option("--lr", default=3e-5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--model", default="minilm-l6", show_default=True)
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Start from a cross- or uni-encoder saved by train (e.g. a uni-encoder from a trained cross-encoder).",
+)
 def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head, epochs, batch_size, lr, seed,
-              model) -> None:  # fmt: skip
+              model, init_from) -> None:  # fmt: skip
     """Train a scorer on labelled lists; checkpoints per epoch in OUT/checkpoints, rerun to resume."""
     from .collection import load_code_search, read_beir
     from .losses import get_loss
     from .pipeline import training_lists
-    from .scorers import BiEncoder, CrossEncoder, UniEncoder
+    from .scorers import BiEncoder, CrossEncoder, UniEncoder, load_scorer
     from .training import TrainConfig, Trainer, list_loss
 
+    if init_from is not None and kind == "bi-encoder":
+        raise CrossedgeError(
+            "--init starts a cross- or uni-encoder from saved weights; a bi-encoder starts from --model"
+        )
     train = read_beir(collection, split="train") if collection else load_code_search("train")
     miner = BiEncoder.from_pretrained(model) if negatives == "bi-encoder" else None
     examples = training_lists(train, queries, candidates, seed, negatives=negatives, miner=miner, progress=True)
     del miner
     kinds = {"bi-encoder": BiEncoder, "cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
-    scorer = kinds[kind].from_pretrained(model, seed=seed, **({} if kind == "bi-encoder" else {"head": head}))
+    if init_from is not None:
+        start = load_scorer(init_from)
+        scorer = start if start.name == kind else kinds[kind].from_scorer(start)
+        click.echo(f"starting from the {start.name} in {init_from}")
+    else:
+        scorer = kinds[kind].from_pretrained(model, seed=seed, **({} if kind == "bi-encoder" else {"head": head}))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     trainer = Trainer(scorer, examples, list_loss(get_loss(loss)), config, out / "checkpoints", kind)
     if trainer.latest_checkpoint() is not None:
@@ -202,6 +222,13 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 )
 @click.option("--head", type=click.Choice(HEADS), default="similarity", show_default=True, help=HEAD_HELP)
 @click.option("--interaction-layers", type=int, default=None, help=INTERACTION_HELP)
+@click.option("--uni-init", type=click.Choice(UNI_INITS), default="encoder", show_default=True, help=UNI_INIT_HELP)
+@click.option(
+    "--uni-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Epochs the uni-encoder trains in its own layout (default: --epochs); 0 keeps its starting weights.",
+)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
 @click.option("--rerank-depth", default=50, show_default=True)
@@ -211,8 +238,8 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
-              student_queries, candidates, negatives, head, interaction_layers, epochs, lr, rerank_depth, uni_depth,
-              trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
+              student_queries, candidates, negatives, head, interaction_layers, uni_init, uni_epochs, epochs, lr,
+              rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -234,6 +261,8 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         negatives=negatives,
         head=head,
         interaction_layers=interaction_layers,
+        uni_init=uni_init,
+        uni_epochs=uni_epochs,
         epochs=epochs,
         lr=lr,
         rerank_depth=rerank_depth,

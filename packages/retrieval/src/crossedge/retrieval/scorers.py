@@ -8,6 +8,7 @@ tokenizer. They share one save format: the encoder as safetensors through
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -343,6 +344,38 @@ class _HeadScorer(Scorer):
         if folder is not None and kw.get("head", "similarity") == "similarity":
             kw.setdefault("pooling", pooling_mode(folder))
         return cls(encoder, tokenizer, seed=seed, **kw)
+
+    @classmethod
+    def from_scorer(cls, other: _HeadScorer) -> _HeadScorer:
+        """A scorer of this kind that starts from a copy of ``other``'s encoder and similarity head.
+
+        The similarity head reads the same things in every layout (each segment's pooled states, a
+        scale, a bias on attention across segments), so a trained cross-encoder's weights are a
+        starting point for a uni-encoder: candidates keep attending to the query as the cross-encoder
+        taught them; only the query's attention to the candidate is lost. The copy shares nothing
+        with ``other``.
+        """
+        if other.head_kind != "similarity":
+            raise ScorerError(
+                f"a {cls.name} can start from another scorer's weights only with the similarity head; "
+                f"{other.name} has the {other.head_kind!r} head, whose weights read a different layout"
+            )
+        if getattr(other, "interaction_layers", None) is not None:
+            raise ScorerError(
+                f"{other.name} lets the segments interact only in its top {other.interaction_layers} layers, "
+                f"which a {cls.name} cannot reproduce: start it from a cross-encoder without interaction_layers"
+            )
+        made = cls(
+            copy.deepcopy(other.encoder),
+            other.tokenizer,
+            head="similarity",
+            pooling=other.pooling,
+            max_query_tokens=other.max_query_tokens,
+            max_doc_tokens=other.max_doc_tokens,
+        )
+        made.load_head(other.head_state())
+        made.train(other.training)
+        return made
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "head": self.head_kind, "pooling": self.pooling}
