@@ -131,6 +131,8 @@ def test_uni_encoder_starts_from_a_cross_encoders_weights(tiny):
     )
     with pytest.raises(ScorerError, match="similarity head"):
         UniEncoder.from_scorer(CrossEncoder(*tiny, head="cls"))
+    with pytest.raises(ScorerError, match="not a bi-encoder's"):
+        UniEncoder.from_scorer(BiEncoder(*tiny))
     with pytest.raises(ScorerError, match="top 1 layers"):
         UniEncoder.from_scorer(CrossEncoder(*tiny, interaction_layers=1))
 

@@ -346,7 +346,7 @@ class _HeadScorer(Scorer):
         return cls(encoder, tokenizer, seed=seed, **kw)
 
     @classmethod
-    def from_scorer(cls, other: _HeadScorer) -> _HeadScorer:
+    def from_scorer(cls, other: Scorer) -> _HeadScorer:
         """A scorer of this kind that starts from a copy of ``other``'s encoder and similarity head.
 
         The similarity head reads the same things in every layout (each segment's pooled states, a
@@ -355,6 +355,11 @@ class _HeadScorer(Scorer):
         taught them; only the query's attention to the candidate is lost. The copy shares nothing
         with ``other``.
         """
+        if not isinstance(other, _HeadScorer):
+            raise ScorerError(
+                f"a {cls.name} can start from a cross- or uni-encoder's weights, not a {other.name}'s: "
+                f"a {other.name} has no head or attention gate to carry over"
+            )
         if other.head_kind != "similarity":
             raise ScorerError(
                 f"a {cls.name} can start from another scorer's weights only with the similarity head; "
