@@ -184,6 +184,9 @@ def test_bad_uni_settings_are_clear_errors(tmp_path):
         run_bench(BenchSettings(uni_init="bi-encoder"), say=lambda _: None)
     with pytest.raises(CrossedgeError, match="uni_epochs must be 0 or more"):
         run_bench(BenchSettings(uni_epochs=-1), say=lambda _: None)
+    for bad in ({"head": "cls"}, {"interaction_layers": 2}):
+        with pytest.raises(CrossedgeError, match="needs every layer to interact"):
+            run_bench(BenchSettings(uni_init="cross-encoder", **bad), say=lambda _: None)
 
 
 def test_bi_encoder_negatives_are_the_miners_top_non_relevant_documents():

@@ -254,6 +254,14 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
         raise CrossedgeError(f"uni_epochs must be 0 or more, not {settings.uni_epochs}")
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
+    if settings.uni_init == "cross-encoder" and (
+        settings.head != "similarity" or settings.interaction_layers is not None
+    ):
+        # Checked before any training: the copy needs the similarity head with every layer interacting.
+        raise CrossedgeError(
+            "uni_init='cross-encoder' copies the cross-encoder's similarity head and needs every layer to interact: "
+            "use head='similarity' without interaction_layers, or uni_init='encoder'"
+        )
     test = read_beir(settings.collection) if settings.collection else load_code_search("test")
     train = read_beir(settings.train_collection, split="train") if settings.train_collection else None
     qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
