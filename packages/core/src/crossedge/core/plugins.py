@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crossedge.core.builtins.commands",
     "crossedge.core.builtins.model_sources",
     "crossedge.core.builtins.datasets",
+    "crossedge.core.builtins.algorithms",
     "crossedge.core.builtins.benchmarks",
 )
 
