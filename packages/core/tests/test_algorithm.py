@@ -119,3 +119,35 @@ def test_building_an_algorithm_leaves_the_global_torch_rng_alone():
 def test_different_seeds_give_different_initial_networks():
     x = easy_problem()[0][0]
     assert not torch.equal(ERM((16, 3), 3, 2, seed=0).predict(x), ERM((16, 3), 3, 2, seed=1).predict(x))
+
+
+def test_cli_lists_algorithms_and_shows_seeded_hparams(cli):
+    import json
+
+    with registered(AlgorithmPlugin(), name="algo-plugin"):
+        rows = {r["name"]: r for r in json.loads(cli("algorithms", "list", "--json").stdout)}
+    assert rows["erm"]["plugin"] == "crossedge.core.builtins.algorithms"
+    assert rows["erm"]["hparams"]["lr"] == {"default": 0.003, "type": "float", "help": "Adam learning rate"}
+    assert rows["mean-logits"]["aliases"] == ["ml"]
+    info = json.loads(cli("algorithms", "info", "erm", "--seed", "4", "--json").stdout)
+    assert info["random_hparams"] == {"seed": 4, **ERM.random_hparams(4)}
+    result = cli("algorithms", "info", "emr")
+    assert result.exit_code == 1 and "did you mean 'erm'" in result.stderr
+
+
+def test_cli_selects_from_a_records_file(cli, tmp_path):
+    import json
+
+    from crossedge.core.selection import Record, append_record
+
+    path = tmp_path / "records.jsonl"
+    for lr, val_acc, test_acc in ((0.1, 0.9, 0.4), (0.01, 0.5, 0.8)):
+        metrics = {"s0": {"val_acc": val_acc}, "s1": {"acc": test_acc}}
+        append_record(path, Record("erm", {"lr": lr}, 0, "s1", 10, metrics))
+    result = cli("algorithms", "select", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["hparams"], row["test_score"], row["method"]) == ({"lr": 0.1}, 0.4, "training-domain")
+    path.write_text("[]\n")
+    result = cli("algorithms", "select", str(path))
+    assert result.exit_code == 1 and "records.jsonl:1: a record is a JSON object" in result.stderr
