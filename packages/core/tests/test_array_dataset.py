@@ -151,8 +151,11 @@ def test_cli_damaged_cache_is_one_red_line_naming_the_rebuild_command(cli, cache
     assert "Error: cached array dataset 'synthetic-shift' is damaged" in result.stderr
     assert "crossedge datasets build synthetic-shift --force" in result.stderr
     rows = {r["name"]: r for r in json.loads(cli("datasets", "list", "--json").stdout)}
-    assert rows["synthetic-shift"]["built"] is True  # list reads manifests only; build and load verify
+    assert rows["synthetic-shift"]["built"] is True  # list reads manifests only; build, load and --verify hash
+    verified = cli("datasets", "info", "synthetic-shift", "--verify")
+    assert verified.exit_code == 1 and "--force" in verified.stderr
     assert cli("datasets", "build", "synthetic-shift", "--force").exit_code == 0
+    assert json.loads(cli("datasets", "info", "synthetic-shift", "--verify", "--json").stdout)["verified"] is True
 
 
 def test_cli_build_refuses_a_text_dataset(cli, cache):

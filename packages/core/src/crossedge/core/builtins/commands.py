@@ -172,11 +172,17 @@ def register_commands(cli):
     @datasets_group.command(name="info")
     @click.argument("name")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    def datasets_info(name: str, as_json: bool) -> None:
+    @click.option("--verify", is_flag=True, help="Re-hash an array dataset's cached file and tensors.")
+    def datasets_info(name: str, as_json: bool, verify: bool) -> None:
         """Facts about dataset NAME; for an array dataset its manifest (shapes, domains, splits, sources)."""
         entry = get_registry("dataset").entry(name)
         if isinstance(entry.obj, ArrayDataset):
             facts = entry.obj.info()
+            if verify:
+                if not facts["built"]:
+                    raise CrossedgeError(f"array dataset {name!r} is not built; run `crossedge datasets build {name}`")
+                entry.obj.verify()
+                facts["verified"] = True
         else:
             facts = {"name": entry.name, "kind": "text", "description": entry.obj.description}
             facts["documents"] = len(entry.obj.documents())

@@ -228,6 +228,10 @@ class ArrayDataset:
             return self.build(force=True)
         return self._load_verified()
 
+    def verify(self) -> dict[str, Any]:
+        """Re-hash the cached file and every tensor against the manifest; returns the manifest."""
+        return self._load_verified().manifest
+
     def info(self) -> dict[str, Any]:
         """Facts for ``crossedge datasets info``: the manifest when built, else what the class declares."""
         manifest = self._read_manifest_or_none()
