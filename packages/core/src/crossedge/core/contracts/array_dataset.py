@@ -151,7 +151,10 @@ def stratified_split(
         cut = int(round(fraction * len(members)))
         first.append(shuffled[:cut])
         second.append(shuffled[cut:])
-    join = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
+
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
     return join(first), join(second)
 
 
@@ -203,34 +206,23 @@ class ArrayDataset:
 
     def build(self, force: bool = False) -> ArrayData:
         """Run the recipe and write the cache (unless a current entry exists and ``force`` is false)."""
-        dest = self.cache_path()
-        with locked(dest):
+        with locked(self.cache_path()):
             if not force and self.is_built():
                 return self._load_verified()
-            sources = self._hash_sources()
-            data = self.recipe()
-            manifest = self._check(data, sources)
-            with staging_dir(dest) as work:
-                from safetensors.numpy import save_file
-
-                save_file(data.tensors(), str(work / ARRAYS_NAME), metadata={"format": FORMAT, "name": self.name})
-                manifest["file"] = {
-                    "size": (work / ARRAYS_NAME).stat().st_size,
-                    "sha256": sha256_file(work / ARRAYS_NAME),
-                }
-                (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-            data.manifest = manifest
-            return data
+            return self._build_locked()
 
     def load(self) -> ArrayData:
         """The cached arrays, verified; built first when missing or made by another recipe version."""
-        if not self.is_built():
-            return self.build(force=True)
-        return self._load_verified()
+        # under the lock, so a build in another process never swaps the folder between our reads
+        with locked(self.cache_path()):
+            if not self.is_built():
+                return self._build_locked()
+            return self._load_verified()
 
     def verify(self) -> dict[str, Any]:
         """Re-hash the cached file and every tensor against the manifest; returns the manifest."""
-        return self._load_verified().manifest
+        with locked(self.cache_path()):
+            return self._load_verified().manifest
 
     def info(self) -> dict[str, Any]:
         """Facts for ``crossedge datasets info``: the manifest when built, else what the class declares."""
@@ -275,6 +267,21 @@ class ArrayDataset:
         return DatasetCacheError(
             f"cached array dataset {self.name!r} is damaged: {why}; rebuild it with `{rebuild_command(self.name)}`"
         )
+
+    def _build_locked(self) -> ArrayData:
+        """Run the recipe, check its output and replace the cache entry atomically; the caller holds the lock."""
+        sources = self._hash_sources()
+        data = self.recipe()
+        manifest = self._check(data, sources)
+        with staging_dir(self.cache_path()) as work:
+            from safetensors.numpy import save_file
+
+            arrays = work / ARRAYS_NAME
+            save_file(data.tensors(), str(arrays), metadata={"format": FORMAT, "name": self.name})
+            manifest["file"] = {"size": arrays.stat().st_size, "sha256": sha256_file(arrays)}
+            (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        data.manifest = manifest
+        return data
 
     def _hash_sources(self) -> list[dict[str, Any]]:
         """Size and SHA-256 of every source file; checked before the recipe runs so a missing one fails fast."""
