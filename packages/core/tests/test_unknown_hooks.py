@@ -1,5 +1,6 @@
 """A plugin implementing a hook core does not define gets a warning naming the plugin and the hook."""
 
+import json
 import warnings
 
 import pytest
@@ -60,3 +61,26 @@ def test_domain_model_kind_is_gone():
 
     with pytest.raises(UnknownNameError, match="plugin kind 'domain_model'"):
         get_registry("domain_model")
+
+
+def test_plugins_command_lists_ignored_hooks(cli):
+    with pytest.warns(UnknownHookWarning), registered(OldDomainModelPlugin(), name="old-listed"):
+        result = cli("plugins", "--json")
+        text = cli("plugins")
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["old-listed"]["ignored_hooks"] == ["register_domain_models"]
+    assert rows["crossedge.core.builtins.algorithms"]["ignored_hooks"] == []
+    assert "ignored (core defines no such hook): register_domain_models" in text.stdout
+
+
+def test_a_plugin_marking_the_hook_optional_is_not_blamed_for_another_plugins_impl():
+    class Optional:
+        @hookimpl(optionalhook=True)
+        def register_domain_models(self, register):
+            pass
+
+    old = registered(OldDomainModelPlugin(), name="old-beside")
+    with pytest.warns(UnknownHookWarning, match="'old-beside'"), old, warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownHookWarning)  # registering the optional one must not warn
+        with registered(Optional(), name="optional-one"):
+            pass

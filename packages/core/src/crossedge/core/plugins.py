@@ -98,37 +98,47 @@ def warn_plugin(name: str, distribution: str | None, exc: BaseException, during:
             warnings.warn(message, PluginLoadWarning, stacklevel=3)
 
 
+def _unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
+    plugin = pm.get_plugin(plugin_name)
+    callers = (pm.get_hookcallers(plugin) or []) if plugin is not None else []
+    unknown = []
+    for caller in callers:
+        own = [impl for impl in caller.get_hookimpls() if impl.plugin_name == plugin_name]
+        if not caller.has_spec() and not all(impl.optionalhook for impl in own):
+            unknown.append(caller.name)
+    return sorted(unknown)
+
+
+def unknown_hooks(plugin_name: str) -> list[str]:
+    """Hooks a registered plugin implements that crossedge-core does not define (never called)."""
+    return _unknown_hooks(get_plugin_manager(), plugin_name)
+
+
 def warn_unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
-    """Warn about every hook ``plugin_name`` implements that has no specification; returns their names.
+    """Warn once about every hook ``plugin_name`` implements that has no specification; returns their names.
 
     pluggy keeps such implementations pending and never calls them, so without this an old
     plugin (one written against a removed hook) would silently do nothing.
     """
     import difflib
 
-    plugin = pm.get_plugin(plugin_name)
-    callers = (pm.get_hookcallers(plugin) or []) if plugin is not None else []
-    unknown = []
-    for caller in callers:
-        if caller.has_spec() or all(impl.optionalhook for impl in caller.get_hookimpls()):
-            continue
-        unknown.append(caller.name)
-        key = f"{plugin_name}::{caller.name}"
+    unknown = _unknown_hooks(pm, plugin_name)
+    for hook in unknown:
+        key = f"{plugin_name}::{hook}"
         with _lock:
             if key in _state.warned:
                 continue
             _state.warned.add(key)
-        if caller.name in REMOVED_HOOKS:
-            hint = f"crossedge-core no longer defines it: {REMOVED_HOOKS[caller.name]}"
+        if hook in REMOVED_HOOKS:
+            hint = f"crossedge-core no longer defines it: {REMOVED_HOOKS[hook]}"
         else:
             known = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{hookspecs.PROJECT_NAME}_spec")]
-            close = difflib.get_close_matches(caller.name, known, n=2, cutoff=0.6)
+            close = difflib.get_close_matches(hook, known, n=2, cutoff=0.6)
             hint = "crossedge-core does not define it" + (
                 f"; did you mean {' or '.join(close)}?" if close else "; it is never called"
             )
         warnings.warn(
-            f"crossedge plugin {plugin_name!r} implements hook {caller.name!r}, which is ignored: {hint}. "
-            "Upgrade the plugin.",
+            f"crossedge plugin {plugin_name!r} implements hook {hook!r}, which is ignored: {hint}. Upgrade the plugin.",
             UnknownHookWarning,
             stacklevel=3,
         )

@@ -33,6 +33,7 @@ def plugin_rows() -> list[dict]:
                 "version": info.version,
                 "builtin": info.builtin,
                 "hooks": plugin_manager.hooks_implemented(name),
+                "ignored_hooks": plugin_manager.unknown_hooks(name),
                 "registers": names_by_plugin(name),
             }
         )
@@ -82,6 +83,8 @@ def register_commands(cli):
             origin = f"{row['distribution'] or 'registered at run time'} {row['version'] or ''}".strip()
             click.echo(f"{row['name']}  [{origin}]")
             click.echo(f"  hooks: {', '.join(row['hooks'])}")
+            if row["ignored_hooks"]:
+                click.secho(f"  ignored (core defines no such hook): {', '.join(row['ignored_hooks'])}", fg="yellow")
             for kind, names in row["registers"].items():
                 click.echo(f"  {kind}: {', '.join(names)}")
 
