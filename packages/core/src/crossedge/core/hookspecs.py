@@ -116,6 +116,31 @@ def register_backends(register):
     """
 
 
+# ---------------------------------------------------------- scorers and losses
+
+
+@hookspec
+def register_scorers(register):
+    """Register relevance scorers (retrieval's bi-, cross- and uni-encoders, BM25).
+
+    Called the first time a scorer name is resolved. Call
+    ``register(scorer_class, aliases=())`` for each subclass of
+    :class:`crossedge.core.contracts.scorer.Scorer`; ``scorer_class.name`` is its name.
+    Register classes, not instances. Returns nothing.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register ranking and distillation losses.
+
+    Called the first time a loss name is resolved. Call
+    ``register(loss_class, aliases=())`` for each subclass of
+    :class:`crossedge.core.contracts.loss.Loss`; ``loss_class.name`` is the name used
+    by ``--loss`` and ``--losses``. Register classes, not instances. Returns nothing.
+    """
+
+
 # --------------------------------------------------------- domain algorithms
 
 

@@ -19,6 +19,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "drafter": ("register_drafters", "drafter"),
     "quantizer": ("register_quantizers", "quantizer"),
     "backend": ("register_backends", "backend"),
+    "scorer": ("register_scorers", "scorer"),
+    "loss": ("register_losses", "loss"),
     "algorithm": ("register_algorithms", "algorithm"),
     "benchmark": ("register_benchmarks", "benchmark"),
 }
