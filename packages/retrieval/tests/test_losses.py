@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
+from crossedge.core.conformance.loss import LossConformance
 from crossedge.retrieval.losses import (
+    LOSSES,
     InfoNCE,
     ListNetKL,
     LossError,
@@ -87,3 +89,10 @@ def test_losses_have_gradients():
         scores.grad = None
         loss(scores, teacher=T).backward()
         assert scores.grad.abs().sum() > 0, loss.name
+
+
+@pytest.mark.parametrize("kind", LOSSES, ids=lambda k: k.name)
+class TestLossConformance(LossConformance):
+    @pytest.fixture
+    def loss(self, kind):
+        return kind()

@@ -1,20 +1,47 @@
 import pytest
 import torch
 
+from crossedge.core.conformance.scorer import ScorerConformance
 from crossedge.retrieval.lexical import BM25Scorer, code_aware_tokens
 from crossedge.retrieval.scorers import BiEncoder, CrossEncoder, UniEncoder, load_scorer, pool, pooling_mode
 
 DOCS = ["def sort(items): return sorted(items)", "open a file and read it", "parse the config file", "add two numbers"]
 
 
-def test_registered_as_domain_models(plugin):
+def test_scorers_and_losses_are_registered_as_classes(plugin):
     from crossedge.core import get_registry
+    from crossedge.core.contracts.loss import Loss
+    from crossedge.core.contracts.scorer import Scorer
+    from crossedge.retrieval.losses import LOSSES
+    from crossedge.retrieval.options import LOSS_NAMES
 
-    registry = get_registry("domain_model")
-    for name in ("bi-encoder", "cross-encoder", "uni-encoder", "bm25"):
-        assert registry.get(name).category == "scorer"
-    for name in ("pointwise-bce", "margin-mse", "infonce", "listnet-kl", "partial-ranking"):
-        assert registry.get(name).category == "loss"
+    scorers, losses = get_registry("scorer"), get_registry("loss")
+    assert scorers.names() == sorted(["bi-encoder", "cross-encoder", "uni-encoder", "bm25"])
+    assert all(issubclass(scorers.get(n), Scorer) for n in scorers.names())
+    assert losses.names() == sorted(LOSS_NAMES) == sorted(loss.name for loss in LOSSES)
+    assert all(issubclass(losses.get(n), Loss) for n in losses.names())
+
+
+class TestBM25Conformance(ScorerConformance):
+    # Every document shares a word with the query, so no two tie at zero.
+    documents = (
+        "def read_config(path): return open(path).read()",
+        "read the whole file into memory at once",
+        "config values for the server and the client",
+        "parse the config file into a dict",
+        "zip two lists together and read them",
+    )
+
+    @pytest.fixture
+    def scorer(self):
+        return BM25Scorer()
+
+
+@pytest.mark.parametrize("kind", [BiEncoder, CrossEncoder, UniEncoder], ids=lambda k: k.name)
+class TestNeuralScorerConformance(ScorerConformance):
+    @pytest.fixture
+    def scorer(self, tiny, kind):
+        return kind(*tiny) if kind is BiEncoder else kind(*tiny, seed=1)
 
 
 def test_pooling_config_is_read(tmp_path):

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crossedge.core.contracts.scorer import Scorer
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _TOKEN = re.compile(r"[A-Za-z]{2,}|\d+")
 
@@ -27,11 +29,10 @@ def code_aware_tokens(text: str) -> list[str]:
     return tokens
 
 
-class BM25Scorer:
+class BM25Scorer(Scorer):
     """Okapi BM25 from bm25s over code-aware tokens; ``index`` once, then ``search`` many."""
 
     name = "bm25"
-    category = "scorer"
     description = "lexical baseline: bm25s (Lucene BM25) over snake/camel-case aware tokens"
 
     def __init__(self, k1: float = 1.2, b: float = 0.75):
@@ -69,6 +70,8 @@ class BM25Scorer:
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """BM25 scores of the given documents as a collection of their own."""
+        if not documents:
+            return np.zeros(0, dtype=np.float32)
         ids = [str(i) for i in range(len(documents))]
         scorer = BM25Scorer(self.k1, self.b).index(ids, documents)
         found = dict(scorer.search([query], k=len(documents))[0])

@@ -1,4 +1,4 @@
-"""Ranking and distillation losses, registered as domain models with ``category = "loss"``.
+"""Ranking and distillation losses, registered through ``register_losses`` (classes of core's Loss contract).
 
 Every loss takes the student's scores ``[B, K]`` for B queries with K candidates
 each, and either teacher scores ``[B, K]`` (distillation) or labels ``[B, K]`` in
@@ -12,43 +12,15 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from crossedge.core import CrossedgeError
+from crossedge.core.contracts.loss import Loss, LossError
 
 _NEG = -1e4
 
-
-class LossError(CrossedgeError):
-    """A loss was called without the targets it needs."""
-
-
-def _mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
+#: The base of retrieval's losses is core's contract; the old name stays for callers that import it.
+RankingLoss = Loss
 
 
-class RankingLoss:
-    """Base of the losses: ``loss(scores, teacher=None, labels=None, mask=None) -> scalar``."""
-
-    name: str = ""
-    category: str = "loss"
-    description: str = ""
-    needs_teacher: bool = True
-
-    def __call__(
-        self,
-        scores: torch.Tensor,
-        teacher: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _teacher(self, teacher: torch.Tensor | None) -> torch.Tensor:
-        if teacher is None:
-            raise LossError(f"loss {self.name!r} distils a teacher: pass teacher scores of the same shape")
-        return teacher.detach().to(torch.float32)
-
-
-class PointwiseBCE(RankingLoss):
+class PointwiseBCE(Loss):
     """Binary cross-entropy per candidate against labels, or against sigmoid(teacher) when distilling."""
 
     name = "pointwise-bce"
@@ -58,12 +30,12 @@ class PointwiseBCE(RankingLoss):
     def __call__(self, scores, teacher=None, labels=None, mask=None):
         if labels is None and teacher is None:
             raise LossError("pointwise-bce needs labels or teacher scores")
-        target = labels.float() if labels is not None else torch.sigmoid(self._teacher(teacher))
-        valid = _mask(scores, mask)
+        target = labels.float() if labels is not None else torch.sigmoid(self.teacher_scores(teacher))
+        valid = self.candidate_mask(scores, mask)
         return F.binary_cross_entropy_with_logits(scores[valid].float(), target[valid])
 
 
-class MarginMSE(RankingLoss):
+class MarginMSE(Loss):
     """Margin-MSE (Hofstaetter et al. 2020): match the teacher's positive-minus-negative margins.
 
     Column 0 is the positive (or, when distilling, the candidate the teacher ranks
@@ -72,10 +44,11 @@ class MarginMSE(RankingLoss):
 
     name = "margin-mse"
     description = "pairwise: MSE between student and teacher score margins (positive minus each negative)"
+    exact_at_teacher = True
 
     def __call__(self, scores, teacher=None, labels=None, mask=None):
-        t = self._teacher(teacher)
-        valid = _mask(scores, mask)
+        t = self.teacher_scores(teacher)
+        valid = self.candidate_mask(scores, mask)
         t_masked = t.masked_fill(~valid, float("-inf"))
         pos = t_masked.argmax(1, keepdim=True)
         s_margin = scores.float().gather(1, pos) - scores.float()
@@ -84,7 +57,7 @@ class MarginMSE(RankingLoss):
         return F.mse_loss(s_margin[negatives], t_margin[negatives])
 
 
-class InfoNCE(RankingLoss):
+class InfoNCE(Loss):
     """Listwise InfoNCE: cross-entropy of the softmax over the list toward one positive.
 
     The positive is the labelled one when labels are given, otherwise the teacher's top candidate.
@@ -99,34 +72,35 @@ class InfoNCE(RankingLoss):
         self.temperature = temperature
 
     def __call__(self, scores, teacher=None, labels=None, mask=None):
-        valid = _mask(scores, mask)
+        valid = self.candidate_mask(scores, mask)
         if labels is not None:
             target = labels.float().masked_fill(~valid, float("-inf")).argmax(1)
         else:
-            target = self._teacher(teacher).masked_fill(~valid, float("-inf")).argmax(1)
+            target = self.teacher_scores(teacher).masked_fill(~valid, float("-inf")).argmax(1)
         logits = (scores.float() / self.temperature).masked_fill(~valid, _NEG)
         return F.cross_entropy(logits, target)
 
 
-class ListNetKL(RankingLoss):
+class ListNetKL(Loss):
     """ListNet distillation: KL(teacher softmax || student softmax) over each candidate list."""
 
     name = "listnet-kl"
     description = "listwise: KL divergence from the teacher's softmax over the list to the student's"
+    exact_at_teacher = True
 
     def __init__(self, temperature: float = 1.0):
         self.temperature = temperature
 
     def __call__(self, scores, teacher=None, labels=None, mask=None):
-        t = self._teacher(teacher)
-        valid = _mask(scores, mask)
+        t = self.teacher_scores(teacher)
+        valid = self.candidate_mask(scores, mask)
         log_p_teacher = F.log_softmax((t / self.temperature).masked_fill(~valid, _NEG), dim=1)
         log_p_student = F.log_softmax((scores.float() / self.temperature).masked_fill(~valid, _NEG), dim=1)
         per_item = log_p_teacher.exp() * (log_p_teacher - log_p_student)
         return per_item.masked_fill(~valid, 0.0).sum(1).mean()
 
 
-class PartialRankingDistillation(RankingLoss):
+class PartialRankingDistillation(Loss):
     """Contrastive partial ranking distillation: keep only the teacher's order among its top candidates.
 
     The candidates are sorted by teacher score; for each of the first ``top``
@@ -145,8 +119,8 @@ class PartialRankingDistillation(RankingLoss):
         self.temperature = temperature
 
     def __call__(self, scores, teacher=None, labels=None, mask=None):
-        t = self._teacher(teacher)
-        valid = _mask(scores, mask)
+        t = self.teacher_scores(teacher)
+        valid = self.candidate_mask(scores, mask)
         order = t.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True)
         s_sorted = (scores.float() / self.temperature).gather(1, order)
         v_sorted = valid.gather(1, order)
@@ -166,16 +140,14 @@ class PartialRankingDistillation(RankingLoss):
         return total / count
 
 
-LOSSES: tuple[RankingLoss, ...] = (PointwiseBCE(), MarginMSE(), InfoNCE(), ListNetKL(), PartialRankingDistillation())
+LOSSES: tuple[type[Loss], ...] = (PointwiseBCE, MarginMSE, InfoNCE, ListNetKL, PartialRankingDistillation)
+
+__all__ = ["LOSSES", "InfoNCE", "ListNetKL", "LossError", "MarginMSE", "PartialRankingDistillation", "PointwiseBCE",
+           "RankingLoss", "get_loss"]  # fmt: skip
 
 
-def get_loss(name: str) -> RankingLoss:
-    """A loss by name from the domain-model registry (plugins included)."""
+def get_loss(name: str, **options: object) -> Loss:
+    """A loss instance by name from the loss registry (plugins included), built with ``options``."""
     from crossedge.core import get_registry
-    from crossedge.core.errors import UnknownNameError
 
-    registry = get_registry("domain_model")
-    obj = registry.get(name)
-    if getattr(obj, "category", None) != "loss":
-        raise UnknownNameError("loss", name, [n for n in registry.names() if registry.get(n).category == "loss"])
-    return obj
+    return get_registry("loss").get(name)(**options)

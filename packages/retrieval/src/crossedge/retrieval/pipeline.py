@@ -24,12 +24,12 @@ from crossedge.core import CrossedgeError
 from .collection import Collection, load_code_search, read_beir, sample_queries
 from .index import DenseIndex
 from .lexical import BM25Scorer
-from .losses import LOSSES, InfoNCE, ListNetKL, RankingLoss
+from .losses import InfoNCE, ListNetKL, Loss
 from .metrics import means, paired_difference, per_query, ranking_to_run
+from .options import ALL_METHODS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
 from .scorers import BiEncoder, CrossEncoder, Scorer, UniEncoder
 from .training import ListExample, TeacherCache, TrainConfig, Trainer, list_loss, trans_encoder
 
-ALL_METHODS = ("bm25", "bi-zero-shot", "bi-trained", "cross-rerank", "uni-rerank", "students", "trans-encoder")
 Ranking = dict[str, list[tuple[str, float]]]
 
 
@@ -94,10 +94,6 @@ def rerank(
         reordered = sorted(zip(head, scores.tolist(), strict=True), key=lambda x: -x[1])
         rankings[qid] = reordered + [(doc, float("-inf")) for doc, _ in ranked[depth:]]
     return SearchResult(rankings, elapsed)
-
-
-NEGATIVE_SOURCES = ("bm25", "bi-encoder")
-UNI_INITS = ("encoder", "cross-encoder")
 
 
 def ranked_training_documents(
@@ -209,7 +205,7 @@ class BenchSettings:
     limit_queries: int | None = 100
     corpus_limit: int | None = None
     methods: tuple[str, ...] = ALL_METHODS
-    losses: tuple[str, ...] = tuple(loss.name for loss in LOSSES)
+    losses: tuple[str, ...] = LOSS_NAMES
     model: str = "minilm-l6"
     train_queries: int = 64
     student_queries: int | None = None
@@ -316,7 +312,7 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
 
     def train_scorer(
-        model: Scorer, examples: list[ListExample], loss: RankingLoss, tag: str, own: TrainConfig | None = None
+        model: Scorer, examples: list[ListExample], loss: Loss, tag: str, own: TrainConfig | None = None
     ) -> Scorer:
         start = time.perf_counter()
         trainer = Trainer(model, examples, list_loss(loss), own or config, checkpoints / tag, tag, settings.progress)

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from crossedge.core import CrossedgeError
+from crossedge.core.contracts.scorer import Scorer as ScorerContract
+
+from .options import HEADS
 
 SCORER_FILE = "scorer.json"
 HEAD_FILE = "head.safetensors"
@@ -86,12 +89,8 @@ def _token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[li
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-class Scorer(nn.Module):
-    """Base of the neural scorers: an encoder, its tokenizer, and ``score(query, documents)``."""
-
-    name: str = ""
-    category: str = "scorer"
-    description: str = ""
+class Scorer(nn.Module, ScorerContract):
+    """Base of the neural scorers: an encoder, its tokenizer, and ``score(query, documents)`` (core's contract)."""
 
     def __init__(self, encoder: nn.Module, tokenizer: Any, *, max_query_tokens: int = 32, max_doc_tokens: int = 128):
         super().__init__()
@@ -255,9 +254,6 @@ def _hidden_size(encoder: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- cross-encoder
-
-
-HEADS = ("similarity", "cls")
 
 
 class _Head(nn.Module):

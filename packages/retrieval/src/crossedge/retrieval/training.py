@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from crossedge.core import CrossedgeError
+from crossedge.core.contracts.loss import Loss
 
-from .losses import RankingLoss
 from .scorers import BiEncoder, CrossEncoder, UniEncoder
 
 STATE_FILE = "state.json"
@@ -292,7 +292,7 @@ def list_scores(model: nn.Module, batch: Sequence[ListExample], temperature: flo
     raise TrainingError(f"cannot compute list scores for {type(model).__name__}")
 
 
-def list_loss(loss: RankingLoss, temperature: float = 0.05) -> Callable[[nn.Module, list[ListExample]], torch.Tensor]:
+def list_loss(loss: Loss, temperature: float = 0.05) -> Callable[[nn.Module, list[ListExample]], torch.Tensor]:
     """A ``loss_fn`` for :class:`Trainer` that applies a ranking loss to candidate lists."""
 
     def compute(model: nn.Module, batch: list[ListExample]) -> torch.Tensor:
@@ -384,7 +384,7 @@ def trans_encoder(
     lists: Sequence[tuple[str, Sequence[str]]],
     *,
     cycles: int = 1,
-    loss: RankingLoss,
+    loss: Loss,
     config: TrainConfig,
     temperature: float = 0.05,
     checkpoint_dir: Path | None = None,

@@ -1,0 +1,271 @@
+"""The ``crossedge retrieval`` commands: index, search, train, collection, speed and bench.
+
+Imported only when the CLI is built; heavy modules (torch, transformers) are imported
+inside the commands so that ``crossedge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from crossedge.core import CrossedgeError
+
+from .options import HEADS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
+
+NEGATIVES_HELP = (
+    "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
+    "bi-encoder (the near misses a reranker of its candidates has to tell apart)."
+)
+HEAD_HELP = (
+    "Reranker head: 'similarity' scores the cosine of the query's and the document's pooled states "
+    "(starts from the bi-encoder's ranking); 'cls' is a fresh regression head on [CLS]."
+)
+UNI_INIT_HELP = (
+    "Where the uni-encoder starts before training in its own layout: the plain encoder, or the "
+    "cross-encoder the bench trains (same encoder and head, candidates keep what it learned)."
+)
+INTERACTION_HELP = (
+    "Cross-encoder only: let query and document attend to each other in the top N layers only "
+    "(the lower layers encode each alone). Default: all layers."
+)
+
+
+@click.group()
+def retrieval() -> None:
+    """Local semantic search: bi-, cross- and uni-encoders, BM25, distillation and a code-search benchmark."""
+
+
+@retrieval.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the index to.")
+@click.option("--model", default="minilm-l6", show_default=True, help="Model name, or a folder saved by train.")
+@click.option("--batch-size", default=32, show_default=True)
+def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int) -> None:
+    """Index the text and code files under PATHS (Python by function/class, text by paragraph)."""
+    from .chunking import chunk_paths
+    from .index import DenseIndex
+    from .scorers import BiEncoder, load_scorer
+
+    chunks = chunk_paths(paths)
+    if not chunks:
+        raise CrossedgeError(f"no text or code files found under {', '.join(map(str, paths))}")
+    bi = load_scorer(model) if (Path(model) / "scorer.json").exists() else BiEncoder.from_pretrained(model)
+    start = time.perf_counter()
+    embeddings = bi.encode([f"{c.path}\n{c.text}" for c in chunks], batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - start
+    ids = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
+    info = {"paths": [str(p) for p in paths]}
+    index = DenseIndex(embeddings, ids, [c.to_dict() for c in chunks], model=model, info=info)
+    index.save(out)
+    if (Path(model) / "scorer.json").exists():
+        bi.save(out / "model")
+    click.echo(f"indexed {len(chunks)} chunks in {seconds:.1f} s ({len(chunks) / seconds:.1f} chunks/s) -> {out}")
+
+
+@retrieval.command("search")
+@click.argument("index", type=click.Path(path_type=Path))
+@click.argument("query")
+@click.option("--rerank", type=click.Choice(["cross-encoder", "uni-encoder"]), default=None)
+@click.option("--k", default=10, show_default=True, help="Results to show.")
+@click.option("--depth", default=50, show_default=True, help="Candidates the reranker rescores.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, as_json: bool) -> None:
+    """Search INDEX for QUERY; --rerank rescores the top candidates with a trained reranker saved in the index."""
+    from crossedge.core.cli import echo_json
+
+    from .pipeline import search_index
+
+    results = search_index(index, query, k=k, rerank_with=rerank, depth=depth)
+    if as_json:
+        echo_json(results)
+        return
+    for rank, r in enumerate(results, 1):
+        first_line = r.get("text", "").strip().splitlines()[0][:80] if r.get("text", "").strip() else ""
+        click.echo(f"{rank:2d}. {r['score']:8.4f}  {r.get('path', r['id'])}:{r.get('start_line', '')}  {first_line}")
+
+
+@retrieval.command("train")
+@click.argument("kind", type=click.Choice(["bi-encoder", "cross-encoder", "uni-encoder"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the trained scorer.")
+@click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder with qrels/train.tsv.")
+@click.option("--loss", default="infonce", show_default=True, help="Loss name (see crossedge plugins).")
+@click.option("--queries", default=256, show_default=True, help="Training queries.")
+@click.option("--candidates", default=4, show_default=True, help="List size: the positive plus hard negatives.")
+@click.option(
+    "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
+)
+@click.option("--head", type=click.Choice(HEADS), default="similarity", show_default=True, help=HEAD_HELP)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", default="minilm-l6", show_default=True)
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Start from a cross- or uni-encoder saved by train (e.g. a uni-encoder from a trained cross-encoder).",
+)
+def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head, epochs, batch_size, lr, seed,
+              model, init_from) -> None:  # fmt: skip
+    """Train a scorer on labelled lists; checkpoints per epoch in OUT/checkpoints, rerun to resume."""
+    from .collection import load_code_search, read_beir
+    from .losses import get_loss
+    from .pipeline import training_lists
+    from .scorers import BiEncoder, CrossEncoder, UniEncoder, load_scorer
+    from .training import TrainConfig, Trainer, list_loss
+
+    if init_from is not None and kind == "bi-encoder":
+        raise CrossedgeError(
+            "--init starts a cross- or uni-encoder from saved weights; a bi-encoder starts from --model"
+        )
+    train = read_beir(collection, split="train") if collection else load_code_search("train")
+    miner = BiEncoder.from_pretrained(model) if negatives == "bi-encoder" else None
+    examples = training_lists(train, queries, candidates, seed, negatives=negatives, miner=miner, progress=True)
+    del miner
+    kinds = {"bi-encoder": BiEncoder, "cross-encoder": CrossEncoder, "uni-encoder": UniEncoder}
+    if init_from is not None:
+        start = load_scorer(init_from)
+        scorer = start if start.name == kind else kinds[kind].from_scorer(start)
+        click.echo(f"starting from the {start.name} in {init_from}")
+    else:
+        scorer = kinds[kind].from_pretrained(model, seed=seed, **({} if kind == "bi-encoder" else {"head": head}))
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    trainer = Trainer(scorer, examples, list_loss(get_loss(loss)), config, out / "checkpoints", kind)
+    if trainer.latest_checkpoint() is not None:
+        click.echo(f"resuming from {trainer.latest_checkpoint()}")
+    history = trainer.fit()
+    scorer.save(out)
+    click.echo(f"trained {kind} on {len(examples)} lists: {json.dumps(history)} -> {out}")
+
+
+@retrieval.command("collection")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the BEIR folders here.")
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+def collection_cmd(out: Path | None, force: bool) -> None:
+    """Build the stdlib code-search collection (train/dev/test BEIR folders) and print where it is."""
+    import shutil
+
+    from .collection import ensure_code_search
+
+    folder = ensure_code_search(force=force)
+    click.echo((folder / "complete.json").read_text())
+    if out is not None:
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+        folder = out
+    click.echo(str(folder))
+
+
+@retrieval.command("speed")
+@click.option("--query-words", default=8, show_default=True)
+@click.option("--doc-words", default=48, show_default=True, help="Words per candidate (truncated to this many tokens).")
+@click.option("--candidates", default=20, show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, threads: int | None) -> None:
+    """Time a cross-encoder scoring N pairs against a uni-encoder scoring the same N candidates in one pass."""
+    from crossedge.core.bench import threads as pin_threads
+    from crossedge.core.cli import echo_json
+
+    from .pipeline import uni_vs_cross_speed
+
+    with pin_threads(threads):
+        result = uni_vs_cross_speed(
+            query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats
+        )
+    echo_json(result)
+
+
+@retrieval.command("bench")
+@click.option("--collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to evaluate on.")
+@click.option("--train-collection", type=click.Path(path_type=Path), default=None, help="BEIR folder to train on.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
+@click.option("--limit-queries", type=int, default=50, show_default=True, help="Evaluate on a stable sample.")
+@click.option(
+    "--methods",
+    default="all",
+    show_default=True,
+    help="Comma list of bm25, bi-zero-shot, bi-trained, cross-rerank, uni-rerank, students, trans-encoder.",
+)
+@click.option("--losses", default=",".join(LOSS_NAMES), show_default=True)
+@click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
+@click.option("--train-queries", default=64, show_default=True)
+@click.option(
+    "--student-queries",
+    type=int,
+    default=None,
+    help="Students and Trans-Encoder train on the first N training lists (default: all, as the teacher).",
+)
+@click.option("--candidates", default=4, show_default=True)
+@click.option(
+    "--negatives", type=click.Choice(NEGATIVE_SOURCES), default="bm25", show_default=True, help=NEGATIVES_HELP
+)
+@click.option("--head", type=click.Choice(HEADS), default="similarity", show_default=True, help=HEAD_HELP)
+@click.option("--interaction-layers", type=int, default=None, help=INTERACTION_HELP)
+@click.option("--uni-init", type=click.Choice(UNI_INITS), default="encoder", show_default=True, help=UNI_INIT_HELP)
+@click.option(
+    "--uni-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Epochs the uni-encoder trains in its own layout (default: --epochs); 0 keeps its starting weights.",
+)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate (heads use 20x).")
+@click.option("--rerank-depth", default=50, show_default=True)
+@click.option("--uni-depth", default=20, show_default=True)
+@click.option("--trans-cycles", default=1, show_default=True)
+@click.option("--max-doc-tokens", default=128, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+@click.option("--seed", default=0, show_default=True)
+def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
+              student_queries, candidates, negatives, head, interaction_layers, uni_init, uni_epochs, epochs, lr,
+              rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
+    """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
+    import sys
+
+    from crossedge.core.bench import format_table, plot_bars
+    from crossedge.core.bench import threads as pin_threads
+
+    from .benchmark import report_of
+    from .options import ALL_METHODS
+    from .pipeline import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        collection=str(collection) if collection else None,
+        train_collection=str(train_collection) if train_collection else None,
+        limit_queries=limit_queries,
+        corpus_limit=corpus_limit,
+        methods=ALL_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip()),
+        losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
+        train_queries=train_queries,
+        student_queries=student_queries,
+        candidates=candidates,
+        negatives=negatives,
+        head=head,
+        interaction_layers=interaction_layers,
+        uni_init=uni_init,
+        uni_epochs=uni_epochs,
+        epochs=epochs,
+        lr=lr,
+        rerank_depth=rerank_depth,
+        uni_depth=uni_depth,
+        trans_cycles=trans_cycles,
+        max_doc_tokens=max_doc_tokens,
+        seed=seed,
+    )
+    with pin_threads(threads):
+        result = run_bench(settings, say=lambda m: click.echo(m, err=True))
+    columns = ["method", "ndcg@10", "mrr@10", "recall@100", "ms_per_query"]
+    click.echo(format_table(result["rows"], columns, floatfmt=".4g"))
+    click.echo(json.dumps(result["summary"], indent=2, default=str))
+    if json_out is not None:
+        report = report_of(result, command="crossedge " + " ".join(sys.argv[1:]))
+        report.write_json(json_out)
+        png = Path(json_out).with_suffix(".png")
+        plot_bars(result["rows"], label="method", value="ndcg@10", path=png, title="nDCG@10", ylabel="nDCG@10")
+        click.echo(f"wrote {json_out} and {png}")
