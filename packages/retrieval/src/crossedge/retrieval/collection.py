@@ -227,19 +227,68 @@ def write_beir(collection: Collection, folder: Path | str, split: str = "test") 
     return folder
 
 
-def _read_jsonl(path: Path) -> Iterable[dict]:
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line; anything but a JSON object is refused."""
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except ValueError as exc:
                 raise CollectionError(f"{path} line {line_no} is not JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise CollectionError(
+                    f'{path} line {line_no} is a JSON {type(record).__name__}, not an object with an "_id"'
+                )
+            yield line_no, record
+
+
+def _record_id(path: Path, line_no: int, record: dict, seen: dict[str, int], what: str) -> str:
+    """The record's ``_id`` as a string; a missing, empty or repeated id is refused with both line numbers."""
+    raw = record.get("_id")
+    if raw is None or isinstance(raw, (dict, list, bool)) or str(raw) == "":
+        raise CollectionError(f'{path} line {line_no}: the {what} has no "_id" (every line needs a non-empty "_id")')
+    key = str(raw)
+    if key in seen:
+        raise CollectionError(
+            f"{path} line {line_no}: duplicate {what} id {key!r} (first on line {seen[key]}); ids must be unique"
+        )
+    seen[key] = line_no
+    return key
+
+
+#: First cells that mark the first line of a qrels file as its header (BEIR writes ``query-id``).
+QRELS_HEADER = ("query-id", "query_id", "qid", "query")
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for row_no, row in enumerate(csv.reader(handle, delimiter="\t"), 1):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if row_no == 1 and (row[0].strip().lower() in QRELS_HEADER or row[-1].strip().lower() == "score"):
+                continue
+            if len(row) < 3:
+                raise CollectionError(f"{path} line {row_no}: expected query-id, corpus-id, score")
+            try:
+                score = int(row[-1].strip())
+            except ValueError:
+                raise CollectionError(
+                    f"{path} line {row_no}: relevance score {row[-1]!r} is not an integer (BEIR qrels grade 0, 1, 2...)"
+                ) from None
+            qrels.setdefault(row[0], {})[row[1]] = score
+    return qrels
 
 
 def read_beir(folder: Path | str, split: str = "test") -> Collection:
-    """Read a BEIR-format folder; only queries judged in ``qrels/<split>.tsv`` are kept."""
+    """Read a BEIR-format folder; only queries judged in ``qrels/<split>.tsv`` are kept.
+
+    Malformed records are refused with their file and line: a line that is not a JSON
+    object, a record without ``_id``, a repeated id, a query without ``text``, a
+    non-integer relevance score, an empty corpus.
+    """
     folder = Path(folder)
     needed = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
     missing = [str(p) for p in needed if not p.exists()]
@@ -248,23 +297,30 @@ def read_beir(folder: Path | str, split: str = "test") -> Collection:
             f"{folder} is not a BEIR-format collection: missing {', '.join(missing)} "
             "(expected corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
         )
-    corpus = {}
-    for record in _read_jsonl(needed[0]):
-        doc_id = str(record.pop("_id"))
-        corpus[doc_id] = {k: v for k, v in record.items() if isinstance(v, str)}
-    qrels: dict[str, dict[str, int]] = {}
-    with open(needed[2], encoding="utf-8") as handle:
-        for row_no, row in enumerate(csv.reader(handle, delimiter="\t"), 1):
-            if row_no == 1 and row and not row[-1].lstrip("-").isdigit():
-                continue  # header
-            if len(row) < 3:
-                raise CollectionError(f"{needed[2]} line {row_no}: expected query-id, corpus-id, score")
-            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    queries = {}
-    for record in _read_jsonl(needed[1]):
-        qid = str(record["_id"])
+    try:
+        return _read_beir(folder, *needed)
+    except UnicodeDecodeError as exc:
+        raise CollectionError(f"{folder} holds a file that is not UTF-8 text ({exc})") from exc
+
+
+def _read_beir(folder: Path, corpus_path: Path, queries_path: Path, qrels_path: Path) -> Collection:
+    corpus: dict[str, dict[str, str]] = {}
+    seen: dict[str, int] = {}
+    for line_no, record in _read_jsonl(corpus_path):
+        doc_id = _record_id(corpus_path, line_no, record, seen, "document")
+        corpus[doc_id] = {k: v for k, v in record.items() if k != "_id" and isinstance(v, str)}
+    if not corpus:
+        raise CollectionError(f"{corpus_path} holds no documents: a collection needs at least one")
+    qrels = _read_qrels(qrels_path)
+    queries: dict[str, str] = {}
+    seen = {}
+    for line_no, record in _read_jsonl(queries_path):
+        qid = _record_id(queries_path, line_no, record, seen, "query")
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise CollectionError(f'{queries_path} line {line_no}: query {qid!r} has no "text" string')
         if qid in qrels:
-            queries[qid] = record["text"]
+            queries[qid] = text
     return Collection(corpus=corpus, queries=queries, qrels=qrels, name=folder.name)
 
 
