@@ -93,3 +93,105 @@ def test_search_on_a_damaged_index_is_one_red_line(tmp_path, cli, plugin):
     result = cli("retrieval", "search", str(tmp_path / "idx"), "anything")
     assert result.exit_code == 1
     assert "not a crossedge index" in result.output
+
+
+def _index_args(tmp_path, *paths, out, extra=()):
+    model, tok = tiny_bert(seed=0)
+    if not (tmp_path / "bi").exists():
+        BiEncoder(model, tok).save(tmp_path / "bi")
+    return ("retrieval", "index", *map(str, paths), "--out", str(out), "--model", str(tmp_path / "bi"), *extra)
+
+
+def test_index_into_its_own_input_folder_is_refused_and_writes_nothing(tmp_path, cli, plugin):
+    webapp = make_folder(tmp_path / "webapp")
+    (webapp / "manifest.json").write_text('{"name": "webapp", "start_url": "/"}\n')
+    before = {p: p.read_bytes() for p in webapp.rglob("*") if p.is_file()}
+    for extra in ((), ("--force",)):
+        result = cli(*_index_args(tmp_path, webapp, out=webapp, extra=extra))
+        assert result.exit_code == 1 and "is also an input folder" in result.output
+    assert {p: p.read_bytes() for p in webapp.rglob("*") if p.is_file()} == before
+
+
+def test_index_never_overwrites_a_file_it_did_not_write(tmp_path, cli, plugin):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "site"}\n')
+    for extra in ((), ("--force",)):
+        result = cli(*_index_args(tmp_path, src, out=out, extra=extra))
+        assert result.exit_code == 1 and "manifest.json was not written by crossedge" in result.output
+    assert (out / "manifest.json").read_text() == '{"name": "site"}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_index_beside_foreign_files_needs_force_and_keeps_them(tmp_path, cli, plugin):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = cli(*_index_args(tmp_path, src, out=out))
+    assert refused.exit_code == 1 and "holds files crossedge did not write (notes.txt)" in refused.output
+    assert "--force" in refused.output and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    forced = cli(*_index_args(tmp_path, src, out=out, extra=("--force",)))
+    assert forced.exit_code == 0, forced.output
+    assert (out / "notes.txt").read_text() == "mine"
+    assert {"manifest.json", "embeddings.safetensors", "documents.jsonl", "model"} <= {p.name for p in out.iterdir()}
+
+
+def test_rebuilding_an_index_replaces_only_its_own_files(tmp_path, cli, plugin):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "idx"
+    assert cli(*_index_args(tmp_path, src, out=out)).exit_code == 0
+    CrossEncoder(*tiny_bert(seed=0), seed=5).save(out / "cross-encoder")  # a reranker trained for this index
+    (src / "extra.md").write_text("# More\n\nanother paragraph to index\n")
+    again = cli(*_index_args(tmp_path, src, out=out))  # no --force needed over our own index
+    assert again.exit_code == 0, again.output
+    assert (out / "cross-encoder" / "scorer.json").exists()
+    docs = [json.loads(line)["path"] for line in (out / "documents.jsonl").read_text().splitlines()]
+    assert "extra.md" in docs
+
+
+@pytest.mark.parametrize("flag", ["--k", "--depth"])
+def test_search_refuses_a_non_positive_count(tmp_path, cli, plugin, flag):
+    result = cli("retrieval", "search", str(tmp_path), "anything", flag, "-2")
+    assert result.exit_code == 2 and "-2 is not in the range x>=1" in result.output
+
+
+def test_search_index_api_refuses_a_negative_k(tmp_path):
+    from crossedge.core import CrossedgeError
+    from crossedge.retrieval.pipeline import search_index
+
+    with pytest.raises(CrossedgeError, match="search needs k of at least 1, not -2"):
+        search_index(tmp_path, "anything", k=-2)
+
+
+def test_index_with_a_causal_lm_is_refused_before_it_loads(tmp_path, cli, plugin):
+    from crossedge.core import hookimpl, registered
+    from crossedge.core.sources import ModelSource
+
+    class CausalSource(ModelSource):
+        name, task, description = "tiny-llama", "causal-lm", "a causal LM"
+
+        def load(self, **kwargs):
+            raise AssertionError("the causal LM must not be loaded")
+
+    class Models:
+        @hookimpl
+        def register_model_sources(self, register):
+            register(CausalSource())
+
+    src = make_folder(tmp_path / "src")
+    with registered(Models(), name="causal-models"):
+        result = cli("retrieval", "index", str(src), "--out", str(tmp_path / "idx"), "--model", "tiny-llama")
+    assert result.exit_code == 1
+    assert "tiny-llama is a causal language model (task causal-lm), not a text encoder" in result.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_index_with_a_causal_lm_folder_is_refused(tmp_path, cli, plugin):
+    from crossedge.core.testing import save_tiny_causal_lm
+
+    save_tiny_causal_lm(tmp_path / "llama", "llama")
+    src = make_folder(tmp_path / "src")
+    result = cli("retrieval", "index", str(src), "--out", str(tmp_path / "idx"), "--model", str(tmp_path / "llama"))
+    assert result.exit_code == 1 and "is a causal language model (LlamaForCausalLM)" in result.output

@@ -71,3 +71,66 @@ def test_mismatched_shapes_are_reported(tmp_path):
         DenseIndex.load(tmp_path / "idx")
     with pytest.raises(IndexCorruptedError, match="width 4"):
         make_index().search(torch.zeros(1, 4))
+
+
+def _edit_manifest(folder, edit):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(manifest)))
+
+
+def _set(manifest, key, value):
+    manifest[key] = value
+    return manifest
+
+
+def _drop_bytes(manifest):
+    del manifest["files"]["documents.jsonl"]["bytes"]
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: [m], "is not a crossedge retrieval index manifest"),
+        (lambda m: _set(m, "files", ["embeddings.safetensors"]), "'files' is not an object"),
+        (lambda m: _set(m, "files", {}), "'files' has no entry for embeddings.safetensors"),
+        (_drop_bytes, "'files'/documents.jsonl needs a 'sha256' string and a 'bytes' integer"),
+        (lambda m: {k: v for k, v in m.items() if k != "count"}, "'count' is None, not a non-negative integer"),
+        (lambda m: _set(m, "dim", "8"), "'dim' is '8'"),
+        (lambda m: _set(m, "info", "paths"), "malformed 'model' or 'info'"),
+    ],
+)
+def test_structural_errors_in_the_manifest_are_one_line(tmp_path, edit, message):
+    make_index().save(tmp_path / "idx")
+    _edit_manifest(tmp_path / "idx", edit)
+    with pytest.raises(IndexCorruptedError, match=message) as caught:
+        DenseIndex.load(tmp_path / "idx")
+    assert "crossedge retrieval index" in str(caught.value)  # the rebuild hint
+
+
+def test_a_document_line_without_an_id_is_reported(tmp_path):
+    from crossedge.core.cache import sha256_file
+
+    make_index().save(tmp_path / "idx")
+    docs = tmp_path / "idx" / "documents.jsonl"
+    lines = docs.read_text().splitlines()
+    docs.write_text("\n".join([lines[0], '{"text": "no id"}', *lines[2:]]) + "\n")
+
+    def refresh(manifest):  # a consistent manifest, so the line itself is what fails
+        manifest["files"]["documents.jsonl"] = {"sha256": sha256_file(docs), "bytes": docs.stat().st_size}
+        return manifest
+
+    _edit_manifest(tmp_path / "idx", refresh)
+    with pytest.raises(IndexCorruptedError, match='documents.jsonl line 2 is not an object with a string "id"'):
+        DenseIndex.load(tmp_path / "idx")
+
+
+def test_save_refuses_to_overwrite_a_foreign_manifest(tmp_path):
+    from crossedge.retrieval.index import IndexOutputError
+
+    (tmp_path / "webapp").mkdir()
+    (tmp_path / "webapp" / "manifest.json").write_text('{"name": "my web app"}')
+    with pytest.raises(IndexOutputError, match="not written by crossedge"):
+        make_index().save(tmp_path / "webapp")
+    assert json.loads((tmp_path / "webapp" / "manifest.json").read_text()) == {"name": "my web app"}

@@ -43,25 +43,40 @@ def retrieval() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the index to.")
 @click.option("--model", default="minilm-l6", show_default=True, help="Model name, or a folder saved by train.")
-@click.option("--batch-size", default=32, show_default=True)
-def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int) -> None:
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a folder that holds other files too (only the index's own files are replaced).",
+)
+def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, force: bool) -> None:
     """Index the text and code files under PATHS (Python by function/class, text by paragraph)."""
+    import shutil
+
     from .chunking import chunk_paths
-    from .index import DenseIndex
+    from .index import DenseIndex, prepare_index_folder
     from .scorers import BiEncoder, load_scorer
 
+    # Checked before any model loads: a refused --out costs nothing.
+    replacing = prepare_index_folder(out, inputs=paths, force=force)
     chunks = chunk_paths(paths)
     if not chunks:
         raise CrossedgeError(f"no text or code files found under {', '.join(map(str, paths))}")
-    bi = load_scorer(model) if (Path(model) / "scorer.json").exists() else BiEncoder.from_pretrained(model)
+    saved_scorer = (Path(model) / "scorer.json").exists()
+    bi = load_scorer(model) if saved_scorer else BiEncoder.from_pretrained(model)
+    if not isinstance(bi, BiEncoder):
+        raise CrossedgeError(f"--model {model} is a saved {bi.name}; an index is built with a bi-encoder")
     start = time.perf_counter()
     embeddings = bi.encode([f"{c.path}\n{c.text}" for c in chunks], batch_size=batch_size, progress=True)
-    seconds = time.perf_counter() - start
+    seconds = max(time.perf_counter() - start, 1e-9)
     ids = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
     info = {"paths": [str(p) for p in paths]}
     index = DenseIndex(embeddings, ids, [c.to_dict() for c in chunks], model=model, info=info)
     index.save(out)
-    if (Path(model) / "scorer.json").exists():
+    if replacing and (out / "model").is_dir():
+        # The previous index's bi-encoder: search would prefer it over --model.
+        shutil.rmtree(out / "model")
+    if saved_scorer:
         bi.save(out / "model")
     click.echo(f"indexed {len(chunks)} chunks in {seconds:.1f} s ({len(chunks) / seconds:.1f} chunks/s) -> {out}")
 
@@ -70,8 +85,10 @@ def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int) -
 @click.argument("index", type=click.Path(path_type=Path))
 @click.argument("query")
 @click.option("--rerank", type=click.Choice(["cross-encoder", "uni-encoder"]), default=None)
-@click.option("--k", default=10, show_default=True, help="Results to show.")
-@click.option("--depth", default=50, show_default=True, help="Candidates the reranker rescores.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option(
+    "--depth", default=50, show_default=True, type=click.IntRange(min=1), help="Candidates the reranker rescores."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, as_json: bool) -> None:
     """Search INDEX for QUERY; --rerank rescores the top candidates with a trained reranker saved in the index."""

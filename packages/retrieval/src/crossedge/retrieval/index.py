@@ -20,8 +20,63 @@ EMBEDDINGS = "embeddings.safetensors"
 DOCUMENTS = "documents.jsonl"
 
 
+#: Folders an index may hold beside its files: the bi-encoder it was built with, trained rerankers.
+OWN_FOLDERS = ("model", "cross-encoder", "uni-encoder")
+
+
 class IndexCorruptedError(CrossedgeError):
     """An index folder is missing, damaged, or does not match what is asked of it."""
+
+
+class IndexOutputError(CrossedgeError):
+    """An index would be written where it could overwrite files crossedge did not write."""
+
+
+def is_index_folder(folder: Path | str) -> bool:
+    """True when ``folder`` holds a manifest written by :meth:`DenseIndex.save` (whatever state the rest is in)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == INDEX_FORMAT
+
+
+def prepare_index_folder(folder: Path | str, *, inputs: Sequence[Path | str] = (), force: bool = False) -> bool:
+    """Check that an index may be written to ``folder``; returns True when it replaces an index already there.
+
+    Refused: a folder that is one of ``inputs``, a file, and a folder holding files crossedge
+    did not write (unless ``force``). Even with ``force`` a file we did not write is never
+    replaced: a ``manifest.json`` that is not an index manifest stays, and the index goes elsewhere.
+    """
+    folder = Path(folder)
+    target = folder.resolve()
+    for path in inputs:
+        if Path(path).resolve() == target:
+            raise IndexOutputError(
+                f"--out {folder} is also an input folder: the index would be written among the files it indexes; "
+                f"choose an --out outside the inputs (e.g. --out {folder}.index)"
+            )
+    if folder.exists() and not folder.is_dir():
+        raise IndexOutputError(f"--out {folder} is a file, not a folder; choose another --out")
+    if not folder.exists():
+        return False
+    entries = sorted(p.name for p in folder.iterdir())
+    ours = is_index_folder(folder)
+    if not ours:
+        clashes = [n for n in entries if n in (MANIFEST, EMBEDDINGS, DOCUMENTS, "model")]
+        if clashes:
+            raise IndexOutputError(
+                f"{folder / clashes[0]} was not written by crossedge retrieval index; it is never overwritten, "
+                "not even with --force: choose another --out"
+            )
+    foreign = [n for n in entries if not (ours and n in (MANIFEST, EMBEDDINGS, DOCUMENTS, *OWN_FOLDERS))]
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise IndexOutputError(
+            f"--out {folder} holds files crossedge did not write ({shown}); choose an empty or new folder, "
+            "or pass --force to write the index beside them (only the index's own files are replaced)"
+        )
+    return ours
 
 
 @dataclass
@@ -75,6 +130,8 @@ class DenseIndex:
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        if (folder / MANIFEST).exists() and not is_index_folder(folder):
+            raise IndexOutputError(f"{folder / MANIFEST} was not written by crossedge: refusing to overwrite it")
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"embeddings": self.embeddings.contiguous().float()}, str(folder / EMBEDDINGS))
         with open(folder / DOCUMENTS, "w", encoding="utf-8") as handle:
@@ -111,14 +168,16 @@ class DenseIndex:
             manifest = json.loads(manifest_path.read_text())
         except ValueError as exc:
             raise IndexCorruptedError(f"index manifest {manifest_path} is not valid JSON ({exc}); {rebuild}") from exc
-        if manifest.get("format") != INDEX_FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
             raise IndexCorruptedError(f"{manifest_path} is not a crossedge retrieval index manifest; {rebuild}")
         if manifest.get("version") != INDEX_VERSION:
             raise IndexCorruptedError(
                 f"index {folder} has format version {manifest.get('version')!r}, this crossedge-retrieval reads "
                 f"version {INDEX_VERSION}; {rebuild}"
             )
-        for name, expected in manifest.get("files", {}).items():
+        files, count, dim = _manifest_structure(manifest, manifest_path, rebuild)
+        for name in (EMBEDDINGS, DOCUMENTS):
+            expected = files[name]
             path = folder / name
             if not path.exists():
                 raise IndexCorruptedError(f"index file {path} is missing; {rebuild}")
@@ -137,20 +196,54 @@ class DenseIndex:
         except (SafetensorError, KeyError, OSError) as exc:
             raise IndexCorruptedError(f"cannot read embeddings from {folder / EMBEDDINGS}: {exc}; {rebuild}") from exc
         ids, documents = [], []
-        with open(folder / DOCUMENTS, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise IndexCorruptedError(f"{folder / DOCUMENTS} line {line_no} is not JSON; {rebuild}") from exc
-                ids.append(record.pop("id"))
-                documents.append(record)
-        if tuple(embeddings.shape) != (manifest["count"], manifest["dim"]) or len(ids) != manifest["count"]:
+        with open(folder / DOCUMENTS, encoding="utf-8", errors="strict") as handle:
+            try:
+                lines = list(handle)
+            except UnicodeDecodeError as exc:
+                raise IndexCorruptedError(f"{folder / DOCUMENTS} is not UTF-8 text; {rebuild}") from exc
+        for line_no, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise IndexCorruptedError(f"{folder / DOCUMENTS} line {line_no} is not JSON; {rebuild}") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise IndexCorruptedError(
+                    f'{folder / DOCUMENTS} line {line_no} is not an object with a string "id"; {rebuild}'
+                )
+            ids.append(record.pop("id"))
+            documents.append(record)
+        if tuple(embeddings.shape) != (count, dim) or len(ids) != count:
             raise IndexCorruptedError(
                 f"index {folder} holds {len(ids)} documents and embeddings of shape {tuple(embeddings.shape)}, "
-                f"but its manifest says {manifest['count']} x {manifest['dim']}; {rebuild}"
+                f"but its manifest says {count} x {dim}; {rebuild}"
             )
-        return cls(embeddings, ids, documents, model=manifest.get("model", ""), info=manifest.get("info", {}))
+        info = manifest.get("info", {})
+        model = manifest.get("model", "")
+        if not isinstance(info, dict) or not isinstance(model, str):
+            raise IndexCorruptedError(f"{manifest_path} has a malformed 'model' or 'info' entry; {rebuild}")
+        return cls(embeddings, ids, documents, model=model, info=info)
+
+
+def _manifest_structure(manifest: dict, path: Path, rebuild: str) -> tuple[dict[str, dict], int, int]:
+    """The manifest's file entries, count and dim, each checked for its type (a hand-edited manifest gets a message)."""
+    files = manifest.get("files")
+    problems = []
+    if not isinstance(files, dict):
+        problems.append("'files' is not an object")
+        files = {}
+    for name in (EMBEDDINGS, DOCUMENTS):
+        entry = files.get(name)
+        if not isinstance(entry, dict):
+            problems.append(f"'files' has no entry for {name}")
+        elif not isinstance(entry.get("sha256"), str) or type(entry.get("bytes")) is not int:
+            problems.append(f"'files'/{name} needs a 'sha256' string and a 'bytes' integer")
+    count, dim = manifest.get("count"), manifest.get("dim")
+    for key, value in (("count", count), ("dim", dim)):
+        if type(value) is not int or value < 0:
+            problems.append(f"{key!r} is {value!r}, not a non-negative integer")
+    if problems:
+        raise IndexCorruptedError(f"index manifest {path} is malformed: {'; '.join(problems)}; {rebuild}")
+    return files, count, dim
 
 
 def build_index(

@@ -474,6 +474,9 @@ def search_index(
     """Search a saved index; optionally rerank its top ``depth`` with a cross- or uni-encoder."""
     from .scorers import load_scorer
 
+    for key, value in (("k", k), ("depth", depth)):
+        if type(value) is not int or value < 1:
+            raise CrossedgeError(f"search needs {key} of at least 1, not {value!r}")
     index = DenseIndex.load(index_dir)
     model_dir = Path(index_dir) / "model"
     bi = load_scorer(model_dir) if (model_dir / "scorer.json").exists() else BiEncoder.from_pretrained(index.model)

@@ -121,9 +121,16 @@ class Scorer(nn.Module, ScorerContract):
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, seed: int = 0, **settings: Any) -> Scorer:
         """Build from a crossedge model name (``minilm-l6``) or a folder; heads start from ``seed``."""
-        from crossedge.core import load_model
+        from crossedge.core.sources import resolve_model
 
-        loaded = load_model(model) if not Path(model).is_dir() else _load_folder(Path(model))
+        if Path(model).is_dir():
+            _refuse_causal_lm(model, _architectures(Path(model)))
+            loaded = _load_folder(Path(model))
+        else:
+            source = resolve_model(model)
+            if source.task == "causal-lm":
+                _refuse_causal_lm(model, [f"task {source.task}"])
+            loaded = source.load()
         return cls.from_encoder(loaded.model, loaded.tokenizer, folder=loaded.path, seed=seed, **settings)
 
     @classmethod
@@ -144,6 +151,26 @@ class Scorer(nn.Module, ScorerContract):
             save_file(head, str(folder / HEAD_FILE))
         (folder / SCORER_FILE).write_text(json.dumps({"kind": self.name, **self.settings()}, indent=2) + "\n")
         return folder
+
+
+def _architectures(folder: Path) -> list[str]:
+    """The ``architectures`` a transformers folder's config names (empty when it names none or is unreadable)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    names = config.get("architectures") if isinstance(config, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _refuse_causal_lm(model: str, evidence: list[str]) -> None:
+    """Raise when ``evidence`` (a task or architectures) says ``model`` is a causal language model."""
+    causal = [e for e in evidence if e == "task causal-lm" or e.endswith(("ForCausalLM", "LMHeadModel"))]
+    if causal:
+        raise ScorerError(
+            f"{model} is a causal language model ({causal[0]}), not a text encoder: retrieval scorers need an encoder "
+            "such as minilm-l6, a sentence-transformers folder, or a folder saved by `crossedge retrieval train`"
+        )
 
 
 def _load_folder(folder: Path) -> Any:
