@@ -286,3 +286,34 @@ def test_bench_keeps_models_with_other_heads_apart(tmp_path, cache):
     run_bench(settings, say=log.append)
     assert not any("resuming" in line for line in log)
     assert len(list((cache / "retrieval" / "bench-checkpoints").glob("*/cross-encoder/epoch-001/state.json"))) == 2
+
+
+def test_one_training_key_names_checkpoints_and_teacher_scores_and_keeps_old_checkpoints(tmp_path):
+    import hashlib
+    from dataclasses import asdict
+
+    from crossedge.retrieval.pipeline import BenchSettings, training_key
+    from crossedge.retrieval.training import TrainConfig
+
+    def legacy(*extra):  # the key the bench wrote before the steps were split out
+        parts = (asdict(TrainConfig(epochs=1, batch_size=8, lr=3e-5, seed=0)), "minilm-l6", None, None, 64, 4, 128)
+        return hashlib.sha256(repr(parts + extra).encode()).hexdigest()[:16]
+
+    assert training_key(BenchSettings(head="cls")) == legacy()
+    assert training_key(BenchSettings()) == legacy("head=similarity", "interaction_layers=None")
+    assert training_key(BenchSettings(negatives="bi-encoder", head="cls", interaction_layers=2)) == legacy(
+        "negatives=bi-encoder"
+    )
+    keys = {training_key(BenchSettings(**kw)) for kw in ({}, {"train_collection": "x"}, {"epochs": 2}, {"lr": 1e-4})}
+    assert len(keys) == 4
+
+
+def test_teacher_scores_are_cached_under_the_training_key(tmp_path, cache, plugin):
+    from crossedge.retrieval.pipeline import run_bench, training_key
+
+    settings = tiny_bench_settings(tmp_path, methods=("students",), losses=("infonce",), train_queries=3,
+                                   candidates=3, batch_size=2)  # fmt: skip
+    run_bench(settings, say=lambda _: None)
+    (meta,) = (cache / "retrieval" / "teacher-scores").glob("*.json")
+    assert json.loads(meta.read_text())["teacher"] == f"cross-encoder|{training_key(settings)}"
+    assert (cache / "retrieval" / "bench-checkpoints" / training_key(settings) / "cross-encoder").is_dir()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -235,12 +235,44 @@ def _row(method: str, metrics: dict[str, float], result: SearchResult, **extra: 
     return row
 
 
-def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
-    """Run the comparison; returns ``{"rows": [...], "summary": {...}, "settings": {...}}``."""
-    from crossedge.core.cache import cache_dir
+# Options added after the first bench runs enter the training key only away from the value those runs
+# had, so their checkpoints stay valid: (option, its value in the first runs, settings it brings in).
+LATER_KEY_OPTIONS: tuple[tuple[str, Any, tuple[str, ...]], ...] = (
+    ("negatives", "bm25", ("negatives",)),
+    ("head", "cls", ("head", "interaction_layers")),
+)
 
-    from .losses import get_loss
 
+def training_key(settings: BenchSettings) -> str:
+    """The one key of everything that determines a model the bench trains (and the teacher's scores).
+
+    It names the checkpoint folder ``bench-checkpoints/<key>/<tag>`` and the teacher-score id
+    ``cross-encoder|<key>``, so a later run with the same settings (e.g. ``--methods students``
+    after ``cross-rerank``) loads what an earlier one trained, and an interrupted run resumes.
+    """
+    config = train_config(settings)
+    parts: tuple[Any, ...] = (
+        asdict(config),
+        settings.model,
+        settings.collection,
+        settings.train_collection,
+        settings.train_queries,
+        settings.candidates,
+        settings.max_doc_tokens,
+    )
+    for option, first_value, names in LATER_KEY_OPTIONS:
+        if getattr(settings, option) != first_value:
+            parts += tuple(f"{name}={getattr(settings, name)}" for name in names)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def train_config(settings: BenchSettings) -> TrainConfig:
+    """The training recipe every model of the bench shares."""
+    return TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
+
+
+def check_settings(settings: BenchSettings) -> None:
+    """Refuse unknown or contradictory settings before anything loads or trains."""
     unknown = sorted(set(settings.methods) - set(ALL_METHODS))
     if unknown:
         raise CrossedgeError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
@@ -253,11 +285,93 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     if settings.uni_init == "cross-encoder" and (
         settings.head != "similarity" or settings.interaction_layers is not None
     ):
-        # Checked before any training: the copy needs the similarity head with every layer interacting.
+        # The copy needs the similarity head with every layer interacting.
         raise CrossedgeError(
             "uni_init='cross-encoder' copies the cross-encoder's similarity head and needs every layer to interact: "
             "use head='similarity' without interaction_layers, or uni_init='encoder'"
         )
+
+
+@dataclass
+class BenchRun:
+    """What the steps of one bench run share: settings, the test queries, and the rows and summary so far."""
+
+    settings: BenchSettings
+    test: Collection
+    qids: list[str]
+    say: Callable[[str], Any] = print
+    train: Collection | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    ndcg_by_query: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> set[str]:
+        """The methods asked for."""
+        return set(self.settings.methods)
+
+    def training_collection(self) -> Collection:
+        """The collection the bench trains on (the stdlib train split unless one was given)."""
+        if self.train is None:
+            self.train = load_code_search("train")
+        return self.train
+
+    def checkpoints(self) -> Path:
+        """Where this run's trained models checkpoint: one folder per :func:`training_key`."""
+        from crossedge.core.cache import cache_dir
+
+        return cache_dir() / "retrieval" / "bench-checkpoints" / training_key(self.settings)
+
+    def evaluate(self, name: str, result: SearchResult, **extra: Any) -> dict[str, Any]:
+        """Score rankings against the judgements, add the row and log it."""
+        values = per_query(ranking_to_run(result.rankings), self.test.qrels, self.qids)
+        self.ndcg_by_query[name] = values["ndcg@10"]
+        row = _row(name, means(values), result, **extra)
+        self.rows.append(row)
+        self.say(
+            f"  {name}: ndcg@10={row['ndcg@10']:.4f} mrr@10={row['mrr@10']:.4f} recall@100={row['recall@100']:.4f}"
+        )
+        return row
+
+    def fresh(self, kind: type[Scorer]) -> Scorer:
+        """A new scorer of ``kind`` from the bench's model, with the bench's head and document length."""
+        s = self.settings
+        extra: dict[str, Any] = {}
+        if kind is not BiEncoder:
+            extra["head"] = s.head
+        if kind is CrossEncoder and s.interaction_layers is not None:
+            extra["interaction_layers"] = s.interaction_layers
+        return kind.from_pretrained(s.model, seed=s.seed, max_doc_tokens=s.max_doc_tokens, **extra)
+
+    def train_scorer(
+        self, model: Scorer, examples: list[ListExample], loss: Loss, tag: str, config: TrainConfig | None = None
+    ) -> Scorer:
+        """Train (or resume, or load the finished checkpoint of) ``model`` under ``tag``; records the run."""
+        start = time.perf_counter()
+        config = config or train_config(self.settings)
+        folder = self.checkpoints() / tag
+        trainer = Trainer(model, examples, list_loss(loss), config, folder, tag, self.settings.progress)
+        if trainer.latest_checkpoint() is not None:
+            self.say(f"  {tag}: resuming from {trainer.latest_checkpoint()}")
+        history = trainer.fit()
+        self.summary.setdefault("training", {})[tag] = {
+            "seconds": time.perf_counter() - start,
+            "loss": history[-1]["loss"],
+            "examples": len(examples),
+        }
+        return model
+
+
+@dataclass
+class TrainingLists:
+    """The labelled lists the teacher and the trained methods learn from; students may get the first N."""
+
+    examples: list[ListExample] = field(default_factory=list)
+    students: list[ListExample] = field(default_factory=list)
+
+
+def prepare_collection(settings: BenchSettings, say: Callable[[str], Any] = print) -> BenchRun:
+    """Step 1: read the test (and training) collection, sample the queries and subsample the corpus."""
     test = read_beir(settings.collection) if settings.collection else load_code_search("test")
     train = read_beir(settings.train_collection, split="train") if settings.train_collection else None
     qids = sample_queries(test, settings.limit_queries, seed=settings.seed)
@@ -266,206 +380,179 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
     if settings.corpus_limit:
         test = subsample_corpus(test, qids, settings.corpus_limit, settings.seed)
     say(f"collection: {len(test.corpus)} documents, {len(qids)} queries (of {len(test.judged_queries())})")
-    rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"documents": len(test.corpus), "queries": len(qids)}
-    methods = set(settings.methods)
-    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
+    run = BenchRun(settings, test, qids, say=say, train=train)
+    run.summary.update({"documents": len(test.corpus), "queries": len(qids)})
+    return run
 
-    ndcg_by_query: dict[str, dict[str, float]] = {}
 
-    def evaluate_row(name: str, result: SearchResult, **extra: Any) -> dict[str, Any]:
-        values = per_query(ranking_to_run(result.rankings), test.qrels, qids)
-        ndcg_by_query[name] = values["ndcg@10"]
-        row = _row(name, means(values), result, **extra)
-        rows.append(row)
-        say(f"  {name}: ndcg@10={row['ndcg@10']:.4f} mrr@10={row['mrr@10']:.4f} recall@100={row['recall@100']:.4f}")
-        return row
+def first_stage(run: BenchRun) -> SearchResult | None:
+    """Step 2: the BM25 row, and the zero-shot bi-encoder whose candidates the rerankers rescore."""
+    s = run.settings
+    if "bm25" in run.methods:
+        run.evaluate("bm25", bm25_search(run.test, run.qids))
+        run.summary["bm25_index_docs_per_s"] = run.rows[-1]["index_docs_per_s"]
+    if not run.methods & {"bi-zero-shot", "cross-rerank", "uni-rerank"}:
+        return None
+    first = dense_search(run.fresh(BiEncoder), run.test, run.qids, progress=s.progress)
+    run.evaluate("bi-encoder zero-shot", first)
+    run.summary["bi_index_docs_per_s"] = first.documents / first.index_seconds
+    return first
 
-    def fresh(kind: type[Scorer]) -> Scorer:
-        extra: dict[str, Any] = {}
-        if kind is not BiEncoder:
-            extra["head"] = settings.head
-        if kind is CrossEncoder and settings.interaction_layers is not None:
-            extra["interaction_layers"] = settings.interaction_layers
-        return kind.from_pretrained(settings.model, seed=settings.seed, max_doc_tokens=settings.max_doc_tokens, **extra)
 
-    # Every model the bench trains checkpoints under a key of everything that determines it, so a
-    # later run with the same settings (e.g. ``--methods students`` after ``cross-rerank``) loads the
-    # finished model instead of training it again, and an interrupted run resumes.
-    key_parts: tuple[Any, ...] = (
-        asdict(config),
-        settings.model,
-        settings.collection,
-        settings.train_collection,
-        settings.train_queries,
-        settings.candidates,
-        settings.max_doc_tokens,
-    )
-    # Lists with other negatives train other models. BM25 runs keep the key they had before the
-    # choice existed, so their checkpoints stay valid.
-    if settings.negatives != "bm25":
-        key_parts += (f"negatives={settings.negatives}",)
-    # The same goes for the head, which came later still: ``cls`` runs keep their old key.
-    if settings.head != "cls":
-        key_parts += (f"head={settings.head}", f"interaction_layers={settings.interaction_layers}")
-    run_key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:16]
-    checkpoints = cache_dir() / "retrieval" / "bench-checkpoints" / run_key
+def build_training_lists(run: BenchRun) -> TrainingLists:
+    """Step 3: the labelled training lists (positive plus hard negatives) the trained methods share."""
+    s = run.settings
+    if not run.methods & {"bi-trained", "cross-rerank", "uni-rerank", "students", "trans-encoder"}:
+        return TrainingLists()
+    start = time.perf_counter()
+    # The miner is the zero-shot first stage itself, so training negatives look like the candidates
+    # the rerankers get at test time.
+    miner = run.fresh(BiEncoder) if s.negatives == "bi-encoder" else None
+    examples = training_lists(run.training_collection(), s.train_queries, s.candidates, s.seed,
+                              negatives=s.negatives, miner=miner, progress=s.progress)  # fmt: skip
+    run.summary["train_lists"] = {
+        "queries": len(examples),
+        "candidates": s.candidates,
+        "negatives": s.negatives,
+        "seconds": time.perf_counter() - start,
+    }
+    students = examples[: s.student_queries] if s.student_queries else examples
+    if s.student_queries:
+        run.summary["student_lists"] = len(students)
+    return TrainingLists(examples, students)
 
-    def train_scorer(
-        model: Scorer, examples: list[ListExample], loss: Loss, tag: str, own: TrainConfig | None = None
-    ) -> Scorer:
-        start = time.perf_counter()
-        trainer = Trainer(model, examples, list_loss(loss), own or config, checkpoints / tag, tag, settings.progress)
-        if trainer.latest_checkpoint() is not None:
-            say(f"  {tag}: resuming from {trainer.latest_checkpoint()}")
-        history = trainer.fit()
-        summary.setdefault("training", {})[tag] = {
-            "seconds": time.perf_counter() - start,
-            "loss": history[-1]["loss"],
-            "examples": len(examples),
-        }
-        return model
 
-    if "bm25" in methods:
-        result = bm25_search(test, qids)
-        evaluate_row("bm25", result)
-        summary["bm25_index_docs_per_s"] = rows[-1]["index_docs_per_s"]
+def train_bi_encoder(run: BenchRun, lists: TrainingLists) -> None:
+    """Step 4a: the bi-encoder fine-tuned on the labelled lists."""
+    bi = run.train_scorer(run.fresh(BiEncoder), lists.examples, InfoNCE(), "bi-encoder")
+    run.evaluate("bi-encoder trained", dense_search(bi, run.test, run.qids, progress=run.settings.progress))
 
-    needs_first_stage = methods & {"bi-zero-shot", "cross-rerank", "uni-rerank"}
-    needs_lists = methods & {"bi-trained", "cross-rerank", "uni-rerank", "students", "trans-encoder"}
-    first = None
-    if needs_first_stage:
-        bi = fresh(BiEncoder)
-        first = dense_search(bi, test, qids, progress=settings.progress)
-        evaluate_row("bi-encoder zero-shot", first)
-        summary["bi_index_docs_per_s"] = first.documents / first.index_seconds
-        del bi
-    examples: list[ListExample] = []
-    if needs_lists:
-        train = train or load_code_search("train")
-        start = time.perf_counter()
-        # The miner is the zero-shot first stage itself, so training negatives look like the candidates
-        # the rerankers get at test time.
-        miner = fresh(BiEncoder) if settings.negatives == "bi-encoder" else None
-        examples = training_lists(
-            train,
-            settings.train_queries,
-            settings.candidates,
-            settings.seed,
-            negatives=settings.negatives,
-            miner=miner,
-            progress=settings.progress,
-        )
-        del miner
-        summary["train_lists"] = {
-            "queries": len(examples),
-            "candidates": settings.candidates,
-            "negatives": settings.negatives,
-            "seconds": time.perf_counter() - start,
-        }
-    # Students and Trans-Encoder may get a smaller budget than the teacher: the first N of its lists.
-    student_examples = examples[: settings.student_queries] if settings.student_queries else examples
-    if settings.student_queries:
-        summary["student_lists"] = len(student_examples)
 
-    if "bi-trained" in methods:
-        bi_t = train_scorer(fresh(BiEncoder), examples, InfoNCE(), "bi-encoder")
-        evaluate_row("bi-encoder trained", dense_search(bi_t, test, qids, progress=settings.progress))
-        del bi_t
+def train_teacher(run: BenchRun, lists: TrainingLists) -> CrossEncoder:
+    """Step 4b: the cross-encoder: reranker, teacher of the students, and the uni-encoder's optional start."""
+    return run.train_scorer(run.fresh(CrossEncoder), lists.examples, InfoNCE(), "cross-encoder")
 
-    teacher = None
-    uni_from_cross = "uni-rerank" in methods and settings.uni_init == "cross-encoder"
-    if methods & {"cross-rerank", "students"} or uni_from_cross:
-        teacher = train_scorer(fresh(CrossEncoder), examples, InfoNCE(), "cross-encoder")
-    if "cross-rerank" in methods and first is not None:
-        for depth in sorted({settings.rerank_depth, settings.uni_depth}, reverse=True):
-            result = rerank(teacher, test, first.rankings, depth, progress=settings.progress)
-            result.seconds += first.seconds
-            rerank_ms = 1000 * (result.seconds - first.seconds) / len(qids)
-            evaluate_row(f"cross-encoder rerank@{depth}", result, rerank_ms_per_query=rerank_ms)
-    if "uni-rerank" in methods and first is not None:
-        # From the trained cross-encoder (same encoder and head; only the query's attention to the
-        # candidate is lost) or from the plain encoder, then trained in its own layout on the same lists.
-        # ``uni_epochs=0`` keeps the starting weights as they are.
-        uni = UniEncoder.from_scorer(teacher) if uni_from_cross else fresh(UniEncoder)
-        uni_tag = "uni-encoder-from-cross" if uni_from_cross else "uni-encoder"
-        if settings.uni_epochs is None:
-            uni = train_scorer(uni, examples, InfoNCE(), uni_tag)
-        elif settings.uni_epochs > 0:
-            own = replace(config, epochs=settings.uni_epochs)
-            uni = train_scorer(uni, examples, InfoNCE(), f"{uni_tag}-{settings.uni_epochs}-epochs", own)
-        if uni_from_cross:
-            uni_label = " (cross-encoder weights)" if settings.uni_epochs == 0 else " (from cross-encoder)"
-        else:
-            uni_label = " (untrained)" if settings.uni_epochs == 0 else ""
-        result = rerank(uni, test, first.rankings, settings.uni_depth, batch_size=settings.uni_depth)
+
+def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchResult) -> None:
+    """Step 5a: the cross-encoder reranking the first stage at each depth."""
+    s = run.settings
+    for depth in sorted({s.rerank_depth, s.uni_depth}, reverse=True):
+        result = rerank(teacher, run.test, first.rankings, depth, progress=s.progress)
         result.seconds += first.seconds
-        evaluate_row(
-            f"uni-encoder rerank@{settings.uni_depth}{uni_label}",
-            result,
-            rerank_ms_per_query=1000 * (result.seconds - first.seconds) / len(qids),
-        )
-        # Same 20 pairs, same first stage: the speed ratio and quality gap the issue asks about.
-        cross_name = f"cross-encoder rerank@{settings.uni_depth}"
-        cross_row = next((r for r in rows if r["method"] == cross_name), None)
-        if cross_row is not None:
-            uni_row = rows[-1]
-            summary["uni_vs_cross"] = {
-                "candidates": settings.uni_depth,
-                "speedup": cross_row["rerank_ms_per_query"] / uni_row["rerank_ms_per_query"],
-                "ndcg_gap_points": 100 * (cross_row["ndcg@10"] - uni_row["ndcg@10"]),
-            }
-            if len(qids) > 1:
-                gap = paired_difference(ndcg_by_query[cross_name], ndcg_by_query[uni_row["method"]])
-                summary["uni_vs_cross"]["ndcg_gap_ci95_points"] = [100 * gap["low"], 100 * gap["high"]]
-        del uni
+        rerank_ms = 1000 * (result.seconds - first.seconds) / len(run.qids)
+        run.evaluate(f"cross-encoder rerank@{depth}", result, rerank_ms_per_query=rerank_ms)
 
-    if "students" in methods:
-        cache = TeacherCache(cache_dir() / "retrieval" / "teacher-scores")
-        lists = [(ex.query, ex.documents) for ex in student_examples]
-        teacher_id = "cross-encoder|" + hashlib.sha256(repr(asdict(config)).encode()).hexdigest()[:8]
-        teacher_id += f"|{settings.model}|{settings.train_queries}|{settings.candidates}|{settings.max_doc_tokens}"
-        if settings.negatives != "bm25":
-            teacher_id += f"|negatives={settings.negatives}"
-        if settings.head != "cls":
-            teacher_id += f"|head={settings.head}|interaction_layers={settings.interaction_layers}"
-        scores = cache.get_or_compute(teacher_id, lists, teacher.score, progress=settings.progress)
-        distil = [ListExample(q, d, teacher=tuple(s)) for (q, d), s in zip(lists, scores, strict=True)]
-        for loss_name in settings.losses:
-            tag = f"student-{loss_name}" + (f"-{len(distil)}" if settings.student_queries else "")
-            student = train_scorer(fresh(BiEncoder), distil, get_loss(loss_name), tag)
-            evaluate_row(f"student {loss_name}", dense_search(student, test, qids, progress=settings.progress))
-            del student
-    del teacher
 
-    if "trans-encoder" in methods:
-        bi_u = fresh(BiEncoder)
-        train = train or load_code_search("train")
-        start = time.perf_counter()
-        lists = unlabelled_lists(train, settings.student_queries or settings.train_queries, settings.candidates,
-                                 bi_u, settings.seed, settings.progress)  # fmt: skip
-        summary["trans_encoder_lists"] = {"lists": len(lists), "seconds": time.perf_counter() - start}
-        start = time.perf_counter()
-        history = trans_encoder(
-            bi_u, lists, cycles=settings.trans_cycles, loss=ListNetKL(), config=config, progress=settings.progress
-        )
-        summary["trans_encoder"] = {"seconds": time.perf_counter() - start, "cycles": history.history}
-        evaluate_row(
-            f"trans-encoder bi ({settings.trans_cycles} cycle{'s' if settings.trans_cycles > 1 else ''})",
-            dense_search(bi_u, test, qids, progress=settings.progress),
-        )
-    # Each row against the zero-shot bi-encoder on the same queries, with a paired bootstrap interval:
-    # whether a gain of a point or two is more than the luck of the query sample.
+def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None, first: SearchResult) -> None:
+    """Step 4c and 5b: the uni-encoder trained in its own layout, reranking the first stage, against the cross."""
+    s = run.settings
+    from_cross = s.uni_init == "cross-encoder"
+    # From the trained cross-encoder (same encoder and head; only the query's attention to the
+    # candidate is lost) or from the plain encoder. ``uni_epochs=0`` keeps the starting weights as they are.
+    uni = UniEncoder.from_scorer(teacher) if from_cross else run.fresh(UniEncoder)
+    tag = "uni-encoder-from-cross" if from_cross else "uni-encoder"
+    if s.uni_epochs is None:
+        uni = run.train_scorer(uni, lists.examples, InfoNCE(), tag)
+    elif s.uni_epochs > 0:
+        own = replace(train_config(s), epochs=s.uni_epochs)
+        uni = run.train_scorer(uni, lists.examples, InfoNCE(), f"{tag}-{s.uni_epochs}-epochs", own)
+    if from_cross:
+        label = " (cross-encoder weights)" if s.uni_epochs == 0 else " (from cross-encoder)"
+    else:
+        label = " (untrained)" if s.uni_epochs == 0 else ""
+    result = rerank(uni, run.test, first.rankings, s.uni_depth, batch_size=s.uni_depth)
+    result.seconds += first.seconds
+    uni_row = run.evaluate(f"uni-encoder rerank@{s.uni_depth}{label}", result,
+                           rerank_ms_per_query=1000 * (result.seconds - first.seconds) / len(run.qids))  # fmt: skip
+    # Same candidates, same first stage: the speed ratio and quality gap against the cross-encoder.
+    cross_name = f"cross-encoder rerank@{s.uni_depth}"
+    cross_row = next((r for r in run.rows if r["method"] == cross_name), None)
+    if cross_row is None:
+        return
+    gap = {
+        "candidates": s.uni_depth,
+        "speedup": cross_row["rerank_ms_per_query"] / uni_row["rerank_ms_per_query"],
+        "ndcg_gap_points": 100 * (cross_row["ndcg@10"] - uni_row["ndcg@10"]),
+    }
+    if len(run.qids) > 1:
+        paired = paired_difference(run.ndcg_by_query[cross_name], run.ndcg_by_query[uni_row["method"]])
+        gap["ndcg_gap_ci95_points"] = [100 * paired["low"], 100 * paired["high"]]
+    run.summary["uni_vs_cross"] = gap
+
+
+def train_students(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder) -> None:
+    """Step 4d: bi-encoder students distilled from the teacher's scores, one per loss."""
+    from crossedge.core.cache import cache_dir
+
+    from .losses import get_loss
+
+    s = run.settings
+    cache = TeacherCache(cache_dir() / "retrieval" / "teacher-scores")
+    pairs = [(ex.query, ex.documents) for ex in lists.students]
+    scores = cache.get_or_compute(f"cross-encoder|{training_key(s)}", pairs, teacher.score, progress=s.progress)
+    distil = [ListExample(q, d, teacher=tuple(t)) for (q, d), t in zip(pairs, scores, strict=True)]
+    for loss_name in s.losses:
+        tag = f"student-{loss_name}" + (f"-{len(distil)}" if s.student_queries else "")
+        student = run.train_scorer(run.fresh(BiEncoder), distil, get_loss(loss_name), tag)
+        run.evaluate(f"student {loss_name}", dense_search(student, run.test, run.qids, progress=s.progress))
+
+
+def train_trans_encoder(run: BenchRun) -> None:
+    """Step 4e: Trans-Encoder, self-distillation on unlabelled lists the zero-shot bi-encoder retrieves."""
+    s = run.settings
+    bi = run.fresh(BiEncoder)
+    start = time.perf_counter()
+    lists = unlabelled_lists(run.training_collection(), s.student_queries or s.train_queries, s.candidates, bi,
+                             s.seed, s.progress)  # fmt: skip
+    run.summary["trans_encoder_lists"] = {"lists": len(lists), "seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    history = trans_encoder(bi, lists, cycles=s.trans_cycles, loss=ListNetKL(), config=train_config(s),
+                            progress=s.progress)  # fmt: skip
+    run.summary["trans_encoder"] = {"seconds": time.perf_counter() - start, "cycles": history.history}
+    cycles = f"{s.trans_cycles} cycle{'s' if s.trans_cycles > 1 else ''}"
+    run.evaluate(f"trans-encoder bi ({cycles})", dense_search(bi, run.test, run.qids, progress=s.progress))
+
+
+def summarise(run: BenchRun) -> dict[str, Any]:
+    """Step 6: each row against the zero-shot bi-encoder with a paired bootstrap interval, and the report."""
+    # Whether a gain of a point or two is more than the luck of the query sample.
     base = "bi-encoder zero-shot"
-    if base in ndcg_by_query and len(qids) > 1:
-        summary["ndcg_vs_bi_zero_shot_points"] = {
-            name: {k: 100 * v for k, v in paired_difference(values, ndcg_by_query[base]).items() if k != "queries"}
-            for name, values in ndcg_by_query.items()
+    if base in run.ndcg_by_query and len(run.qids) > 1:
+        run.summary["ndcg_vs_bi_zero_shot_points"] = {
+            name: {k: 100 * v for k, v in paired_difference(values, run.ndcg_by_query[base]).items() if k != "queries"}
+            for name, values in run.ndcg_by_query.items()
             if name != base
         }
-    summary["threads"] = torch.get_num_threads()
-    settings_dict = {k: v for k, v in asdict(settings).items() if k != "log"}
-    return {"rows": rows, "summary": summary, "settings": settings_dict}
+    run.summary["threads"] = torch.get_num_threads()
+    settings = {k: v for k, v in asdict(run.settings).items() if k != "log"}
+    return {"rows": run.rows, "summary": run.summary, "settings": settings}
+
+
+def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
+    """Run the comparison; returns ``{"rows": [...], "summary": {...}, "settings": {...}}``.
+
+    The steps: prepare the collection, the first stage, the training lists, each trained method
+    (checkpointed under one :func:`training_key`), evaluation of each as it finishes, the summary.
+    """
+    check_settings(settings)
+    run = prepare_collection(settings, say)
+    methods = run.methods
+    first = first_stage(run)
+    lists = build_training_lists(run)
+    if "bi-trained" in methods:
+        train_bi_encoder(run, lists)
+    uni_from_cross = "uni-rerank" in methods and settings.uni_init == "cross-encoder"
+    teacher = train_teacher(run, lists) if methods & {"cross-rerank", "students"} or uni_from_cross else None
+    if "cross-rerank" in methods and first is not None:
+        evaluate_cross_rerank(run, teacher, first)
+    if "uni-rerank" in methods and first is not None:
+        uni_rerank(run, lists, teacher, first)
+    if "students" in methods:
+        train_students(run, lists, teacher)
+    del teacher
+    if "trans-encoder" in methods:
+        train_trans_encoder(run)
+    return summarise(run)
 
 
 def search_index(
