@@ -317,3 +317,21 @@ def test_teacher_scores_are_cached_under_the_training_key(tmp_path, cache, plugi
     (meta,) = (cache / "retrieval" / "teacher-scores").glob("*.json")
     assert json.loads(meta.read_text())["teacher"] == f"cross-encoder|{training_key(settings)}"
     assert (cache / "retrieval" / "bench-checkpoints" / training_key(settings) / "cross-encoder").is_dir()
+
+
+def test_an_unknown_loss_is_refused_before_anything_trains(tmp_path, plugin):
+    from crossedge.core import CrossedgeError
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+
+    settings = BenchSettings(collection=str(tmp_path / "missing"), methods=("students",), losses=("infonse",))
+    with pytest.raises(CrossedgeError, match="unknown loss 'infonse': did you mean 'infonce'"):
+        run_bench(settings, say=lambda _: None)  # the collection is never read: the settings fail first
+
+
+def test_train_with_an_unknown_loss_fails_before_the_model_loads(tmp_path, plugin):
+    from crossedge.core.cli import build_cli
+
+    args = ["retrieval", "train", "bi-encoder", "--out", str(tmp_path / "o"), "--loss", "infonse"]
+    args += ["--model", str(tmp_path / "no-such-model"), "--collection", str(tmp_path / "no-such-collection")]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 1 and "unknown loss 'infonse'" in result.output

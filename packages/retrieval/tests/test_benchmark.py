@@ -62,3 +62,11 @@ def test_plugin_and_cli_modules_import_no_torch():
     code = "import sys, crossedge.retrieval.plugin, crossedge.retrieval.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout.strip().lower()) is False
+
+
+def test_a_bad_thread_count_is_a_clear_error():
+    from crossedge.core import CrossedgeError
+    from crossedge.retrieval.benchmark import RetrievalBenchmark
+
+    with pytest.raises(CrossedgeError, match="threads='many': expected int"):
+        RetrievalBenchmark().run(threads="many")

@@ -94,6 +94,6 @@ class RetrievalBenchmark(Benchmark):
         from .pipeline import run_bench
 
         settings = settings_from_options(**options)
-        with pin_threads(None if threads is None else int(threads)):
+        with pin_threads(_coerce("threads", threads, int | None)):
             result = run_bench(settings, say=lambda line: print(line, file=sys.stderr))
         return report_of(result)

@@ -141,6 +141,7 @@ def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head,
         raise CrossedgeError(
             "--init starts a cross- or uni-encoder from saved weights; a bi-encoder starts from --model"
         )
+    loss_fn = list_loss(get_loss(loss))  # an unknown --loss fails before any model loads
     train = read_beir(collection, split="train") if collection else load_code_search("train")
     miner = BiEncoder.from_pretrained(model) if negatives == "bi-encoder" else None
     examples = training_lists(train, queries, candidates, seed, negatives=negatives, miner=miner, progress=True)
@@ -153,7 +154,7 @@ def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head,
     else:
         scorer = kinds[kind].from_pretrained(model, seed=seed, **({} if kind == "bi-encoder" else {"head": head}))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    trainer = Trainer(scorer, examples, list_loss(get_loss(loss)), config, out / "checkpoints", kind)
+    trainer = Trainer(scorer, examples, loss_fn, config, out / "checkpoints", kind)
     if trainer.latest_checkpoint() is not None:
         click.echo(f"resuming from {trainer.latest_checkpoint()}")
     history = trainer.fit()
