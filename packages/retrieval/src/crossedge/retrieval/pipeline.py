@@ -282,12 +282,6 @@ def check_settings(settings: BenchSettings) -> None:
         raise CrossedgeError(f"uni_epochs must be 0 or more, not {settings.uni_epochs}")
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
-    if "students" in settings.methods:
-        from crossedge.core import get_registry
-
-        losses = get_registry("loss")
-        for name in settings.losses:
-            losses.get(name)  # an unknown loss fails here, with close matches, not after the teacher trained
     if settings.uni_init == "cross-encoder" and (
         settings.head != "similarity" or settings.interaction_layers is not None
     ):
@@ -296,6 +290,12 @@ def check_settings(settings: BenchSettings) -> None:
             "uni_init='cross-encoder' copies the cross-encoder's similarity head and needs every layer to interact: "
             "use head='similarity' without interaction_layers, or uni_init='encoder'"
         )
+    if "students" in settings.methods:
+        from crossedge.core import get_registry
+
+        losses = get_registry("loss")
+        for name in settings.losses:
+            losses.get(name)  # an unknown loss fails here, with close matches, not after the teacher trained
 
 
 @dataclass
