@@ -195,3 +195,16 @@ def test_index_with_a_causal_lm_folder_is_refused(tmp_path, cli, plugin):
     src = make_folder(tmp_path / "src")
     result = cli("retrieval", "index", str(src), "--out", str(tmp_path / "idx"), "--model", str(tmp_path / "llama"))
     assert result.exit_code == 1 and "is a causal language model (LlamaForCausalLM)" in result.output
+
+
+def test_a_damaged_index_can_be_rebuilt_in_place_as_its_error_says(tmp_path, cli, plugin):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "idx"
+    assert cli(*_index_args(tmp_path, src, out=out)).exit_code == 0
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:60])  # truncated
+    damaged = cli("retrieval", "search", str(out), "read config")
+    assert damaged.exit_code == 1 and "crossedge retrieval index PATH... --out" in damaged.output
+    rebuilt = cli(*_index_args(tmp_path, src, out=out))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert cli("retrieval", "search", str(out), "read config", "--json").exit_code == 0

@@ -20,6 +20,8 @@ EMBEDDINGS = "embeddings.safetensors"
 DOCUMENTS = "documents.jsonl"
 
 
+_MANIFEST_START = json.dumps({"format": INDEX_FORMAT}, indent=2)[:-2]  # '{\n  "format": "crossedge.retrieval.index"'
+
 #: Folders an index may hold beside its files: the bi-encoder it was built with, trained rerankers.
 OWN_FOLDERS = ("model", "cross-encoder", "uni-encoder")
 
@@ -33,10 +35,20 @@ class IndexOutputError(CrossedgeError):
 
 
 def is_index_folder(folder: Path | str) -> bool:
-    """True when ``folder`` holds a manifest written by :meth:`DenseIndex.save` (whatever state the rest is in)."""
+    """True when ``folder`` holds a manifest written by :meth:`DenseIndex.save` (whatever state the rest is in).
+
+    A truncated manifest still counts when it starts the way :meth:`DenseIndex.save` writes one, so a
+    damaged index can be rebuilt in place as its error message says.
+    """
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        text = (Path(folder) / MANIFEST).read_text(encoding="utf-8")
     except (OSError, ValueError):
+        return False
+    if text.startswith(_MANIFEST_START):
+        return True
+    try:
+        manifest = json.loads(text)
+    except ValueError:
         return False
     return isinstance(manifest, dict) and manifest.get("format") == INDEX_FORMAT
 
