@@ -208,3 +208,12 @@ def test_a_damaged_index_can_be_rebuilt_in_place_as_its_error_says(tmp_path, cli
     rebuilt = cli(*_index_args(tmp_path, src, out=out))
     assert rebuilt.exit_code == 0, rebuilt.output
     assert cli("retrieval", "search", str(out), "read config", "--json").exit_code == 0
+
+
+def test_collection_copy_refuses_a_folder_holding_other_files(tmp_path, cli, plugin):
+    out = tmp_path / "mine"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "corpus.jsonl").write_text("my own corpus\n")
+    result = cli("retrieval", "collection", "--out", str(out))
+    assert result.exit_code == 1 and "holds no earlier copy of the collection" in result.output
+    assert (out / "train" / "corpus.jsonl").read_text() == "my own corpus\n"

@@ -169,8 +169,17 @@ def collection_cmd(out: Path | None, force: bool) -> None:
     """Build the stdlib code-search collection (train/dev/test BEIR folders) and print where it is."""
     import shutil
 
-    from .collection import ensure_code_search
+    from .collection import code_search_dir, ensure_code_search
 
+    if out is not None:
+        # A copy goes to a new or empty folder, or over an earlier copy (it has complete.json), never elsewhere.
+        if out.resolve() == code_search_dir().resolve():
+            raise CrossedgeError(f"--out {out} is the cached collection itself; choose another folder")
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "complete.json").exists())):
+            raise CrossedgeError(
+                f"--out {out} is not empty and holds no earlier copy of the collection; "
+                "choose a new or empty folder (nothing there is overwritten)"
+            )
     folder = ensure_code_search(force=force)
     click.echo((folder / "complete.json").read_text())
     if out is not None:
