@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crossedge.core.builtins.model_sources",
     "crossedge.core.builtins.datasets",
     "crossedge.core.builtins.benchmarks",
+    "crossedge.core.builtins.backends",
 )
 
 
