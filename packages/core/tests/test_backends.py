@@ -10,6 +10,7 @@ from crossedge.core import CrossedgeError, UnknownNameError, get_registry, regis
 from crossedge.core.backends import DEFAULT_BACKEND, TorchEagerBackend, get_backend, resolve_backend
 from crossedge.core.conformance.backend import BackendConformance
 from crossedge.core.contracts.backend import Backend, BackendCapabilityError, dtype_name
+from crossedge.core.specs import SpecError
 from crossedge.core.testing import BackendPlugin, CountingBackend, StaticGraphBackend
 
 
@@ -136,3 +137,23 @@ def test_importing_the_contract_does_not_import_torch():
     code = "import sys, crossedge.core.contracts.backend, crossedge.core.backends; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+class Tunable(TorchEagerBackend):
+    """An eager backend with options, to check that a spec's options reach ``__init__``."""
+
+    name = "tunable"
+
+    def __init__(self, threads: int = 1, mode: str | None = None, fused: bool = False):
+        self.threads, self.mode, self.fused = threads, mode, fused
+
+
+def test_a_spec_builds_the_class_with_coerced_options():
+    with registered(BackendPlugin(Tunable), name="tunable-test"):
+        backend = resolve_backend("tunable:threads=4,mode=reduce-overhead,fused=yes", purpose="specdec bench")
+        assert (backend.threads, backend.mode, backend.fused) == (4, "reduce-overhead", True)
+        assert get_backend("tunable").threads == 1
+        with pytest.raises(SpecError, match=r"character 9.*no option 'mdoe'; did you mean 'mode'"):
+            get_backend("tunable:mdoe=x")
+        with pytest.raises(SpecError, match=r"option threads"):
+            get_backend("tunable:threads=many")

@@ -179,3 +179,15 @@ def test_torch_backends_accept_causal_lm_uses(backend_cls):
         pytest.skip(backend.unavailable_reason())
     backend.require(purpose="quant eval", dynamic_shapes=True, kv_cache_decoding=True, custom_kernels=True)
     assert backend.capabilities()["kv_cache_decoding"] and backend.capabilities()["custom_kernels"]
+
+
+@pytest.mark.usefixtures("ondevice_plugin")
+def test_backend_options_come_from_the_spec():
+    from crossedge.core.backends import get_backend
+    from crossedge.core.specs import SpecError
+
+    assert get_backend("torch-compile:mode=reduce-overhead").mode == "reduce-overhead"
+    ort = get_backend("ort:threads=2,dynamo=false")
+    assert type(ort) is OnnxRuntimeBackend and (ort.threads, ort.dynamo) == (2, False)
+    with pytest.raises(SpecError, match=r"no option 'mod'.*did you mean 'mode'"):
+        get_backend("inductor:mod=max-autotune")

@@ -17,6 +17,7 @@ from typing import Any
 from .contracts.backend import DEFAULT_BACKEND, Backend, PreparedModel, first_tensor, is_backend_class
 from .errors import CrossedgeError, UnknownNameError
 from .registry import get_registry
+from .specs import Spec, build, parse_spec
 
 __all__ = ["DEFAULT_BACKEND", "ONDEVICE_INSTALL", "TorchEagerBackend", "get_backend", "resolve_backend"]
 
@@ -64,13 +65,18 @@ def _unknown(name: str) -> UnknownNameError:
     return error
 
 
-def get_backend(spec: str = DEFAULT_BACKEND) -> Backend:
-    """Build the backend registered as ``spec``, refusing objects that do not follow the contract."""
+def get_backend(spec: str | Spec = DEFAULT_BACKEND) -> Backend:
+    """Build the backend ``spec`` names (``name[:key=value,...]``, docs/specs.md), refusing non-contract objects.
+
+    The options are the class's ``__init__`` keyword arguments, coerced to their declared
+    types (``torch-compile:mode=reduce-overhead``); an unknown option is a
+    :class:`crossedge.core.specs.SpecError` listing the valid ones.
+    """
+    parsed = parse_spec(spec, kind="backend")
     registry = get_registry("backend")
-    name = spec
-    if name not in registry:
-        raise _unknown(name)
-    entry = registry.entry(name)
+    if parsed.name not in registry:
+        raise _unknown(parsed.name)
+    entry = registry.entry(parsed.name)
     factory = entry.obj
     if isinstance(factory, Backend):
         raise CrossedgeError(
@@ -82,11 +88,11 @@ def get_backend(spec: str = DEFAULT_BACKEND) -> Backend:
             f"backend {entry.name!r} (plugin {entry.plugin!r}) is {factory!r}, not a subclass of {CONTRACT}: "
             f"the plugin must subclass {CONTRACT} and register the class; until then use --backend {DEFAULT_BACKEND}"
         )
-    return factory()
+    return build(parsed, factory, kind="backend")
 
 
-def resolve_backend(spec: str, *, purpose: str, **capabilities: Any) -> Backend:
-    """The backend ``spec`` names, checked for ``purpose`` before any model is loaded.
+def resolve_backend(spec: str | Spec, *, purpose: str, **capabilities: Any) -> Backend:
+    """The backend ``spec`` names, built with its options and checked for ``purpose`` before any model loads.
 
     ``capabilities`` are the flags the use needs (``dynamic_shapes``, ``kv_cache_decoding``,
     ``custom_kernels``, ``training``, ``dtype``); :meth:`Backend.require` refuses with the
