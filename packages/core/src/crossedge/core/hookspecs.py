@@ -62,12 +62,15 @@ def register_model_sources(register):
 
 @hookspec
 def register_datasets(register):
-    """Register named datasets and text corpora.
+    """Register named datasets: text corpora and array datasets.
 
     Called the first time a dataset name is resolved. Call
-    ``register(dataset, aliases=())`` for each :class:`crossedge.core.Dataset`
-    instance. Datasets are built at run time from files already on the machine or
-    fetched by the user; plugins never ship other people's text. Returns nothing.
+    ``register(dataset, aliases=())`` for each instance of
+    :class:`crossedge.core.datasets.Dataset` (documents of text) or of
+    :class:`crossedge.core.contracts.array_dataset.ArrayDataset` (windows ``x`` of shape
+    (N, T, C) with labels, domains and splits). Datasets are built at run time from files
+    already on the machine or fetched by the user; plugins never ship other people's data.
+    Returns nothing.
     """
 
 
@@ -113,17 +116,19 @@ def register_backends(register):
     """
 
 
-# ------------------------------------------------------------- domain models
+# --------------------------------------------------------- domain algorithms
 
 
 @hookspec
-def register_domain_models(register):
-    """Register trainable domain components: scorers, losses, fusion blocks, algorithms.
+def register_algorithms(register):
+    """Register domain-generalization algorithms trained on array datasets.
 
-    Called the first time a domain model name is resolved. Call
-    ``register(component, aliases=())``; ``component.name`` is its name and
-    ``component.category`` says what it is (``"scorer"``, ``"loss"``, ``"fusion"``,
-    ``"algorithm"``). Names are unique across categories. Returns nothing.
+    Called the first time an algorithm name is resolved. Call
+    ``register(algorithm_class, aliases=())`` for each subclass of
+    :class:`crossedge.core.contracts.algorithm.DomainAlgorithm`; ``algorithm_class.name``
+    is the name used in sweeps and records. Register the class, not an instance: it is
+    built per run with the input shape, the class and domain counts and the hyperparameters.
+    Returns nothing.
     """
 
 

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crossedge.core.builtins.commands",
     "crossedge.core.builtins.model_sources",
     "crossedge.core.builtins.datasets",
+    "crossedge.core.builtins.algorithms",
     "crossedge.core.builtins.benchmarks",
     "crossedge.core.builtins.backends",
     "crossedge.core.builtins.scaffold",
@@ -35,6 +36,19 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 
 class PluginLoadWarning(CrossedgeWarning):
     """Issued once when a plugin cannot be imported or fails to register."""
+
+
+class UnknownHookWarning(CrossedgeWarning):
+    """Issued once per plugin and hook when a plugin implements a hook crossedge-core does not define."""
+
+
+#: hooks that earlier releases defined -> what replaces them, for the warning an old plugin gets
+REMOVED_HOOKS: dict[str, str] = {
+    "register_domain_models": (
+        "register domain algorithms with register_algorithms, scorers with register_scorers "
+        "and losses with register_losses"
+    ),
+}
 
 
 @dataclass
@@ -86,6 +100,53 @@ def warn_plugin(name: str, distribution: str | None, exc: BaseException, during:
             warnings.warn(message, PluginLoadWarning, stacklevel=3)
 
 
+def _unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
+    plugin = pm.get_plugin(plugin_name)
+    callers = (pm.get_hookcallers(plugin) or []) if plugin is not None else []
+    unknown = []
+    for caller in callers:
+        own = [impl for impl in caller.get_hookimpls() if impl.plugin_name == plugin_name]
+        if not caller.has_spec() and not all(impl.optionalhook for impl in own):
+            unknown.append(caller.name)
+    return sorted(unknown)
+
+
+def unknown_hooks(plugin_name: str) -> list[str]:
+    """Hooks a registered plugin implements that crossedge-core does not define (never called)."""
+    return _unknown_hooks(get_plugin_manager(), plugin_name)
+
+
+def warn_unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
+    """Warn once about every hook ``plugin_name`` implements that has no specification; returns their names.
+
+    pluggy keeps such implementations pending and never calls them, so without this an old
+    plugin (one written against a removed hook) would silently do nothing.
+    """
+    import difflib
+
+    unknown = _unknown_hooks(pm, plugin_name)
+    for hook in unknown:
+        key = f"{plugin_name}::{hook}"
+        with _lock:
+            if key in _state.warned:
+                continue
+            _state.warned.add(key)
+        if hook in REMOVED_HOOKS:
+            hint = f"crossedge-core no longer defines it: {REMOVED_HOOKS[hook]}"
+        else:
+            known = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{hookspecs.PROJECT_NAME}_spec")]
+            close = difflib.get_close_matches(hook, known, n=2, cutoff=0.6)
+            hint = "crossedge-core does not define it" + (
+                f"; did you mean {' or '.join(close)}?" if close else "; it is never called"
+            )
+        warnings.warn(
+            f"crossedge plugin {plugin_name!r} implements hook {hook!r}, which is ignored: {hint}. Upgrade the plugin.",
+            UnknownHookWarning,
+            stacklevel=3,
+        )
+    return unknown
+
+
 def _allowed_plugins() -> set[str] | None:
     value = os.environ.get(LOAD_PLUGINS_ENV)
     if value is None:
@@ -108,6 +169,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         except Exception as exc:  # a broken plugin must not break the CLI
             warn_plugin(ep.name, dist_name, exc, "import")
             continue
+        warn_unknown_hooks(pm, ep.name)
         _state.info[ep.name] = PluginInfo(
             name=ep.name, distribution=dist_name, version=dist.version if dist is not None else None
         )
@@ -146,7 +208,8 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
             raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
         _state.info[registered] = PluginInfo(name=registered)
         _state.generation += 1
-        return registered
+    warn_unknown_hooks(pm, registered)
+    return registered
 
 
 def unregister_plugin(name: str) -> None:
@@ -157,6 +220,8 @@ def unregister_plugin(name: str) -> None:
             raise PluginError(f"no plugin named {name!r} is registered")
         pm.unregister(name=name)
         _state.info.pop(name, None)
+        # a plugin registered again under the same name deserves its warnings again
+        _state.warned = {key for key in _state.warned if not key.startswith(f"{name}::")}
         _state.generation += 1
 
 

@@ -19,7 +19,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "drafter": ("register_drafters", "drafter"),
     "quantizer": ("register_quantizers", "quantizer"),
     "backend": ("register_backends", "backend"),
-    "domain_model": ("register_domain_models", "domain model"),
+    "algorithm": ("register_algorithms", "algorithm"),
     "benchmark": ("register_benchmarks", "benchmark"),
 }
 

@@ -14,6 +14,7 @@ from crossedge.core import plugins as plugin_manager
 from crossedge.core.bench import format_table, plot_bars
 from crossedge.core.cache import cache_dir, dir_size
 from crossedge.core.cli import echo_json
+from crossedge.core.contracts.array_dataset import ArrayDataset, DatasetCacheError, get_array_dataset
 from crossedge.core.errors import CrossedgeError
 from crossedge.core.hookspecs import hookimpl
 from crossedge.core.registry import KINDS, get_registry, names_by_plugin
@@ -32,12 +33,28 @@ def plugin_rows() -> list[dict]:
                 "version": info.version,
                 "builtin": info.builtin,
                 "hooks": plugin_manager.hooks_implemented(name),
+                "ignored_hooks": plugin_manager.unknown_hooks(name),
                 "registers": names_by_plugin(name),
             }
         )
     for info in plugin_manager.broken_plugins():
         rows.append({"name": info.name, "distribution": info.distribution, "error": info.error})
     return rows
+
+
+def dataset_row(entry) -> dict:
+    """One row of ``crossedge datasets list``: text datasets have no shape; array ones show it once built."""
+    row = {"name": entry.name, "plugin": entry.plugin, "description": entry.obj.description, "kind": "text"}
+    row.update(n=None, t=None, c=None, built=None)
+    if isinstance(entry.obj, ArrayDataset):
+        row["kind"] = "array"
+        try:
+            facts = entry.obj.info()
+        except DatasetCacheError:  # one damaged entry must not hide the others; info NAME says why
+            row["built"] = "damaged"
+            return row
+        row.update(built=facts["built"], n=facts.get("n"), t=facts.get("t"), c=facts.get("c"))
+    return row
 
 
 def _human_bytes(count: int) -> str:
@@ -66,6 +83,8 @@ def register_commands(cli):
             origin = f"{row['distribution'] or 'registered at run time'} {row['version'] or ''}".strip()
             click.echo(f"{row['name']}  [{origin}]")
             click.echo(f"  hooks: {', '.join(row['hooks'])}")
+            if row["ignored_hooks"]:
+                click.secho(f"  ignored (core defines no such hook): {', '.join(row['ignored_hooks'])}", fg="yellow")
             for kind, names in row["registers"].items():
                 click.echo(f"  {kind}: {', '.join(names)}")
 
@@ -145,15 +164,48 @@ def register_commands(cli):
     @datasets_group.command(name="list")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def datasets_list(as_json: bool) -> None:
-        """Registered datasets."""
-        rows = [
-            {"name": e.name, "plugin": e.plugin, "description": e.obj.description}
-            for e in get_registry("dataset").entries()
-        ]
+        """Registered datasets, text and array; N/T/C for array datasets that are built."""
+        rows = [dataset_row(e) for e in get_registry("dataset").entries()]
         if as_json:
             echo_json(rows)
         else:
-            click.echo(format_table(rows, ["name", "plugin", "description"]))
+            shown = [{k: ("-" if v is None else v) for k, v in row.items()} for row in rows]
+            click.echo(format_table(shown, ["name", "kind", "n", "t", "c", "built", "plugin", "description"]))
+
+    @datasets_group.command(name="info")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--verify", is_flag=True, help="Re-hash an array dataset's cached file and tensors.")
+    def datasets_info(name: str, as_json: bool, verify: bool) -> None:
+        """Facts about dataset NAME; for an array dataset its manifest (shapes, domains, splits, sources)."""
+        entry = get_registry("dataset").entry(name)
+        if isinstance(entry.obj, ArrayDataset):
+            facts = entry.obj.info()
+            if verify:
+                if not facts["built"]:
+                    raise CrossedgeError(f"array dataset {name!r} is not built; run `crossedge datasets build {name}`")
+                entry.obj.verify()
+                facts["verified"] = True
+        else:
+            facts = {"name": entry.name, "kind": "text", "description": entry.obj.description}
+            facts["documents"] = len(entry.obj.documents())
+        facts["plugin"] = entry.plugin
+        if as_json:
+            echo_json(facts)
+        else:
+            for key, value in facts.items():
+                click.echo(f"{key:>16}: {value}")
+
+    @datasets_group.command(name="build")
+    @click.argument("name")
+    @click.option("--force", is_flag=True, help="Build again even if a current, intact cache entry exists.")
+    def datasets_build(name: str, force: bool) -> None:
+        """Run array dataset NAME's recipe and cache the arrays (safetensors plus manifest.json)."""
+        dataset = get_array_dataset(name)
+        click.echo(f"Building {dataset.name} ...", err=True)
+        data = dataset.build(force=force)
+        n, t, c = data.shape
+        click.echo(f"{dataset.cache_path()}  N={n} T={t} C={c}")
 
     @cli.group(name="bench")
     def bench_group() -> None:

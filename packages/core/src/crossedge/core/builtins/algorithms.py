@@ -1,0 +1,174 @@
+"""Built-in domain algorithms (``erm``, the reference every other one is compared with) and their commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from crossedge.core.contracts.algorithm import DomainAlgorithm, HParam
+from crossedge.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+
+def conv_classifier(channels: int, num_classes: int, width: int, kernel_size: int) -> torch.nn.Module:
+    """Two 1-D convolutions over time, mean-pooled over time, then a linear head: (N, T, C) -> (N, classes)."""
+    from torch import nn
+
+    class ConvClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            pad = kernel_size // 2
+            self.features = nn.Sequential(
+                nn.Conv1d(channels, width, kernel_size, padding=pad),
+                nn.ReLU(),
+                nn.Conv1d(width, width, kernel_size, padding=pad),
+                nn.ReLU(),
+            )
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            # windows arrive as (N, T, C); Conv1d wants channels first
+            return self.head(self.features(x.transpose(1, 2)).mean(dim=2))
+
+    return ConvClassifier()
+
+
+class ERM(DomainAlgorithm):
+    """Empirical risk minimization: pool every training domain's minibatch and minimize cross-entropy."""
+
+    name = "erm"
+    description = "empirical risk minimization over the pooled training domains (1-D conv, Adam)"
+    HPARAMS = {
+        "lr": HParam(3e-3, lambda rng: 10 ** rng.uniform(-3.5, -2.0), "Adam learning rate"),
+        "weight_decay": HParam(0.0, lambda rng: 10 ** rng.uniform(-6.0, -3.0), "Adam weight decay"),
+        "width": HParam(32, lambda rng: int(rng.choice([16, 32, 64])), "channels of both convolutions"),
+        "kernel_size": HParam(5, lambda rng: int(rng.choice([3, 5, 7])), "convolution length in time steps"),
+    }
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        num_domains: int,
+        hparams: dict | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(input_shape, num_classes, num_domains, hparams, seed)
+        import torch
+
+        _, channels = self.input_shape
+        with self.seeded():
+            self.network = conv_classifier(channels, num_classes, self.hparams["width"], self.hparams["kernel_size"])
+        self.optimizer = torch.optim.Adam(
+            self.network.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+        )
+
+    def update(self, minibatches):
+        """One Adam step on the cross-entropy of all training domains' windows together."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        self.network.train()
+        loss = F.cross_entropy(self.network(x), y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def predict(self, x):
+        """Logits (N, num_classes), without tracking gradients."""
+        import torch
+
+        self.network.eval()
+        with torch.no_grad():
+            return self.network(x)
+
+
+@hookimpl
+def register_algorithms(register):
+    register(ERM)
+
+
+def algorithm_facts(entry) -> dict:
+    """What ``crossedge algorithms info`` shows: name, plugin, description and the hyperparameter table."""
+    cls = entry.obj
+    return {
+        "name": entry.name,
+        "aliases": list(entry.aliases),
+        "plugin": entry.plugin,
+        "description": cls.description,
+        "hparams": {
+            key: {"default": hp.default, "type": type(hp.default).__name__, "help": hp.help}
+            for key, hp in cls.HPARAMS.items()
+        },
+    }
+
+
+@hookimpl
+def register_commands(cli):
+    from crossedge.core.bench import format_table
+    from crossedge.core.cli import echo_json
+    from crossedge.core.registry import get_registry
+
+    @cli.group(name="algorithms")
+    def algorithms_group() -> None:
+        """Domain algorithms and model selection over saved records."""
+
+    @algorithms_group.command(name="list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def algorithms_list(as_json: bool) -> None:
+        """Registered domain algorithms and their hyperparameters."""
+        rows = [algorithm_facts(e) for e in get_registry("algorithm").entries()]
+        if as_json:
+            echo_json(rows)
+            return
+        shown = [{**r, "hparams": ", ".join(r["hparams"])} for r in rows]
+        click.echo(format_table(shown, ["name", "plugin", "hparams", "description"]))
+
+    @algorithms_group.command(name="info")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--seed", type=int, default=None, help="Also show random_hparams(SEED).")
+    def algorithms_info(name: str, as_json: bool, seed: int | None) -> None:
+        """Facts about algorithm NAME: its hyperparameters with defaults (and one seeded draw)."""
+        entry = get_registry("algorithm").entry(name)
+        facts = algorithm_facts(entry)
+        if seed is not None:
+            facts["random_hparams"] = {"seed": seed, **entry.obj.random_hparams(seed)}
+        if as_json:
+            echo_json(facts)
+            return
+        for key in ("name", "plugin", "description"):
+            click.echo(f"{key:>12}: {facts[key]}")
+        for key, hp in facts["hparams"].items():
+            drawn = f"  seed {seed}: {facts['random_hparams'][key]}" if seed is not None else ""
+            click.echo(f"{key:>12}: {hp['default']!r} ({hp['type']}) {hp['help']}{drawn}")
+
+    @algorithms_group.command(name="select")
+    @click.argument("records", type=click.Path(dir_okay=False))
+    @click.option(
+        "--method",
+        type=click.Choice(["training-domain", "leave-one-domain-out"]),
+        default="training-domain",
+        show_default=True,
+    )
+    @click.option("--metric", default="acc", show_default=True, help="Metric key (higher is better).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def algorithms_select(records: str, method: str, metric: str, as_json: bool) -> None:
+        """Pick the best record per (algorithm, test domain) from a JSON-lines RECORDS file."""
+        from crossedge.core.selection import read_records, select
+
+        rows = [s.to_dict() for s in select(read_records(records), method, metric=metric)]
+        if as_json:
+            echo_json(rows)
+            return
+        shown = [{**r, "hparams": json.dumps(r["hparams"], sort_keys=True)} for r in rows]
+        columns = ["algorithm", "test", "val_score", "test_score", "seed", "step", "hparams"]
+        click.echo(format_table(shown, columns))
