@@ -12,23 +12,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))
+import workspace  # noqa: E402  (beside this file: discovery shared with tests/test_workspace.py)
+
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
-#: Distributions under packages/, each with the in-repo packages it needs installed beside it.
-PACKAGE_DEPS = {
-    "core": [],
-    "specdec": ["core"],
-    "quant": ["core"],
-    "ondevice": ["core"],
-    "retrieval": ["core"],
-}
-ALL_PACKAGES = list(PACKAGE_DEPS)
+#: Every distribution found on disk: packages/*/pyproject.toml (not _-prefixed), then plugins/*/pyproject.toml.
+WORKSPACE = workspace.discover(ROOT)
+ALL_PACKAGES = [d.name for d in WORKSPACE.values() if d.kind == "package"]
 #: Standalone plugin distributions under plugins/.
-PLUGINS = ["crossedge-tiny-models"]
+PLUGINS = [d.name for d in WORKSPACE.values() if d.kind == "plugin"]
 TEST_TARGETS = ALL_PACKAGES + ["integration"]
 
 nox.options.sessions = ["tests"]
@@ -48,8 +46,7 @@ def _selected(targets: list[str]) -> list[str]:
 
 
 def _install_everything(session: nox.Session) -> None:
-    paths = [str(ROOT / "packages" / p) for p in ALL_PACKAGES]
-    paths += [str(ROOT / "plugins" / p) for p in PLUGINS]
+    paths = [str(d.path) for d in workspace.install_order(WORKSPACE)]
     session.install(*CONSTRAINTS, *[f"{p}[test]" for p in paths])
 
 
@@ -67,7 +64,8 @@ def tests(session: nox.Session, target: str) -> None:
             session.run("pytest", str(ROOT / "plugins" / plugin / "tests"), *session.posargs)
         return
     package = ROOT / "packages" / target
-    deps = [str(ROOT / "packages" / p) for p in PACKAGE_DEPS[target]]
+    # In-repo dependencies from the package's own crossedge-* requirements, installed from this checkout.
+    deps = [str(WORKSPACE[p].path) for p in workspace.in_repo_dependencies(WORKSPACE, target)]
     session.install(*CONSTRAINTS, *deps, f"{package}[test]")
     session.run("pytest", str(package / "tests"), *session.posargs)
 
@@ -91,8 +89,9 @@ def demo(session: nox.Session) -> None:
     session.run("crossedge", "specdec", "demo", *args, env={"OMP_WAIT_POLICY": "PASSIVE"})
 
 
-#: Registered benchmarks that ``nox -s bench`` runs by default (``crossedge bench list`` shows all).
-BENCHMARKS = ["model-load", "specdec", "quant-eval", "ondevice-mobiletl", "ondevice-predictor", "ondevice-backends"]
+#: Benchmarks ``nox -s bench`` runs by default: each pyproject's ``[tool.crossedge] benchmarks``
+#: (``crossedge bench list`` shows every registered one).
+BENCHMARKS = workspace.benchmarks(WORKSPACE)
 
 
 @nox.session

@@ -1,9 +1,10 @@
-"""Every backend runs the shared conformance suite; registration and dependency errors are checked here."""
+"""Every backend runs crossedge-core's conformance suite; registration and dependency errors are checked here."""
 
 import pytest
 import torch
 
 from crossedge.core import get_registry
+from crossedge.core.conformance.backend import BackendConformance, assert_missing_dependency_error
 from crossedge.ondevice.backends import (
     BackendCapabilityError,
     BackendUnavailableError,
@@ -16,11 +17,19 @@ from crossedge.ondevice.backends import (
     pack_linears,
     prepare,
 )
-from crossedge.ondevice.conformance import BackendConformance, assert_missing_dependency_error
-from crossedge.ondevice.networks import MobileNetV2
+from crossedge.ondevice.networks import MobileNetV2, with_batch_statistics
 
 
-class TestTorchEager(BackendConformance):
+class OndeviceConformance(BackendConformance):
+    """The core suite plus parity on this package's MobileNetV2 (what the latency study prepares)."""
+
+    def test_parity_mobilenet(self, backend):
+        torch.manual_seed(0)
+        model = with_batch_statistics(MobileNetV2(width_mult=0.5), torch.randn(64, 1, 8, 8))
+        self.check_parity(backend, model, (torch.randn(4, 1, 8, 8),), "mobilenetv2-0.5")
+
+
+class TestTorchEager(OndeviceConformance):
     backend_factory = TorchEagerBackend
 
     def test_bfloat16_is_close_and_leaves_the_reference_fp32(self, backend):
@@ -37,6 +46,9 @@ class TestTorchCompile(BackendConformance):
 
     # Inductor compiles every new model and shape for tens of seconds on 2 cores:
     # the CNN parity and the capability checks cover it; BERT and new shapes run eagerly elsewhere.
+    def test_causal_lm_decodes_like_eager(self, backend):
+        pytest.skip("compiling a causal LM takes tens of seconds; tests/test_backends_compose.py decodes through it")
+
     def test_parity_tiny_bert(self, backend):
         pytest.skip("torch.compile is checked on one tiny model (the CNN) to keep the suite fast")
 
@@ -47,7 +59,7 @@ class TestTorchCompile(BackendConformance):
         pytest.skip("compiling minilm-l6 takes ~20 s here; the ondevice-backends benchmark measures its parity")
 
 
-class TestTorchOneDNN(BackendConformance):
+class TestTorchOneDNN(OndeviceConformance):
     backend_factory = TorchOneDNNBackend
 
 
@@ -94,11 +106,11 @@ def test_pack_linears_leaves_linear_subclasses_alone():
     assert isinstance(model[0], PackedLinear) and type(model[1]) is Custom
 
 
-class TestOnnxRuntime(BackendConformance):
+class TestOnnxRuntime(OndeviceConformance):
     backend_factory = OnnxRuntimeBackend
 
 
-class TestExecuTorch(BackendConformance):
+class TestExecuTorch(OndeviceConformance):
     backend_factory = ExecuTorchBackend
 
 
@@ -118,7 +130,8 @@ def test_missing_dependency_names_package_and_pip_command():
 def test_backends_register_through_the_hook(ondevice_plugin):
     registry = get_registry("backend")
     assert {"torch-eager", "torch-compile", "onnxruntime", "executorch"} <= set(registry.names())
-    assert registry.get("eager").name == "torch-eager"
+    assert registry.get("eager") is TorchEagerBackend  # crossedge-core's own, not a second copy
+    assert registry.get("ort") is OnnxRuntimeBackend  # classes are registered, not instances
     model = MobileNetV2(width_mult=0.5).eval()
     x = torch.randn(1, 1, 8, 8)
     assert torch.equal(prepare(model, (x,), backend="eager")(x), model(x))
@@ -143,6 +156,7 @@ def test_require_refuses_with_the_backends_that_would_work():
 
 
 @pytest.mark.parametrize("backend_cls", [OnnxRuntimeBackend, ExecuTorchBackend])
+@pytest.mark.usefixtures("ondevice_plugin")  # the alternatives named are the registered backends
 def test_static_backends_refuse_kv_cache_decoding_before_checking_their_wheel(backend_cls, monkeypatch):
     # Refused for what it cannot do, even where its runtime is missing: installing it would not help.
     monkeypatch.setattr(backend_cls, "requires", (("crossedge_no_such_module", "crossedge-no-such-package"),))
@@ -165,3 +179,15 @@ def test_torch_backends_accept_causal_lm_uses(backend_cls):
         pytest.skip(backend.unavailable_reason())
     backend.require(purpose="quant eval", dynamic_shapes=True, kv_cache_decoding=True, custom_kernels=True)
     assert backend.capabilities()["kv_cache_decoding"] and backend.capabilities()["custom_kernels"]
+
+
+@pytest.mark.usefixtures("ondevice_plugin")
+def test_backend_options_come_from_the_spec():
+    from crossedge.core.backends import get_backend
+    from crossedge.core.specs import SpecError
+
+    assert get_backend("torch-compile:mode=reduce-overhead").mode == "reduce-overhead"
+    ort = get_backend("ort:threads=2,dynamo=false")
+    assert type(ort) is OnnxRuntimeBackend and (ort.threads, ort.dynamo) == (2, False)
+    with pytest.raises(SpecError, match=r"no option 'mod'.*did you mean 'mode'"):
+        get_backend("inductor:mod=max-autotune")

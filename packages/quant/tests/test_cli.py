@@ -102,7 +102,7 @@ def test_eval_through_a_plugin_backend_matches_eager(quant_plugin, tiny_folder, 
         return evaluate_methods(_loader(tiny_folder), ["fp32", "rtn"], load_corpus(corpus), settings, backend=backend)
 
     eager = evaluate("torch-eager")
-    counting = CountingBackend()
+    counting = CountingBackend.fresh()
     with registered(BackendPlugin(counting), name="counting-test"):
         through = evaluate("counting")
     assert [r["ppl"] for r in through.rows] == [r["ppl"] for r in eager.rows]
@@ -125,7 +125,7 @@ def test_eval_refuses_a_backend_that_cannot_decode_before_loading(quant_plugin):
     from crossedge.core import registered
     from crossedge.core.testing import BackendPlugin, StaticGraphBackend
 
-    with registered(BackendPlugin(StaticGraphBackend()), name="static-test"):
+    with registered(BackendPlugin(StaticGraphBackend), name="static-test"):
         result = CliRunner().invoke(
             build_cli(), ["quant", "eval", "--model", "no-such-model", "--methods", "rtn", "--backend", "static-graph"]
         )

@@ -123,7 +123,7 @@ def test_demo_shows_speedup_and_identity(run, tiny_folder, monkeypatch):
     from crossedge.core import registered
     from crossedge.core.testing import BackendPlugin, CountingBackend
 
-    counting = CountingBackend()
+    counting = CountingBackend.fresh()
     with registered(BackendPlugin(counting), name="counting-test"):
         through = run("specdec", "demo", "--model", tiny_folder, "--max-new-tokens", "12", "--backend", "counting")
     assert through.exit_code == 0, through.output
@@ -148,7 +148,7 @@ def test_generate_through_a_plugin_backend_matches_eager(run, tiny_folder):
 
     args = ["specdec", "generate", "--model", tiny_folder, "--max-new-tokens", "12", "--json", "the cat sat on the"]
     eager = run(*args)
-    counting = CountingBackend()
+    counting = CountingBackend.fresh()
     with registered(BackendPlugin(counting), name="counting-test"):
         through = run(*args[:-1], "--backend", "counting", args[-1])
     assert eager.exit_code == 0 and through.exit_code == 0, through.output
@@ -169,7 +169,7 @@ def test_bench_records_the_backend_and_refuses_one_that_cannot_decode(run, tmp_p
     out = tmp_path / "bench.json"
     bench = ["specdec", "bench", "--drafter", "copy", "--prompts", str(prompts), "--max-new-tokens", "6",
              "--threads", "1"]  # fmt: skip
-    with registered(BackendPlugin(CountingBackend(), StaticGraphBackend()), name="backends-test"):
+    with registered(BackendPlugin(CountingBackend.fresh(), StaticGraphBackend), name="backends-test"):
         result = run(*bench, "--model", model, "--backend", "counting", "--json", str(out))
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text())["summary"]["backend"] == "counting"

@@ -1,72 +1,103 @@
-"""``--backend`` for the packages that run models (specdec, quant) without depending on a backend package.
+"""``--backend`` for the packages that run models (specdec, quant), through the backend contract.
 
-crossedge-core owns the ``backend`` registry but registers no backend: crossedge-ondevice
-(torch-eager, torch-compile, onnxruntime, executorch) and third-party plugins do. A
-backend that other packages can run a causal LM through implements two methods:
-
-- ``require(*, purpose, **capabilities)``: raise a :class:`CrossedgeError` naming the
-  backend, the missing capability and what to use instead, when it cannot serve
-  ``purpose``. Capabilities are keyword flags: ``dynamic_shapes`` (the sequence grows),
-  ``kv_cache_decoding`` (incremental decoding of a causal LM with a mutable KV cache),
-  ``custom_kernels`` (modules calling custom kernels, e.g. crossedge-quant's int8/int4).
-- ``prepare_causal_lm(model)``: the model to run in its place (the same object, changed
-  in place, or a stand-in with the same interface).
-
-The default, ``torch-eager``, works even when no backend package is installed.
+The contract is :class:`crossedge.core.contracts.backend.Backend`; plugins register subclasses
+of it. crossedge-core registers one itself, :class:`TorchEagerBackend` (``torch-eager``, the
+default), so ``--backend torch-eager`` works with no backend package installed;
+crossedge-ondevice adds torch-compile, torch-onednn, onnxruntime and executorch.
+:func:`resolve_backend` builds the backend a command names and checks it for the command's
+purpose before any model loads.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from typing import Any
 
+from .contracts.backend import DEFAULT_BACKEND, Backend, PreparedModel, first_tensor, is_backend_class
 from .errors import CrossedgeError, UnknownNameError
 from .registry import get_registry
+from .specs import Spec, build, parse_spec
 
-DEFAULT_BACKEND = "torch-eager"
+__all__ = ["DEFAULT_BACKEND", "ONDEVICE_INSTALL", "TorchEagerBackend", "get_backend", "resolve_backend"]
+
 ONDEVICE_INSTALL = "pip install crossedge-ondevice"
+CONTRACT = "crossedge.core.contracts.backend.Backend"
 
 
-class PlainEager:
-    """Stand-in for ``torch-eager`` when no plugin registers it: runs the model as it is."""
+class TorchEagerBackend(Backend):
+    """Plain PyTorch eager execution: the default, and the reference every other backend is checked against."""
 
     name = DEFAULT_BACKEND
-    description = "PyTorch eager mode (crossedge-ondevice not installed)"
+    description = "PyTorch eager mode (the default and the parity reference)"
+    dtypes = ("float32", "bfloat16", "float16")
+    dynamic_shapes = True
+    training = True
+    kv_cache_decoding = True
+    custom_kernels = True
 
-    def require(self, *, purpose: str, **capabilities: Any) -> None:
-        """Eager PyTorch runs anything the packages do."""
+    def _prepare(self, model: Any, example_inputs: tuple[Any, ...], dtype: Any) -> PreparedModel:
+        return PreparedModel(self, lambda *xs: first_tensor(model(*xs)), example_inputs, dtype, module=model)
 
     def prepare_causal_lm(self, model: Any) -> Any:
-        """The model itself."""
+        """The model itself: eager mode runs whatever the packages do."""
         return model
 
 
-def resolve_backend(name: str, *, purpose: str, **capabilities: bool) -> Any:
-    """The backend registered as ``name``, checked for ``purpose`` before any model is loaded.
-
-    ``capabilities`` are the flags the use needs (see the module docstring); the backend
-    itself decides whether it has them, so a third-party backend declares its own support.
-    """
+def _unknown(name: str) -> UnknownNameError:
     registry = get_registry("backend")
-    if name not in registry:
-        if name in (DEFAULT_BACKEND, "eager"):
-            return PlainEager()
-        known = [DEFAULT_BACKEND, *(n for e in registry.entries() for n in (e.name, *e.aliases))]
-        error = UnknownNameError("backend", name, known)
-        if importlib.util.find_spec("crossedge.ondevice") is None:
-            # Still an UnknownNameError (callers catch one type), with the install hint added.
-            error.args = (
-                f"{error}; backends other than {DEFAULT_BACKEND} come from plugins, and crossedge-ondevice "
-                f"(torch-compile, torch-onednn, onnxruntime, executorch) is not installed: run `{ONDEVICE_INSTALL}`",
-            )
-        raise error
-    entry = registry.entry(name)
-    backend = entry.obj
-    for method in ("require", "prepare_causal_lm"):
-        if not callable(getattr(backend, method, None)):
-            raise CrossedgeError(
-                f"backend {entry.name!r} (plugin {entry.plugin!r}) cannot be used for {purpose}: it has no "
-                f"{method}() method to say whether it runs a causal LM; use --backend {DEFAULT_BACKEND}"
-            )
+    # Close matches among names and aliases, each reported by its primary name once.
+    primary = {n: e.name for e in registry.entries() for n in (e.name, *e.aliases)}
+    close = dict.fromkeys(primary[m] for m in difflib.get_close_matches(name, list(primary), n=5, cutoff=0.5))
+    error = UnknownNameError("backend", name, registry.names())
+    message = f"unknown backend {name!r}: "
+    if close:
+        message += "did you mean " + " or ".join(repr(c) for c in list(close)[:3]) + "?"
+    # Every registered backend, third-party ones too: close matches alone hide what else is there.
+    message += f" Registered backends: {', '.join(registry.names()) or 'none'}."
+    if importlib.util.find_spec("crossedge.ondevice") is None:
+        message += (
+            f" Backends other than {DEFAULT_BACKEND} come from plugins, and crossedge-ondevice "
+            f"(torch-compile, torch-onednn, onnxruntime, executorch) is not installed: run `{ONDEVICE_INSTALL}`."
+        )
+    # Still an UnknownNameError (callers catch one type), with the hints added.
+    error.args = (message,)
+    return error
+
+
+def get_backend(spec: str | Spec = DEFAULT_BACKEND) -> Backend:
+    """Build the backend ``spec`` names (``name[:key=value,...]``, docs/specs.md), refusing non-contract objects.
+
+    The options are the class's ``__init__`` keyword arguments, coerced to their declared
+    types (``torch-compile:mode=reduce-overhead``); an unknown option is a
+    :class:`crossedge.core.specs.SpecError` listing the valid ones.
+    """
+    parsed = parse_spec(spec, kind="backend")
+    registry = get_registry("backend")
+    if parsed.name not in registry:
+        raise _unknown(parsed.name)
+    entry = registry.entry(parsed.name)
+    factory = entry.obj
+    if isinstance(factory, Backend):
+        raise CrossedgeError(
+            f"backend {entry.name!r} (plugin {entry.plugin!r}) was registered as an instance; backends register "
+            f"their class: call register({type(factory).__name__}) in the plugin's register_backends hook"
+        )
+    if not is_backend_class(factory):
+        raise CrossedgeError(
+            f"backend {entry.name!r} (plugin {entry.plugin!r}) is {factory!r}, not a subclass of {CONTRACT}: "
+            f"the plugin must subclass {CONTRACT} and register the class; until then use --backend {DEFAULT_BACKEND}"
+        )
+    return build(parsed, factory, kind="backend")
+
+
+def resolve_backend(spec: str | Spec, *, purpose: str, **capabilities: Any) -> Backend:
+    """The backend ``spec`` names, built with its options and checked for ``purpose`` before any model loads.
+
+    ``capabilities`` are the flags the use needs (``dynamic_shapes``, ``kv_cache_decoding``,
+    ``custom_kernels``, ``training``, ``dtype``); :meth:`Backend.require` refuses with the
+    missing capability and the registered backends that have it.
+    """
+    backend = get_backend(spec)
     backend.require(purpose=purpose, **capabilities)
     return backend

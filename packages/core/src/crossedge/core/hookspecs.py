@@ -110,8 +110,9 @@ def register_backends(register):
     """Register accelerator backends that prepare a model for execution.
 
     Called the first time a backend name is resolved. Call
-    ``register(backend, aliases=())`` where ``backend.name`` is used by
-    ``--backend``. A backend checks its own dependencies before use and says how to
+    ``register(backend_class, aliases=())`` with a subclass of
+    :class:`crossedge.core.contracts.backend.Backend`; ``backend_class.name`` is used by
+    ``--backend`` specs. A backend checks its own dependencies before use and says how to
     install what is missing. Returns nothing.
     """
 

@@ -29,6 +29,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crossedge.core.builtins.datasets",
     "crossedge.core.builtins.algorithms",
     "crossedge.core.builtins.benchmarks",
+    "crossedge.core.builtins.backends",
+    "crossedge.core.builtins.scaffold",
 )
 
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .backends import TorchEagerBackend
+from .contracts.backend import Backend
 from .hookspecs import hookimpl
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -96,57 +98,51 @@ def save_tiny_causal_lm(folder: Path | str, arch: str = "llama", *, seed: int = 
     return folder
 
 
-class CountingBackend:
+class CountingBackend(TorchEagerBackend):
     """A third-party-style backend that runs a causal LM eagerly and counts its forwards.
 
-    Register it (with :class:`BackendPlugin`) to check that a package runs the model
-    through ``--backend`` and that the output matches eager.
+    The registry builds a fresh instance for every command, so the counters are on the
+    class: take ``CountingBackend.fresh()`` (a subclass with its own counters) for each
+    test, register it with :class:`BackendPlugin`, then read ``forwards`` and ``requests``.
     """
 
     name = "counting"
+    description = "eager PyTorch that counts the causal LM's forward calls (tests)"
+    forwards: int = 0
+    requests: list[dict[str, Any]] = []
 
-    def __init__(self) -> None:
-        self.forwards = 0
-        self.requests: list[dict[str, Any]] = []
+    @classmethod
+    def fresh(cls) -> type[CountingBackend]:
+        """A subclass with zeroed counters, for one test."""
+        return type(cls.__name__, (cls,), {"forwards": 0, "requests": []})
 
-    def require(self, *, purpose: str, **capabilities: bool) -> None:
-        """Accept everything, remembering what was asked."""
-        self.requests.append({"purpose": purpose, **capabilities})
+    def require(self, *, purpose: str, **capabilities: Any) -> None:
+        """Remember what was asked, then check it like any backend."""
+        type(self).requests.append({"purpose": purpose, **capabilities})
+        super().require(purpose=purpose, **capabilities)
 
     def prepare_causal_lm(self, model: Any) -> Any:
         """The same model, its forward wrapped to count calls."""
         forward = model.forward
+        cls = type(self)
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.forwards += 1
+            cls.forwards += 1
             return forward(*args, **kwargs)
 
         model.forward = counted
         return model
 
 
-class StaticGraphBackend:
-    """A backend that, like an exported static graph, cannot decode with a KV cache: it refuses."""
+class StaticGraphBackend(Backend):
+    """A backend that, like an exported static graph, declares no dynamic shapes and no KV-cache decoding."""
 
     name = "static-graph"
-
-    def require(self, *, purpose: str, kv_cache_decoding: bool = False, **capabilities: bool) -> None:
-        """Refuse uses that need KV-cache decoding, naming the backend, the capability and what to use."""
-        from .errors import CrossedgeError
-
-        if kv_cache_decoding:
-            raise CrossedgeError(
-                f"backend {self.name!r} cannot be used for {purpose}: it does not support decoding a causal LM "
-                "with a mutable KV cache; use --backend torch-eager"
-            )
-
-    def prepare_causal_lm(self, model: Any) -> Any:
-        """Never reached: ``require`` refuses first."""
-        raise AssertionError("a refused backend must not prepare a model")
+    description = "a static-graph backend that refuses decoding (tests)"
 
 
 class BackendPlugin:
-    """A plugin registering the given backend objects (``registered(BackendPlugin(b))`` in a test)."""
+    """A plugin registering the given backend classes (``registered(BackendPlugin(cls))`` in a test)."""
 
     def __init__(self, *backends: Any) -> None:
         self.backends = backends

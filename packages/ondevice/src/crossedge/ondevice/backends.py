@@ -1,259 +1,63 @@
-"""Accelerator backends: each prepares a model for inference through one runtime.
+"""Accelerator backends beyond eager: torch.compile, oneDNN prepacked linears, ONNX Runtime, ExecuTorch.
 
-A backend declares what it can do as class attributes (dtypes, dynamic shapes,
-training) and checks that its own dependencies import before doing anything, the
-way OpenTelemetry's instrumentors do. ``prepare(model, example_inputs)`` returns a
-:class:`PreparedModel`: call it with tensors shaped like the examples and it returns
-tensors.
+Each subclasses the backend contract in crossedge-core
+(:class:`crossedge.core.contracts.backend.Backend`), which also defines
+:class:`PreparedModel` and the capability checks; ``torch-eager`` itself is crossedge-core's
+:class:`crossedge.core.backends.TorchEagerBackend`. The names below that come from core are
+re-exported so existing imports keep working.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import os
 import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from crossedge.core import CrossedgeError, get_registry
+from crossedge.core.backends import TorchEagerBackend, get_backend
+from crossedge.core.contracts.backend import (
+    CAPABILITY_LABELS,
+    DEFAULT_BACKEND,
+    Backend,
+    BackendCapabilityError,
+    BackendUnavailableError,
+    PreparedModel,
+    as_tuple,
+    cast_inputs,
+    dtype_name,
+    first_tensor,
+    max_abs_diff,
+)
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-class BackendUnavailableError(CrossedgeError):
-    """A backend's runtime package is not installed."""
-
-
-class BackendCapabilityError(CrossedgeError):
-    """A backend was asked for something it does not support (a dtype, training, a new shape)."""
-
-
-def dtype_name(dtype: str | torch.dtype) -> str:
-    """The canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype or its short alias."""
-    if isinstance(dtype, torch.dtype):
-        for name, value in DTYPES.items():
-            if value == dtype:
-                return name
-        raise CrossedgeError(f"dtype {dtype} is not one crossedge backends use: {', '.join(DTYPES)}")
-    name = DTYPE_ALIASES.get(dtype, dtype)
-    if name not in DTYPES:
-        raise CrossedgeError(f"unknown dtype {dtype!r}: choose one of {', '.join([*DTYPES, *DTYPE_ALIASES])}")
-    return name
-
-
-def as_tuple(inputs: Any) -> tuple[Any, ...]:
-    """Example inputs as a tuple (a lone tensor becomes a 1-tuple)."""
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def cast_inputs(inputs: Sequence[Any], dtype: torch.dtype) -> tuple[Any, ...]:
-    """Cast floating tensors to ``dtype``; integer tensors (token ids, masks) stay as they are."""
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
-
-
-def first_tensor(output: Any) -> torch.Tensor:
-    """The tensor a model returned (the first one of a tuple or a transformers output)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "last_hidden_state"):
-        return output.last_hidden_state
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise CrossedgeError(f"cannot find a tensor in the model output of type {type(output).__name__}")
-
-
-class PreparedModel:
-    """A model prepared by a backend: ``prepared(*inputs) -> tensor``."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        run: Callable[..., torch.Tensor],
-        example_inputs: tuple[Any, ...],
-        dtype: torch.dtype,
-        artifact: Path | None = None,
-        module: nn.Module | None = None,
-    ):
-        self.backend = backend
-        self._run = run
-        self.example_shapes = [tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
-        self.dtype = dtype
-        self.artifact = artifact
-        self.module = module
-
-    def __call__(self, *inputs: Any) -> torch.Tensor:
-        if not self.backend.dynamic_shapes:
-            shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
-            if shapes != self.example_shapes:
-                raise BackendCapabilityError(
-                    f"backend {self.backend.name!r} was prepared for input shapes {self.example_shapes} "
-                    f"and does not support dynamic shapes; got {shapes}. Prepare it again with these inputs."
-                )
-        with torch.inference_mode():
-            return self._run(*cast_inputs(inputs, self.dtype))
-
-    def __repr__(self) -> str:
-        return f"PreparedModel(backend={self.backend.name!r}, dtype={dtype_name(self.dtype)})"
-
-
-class Backend:
-    """Base class of backends: capabilities as class attributes, ``prepare`` as the one verb."""
-
-    name: str = ""
-    description: str = ""
-    #: dtypes the backend runs, by canonical name
-    dtypes: tuple[str, ...] = ("float32",)
-    #: whether a prepared model accepts input shapes other than the examples'
-    dynamic_shapes: bool = False
-    #: whether gradients flow through the prepared model
-    training: bool = False
-    #: whether a causal LM can be decoded through it step by step with a mutable KV cache
-    #: (speculative decoding, ``generate``): exported static graphs cannot
-    kv_cache_decoding: bool = False
-    #: whether modules calling custom kernels (crossedge-quant's int8/int4 linears) run through it
-    custom_kernels: bool = False
-    #: (module to import, pip requirement) pairs the backend needs
-    requires: tuple[tuple[str, str], ...] = ()
-    #: the pip command that installs what is missing
-    install_hint: str = ""
-
-    def missing_dependencies(self) -> list[str]:
-        """Requirements whose module cannot be found."""
-        return [req for module, req in self.requires if importlib.util.find_spec(module) is None]
-
-    def available(self) -> bool:
-        """Whether every dependency is importable."""
-        return not self.missing_dependencies()
-
-    def unavailable_reason(self) -> str | None:
-        """Why the backend cannot run here, or None when it can."""
-        missing = self.missing_dependencies()
-        if not missing:
-            return None
-        hint = self.install_hint or "pip install " + " ".join(missing)
-        return f"backend {self.name!r} needs {', '.join(missing)}, which is not installed: run `{hint}`"
-
-    def check_dependencies(self) -> None:
-        """Raise :class:`BackendUnavailableError` naming the package and the install command."""
-        reason = self.unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(reason)
-
-    def capabilities(self) -> dict[str, Any]:
-        """The declared capabilities as a plain dict."""
-        return {
-            "name": self.name,
-            "dtypes": list(self.dtypes),
-            "dynamic_shapes": self.dynamic_shapes,
-            "training": self.training,
-            "kv_cache_decoding": self.kv_cache_decoding,
-            "custom_kernels": self.custom_kernels,
-            "available": self.available(),
-            "unavailable_reason": self.unavailable_reason(),
-        }
-
-    def require(
-        self,
-        *,
-        purpose: str,
-        dynamic_shapes: bool = False,
-        training: bool = False,
-        dtype: str | torch.dtype | None = None,
-        kv_cache_decoding: bool = False,
-        custom_kernels: bool = False,
-    ) -> None:
-        """Refuse clearly when this backend lacks what a caller (``purpose``, e.g. "specdec bench") needs.
-
-        Other packages call this (through ``crossedge.core.backends.resolve_backend``) before
-        they load a model: speculative decoding needs dynamic shapes and KV-cache decoding,
-        quantized evaluation also needs custom kernels, quantization-aware training needs
-        training. Capabilities are checked before dependencies, so nobody is told to install
-        a runtime that would then be refused.
-        """
-        wanted = {
-            "dynamic_shapes": dynamic_shapes,
-            "training": training,
-            "kv_cache_decoding": kv_cache_decoding,
-            "custom_kernels": custom_kernels,
-        }
-        lacking = [CAPABILITY_LABELS[flag] for flag, needed in wanted.items() if needed and not getattr(self, flag)]
-        if dtype is not None and not self.supports_dtype(dtype):
-            lacking.append(f"dtype {dtype_name(dtype)}")
-        if lacking:
-            able = [
-                b.name
-                for b in _known_backends()
-                if all(getattr(b, flag, False) for flag, needed in wanted.items() if needed)
-                and (dtype is None or b.supports_dtype(dtype))
-            ]
-            instead = "use --backend " + " or ".join(able) if able else "no installed backend supports it"
-            raise BackendCapabilityError(
-                f"backend {self.name!r} cannot be used for {purpose}: it does not support {', '.join(lacking)}; "
-                f"{instead}"
-            )
-        self.check_dependencies()
-
-    def prepare_causal_lm(self, model: nn.Module) -> nn.Module:
-        """The causal LM to decode with in place of ``model`` (same interface: ``config``, ``generate``, caches).
-
-        Only backends with ``kv_cache_decoding`` implement it; call :meth:`require` first.
-        """
-        raise BackendCapabilityError(
-            f"backend {self.name!r} cannot run a causal LM with a KV cache; use --backend torch-eager"
-        )
-
-    def supports_dtype(self, dtype: str | torch.dtype) -> bool:
-        """Whether ``dtype`` is one the backend declares."""
-        return dtype_name(dtype) in self.dtypes
-
-    def prepare(self, model: nn.Module, example_inputs: Any, *, dtype: str | torch.dtype = "float32") -> PreparedModel:
-        """Check dependencies and capabilities, then compile/export ``model`` for ``example_inputs``."""
-        self.check_dependencies()
-        name = dtype_name(dtype)
-        if name not in self.dtypes:
-            raise BackendCapabilityError(
-                f"backend {self.name!r} runs {', '.join(self.dtypes)}, not {name}; choose another --dtype or backend"
-            )
-        if not isinstance(model, nn.Module):
-            raise BackendCapabilityError(f"backend {self.name!r} prepares torch.nn.Module objects, got {type(model)}")
-        torch_dtype = DTYPES[name]
-        model = model.eval()
-        if torch_dtype != torch.float32:
-            # A copy, so the caller's fp32 model stays the parity reference.
-            model = copy.deepcopy(model).to(torch_dtype)
-        examples = cast_inputs(as_tuple(example_inputs), torch_dtype)
-        return self._prepare(model, examples, torch_dtype)
-
-    def _prepare(self, model: nn.Module, example_inputs: tuple[Any, ...], dtype: torch.dtype) -> PreparedModel:
-        raise NotImplementedError
-
-
-class TorchEagerBackend(Backend):
-    """Plain PyTorch eager execution: the reference every other backend is checked against."""
-
-    name = "torch-eager"
-    description = "PyTorch eager mode (the default and the parity reference)"
-    dtypes = ("float32", "bfloat16", "float16")
-    dynamic_shapes = True
-    training = True
-    kv_cache_decoding = True
-    custom_kernels = True
-
-    def _prepare(self, model, example_inputs, dtype):
-        return PreparedModel(self, lambda *xs: first_tensor(model(*xs)), example_inputs, dtype, module=model)
-
-    def prepare_causal_lm(self, model):
-        return model
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "CAPABILITY_LABELS",
+    "DEFAULT_BACKEND",
+    "Backend",
+    "BackendCapabilityError",
+    "BackendUnavailableError",
+    "ExecuTorchBackend",
+    "OnnxRuntimeBackend",
+    "PackedLinear",
+    "PreparedModel",
+    "TorchCompileBackend",
+    "TorchEagerBackend",
+    "TorchOneDNNBackend",
+    "as_tuple",
+    "cast_inputs",
+    "dtype_name",
+    "first_tensor",
+    "get_backend",
+    "max_abs_diff",
+    "pack_linears",
+    "prepare",
+]
 
 
 class TorchCompileBackend(Backend):
@@ -487,37 +291,16 @@ class ExecuTorchBackend(Backend):
         return PreparedModel(self, run, example_inputs, dtype, artifact=path)
 
 
+#: the backends this package registers (torch-eager is crossedge-core's own)
 BUILTIN_BACKENDS: tuple[type[Backend], ...] = (
-    TorchEagerBackend,
     TorchCompileBackend,
     TorchOneDNNBackend,
     OnnxRuntimeBackend,
     ExecuTorchBackend,
 )
 
-DEFAULT_BACKEND = "torch-eager"
-
-#: what ``require`` calls each capability flag in its messages
-CAPABILITY_LABELS = {
-    "dynamic_shapes": "dynamic input shapes",
-    "training": "training (gradients)",
-    "kv_cache_decoding": "decoding a causal LM with a mutable KV cache (incremental steps)",
-    "custom_kernels": "modules with custom (quantized int8/int4) kernels",
-}
-
 #: dynamo's recompile limit while causal LMs are compiled (see TorchCompileBackend.prepare_causal_lm)
 RECOMPILE_LIMIT = 64
-
-
-def _known_backends() -> list[Backend]:
-    """Registered backends (third-party ones included), or the built-ins when none are registered; default first."""
-    registered = [e.obj for e in get_registry("backend").entries() if isinstance(e.obj, Backend)]
-    return sorted(registered or [cls() for cls in BUILTIN_BACKENDS], key=lambda b: b.name != DEFAULT_BACKEND)
-
-
-def get_backend(name: str = DEFAULT_BACKEND) -> Backend:
-    """The registered backend called ``name`` (unknown names get close matches in the error)."""
-    return get_registry("backend").get(name)
 
 
 def prepare(
@@ -526,14 +309,3 @@ def prepare(
     """Prepare ``model`` with a backend given by name or object."""
     chosen = get_backend(backend) if isinstance(backend, str) else backend
     return chosen.prepare(model, example_inputs, dtype=dtype)
-
-
-def max_abs_diff(prepared: Callable[..., torch.Tensor], reference: nn.Module, inputs: Any) -> float:
-    """Largest absolute difference between a prepared model and the eager fp32 model on ``inputs``."""
-    inputs = as_tuple(inputs)
-    with torch.inference_mode():
-        expected = first_tensor(reference(*inputs)).float()
-        got = prepared(*inputs).float()
-    if got.shape != expected.shape:
-        raise CrossedgeError(f"prepared model returned shape {tuple(got.shape)}, eager {tuple(expected.shape)}")
-    return float((got - expected).abs().max())

@@ -155,6 +155,7 @@ class BackendsBenchmark(Benchmark):
         **_: Any,
     ) -> BenchmarkReport:
         from crossedge.core import get_registry
+        from crossedge.core.backends import get_backend
 
         from .profiling import profile
 
@@ -162,7 +163,7 @@ class BackendsBenchmark(Benchmark):
         rows = []
         for model in models.split(","):
             for name in names:
-                backend = get_registry("backend").get(name)
+                backend = get_backend(name)
                 if not backend.available():
                     rows.append({"model": model, "backend": name, "skipped": backend.unavailable_reason()})
                     continue

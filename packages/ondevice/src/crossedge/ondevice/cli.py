@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from crossedge.core import get_registry
+from crossedge.core import CrossedgeError, get_registry
+from crossedge.core.backends import get_backend
 from crossedge.core.bench import format_table
 from crossedge.core.cli import echo_json
 
@@ -23,7 +24,10 @@ def backends_command(as_json: bool) -> None:
     """List backends with their declared capabilities and whether they can run here."""
     rows = []
     for entry in get_registry("backend").entries():
-        caps = entry.obj.capabilities()
+        try:
+            caps = get_backend(entry.name).capabilities()
+        except CrossedgeError as exc:  # a third-party entry that does not follow the contract: show why
+            caps = {"name": entry.name, "dtypes": [], "available": False, "unavailable_reason": str(exc)}
         rows.append({**caps, "dtypes": ",".join(caps["dtypes"]), "plugin": entry.plugin})
     if as_json:
         echo_json(rows)

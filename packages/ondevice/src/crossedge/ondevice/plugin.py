@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from crossedge.core import hookimpl
 
-from .backends import BUILTIN_BACKENDS
-
 
 @hookimpl
 def register_backends(register):
-    """Register torch-eager, torch-compile, torch-onednn, onnxruntime and executorch."""
-    aliases = {
-        "torch-eager": ("eager",),
-        "torch-compile": ("inductor",),
-        "torch-onednn": ("onednn",),
-        "onnxruntime": ("ort",),
-    }
+    """Register the torch-compile, torch-onednn, onnxruntime and executorch classes (torch-eager is core's)."""
+    from .backends import BUILTIN_BACKENDS
+
+    aliases = {"torch-compile": ("inductor",), "torch-onednn": ("onednn",), "onnxruntime": ("ort",)}
     for backend_cls in BUILTIN_BACKENDS:
-        register(backend_cls(), aliases=aliases.get(backend_cls.name, ()))
+        register(backend_cls, aliases=aliases.get(backend_cls.name, ()))
 
 
 @hookimpl

@@ -80,7 +80,7 @@ def methods_command(as_json: bool) -> None:
     "backend_name",
     default=DEFAULT_BACKEND,
     show_default=True,
-    help="Backend that runs every model (a registered name, e.g. torch-compile); it must support KV-cached "
+    help="Backend spec that runs every model (e.g. torch-compile:mode=reduce-overhead); it must support KV-cached "
     "decoding and quantized kernels.",
 )
 def eval_command(

@@ -24,7 +24,7 @@ backend_option = click.option(
     "backend_name",
     default=DEFAULT_BACKEND,
     show_default=True,
-    help="Backend that runs the target model (a registered name, e.g. torch-compile); it must support "
+    help="Backend spec that runs the target model (e.g. torch-compile:mode=reduce-overhead); it must support "
     "KV-cached decoding. Drafters' models stay eager.",
 )
 
