@@ -4,36 +4,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from crossedge.retrieval.collection import Collection, write_beir
+from crossedge.retrieval.collection import write_beir
 from crossedge.retrieval.pipeline import subsample_corpus
-
-
-def toy_collection():
-    corpus = {f"d{i}": {"title": "", "text": text} for i, text in enumerate(
-        ["read a config file", "sort numbers in a list", "open a network socket", "parse json text", "zip two lists"]
-    )}  # fmt: skip
-    queries = {"q0": "config file reader", "q1": "sorting a list of numbers", "q2": "json parsing"}
-    qrels = {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d3": 1}}
-    return Collection(corpus, queries, qrels)
-
-
-def tiny_bench_settings(tmp_path, **options):
-    """Bench settings over the toy collection (as test and train split) and a saved tiny random BERT."""
-    from crossedge.retrieval.pipeline import BenchSettings
-    from crossedge.retrieval.testing import tiny_bert
-
-    model, tokenizer = tiny_bert(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    write_beir(toy_collection(), tmp_path / "beir")
-    write_beir(toy_collection(), tmp_path / "beir", split="train")
-    return BenchSettings(
-        collection=str(tmp_path / "beir"),
-        train_collection=str(tmp_path / "beir"),
-        model=str(tmp_path / "tiny"),
-        progress=False,
-        **options,
-    )
+from crossedge.retrieval.testing import tiny_bench_settings, toy_collection
 
 
 def test_subsample_keeps_relevant_documents():

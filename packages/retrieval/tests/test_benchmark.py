@@ -6,7 +6,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from test_bench import tiny_bench_settings
+
+from crossedge.retrieval.testing import tiny_bench_settings
 
 
 def test_bench_list_shows_retrieval(plugin):
@@ -46,8 +47,8 @@ def test_defaults_are_small():
     ("options", "message"),
     [
         ({"method": "bm25"}, "unknown retrieval benchmark option 'method'; valid: collection"),
-        ({"limit_queries": "many"}, "limit_queries='many': expected int"),
-        ({"progress": "perhaps"}, "expected true or false"),
+        ({"limit_queries": "many"}, "limit_queries='many' takes an integer"),
+        ({"progress": "perhaps"}, "takes true or false"),
     ],
 )
 def test_bad_options_are_clear_errors(options, message):
@@ -68,5 +69,5 @@ def test_a_bad_thread_count_is_a_clear_error():
     from crossedge.core import CrossedgeError
     from crossedge.retrieval.benchmark import RetrievalBenchmark
 
-    with pytest.raises(CrossedgeError, match="threads='many': expected int"):
+    with pytest.raises(CrossedgeError, match="threads='many' takes an integer"):
         RetrievalBenchmark().run(threads="many")

@@ -9,8 +9,8 @@ bi-encoder on 20 queries over 500 documents of the stdlib code-search collection
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
-import types
 import typing
 from typing import Any
 
@@ -40,30 +40,20 @@ def report_of(result: dict[str, Any], command: str | None = None) -> BenchmarkRe
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """``value`` (a string from ``-o key=value``, or already typed) as the type of settings field ``key``."""
-    args = typing.get_args(hint)
-    optional = (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args
-    if optional:
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = ALL_METHODS if key == "methods" and value == "all" else value.split(",")
-        return tuple(str(v).strip() for v in value if str(v).strip())
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        if text not in ("1", "0", "true", "false", "yes", "no"):
-            raise CrossedgeError(f"retrieval benchmark option {key}={value!r}: expected true or false")
-        return text in ("1", "true", "yes")
+    """``value`` (a string from ``-o key=value``, or already typed) as the type of settings field ``key``.
+
+    Core's one value coercion does the work; lists are split here on ``,`` (as the bench's flags
+    take them) or ``+`` (the spec grammar's list separator).
+    """
+    from crossedge.core.specs import coerce
+
+    if isinstance(value, str) and typing.get_origin(hint) is tuple:
+        value = ALL_METHODS if key == "methods" and value.strip() == "all" else re.split(r"[,+]", value)
+        value = [v.strip() for v in value if v.strip()]
     try:
-        return hint(value)
-    except (TypeError, ValueError):
-        raise CrossedgeError(
-            f"retrieval benchmark option {key}={value!r}: expected {getattr(hint, '__name__', hint)}"
-        ) from None
+        return coerce(value, hint)
+    except ValueError as exc:
+        raise CrossedgeError(f"retrieval benchmark option {key}={value!r} {exc}") from None
 
 
 def settings_from_options(**options: Any) -> Any:

@@ -59,3 +59,42 @@ def tiny_bert(seed: int = 0, *, hidden: int = 32, layers: int = 2, dropout: floa
         model = BertModel(config)
     model.eval()
     return model, tokenizer
+
+
+def toy_collection() -> Any:
+    """Five one-line documents and three queries, each judged relevant to the document sharing its words."""
+    from .collection import Collection
+
+    texts = [
+        "read a config file",
+        "sort numbers in a list",
+        "open a network socket",
+        "parse json text",
+        "zip two lists",
+    ]
+    corpus = {f"d{i}": {"title": "", "text": text} for i, text in enumerate(texts)}
+    queries = {"q0": "config file reader", "q1": "sorting a list of numbers", "q2": "json parsing"}
+    qrels = {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d3": 1}}
+    return Collection(corpus, queries, qrels)
+
+
+def tiny_bench_settings(folder: Any, **options: Any) -> Any:
+    """Bench settings over :func:`toy_collection` (test and train split) and a tiny random BERT saved in ``folder``."""
+    from pathlib import Path
+
+    from .collection import write_beir
+    from .pipeline import BenchSettings
+
+    folder = Path(folder)
+    model, tokenizer = tiny_bert(seed=0)
+    model.save_pretrained(folder / "tiny")
+    tokenizer.save_pretrained(folder / "tiny")
+    write_beir(toy_collection(), folder / "beir")
+    write_beir(toy_collection(), folder / "beir", split="train")
+    return BenchSettings(
+        collection=str(folder / "beir"),
+        train_collection=str(folder / "beir"),
+        model=str(folder / "tiny"),
+        progress=False,
+        **options,
+    )
