@@ -1,23 +1,40 @@
-"""crossedge-retrieval: bi-, cross- and uni-encoder scorers, BM25, distillation losses and a code-search benchmark."""
+"""crossedge-retrieval: bi-, cross- and uni-encoder scorers, BM25, distillation losses and a code-search benchmark.
+
+The public names are imported on first use, so importing the package (as the plugin
+and the CLI do) does not import torch.
+"""
 
 from __future__ import annotations
 
-from .index import DenseIndex, IndexCorruptedError, build_index
-from .lexical import BM25Scorer
-from .losses import LOSSES, get_loss
-from .scorers import BiEncoder, CrossEncoder, Scorer, ScorerError, UniEncoder, load_scorer
+import importlib
+from typing import Any
 
-__all__ = [
-    "LOSSES",
-    "BM25Scorer",
-    "BiEncoder",
-    "CrossEncoder",
-    "DenseIndex",
-    "IndexCorruptedError",
-    "Scorer",
-    "ScorerError",
-    "UniEncoder",
-    "build_index",
-    "get_loss",
-    "load_scorer",
-]
+_EXPORTS = {
+    "DenseIndex": "index",
+    "IndexCorruptedError": "index",
+    "build_index": "index",
+    "BM25Scorer": "lexical",
+    "LOSSES": "losses",
+    "get_loss": "losses",
+    "BiEncoder": "scorers",
+    "CrossEncoder": "scorers",
+    "Scorer": "scorers",
+    "ScorerError": "scorers",
+    "UniEncoder": "scorers",
+    "load_scorer": "scorers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -10,10 +10,7 @@ import click
 
 from crossedge.core import CrossedgeError, hookimpl
 
-from .lexical import BM25Scorer
-from .losses import LOSSES
-from .pipeline import NEGATIVE_SOURCES, UNI_INITS
-from .scorers import HEADS, SCORER_CLASSES
+from .options import HEADS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
 
 NEGATIVES_HELP = (
     "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
@@ -36,11 +33,19 @@ INTERACTION_HELP = (
 @hookimpl
 def register_domain_models(register):
     """Register the four scorers (category "scorer") and the five losses (category "loss")."""
-    for scorer in SCORER_CLASSES:
-        register(scorer)
-    register(BM25Scorer)
-    for loss in LOSSES:
-        register(loss)
+    # By "module:attr" reference, so listing plugins imports no torch; losses are instances.
+    register("crossedge.retrieval.scorers:BiEncoder", name="bi-encoder")
+    register("crossedge.retrieval.scorers:CrossEncoder", name="cross-encoder")
+    register("crossedge.retrieval.scorers:UniEncoder", name="uni-encoder")
+    register("crossedge.retrieval.lexical:BM25Scorer", name="bm25")
+    for name, class_name in (
+        ("pointwise-bce", "PointwiseBCE"),
+        ("margin-mse", "MarginMSE"),
+        ("infonce", "InfoNCE"),
+        ("listnet-kl", "ListNetKL"),
+        ("partial-ranking", "PartialRankingDistillation"),
+    ):
+        register(f"crossedge.retrieval.losses:{class_name}()", name=name)
 
 
 @hookimpl
@@ -207,7 +212,7 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
     show_default=True,
     help="Comma list of bm25, bi-zero-shot, bi-trained, cross-rerank, uni-rerank, students, trans-encoder.",
 )
-@click.option("--losses", default=",".join(loss.name for loss in LOSSES), show_default=True)
+@click.option("--losses", default=",".join(LOSS_NAMES), show_default=True)
 @click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
 @click.option("--train-queries", default=64, show_default=True)
 @click.option(
