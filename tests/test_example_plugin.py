@@ -11,6 +11,7 @@ import pytest
 def crossedge(*args, env_extra=None, cache=None):
     env = {**os.environ, **(env_extra or {})}
     env.pop("CROSSEDGE_LOAD_PLUGINS", None)
+    env.pop("CROSSEDGE_NO_ENTRY_POINTS", None)
     if cache is not None:
         env["CROSSEDGE_CACHE"] = str(cache)
     if env_extra:

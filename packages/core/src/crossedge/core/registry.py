@@ -86,7 +86,15 @@ class Entry(Generic[T]):
         if not self._resolved:
             with self._lock:
                 if not self._resolved:
-                    self._target = resolve_reference(self._target, plugin=self.plugin, label=self.label, name=self.name)
+                    obj = resolve_reference(self._target, plugin=self.plugin, label=self.label, name=self.name)
+                    declared = getattr(obj, "name", self.name)
+                    if isinstance(declared, str) and declared and declared != self.name:
+                        # The name was given beside the reference; the object must agree with it.
+                        raise PluginError(
+                            f"plugin {self.plugin!r} registered {self._target!r} as {self.label} "
+                            f"{self.name!r}, but that object calls itself {declared!r}"
+                        )
+                    self._target = obj
                     self._resolved = True
         return self._target  # type: ignore[return-value]
 
