@@ -117,8 +117,10 @@ def test_staging_is_not_counted_in_the_cache_size(cache):
     path = source.pull()
     before = dir_size(cache)
     make_staging(cache / "models", ".tiny.zz99zz99.partial", 0)
-    assert dir_size(cache) == before == dir_size(path) + sum(
-        p.stat().st_size for p in cache.rglob("*.lock") if p.is_file()
+    assert (
+        dir_size(cache)
+        == before
+        == dir_size(path) + sum(p.stat().st_size for p in cache.rglob("*.lock") if p.is_file())
     )
 
 

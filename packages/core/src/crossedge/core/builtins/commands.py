@@ -107,7 +107,7 @@ def remove_entry(source: CachedSource) -> list[Path]:
             else:
                 path.unlink(missing_ok=True)
             removed.append(path)
-    Path(str(target) + ".lock").unlink(missing_ok=True)
+    # The lock file stays: deleting it while another process waits on it would let two hold it.
     return removed
 
 
