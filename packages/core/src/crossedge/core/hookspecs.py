@@ -9,7 +9,10 @@ new keyword arguments can be added in later releases without breaking plugins.
 Registration hooks receive a ``register`` callback rather than returning lists:
 ``register(obj, aliases=())`` where ``obj.name`` is the primary name. crossedge
 collects names and aliases per kind and rejects a name registered twice with an
-error that names both plugins.
+error that names both plugins. Instead of the object a plugin may pass a
+``"package.module:attr"`` reference with an explicit name,
+``register("pkg.mod:Cls", name="n", aliases=())`` (``"pkg.mod:Cls()"`` registers an
+instance); it is imported on first use, so listing names imports nothing heavy.
 """
 
 from __future__ import annotations
