@@ -11,6 +11,7 @@ import pytest
 def crossedge(*args, env_extra=None, cache=None):
     env = {**os.environ, **(env_extra or {})}
     env.pop("CROSSEDGE_LOAD_PLUGINS", None)
+    env.pop("CROSSEDGE_NO_ENTRY_POINTS", None)
     if cache is not None:
         env["CROSSEDGE_CACHE"] = str(cache)
     if env_extra:
@@ -35,6 +36,14 @@ def test_load_plugins_env_hides_the_example_plugin():
     names = {r["name"] for r in json.loads(done.stdout)}
     assert "tiny_models" not in names
     assert "crossedge.core.builtins.commands" in names
+    assert {"specdec", "quant", "ondevice", "retrieval"} <= names  # first party is not switched off
+
+
+def test_load_plugins_env_with_a_typo_warns_with_the_close_match():
+    done = crossedge("plugins", "--json", env_extra={"CROSSEDGE_LOAD_PLUGINS": "tiny_model"})
+    assert done.returncode == 0, done.stderr
+    assert "'tiny_model'" in done.stderr and "did you mean 'tiny_models'" in done.stderr
+    assert "specdec" in {r["name"] for r in json.loads(done.stdout)}
 
 
 def test_pull_and_info_of_a_plugin_model(tmp_path):

@@ -126,3 +126,77 @@ def test_crossedge_warnings_print_as_one_line(capsys):
 
     _show_warning(PluginLoadWarning("skipping crossedge plugin 'x'"), PluginLoadWarning, "f.py", 1)
     assert capsys.readouterr().err == "Warning: skipping crossedge plugin 'x'\n"
+
+
+class CopyDrafterPlugin:
+    @hookimpl
+    def register_drafters(self, register):
+        register(type("Copy", (), {"name": "copy"}))
+
+
+def test_duplicate_name_does_not_break_the_diagnostic_commands(cli, cache):
+    with registered(CopyDrafterPlugin(), name="first-copy"), registered(CopyDrafterPlugin(), name="second-copy"):
+        as_json = cli("plugins", "--json")
+        as_text = cli("plugins")
+        doctor = cli("doctor", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    rows = {r["name"]: r for r in json.loads(as_json.stdout)}
+    for name in ("first-copy", "second-copy"):
+        [message] = rows[name]["conflicts"]
+        assert "drafter name 'copy'" in message and "first-copy" in message and "second-copy" in message
+    assert as_text.exit_code == 0 and "CONFLICT: drafter name 'copy'" in as_text.stdout
+    assert doctor.exit_code == 0, doctor.output
+    assert any("second-copy" in c for c in json.loads(doctor.stdout)["plugin_conflicts"])
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    from crossedge.core.bench import cpu_flags, environment
+
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_int8\n"
+    assert cpu_flags(cpuinfo) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"]
+    assert cpu_flags("processor\t: 0\n") == []
+    assert isinstance(environment()["cpu_flags"], list)
+
+
+def test_doctor_shows_cpu_flags(cli, cache, monkeypatch):
+    from crossedge.core.builtins import commands
+
+    monkeypatch.setattr(commands, "cpu_flags", lambda cpuinfo=None: ["avx2", "amx_tile"])
+    result = cli("doctor")
+    assert result.exit_code == 0, result.output
+    assert "cpu_flags: avx2, amx_tile" in result.stdout
+
+
+def test_cache_env_pointing_at_a_file_is_one_line(cli, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("CROSSEDGE_CACHE", str(blocker / "sub"))
+    result = cli("models", "pull", "smollm2-135m")
+    assert result.exit_code == 1
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("Error: CROSSEDGE_CACHE=") and "is a file, not a folder" in error
+    doctor = cli("doctor", "--json")
+    assert doctor.exit_code == 0 and json.loads(doctor.stdout)["cache_dir"].startswith("unusable")
+
+
+def test_models_info_of_a_plain_folder_is_not_pulled(cli, tmp_path):
+    from crossedge.core.testing import save_tiny_causal_lm
+
+    save_tiny_causal_lm(tmp_path / "mine")
+    (tmp_path / "empty").mkdir()
+    model = json.loads(cli("models", "info", str(tmp_path / "mine"), "--json").stdout)
+    assert model["pulled"] is False and model["what"].startswith("local model folder, used in place")
+    empty = json.loads(cli("models", "info", str(tmp_path / "empty"), "--json").stdout)
+    assert empty["pulled"] is False and "no config.json" in empty["what"]
+
+
+def test_models_info_of_a_truncated_local_safetensors_is_one_line(cli, tmp_path):
+    from crossedge.core.testing import save_tiny_causal_lm
+
+    folder = tmp_path / "cut"
+    save_tiny_causal_lm(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    result = cli("models", "info", str(folder))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: could not read the model files in") and len(result.stderr.splitlines()) == 1

@@ -52,11 +52,11 @@ class FakeDist:
 
 
 class FakeEntryPoint:
-    def __init__(self, name, dist, target):
-        self.name, self.dist, self._target = name, FakeDist(dist), target
+    def __init__(self, name, dist, target, value="third_party_plugin"):
+        self.name, self.dist, self._target, self.value = name, FakeDist(dist), target, value
 
     def load(self):
-        if isinstance(self._target, Exception):
+        if isinstance(self._target, BaseException):
             raise self._target
         return self._target
 
@@ -73,6 +73,7 @@ def fresh_manager(monkeypatch):
 
     def use(entry_points, env=None):
         monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: entry_points)
+        monkeypatch.delenv(plugins.NO_ENTRY_POINTS_ENV, raising=False)
         if env is None:
             monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
         else:
@@ -132,3 +133,78 @@ def test_trace_env_reports_hook_calls(monkeypatch, capsys):
 def test_hooks_implemented_lists_hook_names():
     with registered(GoodPlugin(), name="hooked"):
         assert plugins.hooks_implemented("hooked") == ["register_drafters"]
+
+
+class OtherDatasetPlugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register(type("O", (), {"name": "from-other", "description": ""}))
+
+
+def test_first_party_entry_points_ignore_the_load_plugins_env(fresh_manager):
+    eps = [
+        FakeEntryPoint("ours", "crossedge-ours", EntryPointPlugin(), value="crossedge.ours.plugin"),
+        FakeEntryPoint("theirs", "their-plugin", OtherDatasetPlugin()),
+    ]
+    fresh_manager(eps, env="")
+    names = plugins.plugin_names()
+    assert "ours" in names and "theirs" not in names
+    assert plugins.plugin_info("ours").first_party is True
+
+
+def test_unknown_name_in_load_plugins_env_warns_with_close_matches(fresh_manager):
+    eps = [FakeEntryPoint("tiny_models", "crossedge-tiny-models", EntryPointPlugin())]
+    with pytest.warns(PluginLoadWarning, match="'tiny_model'.*did you mean 'tiny_models'"):
+        fresh_manager(eps, env="tiny_model")
+    assert "tiny_models" not in plugins.plugin_names()
+
+
+def test_no_entry_points_env_loads_none_at_all(fresh_manager, monkeypatch):
+    eps = [FakeEntryPoint("ours", "crossedge-ours", EntryPointPlugin(), value="crossedge.ours.plugin")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
+    monkeypatch.setenv(plugins.NO_ENTRY_POINTS_ENV, "1")
+    plugins.get_plugin_manager()
+    assert "ours" not in plugins.plugin_names()
+    assert all(m in plugins.plugin_names() for m in DEFAULT_PLUGINS)
+
+
+def test_plugin_calling_sys_exit_at_import_is_reported_not_fatal(fresh_manager, cli):
+    eps = [
+        FakeEntryPoint("quitter", "crossedge-quitter", SystemExit(3)),
+        FakeEntryPoint("fine", "crossedge-fine", EntryPointPlugin()),
+    ]
+    with pytest.warns(PluginLoadWarning, match="'quitter' from distribution 'crossedge-quitter'.*SystemExit"):
+        fresh_manager(eps)
+    assert "from-entry-point" in get_registry("dataset")
+    result = cli("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    broken = [r for r in json.loads(result.stdout) if r["name"] == "quitter"]
+    assert broken and "SystemExit" in broken[0]["error"]
+
+
+class TwoBrokenHooks:
+    @hookimpl
+    def register_drafters(self, register):
+        raise RuntimeError("drafters broke")
+
+    @hookimpl
+    def register_datasets(self, register):
+        raise SystemExit("datasets quit")
+
+
+def test_every_failing_hook_of_a_plugin_is_reported():
+    with registered(TwoBrokenHooks(), name="twice-broken"):
+        with pytest.warns(PluginLoadWarning) as caught:
+            get_registry("drafter")
+            get_registry("dataset")
+        assert len([w for w in caught if "twice-broken" in str(w.message)]) == 2
+        errors = [b.error for b in plugins.broken_plugins() if b.name == "twice-broken"]
+        assert any("register_drafters" in e and "drafters broke" in e for e in errors)
+        assert any("register_datasets" in e and "datasets quit" in e for e in errors)
+
+
+def test_broken_plugin_hint_no_longer_suggests_switching_off_everything():
+    with registered(ExplodingPlugin(), name="hint-check"), pytest.warns(PluginLoadWarning) as caught:
+        get_registry("drafter")
+    message = next(str(w.message) for w in caught if "hint-check" in str(w.message))
+    assert "CROSSEDGE_LOAD_PLUGINS=NAME" in message and "third-party" in message

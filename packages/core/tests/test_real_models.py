@@ -32,7 +32,7 @@ def test_smollm2_pull_info_and_greedy_answer():
 
 def test_models_info_json_in_a_fresh_process_offline():
     resolve_model("smollm2-135m").pull()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CROSSEDGE_LOAD_PLUGINS": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CROSSEDGE_NO_ENTRY_POINTS": "1"}
     env.pop("CROSSEDGE_CACHE", None)
     done = subprocess.run(
         [sys.executable, "-m", "crossedge.core.cli", "models", "info", "smollm2-135m", "--json"],

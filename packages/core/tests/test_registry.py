@@ -89,3 +89,68 @@ def test_duplicate_between_plugins_is_rejected_loudly():
 def test_unknown_kind():
     with pytest.raises(UnknownNameError, match="plugin kind"):
         get_registry("drafterz")
+
+
+def test_reference_is_imported_on_first_get_only(tmp_path, monkeypatch):
+    (tmp_path / "lazy_thing_module.py").write_text("class Lazy:\n    name = 'lazy'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("drafter")
+    entry = registry.add("lazy_thing_module:Lazy", plugin="p", name="lazy", aliases=("lz",))
+    import sys
+
+    assert "lazy_thing_module" not in sys.modules
+    assert registry.names() == ["lazy"] and "lz" in registry
+    assert entry.reference == "lazy_thing_module:Lazy"
+    assert registry.get("lz").__name__ == "Lazy"
+    assert "lazy_thing_module" in sys.modules
+    assert registry.entry("lazy").reference is None
+
+
+def test_reference_with_call_registers_an_instance(tmp_path, monkeypatch):
+    (tmp_path / "lazy_instance_module.py").write_text("class Bench:\n    name = 'b'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("benchmark")
+    registry.add("lazy_instance_module:Bench()", plugin="p", name="b")
+    assert type(registry.get("b")).__name__ == "Bench"
+    assert registry.get("b") is registry.get("b")
+
+
+def test_reference_that_does_not_import_names_the_plugin():
+    registry = Registry("drafter")
+    registry.add("no_such_module_anywhere:Thing", plugin="third-party", name="ghost")
+    with pytest.raises(PluginError, match="plugin 'third-party'.*'ghost'.*does not import.*ModuleNotFoundError"):
+        registry.get("ghost")
+
+
+def test_reference_needs_a_name_and_must_agree_with_it(tmp_path, monkeypatch):
+    with pytest.raises(PluginError, match="without a name"):
+        Registry("drafter").add("os.path:join", plugin="p")
+    (tmp_path / "misnamed_module.py").write_text("class Misnamed:\n    name = 'other'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("drafter")
+    registry.add("misnamed_module:Misnamed", plugin="p", name="mine")
+    with pytest.raises(PluginError, match="calls itself 'other'"):
+        registry.get("mine")
+
+
+class ReferencePlugin:
+    @hookimpl
+    def register_drafters(self, register):
+        register("crossedge.core.testing:CountingBackend", name="counting", aliases=("cb",))
+
+
+def test_hooks_may_register_references():
+    with registered(ReferencePlugin(), name="by-reference"):
+        registry = get_registry("drafter")
+        assert registry.entry("cb").plugin == "by-reference"
+        assert registry.get("counting").__name__ == "CountingBackend"
+
+
+def test_duplicate_between_plugins_is_kept_aside_for_diagnostics():
+    with registered(DrafterPlugin("copy"), name="first"), registered(DrafterPlugin("copy"), name="second"):
+        with pytest.raises(DuplicateNameError, match="both plugin '(first|second)' and plugin '(first|second)'"):
+            get_registry("drafter")
+        registry = get_registry("drafter", strict=False)
+        [conflict] = registry.conflicts
+        assert conflict.name == "copy" and {conflict.kept, conflict.refused} == {"first", "second"}
+        assert registry.entry("copy").plugin == conflict.kept

@@ -152,10 +152,43 @@ def environment() -> dict[str, Any]:
         "threads": thread_count,
         "cpu_count": os.cpu_count(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "torch": torch_version,
         "platform": platform.platform(),
     }
+
+
+#: Instruction-set flags that change which CPU kernels run (and so how fast), in report order.
+KERNEL_FLAGS: tuple[str, ...] = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The :data:`KERNEL_FLAGS` this CPU has, from /proc/cpuinfo (empty where it is unavailable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return [flag for flag in KERNEL_FLAGS if flag in present]
+    return []
 
 
 def cpu_model() -> str:

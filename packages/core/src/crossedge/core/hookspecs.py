@@ -11,6 +11,10 @@ Registration hooks receive a ``register`` callback rather than returning lists:
 collects names and aliases per kind and rejects a name registered twice with an
 error that names both plugins.
 
+Instead of the object a plugin may pass a ``"package.module:attr"`` reference with an
+explicit name, ``register("pkg.mod:Cls", name="n", aliases=())``; it is imported on first
+use, so listing names (``crossedge plugins``) imports nothing heavy.
+
 What is registered depends on the kind, and only on the kind:
 
 - **Parts built from a spec register classes**: drafters, draft-length policies,
@@ -19,8 +23,9 @@ What is registered depends on the kind, and only on the kind:
   docs/specs.md) are the class's ``__init__`` keyword arguments (a quantizer's are the
   fields of its config dataclass), declared with type hints so that
   :func:`crossedge.core.specs.bind` can check and convert them.
-- **Named resources register instances**: model sources, datasets and benchmarks, each
-  configured when the plugin builds it.
+- **Named resources register instances**: model sources, model formats, datasets and
+  benchmarks, each configured when the plugin builds it (a reference ``"pkg.mod:make()"``
+  registers what calling ``make`` returns).
 """
 
 from __future__ import annotations

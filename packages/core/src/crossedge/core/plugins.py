@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -21,7 +22,13 @@ from .errors import CrossedgeWarning, PluginError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 LOAD_PLUGINS_ENV = "CROSSEDGE_LOAD_PLUGINS"
+NO_ENTRY_POINTS_ENV = "CROSSEDGE_NO_ENTRY_POINTS"
 TRACE_PLUGINS_ENV = "CROSSEDGE_TRACE_PLUGINS"
+
+#: Entry points whose object lives in this namespace belong to the crossedge monorepo's own
+#: packages (``packages/*``: specdec, quant, ondevice, retrieval and any made from the
+#: template). They are always loaded: ``CROSSEDGE_LOAD_PLUGINS`` narrows third-party plugins only.
+FIRST_PARTY_PREFIX = "crossedge."
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "crossedge.core.builtins.commands",
@@ -60,6 +67,7 @@ class PluginInfo:
     version: str | None = None
     builtin: bool = False
     error: str | None = None
+    first_party: bool = False
 
 
 @dataclass
@@ -68,7 +76,7 @@ class PluginState:
 
     info: dict[str, PluginInfo] = field(default_factory=dict)
     broken: list[PluginInfo] = field(default_factory=list)
-    warned: set[str] = field(default_factory=set)
+    warned: set[tuple[str, str]] = field(default_factory=set)
     generation: int = 0
 
 
@@ -84,18 +92,30 @@ def _core_version() -> str | None:
         return None
 
 
-def warn_plugin(name: str, distribution: str | None, exc: BaseException, during: str) -> None:
-    """Record a broken plugin and issue one warning for it."""
+def _remedy(first_party: bool) -> str:
+    if first_party:
+        return "Reinstall or upgrade that distribution (it is part of crossedge)."
+    return (
+        f"Upgrade or uninstall that distribution, or leave it out with {LOAD_PLUGINS_ENV}=NAME,... "
+        f"listing the third-party plugins to keep ({LOAD_PLUGINS_ENV}='' keeps none)."
+    )
+
+
+def warn_plugin(
+    name: str, distribution: str | None, exc: BaseException, during: str, *, first_party: bool | None = None
+) -> None:
+    """Record a broken plugin (once per plugin and hook) and issue one warning for it."""
     who = f"{name!r}" + (f" from distribution {distribution!r}" if distribution else "")
-    message = (
-        f"skipping crossedge plugin {who}: {during} failed with "
-        f"{type(exc).__name__}: {exc}. Upgrade or uninstall that distribution, or set "
-        f"{LOAD_PLUGINS_ENV}='' to run without third-party plugins."
+    if first_party is None:
+        first_party = _state.info.get(name, PluginInfo(name)).first_party or name in DEFAULT_PLUGINS
+    message = f"skipping crossedge plugin {who}: {during} failed with {type(exc).__name__}: {exc}. " + _remedy(
+        first_party
     )
     with _lock:
         info = PluginInfo(name=name, distribution=distribution, error=f"{during}: {type(exc).__name__}: {exc}")
-        if name not in _state.warned:
-            _state.warned.add(name)
+        # Keyed by hook as well: a plugin with two failing hooks reports both, not only the first.
+        if (name, during) not in _state.warned:
+            _state.warned.add((name, during))
             _state.broken.append(info)
             warnings.warn(message, PluginLoadWarning, stacklevel=3)
 
@@ -122,11 +142,9 @@ def warn_unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
     pluggy keeps such implementations pending and never calls them, so without this an old
     plugin (one written against a removed hook) would silently do nothing.
     """
-    import difflib
-
     unknown = _unknown_hooks(pm, plugin_name)
     for hook in unknown:
-        key = f"{plugin_name}::{hook}"
+        key = (plugin_name, f"unknown hook {hook}")
         with _lock:
             if key in _state.warned:
                 continue
@@ -147,6 +165,11 @@ def warn_unknown_hooks(pm: pluggy.PluginManager, plugin_name: str) -> list[str]:
     return unknown
 
 
+def is_first_party(ep: Any) -> bool:
+    """True for an entry point of one of crossedge's own packages (object in the ``crossedge.`` namespace)."""
+    return str(getattr(ep, "value", "")).startswith(FIRST_PARTY_PREFIX)
+
+
 def _allowed_plugins() -> set[str] | None:
     value = os.environ.get(LOAD_PLUGINS_ENV)
     if value is None:
@@ -154,24 +177,60 @@ def _allowed_plugins() -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+def _entry_points_disabled() -> bool:
+    return os.environ.get(NO_ENTRY_POINTS_ENV, "") not in ("", "0", "false", "no")
+
+
+def _warn_unknown_allowed(allowed: set[str], eps: list[Any]) -> None:
+    known: set[str] = set()
+    for ep in eps:
+        known.add(ep.name)
+        dist = getattr(ep, "dist", None)
+        if dist is not None and dist.metadata["Name"]:
+            known.add(dist.metadata["Name"])
+    for name in sorted(allowed - known):
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+        hint = (
+            ("did you mean " + " or ".join(repr(c) for c in close) + "?")
+            if close
+            else ("installed: " + (", ".join(sorted(known)) or "none"))
+        )
+        warnings.warn(
+            f"{LOAD_PLUGINS_ENV} names {name!r}, which is no installed crossedge plugin or distribution; {hint}",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    if _entry_points_disabled():
+        return
     allowed = _allowed_plugins()
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if allowed:
+        _warn_unknown_allowed(allowed, eps)
+    for ep in eps:
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else None
-        if allowed is not None and ep.name not in allowed and dist_name not in allowed:
+        first_party = is_first_party(ep)
+        if not first_party and allowed is not None and ep.name not in allowed and dist_name not in allowed:
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # a broken plugin must not break the CLI
-            warn_plugin(ep.name, dist_name, exc, "import")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit at import included: a broken plugin must not kill the CLI
+            warn_plugin(ep.name, dist_name, exc, "import", first_party=first_party)
             continue
         warn_unknown_hooks(pm, ep.name)
         _state.info[ep.name] = PluginInfo(
-            name=ep.name, distribution=dist_name, version=dist.version if dist is not None else None
+            name=ep.name,
+            distribution=dist_name,
+            version=dist.version if dist is not None else None,
+            first_party=first_party,
         )
 
 
@@ -221,7 +280,7 @@ def unregister_plugin(name: str) -> None:
         pm.unregister(name=name)
         _state.info.pop(name, None)
         # a plugin registered again under the same name deserves its warnings again
-        _state.warned = {key for key in _state.warned if not key.startswith(f"{name}::")}
+        _state.warned = {key for key in _state.warned if not (key[0] == name and key[1].startswith("unknown hook "))}
         _state.generation += 1
 
 
@@ -272,7 +331,9 @@ def call_each(
         start = time.perf_counter()
         try:
             result = impl.function(**args)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a hook calling sys.exit() is a broken plugin, not the end of the command
             info = plugin_info(impl.plugin_name)
             warn_plugin(impl.plugin_name, info.distribution, exc, f"hook {hook_name}")
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,14 +28,94 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Entry(Generic[T]):
-    """One registered object with the plugin that registered it."""
+#: ``"package.module:attribute"``, optionally ending in ``()`` to register what calling it returns.
+REFERENCE = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?P<call>\(\))?$")
 
+
+def is_reference(obj: object) -> bool:
+    """True when ``obj`` is a lazy ``"module:attr"`` reference rather than the object itself."""
+    return isinstance(obj, str)
+
+
+def resolve_reference(reference: str, *, plugin: str, label: str, name: str) -> Any:
+    """Import the object a ``"module:attr"`` reference names; a failure is a :class:`PluginError`."""
+    match = REFERENCE.match(reference)
+    if match is None:
+        raise PluginError(
+            f"plugin {plugin!r} registered {label} {name!r} as {reference!r}, which is not a "
+            f"'package.module:attribute' reference"
+        )
+    try:
+        obj: Any = importlib.import_module(match["module"])
+        for part in match["attr"].split("."):
+            obj = getattr(obj, part)
+        if match["call"]:
+            obj = obj()
+    except Exception as exc:  # any failure here is the plugin's, and must name it
+        raise PluginError(
+            f"plugin {plugin!r} registered {label} {name!r} as {reference!r}, which does not import: "
+            f"{type(exc).__name__}: {exc}. Upgrade or reinstall the distribution that provides it."
+        ) from exc
+    return obj
+
+
+class Entry(Generic[T]):
+    """One registered object with the plugin that registered it.
+
+    A plugin may register a ``"module:attr"`` reference instead of the object; it is
+    imported the first time :attr:`obj` is read, so listing names imports nothing.
+    """
+
+    __slots__ = ("name", "plugin", "aliases", "label", "_target", "_resolved", "_lock")
+
+    def __init__(self, name: str, obj: T | str, plugin: str, aliases: tuple[str, ...] = (), label: str = "object"):
+        self.name = name
+        self.plugin = plugin
+        self.aliases = tuple(aliases)
+        self.label = label
+        self._target = obj
+        self._resolved = not is_reference(obj)
+        self._lock = threading.Lock()
+
+    @property
+    def reference(self) -> str | None:
+        """The ``"module:attr"`` text this entry was registered with, if any."""
+        return self._target if is_reference(self._target) and not self._resolved else None
+
+    @property
+    def obj(self) -> T:
+        """The registered object, imported on first use when it was registered by reference."""
+        if not self._resolved:
+            with self._lock:
+                if not self._resolved:
+                    obj = resolve_reference(self._target, plugin=self.plugin, label=self.label, name=self.name)
+                    declared = getattr(obj, "name", self.name)
+                    if isinstance(declared, str) and declared and declared != self.name:
+                        # The name was given beside the reference; the object must agree with it.
+                        raise PluginError(
+                            f"plugin {self.plugin!r} registered {self._target!r} as {self.label} "
+                            f"{self.name!r}, but that object calls itself {declared!r}"
+                        )
+                    self._target = obj
+                    self._resolved = True
+        return self._target  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"Entry(name={self.name!r}, plugin={self.plugin!r}, aliases={self.aliases!r})"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A name two plugins registered for one kind; the second registration was refused."""
+
+    kind: str
     name: str
-    obj: T
-    plugin: str
-    aliases: tuple[str, ...] = ()
+    kept: str
+    refused: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Registry(Generic[T]):
@@ -44,9 +126,20 @@ class Registry(Generic[T]):
         self.label = label or KINDS.get(kind, (None, kind))[1]
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
+        #: Registrations refused because their name was taken (see :func:`build_registry`).
+        self.conflicts: list[Conflict] = []
 
-    def add(self, obj: T, *, plugin: str, aliases: Iterable[str] = (), name: str | None = None) -> Entry[T]:
-        """Add ``obj`` under ``name`` (default ``obj.name``) and its aliases."""
+    def add(self, obj: T | str, *, plugin: str, aliases: Iterable[str] = (), name: str | None = None) -> Entry[T]:
+        """Add ``obj`` (or a ``"module:attr"`` reference to it) under ``name`` and its aliases.
+
+        ``name`` defaults to ``obj.name``; a reference must give it, since reading the
+        attribute would import the module.
+        """
+        if is_reference(obj) and name is None:
+            raise PluginError(
+                f"plugin {plugin!r} registered the {self.label} reference {obj!r} without a name: "
+                f"pass name=... beside a 'module:attr' reference"
+            )
         primary = name if name is not None else getattr(obj, "name", None)
         if not isinstance(primary, str) or not primary:
             raise PluginError(
@@ -57,11 +150,13 @@ class Registry(Generic[T]):
         for key in (primary, *aliases):
             owner = self._owner(key)
             if owner is not None:
-                raise DuplicateNameError(
+                error = DuplicateNameError(
                     f"{self.label} name {key!r} is registered by both plugin {owner.plugin!r} "
                     f"and plugin {plugin!r}; uninstall one of them or rename one registration"
                 )
-        entry = Entry(primary, obj, plugin, aliases)
+                error.conflict = Conflict(self.kind, key, owner.plugin, plugin, str(error))  # type: ignore[attr-defined]
+                raise error
+        entry: Entry[T] = Entry(primary, obj, plugin, aliases, label=self.label)
         self._entries[primary] = entry
         for alias in aliases:
             self._aliases[alias] = primary
@@ -110,49 +205,67 @@ _cache_lock = threading.RLock()
 def build_registry(kind: str) -> Registry[Any]:
     """Collect one kind from every plugin's registration hook.
 
-    A plugin whose hook raises is skipped with a warning; a duplicate name between
-    two plugins is an error naming both, because silently picking one would make
+    A plugin whose hook raises is skipped with a warning. A name registered by two
+    plugins keeps its first registration and records the clash in
+    ``registry.conflicts``; :func:`get_registry` refuses such a registry unless asked
+    not to (the diagnostic commands), because silently picking one would make
     results depend on install order.
     """
     if kind not in KINDS:
         raise UnknownNameError("plugin kind", kind, KINDS)
     hook_name, label = KINDS[kind]
     registry: Registry[Any] = Registry(kind, label)
-    per_plugin: dict[str, list[tuple[Any, tuple[str, ...]]]] = {}
+    per_plugin: dict[str, list[tuple[Any, tuple[str, ...], str | None]]] = {}
 
     def kwargs_for(plugin_name: str) -> dict[str, Any]:
         bucket = per_plugin[plugin_name] = []
 
-        def register(obj: Any, aliases: Iterable[str] = ()) -> None:
-            bucket.append((obj, (aliases,) if isinstance(aliases, str) else tuple(aliases)))
+        def register(obj: Any, aliases: Iterable[str] = (), name: str | None = None) -> None:
+            bucket.append((obj, (aliases,) if isinstance(aliases, str) else tuple(aliases), name))
 
         return {"register": register}
 
     # Only plugins whose hook returned normally contribute: a half-registered
     # broken plugin would otherwise leave some of its names behind.
     for plugin_name, _ in plugins.call_each(hook_name, kwargs_for=kwargs_for):
-        for obj, aliases in per_plugin[plugin_name]:
-            registry.add(obj, plugin=plugin_name, aliases=aliases)
+        for obj, aliases, name in per_plugin[plugin_name]:
+            try:
+                registry.add(obj, plugin=plugin_name, aliases=aliases, name=name)
+            except DuplicateNameError as exc:
+                registry.conflicts.append(exc.conflict)  # type: ignore[attr-defined]
     return registry
 
 
-def get_registry(kind: str) -> Registry[Any]:
-    """The registry of one kind, rebuilt when plugins were added or removed."""
+def get_registry(kind: str, *, strict: bool = True) -> Registry[Any]:
+    """The registry of one kind, rebuilt when plugins were added or removed.
+
+    With ``strict`` (the default) a name registered by two plugins raises
+    :class:`DuplicateNameError`; ``strict=False`` returns the registry with the
+    clash in ``registry.conflicts``, so ``crossedge plugins`` and ``doctor`` can show it.
+    """
     generation = plugins.registry_generation()
     with _cache_lock:
         cached = _cache.get(kind)
         if cached is not None and cached[0] == generation:
-            return cached[1]
-        registry = build_registry(kind)
-        _cache[kind] = (generation, registry)
-        return registry
+            registry = cached[1]
+        else:
+            registry = build_registry(kind)
+            _cache[kind] = (generation, registry)
+    if strict and registry.conflicts:
+        raise DuplicateNameError(str(registry.conflicts[0]))
+    return registry
+
+
+def registry_conflicts() -> list[Conflict]:
+    """Every duplicate-name clash between plugins, over all kinds."""
+    return [conflict for kind in KINDS for conflict in get_registry(kind, strict=False).conflicts]
 
 
 def names_by_plugin(plugin_name: str) -> dict[str, list[str]]:
     """For ``crossedge plugins``: kind -> names that one plugin registered."""
     result: dict[str, list[str]] = {}
     for kind in KINDS:
-        names = [e.name for e in get_registry(kind).entries() if e.plugin == plugin_name]
+        names = [e.name for e in get_registry(kind, strict=False).entries() if e.plugin == plugin_name]
         if names:
             result[kind] = names
     return result

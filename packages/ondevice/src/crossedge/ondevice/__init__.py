@@ -1,76 +1,72 @@
-"""crossedge-ondevice: backends, profiling, memory-bounded training, latency prediction and sub-network search."""
+"""crossedge-ondevice: backends, profiling, memory-bounded training, latency prediction and sub-network search.
+
+Names are imported on first use (PEP 562), so importing the package (and its plugin
+module, which every ``crossedge`` command loads) does not import torch.
+"""
 
 from __future__ import annotations
 
-from .backends import (
-    Backend,
-    BackendCapabilityError,
-    BackendUnavailableError,
-    ExecuTorchBackend,
-    OnnxRuntimeBackend,
-    PreparedModel,
-    TorchCompileBackend,
-    TorchEagerBackend,
-    get_backend,
-    max_abs_diff,
-    prepare,
-)
-from .elastic import (
-    ElasticMobileNet,
-    ElasticSpace,
-    SubnetConfig,
-    calibrate_batch_norm,
-    extract_subnet,
-    progressive_shrinking,
-)
-from .finetune_methods import PartialConv2d, choose_sparse_scheme
-from .latency import AdaptedPredictor, DeviceConfig, MetaLatencyPredictor
-from .memory import SavedTensorMeter, TrainingMemory, measure_training_step
-from .mobiletl import AffineNorm, SignMaskActivation, SignMaskHardswish, SignMaskReLU6, pack_bits, unpack_bits
-from .networks import InvertedResidual, MobileNetConfig, MobileNetV2, StageConfig
-from .profiling import profile
-from .search import SearchResult, search
-from .training import FinetuneResult, run_finetune
+import importlib
+from typing import Any
 
-__all__ = [
-    "AdaptedPredictor",
-    "AffineNorm",
-    "Backend",
-    "BackendCapabilityError",
-    "BackendUnavailableError",
-    "DeviceConfig",
-    "ElasticMobileNet",
-    "ElasticSpace",
-    "ExecuTorchBackend",
-    "FinetuneResult",
-    "InvertedResidual",
-    "MetaLatencyPredictor",
-    "MobileNetConfig",
-    "MobileNetV2",
-    "OnnxRuntimeBackend",
-    "PartialConv2d",
-    "PreparedModel",
-    "SavedTensorMeter",
-    "SearchResult",
-    "SignMaskActivation",
-    "SignMaskHardswish",
-    "SignMaskReLU6",
-    "StageConfig",
-    "SubnetConfig",
-    "TorchCompileBackend",
-    "TorchEagerBackend",
-    "TrainingMemory",
-    "calibrate_batch_norm",
-    "choose_sparse_scheme",
-    "extract_subnet",
-    "get_backend",
-    "max_abs_diff",
-    "measure_training_step",
-    "pack_bits",
-    "prepare",
-    "profile",
-    "progressive_shrinking",
-    "run_finetune",
-    "search",
-    "unpack_bits",
-]
+#: public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "Backend": "backends",
+    "BackendCapabilityError": "backends",
+    "BackendUnavailableError": "backends",
+    "ExecuTorchBackend": "backends",
+    "OnnxRuntimeBackend": "backends",
+    "PreparedModel": "backends",
+    "TorchCompileBackend": "backends",
+    "TorchEagerBackend": "backends",
+    "get_backend": "backends",
+    "max_abs_diff": "backends",
+    "prepare": "backends",
+    "ElasticMobileNet": "elastic",
+    "ElasticSpace": "elastic",
+    "SubnetConfig": "elastic",
+    "calibrate_batch_norm": "elastic",
+    "extract_subnet": "elastic",
+    "progressive_shrinking": "elastic",
+    "PartialConv2d": "finetune_methods",
+    "choose_sparse_scheme": "finetune_methods",
+    "AdaptedPredictor": "latency",
+    "DeviceConfig": "latency",
+    "MetaLatencyPredictor": "latency",
+    "SavedTensorMeter": "memory",
+    "TrainingMemory": "memory",
+    "measure_training_step": "memory",
+    "AffineNorm": "mobiletl",
+    "SignMaskActivation": "mobiletl",
+    "SignMaskHardswish": "mobiletl",
+    "SignMaskReLU6": "mobiletl",
+    "pack_bits": "mobiletl",
+    "unpack_bits": "mobiletl",
+    "InvertedResidual": "networks",
+    "MobileNetConfig": "networks",
+    "MobileNetV2": "networks",
+    "StageConfig": "networks",
+    "profile": "profiling",
+    "SearchResult": "search",
+    "FinetuneResult": "training",
+    "run_finetune": "training",
+}
+
+# ``search`` is both a submodule and its main function. Eagerly, the function shadowed the
+# module; lazily, importing the submodule binds the name to the module, so the function is
+# reached as ``crossedge.ondevice.search.search`` (as every caller in the repo already does).
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from crossedge.core import hookimpl
+from crossedge.core.hookspecs import hookimpl
+
+#: name -> (class in crossedge.ondevice.backends, aliases); imported (with torch) on first use.
+#: torch-eager is crossedge-core's own.
+BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "torch-compile": ("TorchCompileBackend", ("inductor",)),
+    "torch-onednn": ("TorchOneDNNBackend", ("onednn",)),
+    "onnxruntime": ("OnnxRuntimeBackend", ("ort",)),
+    "executorch": ("ExecuTorchBackend", ()),
+}
 
 
 @hookimpl
 def register_backends(register):
-    """Register the torch-compile, torch-onednn, onnxruntime and executorch classes (torch-eager is core's)."""
-    from .backends import BUILTIN_BACKENDS
-
-    aliases = {"torch-compile": ("inductor",), "torch-onednn": ("onednn",), "onnxruntime": ("ort",)}
-    for backend_cls in BUILTIN_BACKENDS:
-        register(backend_cls, aliases=aliases.get(backend_cls.name, ()))
+    """Register the torch-compile, torch-onednn, onnxruntime and executorch classes."""
+    for name, (class_name, aliases) in BACKENDS.items():
+        register(f"crossedge.ondevice.backends:{class_name}", name=name, aliases=aliases)
 
 
 @hookimpl
@@ -26,7 +32,6 @@ def register_commands(cli):
 @hookimpl
 def register_benchmarks(register):
     """Register the MobileTL, latency-predictor and backend benchmarks."""
-    from .benchmarks import BENCHMARKS
-
-    for benchmark_cls in BENCHMARKS:
-        register(benchmark_cls())
+    register("crossedge.ondevice.benchmarks:MobileTLBenchmark()", name="ondevice-mobiletl")
+    register("crossedge.ondevice.benchmarks:PredictorBenchmark()", name="ondevice-predictor")
+    register("crossedge.ondevice.benchmarks:BackendsBenchmark()", name="ondevice-backends")

@@ -17,11 +17,8 @@ from crossedge.core.errors import CrossedgeError
 from crossedge.core.registry import get_registry
 from crossedge.core.sources import load_model
 
-from .api import as_config, quantization_map, quantize_, weight_bytes
-from .calibration import text_batches
-from .config import spec_label
-from .evaluation import EvalSettings, eval_backend, evaluate_methods, load_corpus, plot, table
-from .serialization import save_quantized
+# The quantization modules import torch: each command imports what it needs when it runs,
+# so building the CLI (``crossedge --help``) imports none of them.
 
 
 def _loader(name: str):
@@ -97,6 +94,9 @@ def eval_command(
     backend_name: str,
 ) -> None:
     """Perplexity, kernel fraction, bytes, memory and decode speed of each method beside fp32."""
+    from .api import as_config
+    from .evaluation import EvalSettings, eval_backend, evaluate_methods, load_corpus, plot, table
+
     specs = split_methods(methods)
     for spec in specs:
         if spec != "fp32":
@@ -159,6 +159,12 @@ def run_command(
     model_name: str, spec: str, out_dir: Path, corpus: Path | None, calib_tokens: int, seq_len: int
 ) -> None:
     """Quantize a model and write safetensors, a versioned quantization map, config and tokenizer."""
+    from .api import as_config, quantization_map, quantize_, weight_bytes
+    from .calibration import text_batches
+    from .config import spec_label
+    from .evaluation import load_corpus
+    from .serialization import save_quantized
+
     config = as_config(spec)
     loaded = load_model(model_name)
     before = weight_bytes(loaded.model)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from crossedge.core.hookspecs import hookimpl
 
-from .methods.gptq import GPTQQuantizer
-from .methods.mixed import MixedQuantizer
-from .methods.rtn import RTNQuantizer
-from .methods.w8a8 import CrossQuantQuantizer, SmoothQuantQuantizer, W8A8Quantizer
-
-#: The built-in methods, registered exactly as a third-party plugin would register its own.
-QUANTIZERS = (RTNQuantizer, W8A8Quantizer, SmoothQuantQuantizer, CrossQuantQuantizer, GPTQQuantizer, MixedQuantizer)
+#: The built-in methods as (name, "module:attr" reference), registered exactly as a third-party
+#: plugin would register its own; the reference is imported (with torch) on first use only.
+QUANTIZERS: tuple[tuple[str, str], ...] = (
+    ("rtn", "crossedge.quant.methods.rtn:RTNQuantizer"),
+    ("w8a8", "crossedge.quant.methods.w8a8:W8A8Quantizer"),
+    ("smoothquant", "crossedge.quant.methods.w8a8:SmoothQuantQuantizer"),
+    ("crossquant", "crossedge.quant.methods.w8a8:CrossQuantQuantizer"),
+    ("gptq", "crossedge.quant.methods.gptq:GPTQQuantizer"),
+    ("mixed", "crossedge.quant.methods.mixed:MixedQuantizer"),
+)
 
 
 @hookimpl
 def register_quantizers(register):
-    for quantizer in QUANTIZERS:
-        register(quantizer())
+    for name, reference in QUANTIZERS:
+        register(reference + "()", name=name)
 
 
 @hookimpl
@@ -28,6 +31,4 @@ def register_commands(cli):
 
 @hookimpl
 def register_benchmarks(register):
-    from .evaluation import QuantEvalBenchmark
-
-    register(QuantEvalBenchmark())
+    register("crossedge.quant.evaluation:QuantEvalBenchmark()", name="quant-eval")

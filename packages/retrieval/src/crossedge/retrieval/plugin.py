@@ -1,39 +1,48 @@
 """The retrieval plugin: registers its scorers, losses, benchmark and the ``crossedge retrieval`` commands.
 
-Only registration lives here; every hook imports what it registers, so loading the
-plugin imports neither torch nor the rest of the package.
+Only registration lives here, as ``module:attr`` references imported on first use, so
+loading the plugin (``crossedge --help``, ``crossedge plugins``) imports neither torch nor
+the rest of the package.
 """
 
 from __future__ import annotations
 
 from crossedge.core import hookimpl
 
+#: registered name -> class, in crossedge.retrieval
+SCORERS = {
+    "bi-encoder": "scorers:BiEncoder",
+    "cross-encoder": "scorers:CrossEncoder",
+    "uni-encoder": "scorers:UniEncoder",
+    "bm25": "lexical:BM25Scorer",
+}
+LOSSES = {
+    "pointwise-bce": "losses:PointwiseBCE",
+    "margin-mse": "losses:MarginMSE",
+    "infonce": "losses:InfoNCE",
+    "listnet-kl": "losses:ListNetKL",
+    "partial-ranking": "losses:PartialRankingDistillation",
+}
+
 
 @hookimpl
 def register_scorers(register):
     """Register the bi-, cross- and uni-encoder and BM25 (classes)."""
-    from .lexical import BM25Scorer
-    from .scorers import SCORER_CLASSES
-
-    for scorer in (*SCORER_CLASSES, BM25Scorer):
-        register(scorer)
+    for name, where in SCORERS.items():
+        register(f"crossedge.retrieval.{where}", name=name)
 
 
 @hookimpl
 def register_losses(register):
     """Register the five ranking and distillation losses (classes)."""
-    from .losses import LOSSES
-
-    for loss in LOSSES:
-        register(loss)
+    for name, where in LOSSES.items():
+        register(f"crossedge.retrieval.{where}", name=name)
 
 
 @hookimpl
 def register_benchmarks(register):
     """Register ``crossedge bench run retrieval``."""
-    from .benchmark import RetrievalBenchmark
-
-    register(RetrievalBenchmark())
+    register("crossedge.retrieval.benchmark:RetrievalBenchmark()", name="retrieval")
 
 
 @hookimpl

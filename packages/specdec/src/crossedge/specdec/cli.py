@@ -15,7 +15,6 @@ from crossedge.core.bench import threads as pinned_threads
 from crossedge.core.cli import echo_json
 
 from .errors import SpecdecError
-from .sampling import SamplingConfig
 
 DEFAULT_POLICY = "cost-aware"
 
@@ -97,6 +96,7 @@ def generate(
 
     from .bench import target_backend
     from .engine import SpeculativeDecoder
+    from .sampling import SamplingConfig  # imports torch: only when the command runs
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     backend = target_backend(backend_name, purpose="specdec generate")

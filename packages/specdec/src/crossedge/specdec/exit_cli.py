@@ -6,8 +6,6 @@ import click
 
 from crossedge.core.bench import format_table
 
-from .exit_head import TrainConfig, expected_accepted_length, train_exit_heads
-
 
 @click.command(name="train-exit")
 @click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
@@ -43,6 +41,8 @@ from .exit_head import TrainConfig, expected_accepted_length, train_exit_heads
 def train_exit(model_name, exit_layers, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, seed):
     """Train exit heads by self-distillation and report their agreement with the full model."""
     from crossedge.core import load_model
+
+    from .exit_head import TrainConfig, expected_accepted_length, train_exit_heads
 
     loaded = load_model(model_name)
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes)

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from crossedge.core import hookimpl
+from crossedge.core.hookspecs import hookimpl
 
-from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter, HistoryDrafter
-from .early_exit import EarlyExitDrafter
+# Registered by "module:attr" reference: the drafter modules (and torch) are imported only
+# when a drafter is used, so `crossedge --help` and `crossedge plugins` stay fast.
 
 
 @hookimpl
 def register_drafters(register):
-    register(CopyDrafter, aliases=("prompt-lookup", "copyspec"))
-    register(HistoryDrafter, aliases=("lookup-cache",))
-    register(DraftModelDrafter, aliases=("draft",))
-    register(CrossVocabDrafter, aliases=("universal",))
-    register(EarlyExitDrafter, aliases=("self-speculative", "layerskip"))
+    register("crossedge.specdec.drafters:CopyDrafter", name="copy", aliases=("prompt-lookup", "copyspec"))
+    register("crossedge.specdec.drafters:HistoryDrafter", name="history", aliases=("lookup-cache",))
+    register("crossedge.specdec.drafters:DraftModelDrafter", name="draft-model", aliases=("draft",))
+    register("crossedge.specdec.drafters:CrossVocabDrafter", name="cross-vocab", aliases=("universal",))
+    register(
+        "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
+    )
 
 
 @hookimpl
 def register_benchmarks(register):
-    from .bench import SpecdecBenchmark
-
-    register(SpecdecBenchmark())
+    register("crossedge.specdec.bench:SpecdecBenchmark()", name="specdec")
 
 
 @hookimpl

@@ -6,37 +6,51 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import struct
 from pathlib import Path
+from typing import Any
 
 import click
 
 from crossedge.core import plugins as plugin_manager
-from crossedge.core.bench import format_table, plot_bars
-from crossedge.core.cache import cache_dir, dir_size
+from crossedge.core.bench import cpu_flags, cpu_model, format_table, plot_bars
+from crossedge.core.cache import (
+    MANIFEST_NAME,
+    cache_dir,
+    dir_size,
+    locked,
+    staging_leftovers,
+    sweep_staging,
+)
 from crossedge.core.cli import echo_json
 from crossedge.core.contracts.array_dataset import ArrayDataset, DatasetCacheError, get_array_dataset
-from crossedge.core.errors import CrossedgeError
+from crossedge.core.errors import CrossedgeError, ModelSourceError
 from crossedge.core.hookspecs import hookimpl
-from crossedge.core.registry import KINDS, get_registry, names_by_plugin
-from crossedge.core.sources import CachedSource, encode_prompt, list_models, resolve_model
+from crossedge.core.registry import KINDS, get_registry, names_by_plugin, registry_conflicts
+from crossedge.core.sources import CachedSource, LocalFolderSource, encode_prompt, list_models, resolve_model
 
 
 def plugin_rows() -> list[dict]:
-    """One dict per loaded plugin plus one per broken plugin."""
+    """One dict per loaded plugin plus one per broken plugin; name clashes are listed on both plugins."""
+    conflicts: dict[str, list[str]] = {}
+    for conflict in registry_conflicts():
+        for plugin in dict.fromkeys((conflict.kept, conflict.refused)):
+            conflicts.setdefault(plugin, []).append(str(conflict))
     rows = []
     for name in plugin_manager.plugin_names():
         info = plugin_manager.plugin_info(name)
-        rows.append(
-            {
-                "name": name,
-                "distribution": info.distribution,
-                "version": info.version,
-                "builtin": info.builtin,
-                "hooks": plugin_manager.hooks_implemented(name),
-                "ignored_hooks": plugin_manager.unknown_hooks(name),
-                "registers": names_by_plugin(name),
-            }
-        )
+        row = {
+            "name": name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "builtin": info.builtin,
+            "hooks": plugin_manager.hooks_implemented(name),
+            "ignored_hooks": plugin_manager.unknown_hooks(name),
+            "registers": names_by_plugin(name),
+        }
+        if name in conflicts:
+            row["conflicts"] = conflicts[name]
+        rows.append(row)
     for info in plugin_manager.broken_plugins():
         rows.append({"name": info.name, "distribution": info.distribution, "error": info.error})
     return rows
@@ -55,6 +69,63 @@ def dataset_row(entry) -> dict:
             return row
         row.update(built=facts["built"], n=facts.get("n"), t=facts.get("t"), c=facts.get("c"))
     return row
+
+
+#: What reading a damaged safetensors header or config raises (json, struct, missing keys).
+_UNREADABLE = (ValueError, struct.error, OSError, KeyError, TypeError)
+
+
+def _folder_kind(folder: Path) -> str:
+    """What a folder given by path is, in words, for ``models info``."""
+    if (folder / MANIFEST_NAME).exists():
+        return "crossedge cache entry (opened by path)"
+    if not (folder / "config.json").exists():
+        return "not a model folder: it has no config.json"
+    if not any(folder.glob("*.safetensors")):
+        return "model folder without .safetensors weights (crossedge cannot load it)"
+    return "local model folder, used in place (not copied into crossedge's cache)"
+
+
+def model_facts(name: str, source: Any) -> dict[str, Any]:
+    """``models info`` facts; a damaged entry or unreadable folder is one error saying how to fix it."""
+    try:
+        facts = source.info()
+    except _UNREADABLE as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        if isinstance(source, CachedSource):
+            source.verify()  # names the damaged file and the fix when sizes or hashes disagree
+            raise ModelSourceError(
+                f"the cache entry of {source.name!r} at {source.path()} is unreadable ({problem}); "
+                f"run 'crossedge models pull {source.name} --force' to fetch it again"
+            ) from exc
+        raise ModelSourceError(
+            f"could not read the model files in {source.path()} ({problem}): a config.json or "
+            f".safetensors file there is truncated or not what its name says; copy the folder again"
+        ) from exc
+    if isinstance(source, LocalFolderSource):
+        # A folder opened by path is not "pulled": nothing of it is in the cache.
+        folder = source.path()
+        facts["pulled"] = (folder / MANIFEST_NAME).exists()
+        facts["what"] = _folder_kind(folder)
+    return facts
+
+
+def remove_entry(source: CachedSource) -> list[Path]:
+    """Delete a cache entry and the staging folders of killed builds beside it; returns what went."""
+    target = source.path()
+    removed = []
+    with locked(target):
+        leftovers = staging_leftovers(target.parent, source.name)
+        if not target.exists() and not leftovers:
+            raise CrossedgeError(f"{source.name!r} has no entry in crossedge's cache")
+        for path in ([target] if target.exists() else []) + leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    # The lock file stays: deleting it while another process waits on it would let two hold it.
+    return removed
 
 
 def _human_bytes(count: int) -> str:
@@ -87,6 +158,8 @@ def register_commands(cli):
                 click.secho(f"  ignored (core defines no such hook): {', '.join(row['ignored_hooks'])}", fg="yellow")
             for kind, names in row["registers"].items():
                 click.echo(f"  {kind}: {', '.join(names)}")
+            for message in row.get("conflicts", ()):
+                click.secho(f"  CONFLICT: {message}", fg="red")
 
     @cli.group(name="models")
     def models_group() -> None:
@@ -96,6 +169,7 @@ def register_commands(cli):
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def models_list(as_json: bool) -> None:
         """Registered model sources and whether each is in the cache."""
+        sweep_staging(cache_dir() / "models")
         rows = [vars(m) for m in list_models()]
         if as_json:
             echo_json(rows)
@@ -123,7 +197,7 @@ def register_commands(cli):
             if not isinstance(source, CachedSource) or not source.is_pulled():
                 raise CrossedgeError(f"{name!r} is not in crossedge's cache; pull it first")
             source.verify(full=True)
-        facts = source.info()
+        facts = model_facts(name, source)
         if verify:
             facts["verified"] = True
         if as_json:
@@ -150,12 +224,12 @@ def register_commands(cli):
     @models_group.command(name="remove")
     @click.argument("name")
     def models_remove(name: str) -> None:
-        """Delete NAME's cache entry (the downloaded wheels are kept)."""
+        """Delete NAME's cache entry and any staging folder of an interrupted pull (wheels are kept)."""
         source = resolve_model(name)
-        if not isinstance(source, CachedSource) or not source.path().exists():
+        if not isinstance(source, CachedSource):
             raise CrossedgeError(f"{name!r} has no entry in crossedge's cache")
-        shutil.rmtree(source.path())
-        click.echo(f"removed {source.path()}")
+        for path in remove_entry(source):
+            click.echo(f"removed {path}")
 
     @cli.group(name="datasets")
     def datasets_group() -> None:
@@ -271,17 +345,16 @@ def register_commands(cli):
                 click.echo(f"{key}: {value}")
 
 
-def _cpu_flags() -> list[str]:
+def _cache_facts() -> dict[str, Any]:
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "f16c")
-            return [f for f in wanted if f in flags]
-    return []
+        root = cache_dir()
+    except CrossedgeError as exc:  # doctor must still report everything else
+        return {"cache_dir": f"unusable: {exc}", "cache_size": None}
+    leftovers = staging_leftovers(root / "models")
+    facts = {"cache_dir": str(root), "cache_size": _human_bytes(dir_size(root))}
+    if leftovers:
+        facts["cache_staging_leftovers"] = [str(p) for p in leftovers]
+    return facts
 
 
 def doctor_facts() -> dict:
@@ -293,19 +366,19 @@ def doctor_facts() -> dict:
         name = dist.metadata["Name"] or ""
         if name.lower().startswith("crossedge"):
             dists[name] = dist.version
-    root = cache_dir()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu_flags": _cpu_flags(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "packages": dict(sorted(dists.items())),
-        "cache_dir": str(root),
-        "cache_size": _human_bytes(dir_size(root)),
+        **_cache_facts(),
         "hf_offline": os.environ.get("HF_HUB_OFFLINE", "0"),
         "plugins_loaded": len(plugin_manager.plugin_names()),
         "plugins_broken": [f"{b.name}: {b.error}" for b in plugin_manager.broken_plugins()],
-        "registered": {kind: len(get_registry(kind)) for kind in KINDS},
+        "plugin_conflicts": [str(c) for c in registry_conflicts()],
+        "registered": {kind: len(get_registry(kind, strict=False)) for kind in KINDS},
     }
