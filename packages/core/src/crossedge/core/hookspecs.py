@@ -116,6 +116,21 @@ def register_domain_models(register):
     """
 
 
+# ------------------------------------------------------------ model formats
+
+
+@hookspec
+def register_model_formats(register):
+    """Register loaders for model folders in a layout other than plain transformers.
+
+    Called the first time a local model folder is loaded. Call ``register(fmt)`` for
+    each :class:`crossedge.core.contracts.model_format.ModelFormat` *instance*;
+    ``fmt.detect(folder)`` says whether it claims a folder and ``fmt.load(folder,
+    name=..., source=..., task=..., **kwargs)`` returns a ``LoadedModel`` with the
+    folder's real weights. At most one format may claim a folder. Returns nothing.
+    """
+
+
 # --------------------------------------------------------------- benchmarks
 
 

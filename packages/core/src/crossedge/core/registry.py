@@ -21,6 +21,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "backend": ("register_backends", "backend"),
     "domain_model": ("register_domain_models", "domain model"),
     "benchmark": ("register_benchmarks", "benchmark"),
+    "model_format": ("register_model_formats", "model format"),
 }
 
 
