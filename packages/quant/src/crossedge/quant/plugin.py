@@ -20,6 +20,13 @@ def register_quantizers(register):
 
 
 @hookimpl
+def register_model_formats(register):
+    from .serialization import QuantizedFolderFormat
+
+    register(QuantizedFolderFormat())
+
+
+@hookimpl
 def register_commands(cli):
     from .commands import quant_group
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from crossedge.core.cache import sha256_file
-from crossedge.core.errors import CrossedgeError
+from crossedge.core.contracts.model_format import ModelFormat
+from crossedge.core.errors import CrossedgeError, ModelSourceError
 
 from .api import MAP_ATTRIBUTE, quantization_map, relink_tied
 from .config import config_from_dict
@@ -182,3 +183,36 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
         qmap["details"] = document["details"]
     setattr(model, MAP_ATTRIBUTE, qmap)
     return model
+
+
+class QuantizedFolderFormat(ModelFormat):
+    """Folders written by ``crossedge quant run`` (``quantization.json`` beside the weights) as model sources.
+
+    Registered as a model format, so every ``--model`` loads such a folder through
+    :func:`load_quantized`, with its int8/int4 modules and kernels.
+    """
+
+    name = "crossedge-quant"
+    description = "quantized model folder written by 'crossedge quant run' (safetensors + quantization.json)"
+    marker = MAP_FILE
+
+    def load(self, folder: Path, *, name: str, source: Any, task: str = "causal-lm", **kwargs: Any) -> Any:
+        """The quantized model with its saved integer weights and the folder's tokenizer."""
+        from crossedge.core.sources import LoadedModel
+
+        if task != "causal-lm":
+            raise ModelSourceError(f"{folder} is a quantized causal LM; it cannot be loaded as a {task!r} model")
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("trust_remote_code", None)
+        if dtype not in (None, torch.float32):
+            raise ModelSourceError(f"{folder} is quantized; it loads as saved, not as dtype {dtype}")
+        if kwargs:
+            raise ModelSourceError(f"a quantized folder takes no loading options; got {', '.join(sorted(kwargs))}")
+        model = load_quantized(folder)
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except OSError as exc:
+            raise QuantFormatError(f"{folder} has no usable tokenizer ({exc}): re-run 'crossedge quant run'") from exc
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer, path=folder, source=source)

@@ -1,0 +1,44 @@
+"""A folder written by quant is a model source: core's load_model gives the saved integer model, never random weights."""
+
+import copy
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from crossedge.core.cli import build_cli
+from crossedge.core.errors import ModelSourceError
+from crossedge.core.sources import load_model
+from crossedge.core.testing import save_tiny_causal_lm
+from crossedge.quant import QuantizedLinear, quantization_map, quantize_, save_quantized
+
+
+@pytest.mark.parametrize("spec", ["rtn", "rtn:bits=4,group_size=32", "w8a8", "gptq:group_size=32"])
+def test_load_model_on_a_quantized_folder_matches_the_in_process_model(quant_plugin, tiny_lm, sample_ids, tmp_path, spec):
+    model, tokenizer = tiny_lm
+    quant = quantize_(copy.deepcopy(model), spec, calibration=[sample_ids])
+    folder = save_quantized(quant, tmp_path / "q", tokenizer)
+    loaded = load_model(str(folder))
+    assert any(isinstance(m, QuantizedLinear) for m in loaded.model.modules())
+    assert quantization_map(loaded.model)["config"] == quantization_map(quant)["config"]
+    with torch.no_grad():
+        assert torch.equal(loaded.model(sample_ids).logits, quant(sample_ids).logits)
+    assert loaded.tokenizer("abc").input_ids == tokenizer("abc").input_ids
+
+
+def test_quantized_folder_refuses_a_dtype(quant_plugin, tiny_lm, tmp_path):
+    model, tokenizer = tiny_lm
+    folder = save_quantized(quantize_(copy.deepcopy(model), "rtn"), tmp_path / "q", tokenizer)
+    with pytest.raises(ModelSourceError, match="loads as saved"):
+        load_model(str(folder), dtype=torch.bfloat16)
+
+
+def test_models_generate_runs_the_quantized_folder(quant_plugin, tmp_path):
+    source = save_tiny_causal_lm(tmp_path / "fp32", hidden=64)
+    out = tmp_path / "q"
+    runner = CliRunner()
+    result = runner.invoke(build_cli(), ["quant", "run", "--model", str(source), "--method", "rtn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(build_cli(), ["models", "generate", str(out), "hello", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    assert "UNEXPECTED" not in result.output and "newly initialized" not in result.output
