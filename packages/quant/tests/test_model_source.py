@@ -1,4 +1,4 @@
-"""A folder written by quant is a model source: core's load_model gives the saved integer model, never random weights."""
+"""A folder written by quant is a model source: load_model gives the saved integer model, never random weights."""
 
 import copy
 
@@ -14,7 +14,7 @@ from crossedge.quant import QuantizedLinear, quantization_map, quantize_, save_q
 
 
 @pytest.mark.parametrize("spec", ["rtn", "rtn:bits=4,group_size=32", "w8a8", "gptq:group_size=32"])
-def test_load_model_on_a_quantized_folder_matches_the_in_process_model(quant_plugin, tiny_lm, sample_ids, tmp_path, spec):
+def test_quantized_folder_loads_like_the_in_process_model(quant_plugin, tiny_lm, sample_ids, tmp_path, spec):
     model, tokenizer = tiny_lm
     quant = quantize_(copy.deepcopy(model), spec, calibration=[sample_ids])
     folder = save_quantized(quant, tmp_path / "q", tokenizer)
