@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from .api import Quantizer, as_config, get_quantizer, quantization_map, quantize_, select_modules, weight_bytes
-from .calibration import CalibrationError, LayerStats, collect_stats, text_batches
-from .config import (
-    CONFIG_VERSION,
-    CrossQuantConfig,
-    GPTQConfig,
-    MixedConfig,
-    QuantConfig,
-    QuantConfigError,
-    RTNConfig,
-    SmoothQuantConfig,
-    W8A8Config,
-    config_from_dict,
-    parse_spec,
+from crossedge.core.contracts.quantizer import QuantizeResult
+
+from .api import (
+    Quantizer,
+    Replacements,
+    as_config,
+    get_quantizer,
+    quantization_map,
+    quantize,
+    quantize_,
+    select_modules,
+    weight_bytes,
 )
+from .calibration import CalibrationError, LayerStats, collect_stats, text_batches
+from .config import CONFIG_VERSION, QuantConfig, QuantConfigError, config_from_dict, parse_spec
+from .methods.gptq import GPTQConfig
+from .methods.mixed import MixedConfig
+from .methods.rtn import RTNConfig
+from .methods.w8a8 import CrossQuantConfig, SmoothQuantConfig, W8A8Config
 from .modules import (
     FakeQuantLinear,
     Int4WeightLinear,
@@ -27,7 +31,7 @@ from .modules import (
     kernel_fraction,
     track_kernel,
 )
-from .serialization import QuantFormatError, load_quantized, save_quantized
+from .serialization import QuantFormatError, QuantizedFolderFormat, load_quantized, save_quantized
 
 __all__ = [
     "CONFIG_VERSION",
@@ -44,8 +48,11 @@ __all__ = [
     "QuantConfig",
     "QuantConfigError",
     "QuantFormatError",
+    "QuantizeResult",
+    "QuantizedFolderFormat",
     "QuantizedLinear",
     "Quantizer",
+    "Replacements",
     "RTNConfig",
     "SmoothQuantConfig",
     "W8A8Config",
@@ -57,6 +64,7 @@ __all__ = [
     "load_quantized",
     "parse_spec",
     "quantization_map",
+    "quantize",
     "quantize_",
     "save_quantized",
     "select_modules",

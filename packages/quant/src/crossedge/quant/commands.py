@@ -17,11 +17,10 @@ from crossedge.core.errors import CrossedgeError
 from crossedge.core.registry import get_registry
 from crossedge.core.sources import load_model
 
-from .api import as_config, quantization_map, quantize_, weight_bytes
+from .api import as_config, get_quantizer, weight_bytes
 from .calibration import text_batches
 from .config import spec_label
 from .evaluation import EvalSettings, eval_backend, evaluate_methods, load_corpus, plot, table
-from .serialization import save_quantized
 
 
 def _loader(name: str):
@@ -163,21 +162,19 @@ def run_command(
     loaded = load_model(model_name)
     before = weight_bytes(loaded.model)
     calibration = None
-    from .api import get_quantizer
-
-    if get_quantizer(config.method).needs_calibration:
+    quantizer = get_quantizer(config.method)
+    if quantizer.needs_calibration:
         split = load_corpus(corpus)
         calibration = text_batches(
             loaded.tokenizer, split.calibration, seq_len=seq_len, num_batches=max(1, calib_tokens // seq_len)
         )
     start = time.perf_counter()
-    quantize_(loaded.model, config, calibration=calibration)
+    result = quantizer.quantize(loaded.model, config, calibration=calibration)
     elapsed = time.perf_counter() - start
-    save_quantized(loaded.model, out_dir, loaded.tokenizer)
+    quantizer.save(result.model, out_dir, loaded.tokenizer)
     after = weight_bytes(loaded.model)
-    details = quantization_map(loaded.model).get("details")
-    if details:
-        shown = {k: v for k, v in details.items() if k != "bits"}
+    if result.details:
+        shown = {k: v for k, v in result.details.items() if k != "bits"}
         click.echo(f"details: {json.dumps(shown)}")
     click.echo(
         f"{spec_label(config)}: quantized in {elapsed:.1f} s; weights {before / 2**20:.1f} MiB -> "

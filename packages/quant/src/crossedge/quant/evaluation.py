@@ -38,7 +38,7 @@ from crossedge.core.bench import (
 from crossedge.core.datasets import Document, get_dataset, split_documents
 from crossedge.core.errors import CrossedgeError
 
-from .api import as_config, quantize_, weight_bytes
+from .api import as_config, quantize, weight_bytes
 from .calibration import text_batches
 from .config import spec_label
 from .modules import kernel_fraction, track_kernel
@@ -286,13 +286,15 @@ def evaluate_methods(
         for config in progress_bar([None, *configs], desc="methods", enabled=settings.progress):
             quantize_s = 0.0
             model = base
+            details = None
             if config is not None:
                 _trim_heap()
                 rss_before = current_rss()
                 model, _ = load()
                 start = time.perf_counter()
-                quantize_(model, config, calibration=calibration)
+                found = quantize(model, config, calibration=calibration)
                 quantize_s = time.perf_counter() - start
+                details = {k: v for k, v in found.details.items() if k != "bits"} or None
                 model = runner.prepare_causal_lm(model)
             with peak_rss() as peak:
                 track_kernel(model)
@@ -333,7 +335,7 @@ def evaluate_methods(
                     "speedup": speedup,
                     "quantize_s": quantize_s,
                     "config": None if config is None else config.to_dict(),
-                    "details": None if config is None else _details(model),
+                    "details": details,
                 }
             )
             if config is not None:
@@ -364,13 +366,6 @@ def evaluate_methods(
     report = BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
     report.environment["threads"] = thread_count  # the count in force while measuring, not the one restored after
     return report
-
-
-def _details(model: nn.Module) -> dict[str, Any] | None:
-    from .api import quantization_map
-
-    details = quantization_map(model).get("details")
-    return {k: v for k, v in details.items() if k != "bits"} if details else None
 
 
 def table(report: BenchmarkReport) -> str:

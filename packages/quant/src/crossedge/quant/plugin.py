@@ -16,7 +16,7 @@ QUANTIZERS = (RTNQuantizer, W8A8Quantizer, SmoothQuantQuantizer, CrossQuantQuant
 @hookimpl
 def register_quantizers(register):
     for quantizer in QUANTIZERS:
-        register(quantizer())
+        register(quantizer)
 
 
 @hookimpl
