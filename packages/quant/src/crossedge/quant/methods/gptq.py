@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from crossedge.core.bench import progress_bar
+
 from ..api import Quantizer, Replacements
 from ..calibration import collect_stats
 from ..config import ACT_DTYPES, QuantConfig, check, check_weight
@@ -151,7 +153,7 @@ class GPTQQuantizer(Quantizer):
             targets = {n: m for n, m in targets.items() if int4_supported(m)}
         stats = collect_stats(model, calibration, targets, absmax=False, hessian=True)
         out = {}
-        for name, linear in targets.items():
+        for name, linear in progress_bar(targets.items(), desc="gptq layers", total=len(targets)):
             group = config.group_size if config.bits == 4 else None
             q, scale, zero = gptq_quantize(
                 linear.weight,

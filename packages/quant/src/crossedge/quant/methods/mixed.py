@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossedge.core.bench import progress_bar
 from crossedge.core.errors import CrossedgeError
 
 from ..api import Quantizer, Replacements
@@ -132,7 +133,7 @@ def plan_bits(targets: dict[str, nn.Linear], hessians: dict[str, torch.Tensor], 
     choices: Sequence[int] = config.bit_choices
     errors = np.full((len(names), len(choices)), np.inf)
     costs = np.full((len(names), len(choices)), np.inf)
-    for i, name in enumerate(names):
+    for i, name in enumerate(progress_bar(names, desc="mixed: layer sensitivities")):
         linear = targets[name]
         for j, bits in enumerate(choices):
             if bits == 4 and not int4_supported(linear):
