@@ -1,4 +1,4 @@
-"""quant run never writes over what it did not create; corpora are checked before any model loads; long steps show bars."""
+"""quant run never writes over what it did not create; corpora are checked before models load; long steps show bars."""
 
 import hashlib
 
@@ -93,7 +93,8 @@ def test_unused_corpus_warns(run, source, tmp_path):
 
 
 def _text(path, word, paragraphs=40):
-    path.write_text("\n\n".join(f"Paragraph {i}: " + f"{word} words about quantization. " * 8 for i in range(paragraphs)))
+    body = f"{word} words about quantization. " * 8
+    path.write_text("\n\n".join(f"Paragraph {i}: {body}" for i in range(paragraphs)))
     return path
 
 
