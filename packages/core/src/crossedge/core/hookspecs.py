@@ -10,6 +10,17 @@ Registration hooks receive a ``register`` callback rather than returning lists:
 ``register(obj, aliases=())`` where ``obj.name`` is the primary name. crossedge
 collects names and aliases per kind and rejects a name registered twice with an
 error that names both plugins.
+
+What is registered depends on the kind, and only on the kind:
+
+- **Parts built from a spec register classes**: drafters, draft-length policies,
+  quantizers, backends, scorers, losses, domain algorithms. ``name`` (and
+  ``description``) are class attributes; the options of a spec (``name:key=value``,
+  docs/specs.md) are the class's ``__init__`` keyword arguments (a quantizer's are the
+  fields of its config dataclass), declared with type hints so that
+  :func:`crossedge.core.specs.bind` can check and convert them.
+- **Named resources register instances**: model sources, datasets and benchmarks, each
+  configured when the plugin builds it.
 """
 
 from __future__ import annotations
