@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from crossedge.core.specs import SpecError
 from crossedge.quant import (
     CONFIG_VERSION,
     CrossQuantConfig,
@@ -82,14 +83,16 @@ def test_parse_spec(quant_plugin):
     assert spec_label(parse_spec("rtn")) == "rtn"
     assert parse_spec("rtn:skip=*.0.*+lm_head").skip == ["*.0.*", "lm_head"]
     assert parse_spec("rtn:symmetric=none").symmetric is True  # None means "follow the width"
-    with pytest.raises(QuantConfigError, match="unknown quantizer 'nope'"):
+    with pytest.raises(SpecError, match="character 1: unknown quantizer 'nope'"):
         parse_spec("nope:bits=4")
-    with pytest.raises(QuantConfigError, match="KEY=VALUE"):
+    with pytest.raises(SpecError, match="option 'bits' needs a value"):
         parse_spec("rtn:bits")
-    with pytest.raises(QuantConfigError, match="option bits: expected int, got 'abc'"):
+    with pytest.raises(SpecError, match="character 10: option bits takes an integer, got 'abc'"):
         parse_spec("rtn:bits=abc")
-    with pytest.raises(QuantConfigError, match="rtn has no option 'colour'; valid options: .*group_size"):
+    with pytest.raises(SpecError, match="character 5: quantizer 'rtn' has no option 'colour'; its options: .*group_"):
         parse_spec("rtn:colour=red")
+    with pytest.raises(SpecError, match="character 10: weight bits must be 4 or 8"):
+        parse_spec("rtn:bits=3")
 
 
 def test_configs_need_the_registry_and_nothing_else(quant_plugin):

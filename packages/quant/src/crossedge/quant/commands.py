@@ -142,18 +142,21 @@ def eval_command(
 
 
 def split_methods(text: str) -> list[str]:
-    """Method specs from ``--methods``: split on ',' and ';', re-joining ``KEY=VALUE`` parts to their method."""
-    specs: list[str] = []
-    for chunk in text.split(";"):
-        for part in (p.strip() for p in chunk.split(",")):
-            if not part:
-                continue
-            if "=" in part and ":" not in part.split("=", 1)[0] and specs and ":" in specs[-1]:
-                specs[-1] += "," + part
-            else:
-                specs.append(part)
-    if not specs:
+    """Method specs from ``--methods`` in the one spec grammar (docs/specs.md).
+
+    A chain ``fp32,rtn,rtn:bits=4,group_size=128,gptq`` (a segment holding ``=`` continues
+    the previous method's options), or alternatives separated by ``;``.
+    """
+    from crossedge.core.specs import parse_chain, split_alternatives
+
+    if not text.strip(" ,;"):
         raise CrossedgeError("--methods is empty: give e.g. 'rtn,w8a8' or 'rtn;gptq:bits=4,group_size=128'")
+    specs: list[str] = []
+    for alternative in split_alternatives(text, kind="quantizer"):
+        chain = parse_chain(alternative, kind="quantizer")
+        if chain.policy is not None:
+            raise chain.policy.error("--methods takes quantization methods only, no '@policy'")
+        specs.extend(str(spec) for spec in chain.specs)
     return specs
 
 

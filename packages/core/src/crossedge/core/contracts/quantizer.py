@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,61 +176,24 @@ def config_class_for(method: Any) -> type[QuantizerConfig]:
 # ----------------------------------------------------------------- spec strings
 
 
-def _coerce(text: str, hint: Any, where: str) -> Any:
-    """A spec value converted to the annotated type of its field."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(text, arg, where)
-            except QuantizerConfigError as exc:
-                errors.append(str(exc))
-        raise QuantizerConfigError(errors[0] if errors else f"{where}: cannot read {text!r}")
-    if origin in (list, tuple):
-        item = args[0] if args else str
-        return [_coerce(part, item, where) for part in text.split("+") if part]
-    if hint is bool:
-        lowered = text.lower()
-        if lowered in ("true", "yes", "1", "on"):
-            return True
-        if lowered in ("false", "no", "0", "off"):
-            return False
-        raise QuantizerConfigError(f"{where}: expected true or false, got {text!r}")
-    if hint in (int, float):
-        try:
-            return hint(text)
-        except ValueError:
-            raise QuantizerConfigError(f"{where}: expected {hint.__name__}, got {text!r}") from None
-    return text
+def parse_config_spec(spec: Any) -> QuantizerConfig:
+    """Turn ``"gptq:bits=4,group_size=128"`` (or a parsed :class:`crossedge.core.specs.Spec`) into a config.
 
-
-def parse_config_spec(spec: str) -> QuantizerConfig:
-    """Turn ``"gptq:bits=4,group_size=128"`` into the config object of the registered method.
-
-    Values are coerced to the annotated types of the config's fields; lists are written with
-    ``+`` (``bit_choices=4+8``); unknown options are refused listing the valid ones.
+    The method is looked up in the quantizer registry (after plugins load); the options are
+    bound to its config dataclass's fields by :func:`crossedge.core.specs.bind` (one grammar,
+    one coercion; lists with ``+``). Every error is a ``SpecError`` naming the character.
     """
-    spec = spec.strip()
-    if not spec:
-        raise QuantizerConfigError("empty method spec: write e.g. 'rtn:bits=8' or 'gptq:bits=4,group_size=128'")
-    method, _, rest = spec.partition(":")
-    method = method.strip()
-    cls = config_class_for(method)
-    hints = typing.get_type_hints(cls)
-    valid = cls.option_names()
-    fields: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq:
-            raise QuantizerConfigError(f"method spec {spec!r}: {part!r} is not KEY=VALUE")
-        if key not in valid:
-            raise QuantizerConfigError(
-                f"method spec {spec!r}: {method} has no option {key!r}; valid options: {', '.join(sorted(valid))}"
-            )
-        fields[key] = _coerce(value.strip(), hints[key], f"method spec {spec!r}, option {key}")
-    return cls.from_dict({"method": method, "version": cls.config_version, **fields})
+    from ..errors import UnknownNameError
+    from ..specs import bind, parse_spec
+
+    parsed = parse_spec(spec, kind="quantizer")
+    try:
+        cls = quantizer_class(parsed.name).config_class
+    except UnknownNameError as exc:
+        raise parsed.error(str(exc)) from None
+    kwargs = bind(parsed, cls, kind="quantizer", exclude=("version",))
+    try:
+        return cls(**kwargs)
+    except QuantizerConfigError as exc:
+        key = next((k for k in parsed.options if k.replace("-", "_") in str(exc)), None)
+        raise parsed.error(str(exc), key, at_value=key is not None) from None
