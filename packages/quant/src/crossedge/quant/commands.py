@@ -15,6 +15,7 @@ from crossedge.core.backends import DEFAULT_BACKEND
 from crossedge.core.bench import format_table
 from crossedge.core.cache import cache_dir
 from crossedge.core.cli import echo_json
+from crossedge.core.compose import check_quant
 from crossedge.core.errors import CrossedgeError, CrossedgeWarning
 from crossedge.core.registry import get_registry
 from crossedge.core.sources import load_model, resolve_model
@@ -108,7 +109,8 @@ def eval_command(
     specs = split_methods(methods)
     for spec in specs:
         if spec != "fp32":
-            as_config(spec)  # refuse a bad spec before any model is loaded
+            # a bad spec, or a --model folder that is already quantized, is refused before any model loads
+            check_quant(spec, model=model_name, calibration=True)
     backend = eval_backend(backend_name, specs)  # and a backend that cannot run them
     split = load_corpus(corpus, calib_corpus)  # and a missing or binary corpus
     settings = EvalSettings(

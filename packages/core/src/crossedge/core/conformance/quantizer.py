@@ -138,6 +138,7 @@ class QuantizerConformance:
         config = self.config()
         data = json.loads(json.dumps(config.to_dict()))
         assert data["method"] == config.method and "version" in data
+        assert quantizer_class(config.method).config_class is type(config), "config_class.method must be the name"
         assert type(config).from_dict(data) == config
         assert QuantizerConfig.from_dict(data) == config  # through the registry, by method name
 
