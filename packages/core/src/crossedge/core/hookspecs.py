@@ -19,7 +19,7 @@ What is registered depends on the kind, and only on the kind:
   docs/specs.md) are the class's ``__init__`` keyword arguments (a quantizer's are the
   fields of its config dataclass), declared with type hints so that
   :func:`crossedge.core.specs.bind` can check and convert them.
-- **Named resources register instances**: model sources, datasets and benchmarks, each
+- **Named resources register instances**: model sources, model formats, datasets and benchmarks, each
   configured when the plugin builds it.
 """
 
@@ -93,9 +93,11 @@ def register_quantizers(register):
     """Register quantization methods.
 
     Called the first time a quantizer name is resolved. Call
-    ``register(quantizer, aliases=())`` where ``quantizer.name`` is the method
-    name (``rtn``, ``gptq``, ...). The quantizer contract is defined by the
-    ``crossedge-quant`` package. Returns nothing.
+    ``register(quantizer_class, aliases=())`` where ``quantizer_class.name`` is the
+    method name (``rtn``, ``gptq``, ...): a subclass of
+    :class:`crossedge.core.contracts.quantizer.Quantizer` whose ``config_class`` holds its
+    options. This registry is the only one: specs and saved files find methods here.
+    Returns nothing.
     """
 
 
