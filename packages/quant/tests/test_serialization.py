@@ -116,3 +116,44 @@ def test_quantized_tied_head_shares_rows_with_embedding(quant_plugin, fresh_lm, 
     assert loaded.get_input_embeddings().qweight is loaded.get_output_embeddings().qweight
     with torch.no_grad():
         assert torch.equal(loaded(sample_ids).logits, out)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"modules": ["not", "an", "object"]}, "'modules' is missing or not an object"),
+        ({"modules": {"model.layers.0.mlp.up_proj": "int4_weight"}}, "must be an object with 'kind' and 'spec'"),
+        ({"modules": {"model.layers.0.mlp.up_proj": {"kind": "int4_weight"}}}, "must be an object with 'kind'"),
+        ({"config": None}, "'config' is missing or not an object"),
+        ({"config": {"version": 1}}, "names no method"),
+        ({"tied": ["lm_head.weight"]}, "'tied' is not an object"),
+        ({"tied": {"lm_head.weight": 3}}, "'tied' must map tensor names"),
+        ({"weights": "model.safetensors"}, "'weights' is not an object"),
+        ({"weights": {"file": "../elsewhere.safetensors"}}, "must be a file name inside the folder"),
+    ],
+)
+def test_structural_damage_in_the_map_is_one_error(saved, change, message):
+    _, folder = saved
+    _rewrite_map(folder, **change)
+    with pytest.raises((QuantFormatError, QuantConfigError), match=message):
+        load_quantized(folder)
+
+
+def test_a_bad_module_spec_is_one_error(saved):
+    _, folder = saved
+    data = json.loads((folder / "quantization.json").read_text())
+    name = next(iter(data["modules"]))
+    data["modules"][name]["spec"]["colour"] = "red"
+    _rewrite_map(folder, modules=data["modules"])
+    with pytest.raises(QuantFormatError, match=f"module '{name}' has a bad spec"):
+        load_quantized(folder)
+
+
+def test_a_kind_the_method_does_not_produce_is_refused(saved):
+    _, folder = saved
+    data = json.loads((folder / "quantization.json").read_text())
+    name = next(iter(data["modules"]))
+    data["modules"][name]["kind"] = "int8_dynamic"  # a w8a8 module in an rtn file
+    _rewrite_map(folder, modules=data["modules"])
+    with pytest.raises(QuantFormatError, match="kind 'int8_dynamic', which method 'rtn' does not produce"):
+        load_quantized(folder)

@@ -101,9 +101,11 @@ def register_quantizers(register):
     """Register quantization methods.
 
     Called the first time a quantizer name is resolved. Call
-    ``register(quantizer, aliases=())`` where ``quantizer.name`` is the method
-    name (``rtn``, ``gptq``, ...). The quantizer contract is defined by the
-    ``crossedge-quant`` package. Returns nothing.
+    ``register(quantizer_class, aliases=())`` where ``quantizer_class.name`` is the
+    method name (``rtn``, ``gptq``, ...): a subclass of
+    :class:`crossedge.core.contracts.quantizer.Quantizer` whose ``config_class`` holds its
+    options. This registry is the only one: specs and saved files find methods here.
+    Returns nothing.
     """
 
 
@@ -160,6 +162,21 @@ def register_algorithms(register):
     is the name used in sweeps and records. Register the class, not an instance: it is
     built per run with the input shape, the class and domain counts and the hyperparameters.
     Returns nothing.
+    """
+
+
+# ------------------------------------------------------------ model formats
+
+
+@hookspec
+def register_model_formats(register):
+    """Register loaders for model folders in a layout other than plain transformers.
+
+    Called the first time a local model folder is loaded. Call ``register(fmt)`` for
+    each :class:`crossedge.core.contracts.model_format.ModelFormat` *instance*;
+    ``fmt.detect(folder)`` says whether it claims a folder and ``fmt.load(folder,
+    name=..., source=..., task=..., **kwargs)`` returns a ``LoadedModel`` with the
+    folder's real weights. At most one format may claim a folder. Returns nothing.
     """
 
 

@@ -25,6 +25,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "loss": ("register_losses", "loss"),
     "algorithm": ("register_algorithms", "algorithm"),
     "benchmark": ("register_benchmarks", "benchmark"),
+    "model_format": ("register_model_formats", "model format"),
 }
 
 

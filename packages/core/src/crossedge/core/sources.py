@@ -8,10 +8,12 @@ models from wheels on the package index, hub ids, and local folders.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,99 @@ class ModelSource:
         )
 
 
+#: How many key names a mismatch error shows before it only counts.
+SHOWN_KEYS = 5
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file that is shorter than its own header says (truncated or not safetensors)."""
+    size = path.stat().st_size
+    damaged = "re-download or re-save the model ('crossedge models pull NAME --force' for a cached one)"
+    if size < 8:
+        raise ModelSourceError(f"{path} is {size} bytes, too short to be a safetensors file: {damaged}")
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if 8 + length > size:
+            raise ModelSourceError(
+                f"{path} is truncated: its header claims {length} bytes but the file has {size}: {damaged}"
+            )
+        try:
+            header = json.loads(handle.read(length))
+            end = max((int(meta["data_offsets"][1]) for k, meta in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise ModelSourceError(f"{path} has a damaged safetensors header ({exc}): {damaged}") from exc
+    if 8 + length + end > size:
+        raise ModelSourceError(
+            f"{path} is truncated: its tensors need {8 + length + end} bytes but the file has {size}: {damaged}"
+        )
+
+
+def claiming_format(folder: Path) -> Any | None:
+    """The registered model format that claims ``folder``, or None for a plain transformers folder.
+
+    A folder carrying a known marker (``quantization.json``) that no installed plugin
+    claims is refused, naming the package to install: loading it as plain
+    transformers would silently give random weights.
+    """
+    from .contracts.model_format import KNOWN_MARKERS
+    from .registry import get_registry
+
+    claimed = [fmt for fmt in get_registry("model_format").entries() if fmt.obj.detect(folder)]
+    if len(claimed) > 1:
+        names = ", ".join(f"{e.name!r} (plugin {e.plugin!r})" for e in claimed)
+        raise ModelSourceError(f"{folder} is claimed by several model formats: {names}; uninstall one of them")
+    if claimed:
+        return claimed[0].obj
+    for marker, (writer, distribution) in KNOWN_MARKERS.items():
+        if (folder / marker).is_file():
+            raise ModelSourceError(
+                f"{folder} holds {marker}: it was written by '{writer}' and loads only through {distribution}; "
+                f"pip install {distribution} (or enable that plugin) to load it"
+            )
+    return None
+
+
+def _key_names(keys: Any) -> list[str]:
+    """Sorted key names from a transformers loading-info entry (names, or tuples starting with the name)."""
+    return sorted(k if isinstance(k, str) else str(k[0]) for k in keys or ())
+
+
+def check_loading_info(name: str, folder: Path | str, info: dict[str, Any]) -> None:
+    """Refuse a load in which any weight of the model was not read from the checkpoint."""
+    problems = []
+    for key, label in (
+        ("missing_keys", "missing from the checkpoint"),
+        ("unexpected_keys", "in the checkpoint but not in the model"),
+        ("mismatched_keys", "of the wrong shape"),
+    ):
+        keys = _key_names(info.get(key))
+        if keys:
+            more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+            problems.append(f"{len(keys)} tensor(s) {label} ({', '.join(keys[:SHOWN_KEYS])}{more})")
+    if info.get("error_msgs"):
+        problems.append(f"load errors: {info['error_msgs'][0]}")
+    if problems:
+        raise ModelSourceError(
+            f"the checkpoint of model {name!r} in {folder} does not match its architecture: {'; '.join(problems)}; "
+            "crossedge never runs on weights that were not loaded: check that config.json and the weights belong "
+            "together (a quantized folder needs its plugin)"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report: :func:`check_loading_info` turns its content into one error."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_folder(
     name: str,
     folder: Path | str,
@@ -155,26 +250,44 @@ def load_folder(
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> LoadedModel:
-    """Load a transformers model and tokenizer from a folder or hub id, safetensors only."""
+    """Load a model and tokenizer from a folder (through its model format, or transformers), safetensors only.
+
+    Every weight of the model must come from the checkpoint: missing, unexpected or
+    mis-shaped tensors are an error naming them, never newly initialized weights.
+    """
+    if task not in TASKS:
+        raise ModelSourceError(f"model {name!r} has task {task!r}; crossedge loads {', '.join(TASKS)}")
+    path = Path(str(folder))
+    if path.is_dir():
+        fmt = claiming_format(path)
+        if fmt is not None:
+            return fmt.load(path, name=name, source=source, task=task, dtype=dtype, **kwargs)
+        for weights in sorted(path.glob("*.safetensors")):
+            check_safetensors(weights)
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    if task not in TASKS:
-        raise ModelSourceError(f"model {name!r} has task {task!r}; crossedge loads {', '.join(TASKS)}")
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModel
     try:
-        model = auto.from_pretrained(
-            str(folder),
-            dtype=dtype if dtype is not None else torch.float32,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            **kwargs,
-        )
+        with _quiet_load_report():
+            model, info = auto.from_pretrained(
+                str(folder),
+                dtype=dtype if dtype is not None else torch.float32,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+                # Mismatched shapes are reported in ``info`` and refused below, with the other problems.
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        check_loading_info(name, folder, info)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelSourceError(f"could not load model {name!r} from {folder}: {exc}") from exc
+    except (OSError, RuntimeError) as exc:
+        # transformers raises RuntimeError for state-dict errors it cannot report as keys.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"could not load model {name!r} from {folder}: {first}") from exc
     model.eval()
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, path=Path(str(folder)), source=source)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, path=path, source=source)
 
 
 class CachedSource(ModelSource):

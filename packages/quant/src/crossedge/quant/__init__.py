@@ -9,41 +9,45 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: public name -> the submodule that defines it
+#: public name -> the module that defines it (relative to this package, or absolute)
 _EXPORTS: dict[str, str] = {
-    "Quantizer": "api",
-    "as_config": "api",
-    "get_quantizer": "api",
-    "quantization_map": "api",
-    "quantize_": "api",
-    "select_modules": "api",
-    "weight_bytes": "api",
-    "CalibrationError": "calibration",
-    "LayerStats": "calibration",
-    "collect_stats": "calibration",
-    "text_batches": "calibration",
-    "CONFIG_VERSION": "config",
-    "CrossQuantConfig": "config",
-    "GPTQConfig": "config",
-    "MixedConfig": "config",
-    "QuantConfig": "config",
-    "QuantConfigError": "config",
-    "RTNConfig": "config",
-    "SmoothQuantConfig": "config",
-    "W8A8Config": "config",
-    "config_from_dict": "config",
-    "parse_spec": "config",
-    "FakeQuantLinear": "modules",
-    "Int4WeightLinear": "modules",
-    "Int8DynamicLinear": "modules",
-    "Int8Embedding": "modules",
-    "Int8WeightLinear": "modules",
-    "QuantizedLinear": "modules",
-    "kernel_fraction": "modules",
-    "track_kernel": "modules",
-    "QuantFormatError": "serialization",
-    "load_quantized": "serialization",
-    "save_quantized": "serialization",
+    "QuantizeResult": "crossedge.core.contracts.quantizer",
+    "Quantizer": ".api",
+    "Replacements": ".api",
+    "as_config": ".api",
+    "get_quantizer": ".api",
+    "quantization_map": ".api",
+    "quantize": ".api",
+    "quantize_": ".api",
+    "select_modules": ".api",
+    "weight_bytes": ".api",
+    "CalibrationError": ".calibration",
+    "LayerStats": ".calibration",
+    "collect_stats": ".calibration",
+    "text_batches": ".calibration",
+    "CONFIG_VERSION": ".config",
+    "QuantConfig": ".config",
+    "QuantConfigError": ".config",
+    "config_from_dict": ".config",
+    "parse_spec": ".config",
+    "GPTQConfig": ".methods.gptq",
+    "MixedConfig": ".methods.mixed",
+    "RTNConfig": ".methods.rtn",
+    "CrossQuantConfig": ".methods.w8a8",
+    "SmoothQuantConfig": ".methods.w8a8",
+    "W8A8Config": ".methods.w8a8",
+    "FakeQuantLinear": ".modules",
+    "Int4WeightLinear": ".modules",
+    "Int8DynamicLinear": ".modules",
+    "Int8Embedding": ".modules",
+    "Int8WeightLinear": ".modules",
+    "QuantizedLinear": ".modules",
+    "kernel_fraction": ".modules",
+    "track_kernel": ".modules",
+    "QuantFormatError": ".serialization",
+    "QuantizedFolderFormat": ".serialization",
+    "load_quantized": ".serialization",
+    "save_quantized": ".serialization",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -53,7 +57,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -1,17 +1,20 @@
-"""The entry call ``quantize_(model, config, filter_fn)`` and the quantizer plugin contract."""
+"""The entry call ``quantize_(model, config, filter_fn)`` and the base class of the built-in methods."""
 
 from __future__ import annotations
 
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from crossedge.core.contracts.quantizer import Quantizer as CoreQuantizer
+from crossedge.core.contracts.quantizer import QuantizerConfig, QuantizeResult, quantizer_class
 from crossedge.core.errors import CrossedgeError
-from crossedge.core.registry import get_registry
 
 from .calibration import CalibrationError
 from .config import QuantConfig, config_from_dict, parse_spec
@@ -23,48 +26,114 @@ FilterFn = Callable[[nn.Module, str], bool]
 MAP_ATTRIBUTE = "crossedge_quantization"
 
 
-class Quantizer:
-    """A quantization method: a name, its config class and one verb, ``quantize``.
+@dataclass
+class Replacements:
+    """What a method's :meth:`Quantizer.replace` returns: new modules by name, and facts about the run."""
 
-    ``quantize`` receives the float linear layers chosen by the filters and returns
-    their replacements by name; :func:`quantize_` swaps them into the model. Set
-    ``needs_calibration`` when the method reads statistics from calibration data,
-    and ``details`` to record facts about the run in the quantization map.
+    modules: dict[str, nn.Module]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Quantizer(CoreQuantizer):
+    """A built-in-style quantization method: core's contract plus the layer selection and swapping all share.
+
+    Subclasses set ``name``, ``description``, ``config_class`` (a :class:`QuantConfig`
+    dataclass defined beside the method), ``produces`` (the module classes it builds, so a
+    saved folder is rebuilt through the method) and implement :meth:`replace`, which gets
+    the float linear layers chosen by the filters and returns their replacements;
+    :meth:`quantize` swaps them in and returns a :class:`QuantizeResult`.
     """
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
     config_class: ClassVar[type[QuantConfig]] = QuantConfig
-    needs_calibration: ClassVar[bool] = False
-    #: Facts about the last run worth keeping in the quantization map (JSON-ready), e.g. a bit plan.
-    details: dict[str, Any] | None = None
+    #: Module classes this method may put into a model (each with a unique ``kind``).
+    produces: ClassVar[tuple[type[nn.Module], ...]] = ()
+
+    def replace(
+        self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
+    ) -> Replacements:
+        """Replacement modules for (some of) ``targets``, keyed by module name, and the run's details."""
+        raise NotImplementedError
+
+    @classmethod
+    def module_classes(cls) -> dict[str, type[nn.Module]]:
+        """kind -> class of every module a model quantized by this method may hold (the LM head and tied
+        embedding modules that every method can add included)."""
+        return {m.kind: m for m in (*cls.produces, Int8WeightLinear, Int8Embedding)}
 
     def quantize(
         self,
         model: nn.Module,
-        config: QuantConfig,
-        targets: dict[str, nn.Linear],
-        calibration: list[Any] | None,
-    ) -> dict[str, nn.Module]:
-        """Replacement modules for (some of) ``targets``, keyed by module name."""
-        raise NotImplementedError
+        config: QuantizerConfig,
+        *,
+        calibration: Iterable[Any] | None = None,
+        filter_fn: FilterFn | None = None,
+    ) -> QuantizeResult:
+        """Quantize ``model`` in place; the result names the replaced layers and carries the details."""
+        if not isinstance(config, self.config_class):
+            raise CrossedgeError(f"quantizer {self.name!r} takes a {self.config_class.__name__}")
+        if getattr(model, MAP_ATTRIBUTE, None) is not None:
+            raise CrossedgeError("this model is already quantized; load a fresh float model to quantize it again")
+        targets = select_modules(model, config, filter_fn)
+        if not targets:
+            raise CrossedgeError("no layer to quantize: the filters and skip list left no nn.Linear layer")
+        batches = None
+        if self.needs_calibration:
+            if calibration is None:
+                raise CalibrationError(
+                    f"method {config.method!r} needs calibration data: pass calibration=<iterable of input batches>"
+                )
+            batches = list(calibration)
+        was_training = model.training
+        model.eval()
+        tied_head = _tied_head(model)
+        heads = output_head_names(model) if config.lm_head_int8 else set()
+        head_targets = {name: targets.pop(name) for name in list(targets) if name in heads}
+        found = self.replace(model, config, targets, batches) if targets else Replacements({})
+        replacements = dict(found.modules)
+        for name, linear in head_targets.items():
+            replacements[name] = Int8WeightLinear.from_weight(
+                linear.weight, linear.bias, symmetric=True, per_tensor=False, act_dtype="bfloat16"
+            )
+        modules_map = {}
+        for name, new in replacements.items():
+            model.set_submodule(name, new)
+            if isinstance(new, QuantizedLinear):
+                modules_map[name] = {"kind": new.kind, "spec": new.spec()}
+        if tied_head is not None and tied_head in replacements:
+            modules_map.update(_tie_embedding(model, tied_head))
+        model.train(was_training)
+        qmap: dict[str, Any] = {"config": config.to_dict(), "modules": modules_map}
+        if found.details:
+            qmap["details"] = found.details
+        setattr(model, MAP_ATTRIBUTE, qmap)
+        return QuantizeResult(
+            model=model,
+            config=config,
+            modules={name: entry["kind"] for name, entry in modules_map.items()},
+            details=dict(found.details),
+        )
+
+    def save(self, model: nn.Module, folder: Path | str, tokenizer: Any = None) -> Path:
+        """Write safetensors and ``quantization.json`` (see :func:`crossedge.quant.save_quantized`)."""
+        from .serialization import save_quantized
+
+        return save_quantized(model, folder, tokenizer)
 
 
-def get_quantizer(method: str) -> Quantizer:
-    """The registered quantizer for a method name (an instance)."""
-    obj = get_registry("quantizer").get(method)
-    return obj() if isinstance(obj, type) else obj
+def get_quantizer(method: str) -> CoreQuantizer:
+    """A fresh instance of the quantizer registered for a method name."""
+    return quantizer_class(method)()
 
 
-def as_config(config: QuantConfig | dict[str, Any] | str) -> QuantConfig:
-    """Accept a config object, its dict form, or a method spec string."""
-    if isinstance(config, QuantConfig):
+def as_config(config: QuantizerConfig | dict[str, Any] | str) -> QuantizerConfig:
+    """Accept a config object, its dict form, or a method spec string (methods looked up in the registry)."""
+    if isinstance(config, QuantizerConfig):
         return config
     if isinstance(config, dict):
         return config_from_dict(config)
     if isinstance(config, str):
         return parse_spec(config)
-    raise CrossedgeError(f"expected a QuantConfig, dict or spec string, got {type(config).__name__}")
+    raise CrossedgeError(f"expected a quantization config, dict or spec string, got {type(config).__name__}")
 
 
 def output_head_names(model: nn.Module) -> set[str]:
@@ -97,12 +166,12 @@ def select_modules(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | 
 
 def quantize_(
     model: nn.Module,
-    config: QuantConfig | dict[str, Any] | str,
+    config: QuantizerConfig | dict[str, Any] | str,
     filter_fn: FilterFn | None = None,
     *,
     calibration: Iterable[Any] | None = None,
 ) -> nn.Module:
-    """Quantize ``model`` in place and return it.
+    """Quantize ``model`` in place and return it (use :func:`quantize` for the details).
 
     ``config`` picks the method (a config object, its dict, or a spec such as
     ``"rtn:bits=4,group_size=64"``); ``filter_fn(module, name)`` narrows the layers
@@ -110,46 +179,19 @@ def quantize_(
     ``config.keep_lm_head``); ``calibration`` is an iterable of input batches
     (input_ids tensors for causal LMs) for methods that need statistics.
     """
+    return quantize(model, config, filter_fn, calibration=calibration).model
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantizerConfig | dict[str, Any] | str,
+    filter_fn: FilterFn | None = None,
+    *,
+    calibration: Iterable[Any] | None = None,
+) -> QuantizeResult:
+    """Like :func:`quantize_`, returning the :class:`QuantizeResult` (replaced layers, details)."""
     config = as_config(config)
-    quantizer = get_quantizer(config.method)
-    if not isinstance(config, quantizer.config_class):
-        raise CrossedgeError(f"quantizer {quantizer.name!r} takes a {quantizer.config_class.__name__}")
-    if getattr(model, MAP_ATTRIBUTE, None) is not None:
-        raise CrossedgeError("this model is already quantized; load a fresh float model to quantize it again")
-    targets = select_modules(model, config, filter_fn)
-    if not targets:
-        raise CrossedgeError("no layer to quantize: the filters and skip list left no nn.Linear layer")
-    batches = None
-    if quantizer.needs_calibration:
-        if calibration is None:
-            raise CalibrationError(
-                f"method {config.method!r} needs calibration data: pass calibration=<iterable of input batches>"
-            )
-        batches = list(calibration)
-    was_training = model.training
-    model.eval()
-    tied_head = _tied_head(model)
-    heads = output_head_names(model) if config.lm_head_int8 else set()
-    head_targets = {name: targets.pop(name) for name in list(targets) if name in heads}
-    replacements = quantizer.quantize(model, config, targets, batches) if targets else {}
-    for name, linear in head_targets.items():
-        replacements[name] = Int8WeightLinear.from_weight(
-            linear.weight, linear.bias, symmetric=True, per_tensor=False, act_dtype="bfloat16"
-        )
-    modules_map = {}
-    for name, new in replacements.items():
-        model.set_submodule(name, new)
-        if isinstance(new, QuantizedLinear):
-            modules_map[name] = {"kind": new.kind, "spec": new.spec()}
-    if tied_head is not None and tied_head in replacements:
-        modules_map.update(_tie_embedding(model, tied_head))
-    model.train(was_training)
-    qmap: dict[str, Any] = {"config": config.to_dict(), "modules": modules_map}
-    details = getattr(quantizer, "details", None)
-    if details:
-        qmap["details"] = details
-    setattr(model, MAP_ATTRIBUTE, qmap)
-    return model
+    return get_quantizer(config.method).quantize(model, config, calibration=calibration, filter_fn=filter_fn)
 
 
 def _tied_head(model: nn.Module) -> str | None:

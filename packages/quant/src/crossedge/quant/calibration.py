@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossedge.core.bench import progress_bar
 from crossedge.core.errors import CrossedgeError
 
 
@@ -60,6 +61,7 @@ def collect_stats(
     *,
     absmax: bool = True,
     hessian: bool = False,
+    progress: bool = True,
 ) -> dict[str, LayerStats]:
     """Feed every batch through ``model`` once, hooking the inputs of ``modules``.
 
@@ -87,7 +89,7 @@ def collect_stats(
         handles.append(module.register_forward_pre_hook(hook_for(name)))
     count = 0
     try:
-        for batch in batches:
+        for batch in progress_bar(batches, desc="calibration batches", enabled=progress):
             _call(model, batch)
             count += 1
     finally:

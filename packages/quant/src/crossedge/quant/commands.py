@@ -6,16 +6,19 @@ import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 
 from crossedge.core.backends import DEFAULT_BACKEND
 from crossedge.core.bench import format_table
+from crossedge.core.cache import cache_dir
 from crossedge.core.cli import echo_json
-from crossedge.core.errors import CrossedgeError
+from crossedge.core.compose import check_quant
+from crossedge.core.errors import CrossedgeError, CrossedgeWarning
 from crossedge.core.registry import get_registry
-from crossedge.core.sources import load_model
+from crossedge.core.sources import load_model, resolve_model
 
 # The quantization modules import torch: each command imports what it needs when it runs,
 # so building the CLI (``crossedge --help``) imports none of them.
@@ -65,6 +68,12 @@ def methods_command(as_json: bool) -> None:
     "(KEY=VALUE parts belong to the method before them).",
 )
 @click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Evaluate on this text file instead.")
+@click.option(
+    "--calib-corpus",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Calibrate on this whole text file; perplexity is then measured on the whole --corpus (or the default "
+    "corpus's evaluation half).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
 @click.option("--window", default=512, show_default=True, help="Perplexity window length in tokens.")
 @click.option("--max-eval-tokens", default=16384, show_default=True, help="Tokens of evaluation text to score.")
@@ -84,6 +93,7 @@ def eval_command(
     model_name: str,
     methods: str,
     corpus: Path | None,
+    calib_corpus: Path | None,
     json_out: Path | None,
     window: int,
     max_eval_tokens: int,
@@ -94,14 +104,15 @@ def eval_command(
     backend_name: str,
 ) -> None:
     """Perplexity, kernel fraction, bytes, memory and decode speed of each method beside fp32."""
-    from .api import as_config
     from .evaluation import EvalSettings, eval_backend, evaluate_methods, load_corpus, plot, table
 
     specs = split_methods(methods)
     for spec in specs:
         if spec != "fp32":
-            as_config(spec)  # refuse a bad spec before any model is loaded
+            # a bad spec, or a --model folder that is already quantized, is refused before any model loads
+            check_quant(spec, model=model_name, calibration=True)
     backend = eval_backend(backend_name, specs)  # and a backend that cannot run them
+    split = load_corpus(corpus, calib_corpus)  # and a missing or binary corpus
     settings = EvalSettings(
         window=window,
         max_eval_tokens=max_eval_tokens,
@@ -114,7 +125,7 @@ def eval_command(
     report = evaluate_methods(
         _loader(model_name),
         specs,
-        load_corpus(corpus),
+        split,
         settings,
         model_name=model_name,
         command=command,
@@ -133,19 +144,85 @@ def eval_command(
 
 
 def split_methods(text: str) -> list[str]:
-    """Method specs from ``--methods``: split on ',' and ';', re-joining ``KEY=VALUE`` parts to their method."""
-    specs: list[str] = []
-    for chunk in text.split(";"):
-        for part in (p.strip() for p in chunk.split(",")):
-            if not part:
-                continue
-            if "=" in part and ":" not in part.split("=", 1)[0] and specs and ":" in specs[-1]:
-                specs[-1] += "," + part
-            else:
-                specs.append(part)
-    if not specs:
+    """Method specs from ``--methods`` in the one spec grammar (docs/specs.md).
+
+    A chain ``fp32,rtn,rtn:bits=4,group_size=128,gptq`` (a segment holding ``=`` continues
+    the previous method's options), or alternatives separated by ``;``.
+    """
+    from crossedge.core.specs import parse_chain, split_alternatives
+
+    if not text.strip(" ,;"):
         raise CrossedgeError("--methods is empty: give e.g. 'rtn,w8a8' or 'rtn;gptq:bits=4,group_size=128'")
+    specs: list[str] = []
+    for alternative in split_alternatives(text, kind="quantizer"):
+        chain = parse_chain(alternative, kind="quantizer")
+        if chain.policy is not None:
+            raise chain.policy.error("--methods takes quantization methods only, no '@policy'")
+        specs.extend(str(spec) for spec in chain.specs)
     return specs
+
+
+#: Files ``quant run`` writes (weights, map, config, tokenizer); with ``--force`` only these are replaced.
+WRITTEN_FILES = (
+    "model.safetensors",
+    "quantization.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
+def _written_by_quant(folder: Path) -> bool:
+    try:
+        document = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == "crossedge.quant"
+
+
+def check_output_folder(out_dir: Path, source_folder: Path | None, *, force: bool) -> Path:
+    """The folder ``quant run`` may write to; never the model's own folder, the cache, or someone else's files.
+
+    A non-empty folder needs ``--force``, and even then only a folder holding none of the
+    names we write, or one that an earlier ``quant run`` wrote, is accepted: the files we
+    write are replaced, every other file is kept.
+    """
+    out = out_dir.expanduser().resolve()
+    if source_folder is not None:
+        source = Path(source_folder).expanduser().resolve()
+        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+            raise CrossedgeError(
+                f"--out {out_dir} is (or contains, or is inside) the folder of the model being quantized ({source}): "
+                "writing there would replace its weights; choose another folder"
+            )
+    cache = cache_dir().expanduser().resolve()
+    if out == cache or out.is_relative_to(cache) or cache.is_relative_to(out):
+        raise CrossedgeError(
+            f"--out {out_dir} is inside (or holds) crossedge's cache {cache}, whose entries crossedge manages; "
+            "choose a folder outside it"
+        )
+    if out.exists() and not out.is_dir():
+        raise CrossedgeError(f"--out {out_dir} is a file, not a folder; choose a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise CrossedgeError(
+                f"--out {out_dir} is not empty: choose a new or empty folder, or pass --force to replace the files "
+                "'quant run' writes there (other files are kept)"
+            )
+        clashes = [name for name in WRITTEN_FILES if (out / name).exists()]
+        if clashes and not _written_by_quant(out):
+            raise CrossedgeError(
+                f"--out {out_dir} holds {', '.join(clashes)} that 'crossedge quant run' did not write; even with "
+                "--force crossedge never writes over files it did not create: choose another folder"
+            )
+    return out
 
 
 @quant_group.command(name="run")
@@ -155,35 +232,46 @@ def split_methods(text: str) -> list[str]:
 @click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), help="Calibration text file.")
 @click.option("--calib-tokens", default=4096, show_default=True, help="Tokens of calibration text.")
 @click.option("--seq-len", default=512, show_default=True, help="Calibration window length.")
+@click.option(
+    "--force", is_flag=True, help="Write into a non-empty --out, replacing only the files 'quant run' writes."
+)
 def run_command(
-    model_name: str, spec: str, out_dir: Path, corpus: Path | None, calib_tokens: int, seq_len: int
+    model_name: str, spec: str, out_dir: Path, corpus: Path | None, calib_tokens: int, seq_len: int, force: bool
 ) -> None:
     """Quantize a model and write safetensors, a versioned quantization map, config and tokenizer."""
-    from .api import as_config, quantization_map, quantize_, weight_bytes
+    from .api import as_config, get_quantizer, weight_bytes
     from .calibration import text_batches
     from .config import spec_label
     from .evaluation import load_corpus
-    from .serialization import save_quantized
 
     config = as_config(spec)
-    loaded = load_model(model_name)
+    quantizer = get_quantizer(config.method)
+    split = None
+    if corpus is not None:
+        split = load_corpus(corpus)  # a missing or binary file is refused even when the method will not use it
+        if not quantizer.needs_calibration:
+            warnings.warn(
+                f"method {config.method!r} takes no calibration data: --corpus {corpus} is not used",
+                CrossedgeWarning,
+                stacklevel=1,
+            )
+    source = resolve_model(model_name)
+    check_output_folder(out_dir, source.path(), force=force)
+    loaded = source.load()
     before = weight_bytes(loaded.model)
     calibration = None
-    from .api import get_quantizer
-
-    if get_quantizer(config.method).needs_calibration:
-        split = load_corpus(corpus)
+    if quantizer.needs_calibration:
+        split = split or load_corpus()
         calibration = text_batches(
             loaded.tokenizer, split.calibration, seq_len=seq_len, num_batches=max(1, calib_tokens // seq_len)
         )
     start = time.perf_counter()
-    quantize_(loaded.model, config, calibration=calibration)
+    result = quantizer.quantize(loaded.model, config, calibration=calibration)
     elapsed = time.perf_counter() - start
-    save_quantized(loaded.model, out_dir, loaded.tokenizer)
+    quantizer.save(result.model, out_dir, loaded.tokenizer)
     after = weight_bytes(loaded.model)
-    details = quantization_map(loaded.model).get("details")
-    if details:
-        shown = {k: v for k, v in details.items() if k != "bits"}
+    if result.details:
+        shown = {k: v for k, v in result.details.items() if k != "bits"}
         click.echo(f"details: {json.dumps(shown)}")
     click.echo(
         f"{spec_label(config)}: quantized in {elapsed:.1f} s; weights {before / 2**20:.1f} MiB -> "

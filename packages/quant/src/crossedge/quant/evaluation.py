@@ -38,7 +38,7 @@ from crossedge.core.bench import (
 from crossedge.core.datasets import Document, get_dataset, split_documents
 from crossedge.core.errors import CrossedgeError
 
-from .api import as_config, quantize_, weight_bytes
+from .api import as_config, quantize, weight_bytes
 from .calibration import text_batches
 from .config import spec_label
 from .modules import kernel_fraction, track_kernel
@@ -84,15 +84,49 @@ def split_corpus(documents: Sequence[Document], source: str) -> CorpusSplit:
     )
 
 
-def load_corpus(path: Path | str | None = None) -> CorpusSplit:
-    """The default corpus (Python's pydoc topics) or a user text file split on blank lines."""
+def read_corpus_text(path: Path | str, label: str = "corpus") -> str:
+    """The text of a user's corpus file; a missing, unreadable or binary file is a one-line error."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CrossedgeError(f"cannot read {label} {path}: {exc.strerror or exc}") from exc
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise CrossedgeError(
+            f"{label} {path} holds a NUL byte at offset {nul}: it is a binary file, not text; give a UTF-8 text file"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CrossedgeError(
+            f"{label} {path} is not UTF-8 text (byte {exc.start} cannot be decoded): give a UTF-8 text file"
+        ) from exc
+    if not text.strip():
+        raise CrossedgeError(f"{label} {path} is empty: give a text file with some paragraphs")
+    return text
+
+
+def load_corpus(path: Path | str | None = None, calibration_path: Path | str | None = None) -> CorpusSplit:
+    """The default corpus (Python's pydoc topics) or a user text file split on blank lines.
+
+    With ``calibration_path`` the methods calibrate on that whole file and perplexity is
+    measured on the whole of ``path`` (or on the default corpus's evaluation half).
+    """
+    if calibration_path is not None:
+        calibration = read_corpus_text(calibration_path, "calibration corpus")
+        if path is None:
+            evaluation = load_corpus(None)
+            text, source, count = evaluation.evaluation, evaluation.source, evaluation.evaluation_documents
+        else:
+            text, source = read_corpus_text(path), str(path)
+            count = len([p for p in text.split("\n\n") if p.strip()])
+        cal_count = len([p for p in calibration.split("\n\n") if p.strip()])
+        return CorpusSplit(calibration, text, f"{source} (calibration: {calibration_path})", cal_count, count)
     if path is None:
         return split_corpus(get_dataset(DEFAULT_CORPUS).documents(), DEFAULT_CORPUS)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise CrossedgeError(f"cannot read corpus {path}: {exc}") from exc
+    text = read_corpus_text(path)
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     docs = [Document(f"{path.name}/{i}", p, str(path)) for i, p in enumerate(paragraphs)]
     return split_corpus(docs, str(path))
@@ -111,7 +145,12 @@ class PerplexityResult:
 
 @torch.no_grad()
 def perplexity(
-    model: nn.Module, input_ids: torch.Tensor, *, window: int = 512, max_tokens: int | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    window: int = 512,
+    max_tokens: int | None = None,
+    progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity over non-overlapping ``window``-token windows of ``input_ids`` (remainder dropped)."""
     ids = input_ids.reshape(-1)
@@ -124,7 +163,7 @@ def perplexity(
             "more text"
         )
     total_nll, scored = 0.0, 0
-    for i in range(count):
+    for i in progress_bar(range(count), desc="perplexity windows", enabled=progress):
         chunk = ids[i * window : (i + 1) * window].unsqueeze(0)
         logits = model(chunk).logits[0, :-1].float()
         nll = nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum")
@@ -283,20 +322,31 @@ def evaluate_methods(
     protocol: dict[str, Any] = {}
     base_times: list[float] = []
     with threads(settings.threads) as thread_count:
-        for config in progress_bar([None, *configs], desc="methods", enabled=settings.progress):
+        methods_bar = progress_bar([None, *configs], desc="methods", enabled=settings.progress)
+        for config in methods_bar:
+            if hasattr(methods_bar, "set_postfix_str"):
+                methods_bar.set_postfix_str("fp32" if config is None else spec_label(config))
             quantize_s = 0.0
             model = base
+            details = None
             if config is not None:
                 _trim_heap()
                 rss_before = current_rss()
                 model, _ = load()
                 start = time.perf_counter()
-                quantize_(model, config, calibration=calibration)
+                found = quantize(model, config, calibration=calibration)
                 quantize_s = time.perf_counter() - start
+                details = {k: v for k, v in found.details.items() if k != "bits"} or None
                 model = runner.prepare_causal_lm(model)
             with peak_rss() as peak:
                 track_kernel(model)
-                result = perplexity(model, eval_ids, window=settings.window, max_tokens=settings.max_eval_tokens)
+                result = perplexity(
+                    model,
+                    eval_ids,
+                    window=settings.window,
+                    max_tokens=settings.max_eval_tokens,
+                    progress=settings.progress,
+                )
                 track_kernel(model, False)
                 decoder(model, prompt, settings.decode_tokens)()
             if config is None:
@@ -333,7 +383,7 @@ def evaluate_methods(
                     "speedup": speedup,
                     "quantize_s": quantize_s,
                     "config": None if config is None else config.to_dict(),
-                    "details": None if config is None else _details(model),
+                    "details": details,
                 }
             )
             if config is not None:
@@ -364,13 +414,6 @@ def evaluate_methods(
     report = BenchmarkReport(benchmark="quant-eval", rows=rows, summary=summary, command=command)
     report.environment["threads"] = thread_count  # the count in force while measuring, not the one restored after
     return report
-
-
-def _details(model: nn.Module) -> dict[str, Any] | None:
-    from .api import quantization_map
-
-    details = quantization_map(model).get("details")
-    return {k: v for k, v in details.items() if k != "bits"} if details else None
 
 
 def table(report: BenchmarkReport) -> str:

@@ -19,18 +19,13 @@ from .primitives import EPS
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
-#: kind -> class, for rebuilding modules from a quantization map.
-MODULE_CLASSES: dict[str, type[nn.Module]] = {}
-
-
-def module_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator: make a quantized module rebuildable by its ``kind``."""
-    MODULE_CLASSES[cls.kind] = cls
-    return cls
-
 
 class QuantizedLinear(nn.Module):
-    """Base of the quantized replacements of ``nn.Linear``; buffers only, no trainable parameters."""
+    """Base of the quantized replacements of ``nn.Linear``; buffers only, no trainable parameters.
+
+    ``kind`` names the class in ``quantization.json``; a saved folder is rebuilt from the
+    classes its method lists in ``Quantizer.produces``, so there is no global table of kinds.
+    """
 
     kind: ClassVar[str] = ""
 
@@ -70,7 +65,6 @@ class QuantizedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-@module_class
 class Int8WeightLinear(QuantizedLinear):
     """Weight-only int8 (one scale per output channel) on ``torch._weight_int8pack_mm``.
 
@@ -141,7 +135,6 @@ class Int8WeightLinear(QuantizedLinear):
         return self._finish(y, x)
 
 
-@module_class
 class Int4WeightLinear(QuantizedLinear):
     """Weight-only int4 in groups along the input dimension on ``torch._weight_int4pack_mm_for_cpu``.
 
@@ -224,7 +217,6 @@ def quantize_activation(
     return q, scale
 
 
-@module_class
 class Int8DynamicLinear(QuantizedLinear):
     """W8A8: int8 weights, activations quantized to int8 at run time, ``torch._int_mm`` accumulating in int32.
 
@@ -317,7 +309,6 @@ class Int8DynamicLinear(QuantizedLinear):
         return self._finish(y, x)
 
 
-@module_class
 class FakeQuantLinear(QuantizedLinear):
     """The research path: a float weight already rounded to the quantization grid, optional simulated activations.
 
@@ -383,7 +374,6 @@ class FakeQuantLinear(QuantizedLinear):
         return self._finish(y, x)
 
 
-@module_class
 class Int8Embedding(nn.Module):
     """An input embedding that shares the int8 rows and per-row scales of a quantized, tied LM head.
 

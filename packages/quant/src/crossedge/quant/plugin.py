@@ -19,7 +19,12 @@ QUANTIZERS: tuple[tuple[str, str], ...] = (
 @hookimpl
 def register_quantizers(register):
     for name, reference in QUANTIZERS:
-        register(reference + "()", name=name)
+        register(reference, name=name)
+
+
+@hookimpl
+def register_model_formats(register):
+    register("crossedge.quant.serialization:QuantizedFolderFormat()", name="crossedge-quant")
 
 
 @hookimpl

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from crossedge.core.cache import sha256_file
-from crossedge.core.errors import CrossedgeError
+from crossedge.core.contracts.model_format import ModelFormat
+from crossedge.core.errors import CrossedgeError, ModelSourceError
 
-from .api import MAP_ATTRIBUTE, quantization_map, relink_tied
+from .api import MAP_ATTRIBUTE, Quantizer, quantization_map, relink_tied
 from .config import config_from_dict
-from .modules import MODULE_CLASSES
 
 FORMAT = "crossedge.quant"
 #: Version of the quantization map format (``quantization.json``).
@@ -73,14 +73,26 @@ def save_quantized(model: nn.Module, folder: Path | str, tokenizer: Any = None) 
     return folder
 
 
+def _expect(condition: bool, path: Path, what: str) -> None:
+    if not condition:
+        raise QuantFormatError(
+            f"{path}: {what}; the file is damaged or was edited by hand, re-run 'crossedge quant run'"
+        )
+
+
 def read_quantization_map(folder: Path | str) -> dict[str, Any]:
-    """The checked contents of ``quantization.json``: known format and version, known module kinds."""
+    """The checked contents of ``quantization.json``: known format and version, its method's module kinds.
+
+    The method is looked up in the quantizer registry (after plugins load), and the module
+    kinds are the ones that method produces, so a third-party method's file loads too.
+    Structural damage (a missing section, a wrong type) is one :class:`QuantFormatError`.
+    """
     path = Path(folder) / MAP_FILE
     if not path.is_file():
         raise QuantFormatError(f"{folder} has no {MAP_FILE}: it is not a folder written by 'crossedge quant run'")
     try:
-        document = json.loads(path.read_text())
-    except ValueError as exc:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise QuantFormatError(f"{path} is not valid JSON ({exc}): the file is damaged; re-run the export") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise QuantFormatError(f"{path} is not a {FORMAT} quantization map")
@@ -90,18 +102,49 @@ def read_quantization_map(folder: Path | str) -> dict[str, Any]:
             f"{path} has quantization map version {version!r}, but this crossedge-quant reads version "
             f"{FORMAT_VERSION}: install the crossedge-quant release that wrote it, or re-export the model"
         )
-    for name, entry in document.get("modules", {}).items():
-        if entry.get("kind") not in MODULE_CLASSES:
+    _expect(isinstance(document.get("config"), dict), path, "'config' is missing or not an object")
+    _expect(isinstance(document.get("modules"), dict), path, "'modules' is missing or not an object")
+    for key in ("tied", "weights", "details"):
+        _expect(isinstance(document.get(key, {}), dict), path, f"{key!r} is not an object")
+    _expect(
+        all(isinstance(k, str) and isinstance(v, str) for k, v in document.get("tied", {}).items()),
+        path,
+        "'tied' must map tensor names to tensor names",
+    )
+    config = config_from_dict(document["config"])  # refuses unknown methods and config versions with its own message
+    quantizer = _quantizer_class(config.method, path)
+    kinds = quantizer.module_classes()
+    for name, entry in document["modules"].items():
+        _expect(
+            isinstance(entry, dict) and isinstance(entry.get("spec"), dict),
+            path,
+            f"module {name!r} must be an object with 'kind' and 'spec'",
+        )
+        if entry.get("kind") not in kinds:
             raise QuantFormatError(
-                f"{path}: module {name!r} has unknown kind {entry.get('kind')!r}; known: {', '.join(MODULE_CLASSES)}"
+                f"{path}: module {name!r} has kind {entry.get('kind')!r}, which method {config.method!r} does not "
+                f"produce (it produces {', '.join(sorted(kinds))})"
             )
-    config_from_dict(document["config"])  # refuses unknown config versions with its own message
     return document
+
+
+def _quantizer_class(method: str, path: Path) -> type[Quantizer]:
+    from crossedge.core.contracts.quantizer import quantizer_class
+
+    cls = quantizer_class(method)
+    if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+        raise QuantFormatError(
+            f"{path}: method {method!r} is not a crossedge-quant method, so crossedge-quant cannot rebuild its modules"
+        )
+    return cls
 
 
 def _check_weights_file(folder: Path, document: dict[str, Any]) -> Path:
     info = document.get("weights", {})
-    weights = folder / info.get("file", WEIGHTS_FILE)
+    name = info.get("file", WEIGHTS_FILE)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise QuantFormatError(f"{folder / MAP_FILE}: weights file {name!r} must be a file name inside the folder")
+    weights = folder / name
     if not weights.is_file():
         raise QuantFormatError(f"{weights} is missing: copy the whole folder or re-run 'crossedge quant run'")
     size = weights.stat().st_size
@@ -148,12 +191,19 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
     weights = _check_weights_file(folder, document)
     if model is None:
         model = _skeleton(folder)
+    kinds = _quantizer_class(document["config"]["method"], folder / MAP_FILE).module_classes()
     for name, entry in document["modules"].items():
         try:
             model.get_submodule(name)
         except AttributeError as exc:
             raise QuantFormatError(f"the model has no module {name!r} named in {MAP_FILE}: wrong architecture") from exc
-        model.set_submodule(name, MODULE_CLASSES[entry["kind"]].from_spec(entry["spec"]))
+        try:
+            module = kinds[entry["kind"]].from_spec(entry["spec"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise QuantFormatError(
+                f"{folder / MAP_FILE}: module {name!r} has a bad spec {entry['spec']!r} ({exc}); re-run the export"
+            ) from exc
+        model.set_submodule(name, module)
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -182,3 +232,36 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
         qmap["details"] = document["details"]
     setattr(model, MAP_ATTRIBUTE, qmap)
     return model
+
+
+class QuantizedFolderFormat(ModelFormat):
+    """Folders written by ``crossedge quant run`` (``quantization.json`` beside the weights) as model sources.
+
+    Registered as a model format, so every ``--model`` loads such a folder through
+    :func:`load_quantized`, with its int8/int4 modules and kernels.
+    """
+
+    name = "crossedge-quant"
+    description = "quantized model folder written by 'crossedge quant run' (safetensors + quantization.json)"
+    marker = MAP_FILE
+
+    def load(self, folder: Path, *, name: str, source: Any, task: str = "causal-lm", **kwargs: Any) -> Any:
+        """The quantized model with its saved integer weights and the folder's tokenizer."""
+        from crossedge.core.sources import LoadedModel
+
+        if task != "causal-lm":
+            raise ModelSourceError(f"{folder} is a quantized causal LM; it cannot be loaded as a {task!r} model")
+        dtype = kwargs.pop("dtype", None)
+        kwargs.pop("trust_remote_code", None)
+        if dtype not in (None, torch.float32):
+            raise ModelSourceError(f"{folder} is quantized; it loads as saved, not as dtype {dtype}")
+        if kwargs:
+            raise ModelSourceError(f"a quantized folder takes no loading options; got {', '.join(sorted(kwargs))}")
+        model = load_quantized(folder)
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except OSError as exc:
+            raise QuantFormatError(f"{folder} has no usable tokenizer ({exc}): re-run 'crossedge quant run'") from exc
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer, path=folder, source=source)

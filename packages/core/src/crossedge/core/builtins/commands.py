@@ -210,13 +210,26 @@ def register_commands(cli):
     @click.argument("name")
     @click.argument("prompt")
     @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
-    def models_generate(name: str, prompt: str, max_new_tokens: int) -> None:
+    @click.option(
+        "--quant",
+        "quant_spec",
+        default=None,
+        help="Quantize after loading with a registered method, e.g. 'rtn' or 'rtn:bits=4,group_size=64' "
+        "(methods that need calibration: run 'crossedge quant run' and pass its folder as NAME).",
+    )
+    def models_generate(name: str, prompt: str, max_new_tokens: int, quant_spec: str | None) -> None:
         """Stream a greedy answer to PROMPT from causal LM NAME (plain transformers generate)."""
         from transformers import TextStreamer
 
-        loaded = resolve_model(name).load()
-        if loaded.source.task != "causal-lm":
-            raise CrossedgeError(f"{name!r} is a {loaded.source.task} model; generate needs a causal-lm")
+        from ..compose import apply_quant, check_quant
+
+        plan = check_quant(quant_spec, model=name)  # spec, method and model checked before anything loads
+        source = resolve_model(name)
+        if source.task != "causal-lm":
+            raise CrossedgeError(f"{name!r} is a {source.task} model; generate needs a causal-lm")
+        loaded = source.load()
+        if plan is not None:
+            apply_quant(loaded, plan)
         input_ids = encode_prompt(loaded.tokenizer, prompt)
         streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
         loaded.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)

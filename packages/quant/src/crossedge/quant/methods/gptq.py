@@ -10,16 +10,41 @@ original applies layers sequentially to quantized inputs; see docs/quant.md).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..api import Quantizer
+from crossedge.core.bench import progress_bar
+
+from ..api import Quantizer, Replacements
 from ..calibration import collect_stats
-from ..config import GPTQConfig, QuantConfig
+from ..config import ACT_DTYPES, QuantConfig, check, check_weight
+from ..modules import FakeQuantLinear, Int4WeightLinear, Int8WeightLinear
 from ..primitives import QParams, compute_qparams
 from .common import fake_module, int4_supported, weight_only_module
+
+
+@dataclass(kw_only=True)
+class GPTQConfig(QuantConfig):
+    """GPTQ: weights quantized column by column with Hessian-based error compensation."""
+
+    method: ClassVar[str] = "gptq"
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+    act_dtype: str = "bfloat16"
+
+    def validate(self) -> None:
+        check_weight(self.bits, "per_group", self.group_size)
+        check(0.0 < self.damp < 1.0, f"gptq damp must be in (0, 1), got {self.damp}")
+        check(self.block_size >= 1, f"gptq block_size must be positive, got {self.block_size}")
+        check(self.act_dtype in ACT_DTYPES, f"act_dtype must be one of {ACT_DTYPES}, got {self.act_dtype!r}")
 
 
 def _group_qparams(
@@ -117,17 +142,18 @@ class GPTQQuantizer(Quantizer):
     name = "gptq"
     description = "GPTQ: Hessian-compensated weight rounding (int4 groups or int8 channels), act-order optional"
     config_class = GPTQConfig
+    produces = (Int4WeightLinear, Int8WeightLinear, FakeQuantLinear)
     needs_calibration = True
 
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, GPTQConfig)
         if config.bits == 4 and not config.fake:
             targets = {n: m for n, m in targets.items() if int4_supported(m)}
         stats = collect_stats(model, calibration, targets, absmax=False, hessian=True)
         out = {}
-        for name, linear in targets.items():
+        for name, linear in progress_bar(targets.items(), desc="gptq layers", total=len(targets)):
             group = config.group_size if config.bits == 4 else None
             q, scale, zero = gptq_quantize(
                 linear.weight,
@@ -147,4 +173,4 @@ class GPTQQuantizer(Quantizer):
                     linear, q, scale, zero, bits=config.bits, group_size=config.group_size, act_dtype=config.act_dtype
                 )
             stats[name].hessian = None  # free memory as we go
-        return out
+        return Replacements(out)

@@ -11,21 +11,56 @@ minimise ``sum e[l, b] x[l, b]`` subject to ``sum_b x[l, b] = 1`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from crossedge.core.bench import progress_bar
 from crossedge.core.errors import CrossedgeError
 
-from ..api import Quantizer
+from ..api import Quantizer, Replacements
 from ..calibration import collect_stats
-from ..config import MixedConfig, QuantConfig, RTNConfig
-from ..modules import Int4WeightLinear, Int8WeightLinear
+from ..config import GROUP_SIZES, QuantConfig, check
+from ..modules import FakeQuantLinear, Int4WeightLinear, Int8WeightLinear
 from .common import int4_supported, rtn_weight
-from .rtn import rtn_module
+from .rtn import RTNConfig, rtn_module
+
+
+@dataclass(kw_only=True)
+class MixedConfig(QuantConfig):
+    """Per-layer bit widths chosen by an integer linear program under a weight-memory budget.
+
+    The budget is ``budget_bytes`` when given, else ``budget_fraction`` of the fp32
+    bytes of the layers being quantized.
+    """
+
+    method: ClassVar[str] = "mixed"
+
+    bit_choices: list[int] = field(default_factory=lambda: [4, 8])
+    group_size: int = 128
+    budget_fraction: float = 0.2
+    budget_bytes: int | None = None
+    act_dtype: str = "bfloat16"
+
+    def nominal_bits(self) -> int:
+        """The smallest width it may choose."""
+        return min(self.bit_choices)
+
+    def validate(self) -> None:
+        self.bit_choices = sorted({int(b) for b in self.bit_choices})
+        check(
+            bool(self.bit_choices) and all(b in (4, 8) for b in self.bit_choices),
+            f"mixed bit_choices must be drawn from 4 and 8, got {self.bit_choices}",
+        )
+        check(self.group_size in GROUP_SIZES, f"group_size must be one of {GROUP_SIZES}, got {self.group_size}")
+        check(0.0 < self.budget_fraction <= 1.0, f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        check(
+            self.budget_bytes is None or self.budget_bytes > 0,
+            f"budget_bytes must be positive, got {self.budget_bytes}",
+        )
 
 
 class BudgetError(CrossedgeError):
@@ -98,7 +133,7 @@ def plan_bits(targets: dict[str, nn.Linear], hessians: dict[str, torch.Tensor], 
     choices: Sequence[int] = config.bit_choices
     errors = np.full((len(names), len(choices)), np.inf)
     costs = np.full((len(names), len(choices)), np.inf)
-    for i, name in enumerate(names):
+    for i, name in enumerate(progress_bar(names, desc="mixed: layer sensitivities")):
         linear = targets[name]
         for j, bits in enumerate(choices):
             if bits == 4 and not int4_supported(linear):
@@ -123,19 +158,16 @@ class MixedQuantizer(Quantizer):
     name = "mixed"
     description = "per-layer int4/int8 widths from an integer linear program under a weight-memory budget"
     config_class = MixedConfig
+    produces = (Int4WeightLinear, Int8WeightLinear, FakeQuantLinear)
     needs_calibration = True
 
-    def __init__(self) -> None:
-        self.last_plan: BitPlan | None = None
-
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, MixedConfig)
         stats = collect_stats(model, calibration, targets, absmax=False, hessian=True)
         plan = plan_bits(targets, {n: s.mean_hessian() for n, s in stats.items()}, config)
-        self.last_plan = plan
-        self.details = {
+        details = {
             "budget_bytes": plan.budget,
             "bytes_used": plan.bytes_used,
             "predicted_error": plan.predicted_error,
@@ -147,4 +179,4 @@ class MixedQuantizer(Quantizer):
             bits = plan.bits[name]
             rtn = RTNConfig(bits=bits, group_size=config.group_size, fake=config.fake, act_dtype=config.act_dtype)
             out[name] = rtn_module(linear, rtn)
-        return out
+        return Replacements(out, details)

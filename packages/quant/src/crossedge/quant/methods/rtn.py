@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..api import Quantizer
-from ..config import QuantConfig, RTNConfig
-from ..modules import Int8WeightLinear
+from ..api import Quantizer, Replacements
+from ..config import ACT_DTYPES, QuantConfig, check, check_weight
+from ..modules import FakeQuantLinear, Int4WeightLinear, Int8WeightLinear
 from ..primitives import compute_qparams, quantize
 from .common import fake_module, int4_supported, rtn_weight, weight_only_module
+
+
+@dataclass(kw_only=True)
+class RTNConfig(QuantConfig):
+    """Round-to-nearest weight-only quantization (int8 or int4)."""
+
+    method: ClassVar[str] = "rtn"
+
+    bits: int = 8
+    granularity: str = "auto"
+    group_size: int = 128
+    symmetric: bool | None = None
+    act_dtype: str = "bfloat16"
+
+    def validate(self) -> None:
+        # "auto" picks what the kernels for that width take: one scale per output
+        # channel for int8, asymmetric groups for int4.
+        if self.granularity == "auto":
+            self.granularity = "per_channel" if self.bits == 8 else "per_group"
+        if self.symmetric is None:
+            self.symmetric = self.bits == 8
+        check_weight(self.bits, self.granularity, self.group_size)
+        check(self.act_dtype in ACT_DTYPES, f"act_dtype must be one of {ACT_DTYPES}, got {self.act_dtype!r}")
+        if self.bits == 4 and not self.fake:
+            check(
+                self.granularity == "per_group",
+                "int4 weights run on the grouped int4 kernel: use granularity='per_group' "
+                "(or fake=true for the research path)",
+            )
+        if self.bits == 8 and not self.fake:
+            check(
+                self.granularity != "per_group",
+                "the int8 weight kernel takes one scale per output channel: use granularity 'per_channel' or "
+                "'per_tensor' (or fake=true for grouped int8)",
+            )
 
 
 def rtn_module(linear: nn.Linear, config: RTNConfig) -> nn.Module:
@@ -58,10 +94,11 @@ class RTNQuantizer(Quantizer):
     name = "rtn"
     description = "round-to-nearest weight-only int8 (per channel) or int4 (per group)"
     config_class = RTNConfig
+    produces = (Int8WeightLinear, Int4WeightLinear, FakeQuantLinear)
 
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, RTNConfig)
         out = {}
         for name, linear in targets.items():
@@ -71,4 +108,4 @@ class RTNQuantizer(Quantizer):
                 )
                 continue
             out[name] = rtn_module(linear, config)
-        return out
+        return Replacements(out)

@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..api import Quantizer
+from ..api import Quantizer, Replacements
 from ..calibration import collect_stats
-from ..config import CrossQuantConfig, QuantConfig, SmoothQuantConfig, W8A8Config
-from ..modules import Int8DynamicLinear
+from ..config import ACT_GRANULARITIES, QuantConfig, check
+from ..modules import FakeQuantLinear, Int8DynamicLinear
 from ..primitives import EPS
 from .common import fake_module, rtn_weight
+
+
+@dataclass(kw_only=True)
+class W8A8Config(QuantConfig):
+    """Int8 weights with dynamically quantized int8 activations, int8 x int8 -> int32 matmul."""
+
+    method: ClassVar[str] = "w8a8"
+
+    weight_granularity: str = "per_channel"
+    act_granularity: str = "per_token"
+
+    def nominal_bits(self) -> int:
+        """Always 8."""
+        return 8
+
+    def validate(self) -> None:
+        check(
+            self.weight_granularity in ("per_tensor", "per_channel"),
+            f"w8a8 weight_granularity must be per_tensor or per_channel, got {self.weight_granularity!r}",
+        )
+        check(
+            self.act_granularity in ACT_GRANULARITIES,
+            f"act_granularity must be one of {ACT_GRANULARITIES}, got {self.act_granularity!r}",
+        )
+
+
+@dataclass(kw_only=True)
+class SmoothQuantConfig(W8A8Config):
+    """W8A8 after migrating activation outliers into weights: s_j = max|X_j|^alpha / max|W_j|^(1-alpha)."""
+
+    method: ClassVar[str] = "smoothquant"
+
+    alpha: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 <= self.alpha <= 1.0, f"smoothquant alpha must be in [0, 1], got {self.alpha}")
+
+
+@dataclass(kw_only=True)
+class CrossQuantConfig(W8A8Config):
+    """W8A8 with CrossQuant activation scales t_i^alpha * c_j^(1-alpha) (row and column absolute maxima)."""
+
+    method: ClassVar[str] = "crossquant"
+
+    alpha: float = 0.15
+
+    def validate(self) -> None:
+        super().validate()
+        check(0.0 <= self.alpha <= 1.0, f"crossquant alpha must be in [0, 1], got {self.alpha}")
+        check(self.act_granularity == "per_token", "crossquant scales activations per token (row): keep per_token")
 
 
 def w8a8_module(
@@ -44,12 +96,13 @@ class W8A8Quantizer(Quantizer):
     name = "w8a8"
     description = "int8 weights and dynamic int8 activations (per token by default) on torch._int_mm"
     config_class = W8A8Config
+    produces = (Int8DynamicLinear, FakeQuantLinear)
 
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, W8A8Config)
-        return {name: w8a8_module(linear, config) for name, linear in targets.items()}
+        return Replacements({name: w8a8_module(linear, config) for name, linear in targets.items()})
 
 
 def smoothing_factors(col_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -65,18 +118,19 @@ class SmoothQuantQuantizer(Quantizer):
     name = "smoothquant"
     description = "W8A8 after SmoothQuant's per-channel smoothing (alpha, activation maxima from calibration)"
     config_class = SmoothQuantConfig
+    produces = (Int8DynamicLinear, FakeQuantLinear)
     needs_calibration = True
 
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, SmoothQuantConfig)
         stats = collect_stats(model, calibration, targets, absmax=True)
         out = {}
         for name, linear in targets.items():
             s = smoothing_factors(stats[name].col_absmax, linear.weight, config.alpha)
             out[name] = w8a8_module(linear, config, smooth=s)
-        return out
+        return Replacements(out)
 
 
 class CrossQuantQuantizer(Quantizer):
@@ -91,17 +145,20 @@ class CrossQuantQuantizer(Quantizer):
     name = "crossquant"
     description = "W8A8 with CrossQuant row x column activation scales (column maxima from calibration)"
     config_class = CrossQuantConfig
+    produces = (Int8DynamicLinear, FakeQuantLinear)
     needs_calibration = True
 
-    def quantize(
+    def replace(
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
-    ) -> dict[str, nn.Module]:
+    ) -> Replacements:
         assert isinstance(config, CrossQuantConfig)
         if config.fake:
-            return {name: w8a8_module(linear, config, cross_alpha=config.alpha) for name, linear in targets.items()}
+            return Replacements(
+                {name: w8a8_module(linear, config, cross_alpha=config.alpha) for name, linear in targets.items()}
+            )
         stats = collect_stats(model, calibration, targets, absmax=True)
         out = {}
         for name, linear in targets.items():
             column = stats[name].col_absmax.clamp(min=EPS).pow(1 - config.alpha)
             out[name] = w8a8_module(linear, config, smooth=column, cross_alpha=config.alpha)
-        return out
+        return Replacements(out)
