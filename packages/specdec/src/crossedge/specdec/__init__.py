@@ -9,8 +9,9 @@ from .drafters import (
     Drafter,
     DraftModelDrafter,
     HistoryDrafter,
+    build_chain,
     build_drafters,
-    parse_spec,
+    check_drafter_spec,
 )
 from .engine import GenerationResult, RunStats, SpeculativeDecoder, TokenStream
 from .errors import NonFiniteLogitsError, PromptTooLongError, SpecdecError
@@ -36,7 +37,8 @@ __all__ = [
     "SpecdecError",
     "SpeculativeDecoder",
     "TokenStream",
+    "build_chain",
     "build_drafters",
     "build_policy",
-    "parse_spec",
+    "check_drafter_spec",
 ]

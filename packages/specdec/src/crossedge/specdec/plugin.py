@@ -1,4 +1,4 @@
-"""The specdec plugin module: registers the built-in drafters and the ``crossedge specdec`` commands."""
+"""The specdec plugin module: registers the built-in drafters, draft-length policies and ``crossedge specdec``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from crossedge.core import hookimpl
 
 from .drafters import CopyDrafter, CrossVocabDrafter, DraftModelDrafter, HistoryDrafter
 from .early_exit import EarlyExitDrafter
+from .policies import ConstantPolicy, CostAwarePolicy, HeuristicPolicy
 
 
 @hookimpl
@@ -15,6 +16,13 @@ def register_drafters(register):
     register(DraftModelDrafter, aliases=("draft",))
     register(CrossVocabDrafter, aliases=("universal",))
     register(EarlyExitDrafter, aliases=("self-speculative", "layerskip"))
+
+
+@hookimpl
+def register_draft_policies(register):
+    register(ConstantPolicy)
+    register(HeuristicPolicy)
+    register(CostAwarePolicy)
 
 
 @hookimpl
