@@ -28,7 +28,7 @@ PACKAGE_DEPS = {
 }
 ALL_PACKAGES = list(PACKAGE_DEPS)
 #: Standalone plugin distributions under plugins/.
-PLUGINS = ["crossedge-tiny-models"]
+PLUGINS = ["crossedge-tiny-models", "crossedge-example-drafter"]
 TEST_TARGETS = ALL_PACKAGES + ["integration"]
 
 nox.options.sessions = ["tests"]

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from ..contracts.drafter import DraftContext, Drafter, Sampler, TargetCacheView, check_finite
+from ..specs import Spec, SpecError, bind
 
 #: Prompts with repeated structure so that copy-style drafters get to draft.
 CONFORMANCE_PROMPTS = (
@@ -231,8 +232,13 @@ class DrafterConformance:
         for drafter in self._chain(target[0]):
             cls = type(drafter)
             assert isinstance(cls.name, str) and cls.name, f"{cls.__name__} needs a non-empty class attribute 'name'"
-            parameters = inspect.signature(cls.__init__).parameters.values()
+            parameters = list(inspect.signature(cls.__init__).parameters.values())
             swallowing = [p.name for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
             assert not swallowing, f"{cls.__name__}.__init__ takes **{swallowing[0]}: mistyped options would vanish"
             with pytest.raises(TypeError):
                 cls(no_such_option=1)
+            # From a spec, the one binder in core refuses it listing the options the class does take.
+            with pytest.raises(SpecError, match="has no option 'no_such_option'; .*its options: ") as refused:
+                bind(Spec(cls.name, {"no_such_option": "1"}), cls, kind="drafter")
+            options = [p.name for p in parameters if p.name != "self"]
+            assert all(o in str(refused.value) for o in options), str(refused.value)
