@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from crossedge.core import CrossedgeError
+from crossedge.core.conformance.policy import DraftLengthPolicyConformance
 from crossedge.specdec import (
     ConstantPolicy,
     CopyDrafter,
@@ -323,3 +324,18 @@ def test_drafting_time_is_measured_by_the_engine_and_reaches_the_policy(llama, m
     assert entry.seconds == pytest.approx(0.5 * drafter.calls) and drafter.calls > 0
     assert policy.draft_seconds_per_token["oracle"] > 0
     assert not hasattr(drafter, "seconds")
+
+
+class TestConstantPolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return ConstantPolicy(k=5)
+
+
+class TestHeuristicPolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return HeuristicPolicy(k=3, max_k=12)
+
+
+class TestCostAwarePolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return CostAwarePolicy(max_k=12, probe_every=4)
