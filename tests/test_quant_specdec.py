@@ -32,7 +32,7 @@ def test_int4_draft_model_for_a_float_target():
     quantize_(draft, "rtn:bits=4,group_size=32")
     ids = prompt_ids(tokenizer, 0)
     reference = greedy_reference(target, ids, MAX_NEW)
-    drafter = DraftModelDrafter(model=draft, target=target)
+    drafter = DraftModelDrafter(model=draft)
     result = SpeculativeDecoder(target, [drafter], "constant:k=3").generate(ids, MAX_NEW)
     assert result.tokens == reference
     stats = result.stats.drafters["draft-model"]
@@ -61,7 +61,7 @@ def test_int4_smollm2_drafts_for_fp32_smollm2():
     quantize_(draft, "rtn:bits=4,group_size=128")
     ids = encode_prompt(loaded.tokenizer, "Write a Python function that returns the square of a number.")
     reference = greedy_reference(target, ids, MAX_NEW)
-    drafter = DraftModelDrafter(model=draft, target=target)
+    drafter = DraftModelDrafter(model=draft)
     result = SpeculativeDecoder(target, [CopyDrafter(), drafter], "constant:k=4").generate(ids, MAX_NEW)
     assert result.tokens == reference
     assert result.stats.drafters["draft-model"].accepted > 0

@@ -9,9 +9,9 @@ import pytest  # noqa: E402
 from crossedge.core import registered  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def specdec_plugin():
-    """The specdec plugin module registered for one test."""
+    """The specdec plugin module registered for each test (built-in drafters and policies resolve by name)."""
     from crossedge.specdec import plugin
 
     with registered(plugin, name="specdec-test"):

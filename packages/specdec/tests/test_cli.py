@@ -213,3 +213,60 @@ def test_summary_separates_the_turns_of_multi_turn_prompts():
     assert summary["per_task"]["redundant-turn"]["copy"]["speedup"] == pytest.approx(1.6)
     assert summary["per_turn"]["redundant-turn"]["copy"] == pytest.approx([1.0, 4.0])
     assert "turn 2 4.00x" in format_summary(summary)
+
+
+def test_generate_takes_a_policy_after_the_drafter(run, tiny_folder):
+    args = ["specdec", "generate", "--model", tiny_folder, "--max-new-tokens", "10", "--json"]
+    prompt = "the cat sat on the mat, the cat sat on the"
+    plain = run(*args, "--drafter", "copy", "--policy", "heuristic", prompt)
+    chained = run(*args, "--drafter", "copy@heuristic", prompt)
+    old_form = run(*args, "--drafter", "copy:max_copy=8:min_match=2@constant:k=3", prompt)
+    for result in (plain, chained, old_form):
+        assert result.exit_code == 0, result.output
+    assert _text_and_stats(chained)[0] == _text_and_stats(plain)[0] == _text_and_stats(old_form)[0]
+
+
+@pytest.mark.parametrize(
+    ("drafter", "message"),
+    [
+        ("copy:max_copy=abc", "option max_copy takes an integer, got 'abc'"),
+        ("copy:colour=red", "its options: max_copy, min_match, occurrence, realign"),
+        ("cpy", "unknown drafter 'cpy': did you mean 'copy'"),
+        ("copy@fastest", "unknown draft-length policy 'fastest'"),
+        ("copy,,history", "character 6"),
+    ],
+)
+def test_bad_drafter_specs_are_refused_before_the_model_loads(specdec_plugin, drafter, message):
+    for command in (["generate"], ["demo"], ["bench", "--suite", "default"]):
+        extra = ["hi"] if command == ["generate"] else []
+        result = CliRunner().invoke(
+            build_cli(), ["specdec", *command, "--model", "no-such-model", "--drafter", drafter, *extra]
+        )
+        assert result.exit_code == 1, (command, result.output)
+        assert message in result.output and "no-such-model" not in result.output, (command, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_bench_refuses_a_binary_prompts_file_in_one_line(run, tmp_path):
+    binary = tmp_path / "question.jsonl"
+    binary.write_bytes(bytes(range(128, 256)))
+    result = run("specdec", "bench", "--model", "no-such-model", "--drafter", "copy", "--prompts", str(binary))
+    assert result.exit_code == 1
+    assert "is not UTF-8 text" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_generate_near_the_window_of_a_gpt2_model_with_the_default_policy(run, tmp_path):
+    # Defect 5 through the command line: the chat-formatted prompt takes 40 of 48 positions, and cost-aware
+    # calibration used to time 16-token verifications after it (IndexError from the position embeddings).
+    folder = save_tiny_causal_lm(tmp_path / "gpt2", "gpt2", seed=1, initializer_range=0.15, n_positions=48)
+    result = run("specdec", "generate", "--model", str(folder), "--max-new-tokens", "20", "--json", "x" * 20)
+    assert result.exit_code == 0, result.output
+    stats = _text_and_stats(result)[1]
+    assert stats["stop_reason"] == "context" and stats["prompt_tokens"] + stats["new_tokens"] == 48
+
+
+def test_policies_command_lists_builtins(run):
+    result = run("specdec", "policies")
+    assert result.exit_code == 0
+    for name in ("constant", "heuristic", "cost-aware"):
+        assert name in result.output

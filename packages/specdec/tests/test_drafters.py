@@ -8,7 +8,6 @@ from crossedge.specdec import (
     HistoryDrafter,
     SpeculativeDecoder,
     build_drafters,
-    parse_spec,
 )
 from crossedge.specdec.drafters import CrossVocabDrafter
 from crossedge.specdec.errors import SpecdecError
@@ -61,19 +60,19 @@ def test_realign_continues_copying_after_a_replaced_token():
 
 class TestDraftModelDrafter(DrafterConformance):
     def make_drafter(self, target):
-        return DraftModelDrafter(noisy_copy(target, scale=0.03), target=target)
+        return DraftModelDrafter(noisy_copy(target, scale=0.03))
 
 
 class TestChain(DrafterConformance):
     def make_drafter(self, target):
-        return [CopyDrafter(min_match=3), DraftModelDrafter(noisy_copy(target, scale=0.03), target=target)]
+        return [CopyDrafter(min_match=3), DraftModelDrafter(noisy_copy(target, scale=0.03))]
 
 
 class TestCrossVocabDrafter(DrafterConformance):
     def make_drafter(self, target):
         draft_tokenizer, perm = permuted_byte_tokenizer(seed=3)
         draft = noisy_copy(permuted_copy(target, perm), scale=0.02)
-        return CrossVocabDrafter(draft, tokenizer=byte_tokenizer(), draft_tokenizer=draft_tokenizer)
+        return CrossVocabDrafter(draft, draft_tokenizer=draft_tokenizer)
 
 
 def test_cross_vocab_bridges_text_between_vocabularies():
@@ -81,9 +80,9 @@ def test_cross_vocab_bridges_text_between_vocabularies():
     draft_tokenizer, perm = permuted_byte_tokenizer(seed=3)
     assert draft_tokenizer("hello").input_ids != tokenizer("hello").input_ids
     assert draft_tokenizer.decode(draft_tokenizer("hello").input_ids) == "hello"
-    drafter = CrossVocabDrafter(permuted_copy(model, perm), tokenizer=tokenizer, draft_tokenizer=draft_tokenizer)
+    drafter = CrossVocabDrafter(permuted_copy(model, perm), draft_tokenizer=draft_tokenizer)
     input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
-    stats = SpeculativeDecoder(model, drafter, "constant:k=4").generate(input_ids, 40).stats
+    stats = SpeculativeDecoder(model, drafter, "constant:k=4", tokenizer=tokenizer).generate(input_ids, 40).stats
     # The permuted copy predicts the same text; drafts are lost only where random bytes are not valid UTF-8
     # and do not survive the round trip through text.
     assert stats.drafters["cross-vocab"].accepted > 0
@@ -93,7 +92,7 @@ def test_cross_vocab_bridges_text_between_vocabularies():
 def test_copy_and_draft_model_both_draft_and_get_tokens_accepted():
     model, tokenizer = tiny_target("llama")
     input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
-    chain = [CopyDrafter(min_match=1), DraftModelDrafter(noisy_copy(model, scale=0.03), target=model)]
+    chain = [CopyDrafter(min_match=1), DraftModelDrafter(noisy_copy(model, scale=0.03))]
     stats = SpeculativeDecoder(model, chain, "constant:k=4").generate(input_ids, 48).stats
     assert stats.drafters["draft-model"].accepted > 0
     assert stats.drafters["draft-model"].drafted > stats.drafters["draft-model"].accepted  # some rejections too
@@ -103,7 +102,7 @@ def test_copy_and_draft_model_both_draft_and_get_tokens_accepted():
 
 def test_draft_model_cache_follows_the_context_after_rollback():
     model, tokenizer = tiny_target("gpt2")
-    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03), target=model)
+    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03))
     input_ids = tokenizer(CONFORMANCE_PROMPTS[0], return_tensors="pt").input_ids
     SpeculativeDecoder(model, drafter, "constant:k=5").generate(input_ids, 30)
     # Whatever was rolled back, the cache holds exactly the tokens it believes it holds.
@@ -116,40 +115,60 @@ def test_draft_model_cache_follows_the_context_after_rollback():
 
 def test_copy_drafter_index_is_incremental():
     drafter = CopyDrafter(min_match=1)
-    from crossedge.specdec.drafters import Sampler
+    from crossedge.specdec.drafters import DraftContext
 
-    drafter.begin([1, 2, 3, 1, 2], Sampler())
-    index = drafter.index
+    drafter.begin(DraftContext(target=None))
     assert drafter.propose([1, 2, 3, 1, 2], 4).tokens == [3, 1, 2]
+    index = drafter.index
     assert drafter.propose([1, 2, 3, 1, 2, 3], 2).tokens == [1, 2]
     assert drafter.index is index  # extended, not rebuilt
 
 
 def test_draft_model_vocabulary_must_match():
-    target, _ = tiny_target("llama")
+    target, tokenizer = tiny_target("llama")
     other, _ = tiny_target("llama")
     other.resize_token_embeddings(300)
+    # The target arrives in the draft context: the mismatch is refused when the engine begins.
+    decoder = SpeculativeDecoder(target, DraftModelDrafter(other), "constant:k=2")
     with pytest.raises(SpecdecError, match="vocabulary"):
-        DraftModelDrafter(other, target=target)
+        decoder.generate(tokenizer("hi", return_tensors="pt").input_ids, 4)
 
 
-def test_spec_parsing_and_building(specdec_plugin):
-    assert parse_spec("copy:max_copy=8:min_match=2,draft-model:model=x") == [
-        ("copy", {"max_copy": 8, "min_match": 2}),
-        ("draft-model", {"model": "x"}),
-    ]
-    drafters = build_drafters("prompt-lookup:max-copy=4")
-    assert isinstance(drafters[0], CopyDrafter) and drafters[0].max_copy == 4
-    assert build_drafters("none") == []
-    for bad in ["", "copy,,copy", "copy:max_copy"]:
-        with pytest.raises(SpecdecError):
-            build_drafters(bad)
-    with pytest.raises(SpecdecError, match="twice"):
-        build_drafters("copy,copy")
-    with pytest.raises(SpecdecError, match="does not accept"):
+def test_spec_building_takes_both_option_separators(specdec_plugin):
+    from crossedge.specdec import build_chain
+
+    old, new = build_drafters("copy:max_copy=8:min_match=3"), build_drafters("copy:max_copy=8,min_match=3")
+    for drafters in (old, new):
+        assert isinstance(drafters[0], CopyDrafter) and (drafters[0].max_copy, drafters[0].min_match) == (8, 3)
+    drafters = build_drafters("prompt-lookup:max-copy=4,history:max_copy=2")
+    assert [d.name for d in drafters] == ["copy", "history"] and drafters[0].max_copy == 4
+    assert build_drafters("none") == [] and build_drafters("vanilla") == []
+    chain, policy = build_chain("copy,history@heuristic:k=2")
+    assert [d.name for d in chain] == ["copy", "history"] and (policy.name, policy.initial) == ("heuristic", 2)
+
+
+def test_bad_drafter_specs_say_what_is_wrong(specdec_plugin):
+    from crossedge.core.specs import SpecError
+
+    with pytest.raises(SpecError, match="option max_copy takes an integer, got 'abc'"):
+        build_drafters("copy:max_copy=abc")
+    with pytest.raises(SpecError, match=r"no option 'colour'.*its options: max_copy, min_match, occurrence, realign"):
         build_drafters("copy:colour=red")
+    with pytest.raises(SpecError, match="occurrence takes one of 'earliest', 'latest'"):
+        build_drafters("copy:occurrence=middle")
+    with pytest.raises(SpecError, match="twice"):
+        build_drafters("copy,copy")
+    with pytest.raises(SpecError, match="character 6"):
+        build_drafters("copy,,copy")
+    for bad in ["", "copy:max_copy"]:
+        with pytest.raises(SpecError):
+            build_drafters(bad)
     with pytest.raises(SpecdecError, match="max_copy >= 1"):
         build_drafters("copy:max_copy=0")
+    with pytest.raises(SpecError, match="no option 'kk'"):
+        build_drafters("copy@constant:kk=3")
+    with pytest.raises(Exception, match="unknown drafter 'cpy': did you mean 'copy'"):
+        build_drafters("cpy")
 
 
 class TestHistoryDrafter(DrafterConformance):
@@ -181,7 +200,9 @@ def test_history_drafter_keeps_runs_apart_and_bounded():
     assert history.index.tokens == [1, 2, 3, -1, 4, 5]
     history.remember([6, 7, 8, 9])
     assert len(history.index) <= 10 and history.index.tokens[-4:] == [6, 7, 8, 9]
-    history.begin([3], None)
+    from crossedge.specdec.drafters import DraftContext
+
+    history.begin(DraftContext(target=None))
     assert history.propose([3], 4).tokens == []  # what followed 3 was the end of its run, not the next run
     with pytest.raises(SpecdecError, match="history drafter"):
         HistoryDrafter(max_copy=0)
@@ -211,13 +232,11 @@ def test_vocab_bridge_learns_aligned_ngrams_and_translates_drafts():
 def test_cross_vocab_drafts_through_the_ngram_cache():
     model, tokenizer = tiny_target("llama")
     draft_tokenizer, perm = permuted_byte_tokenizer(seed=3)
-    drafter = CrossVocabDrafter(permuted_copy(model, perm), tokenizer=tokenizer, draft_tokenizer=draft_tokenizer)
+    drafter = CrossVocabDrafter(permuted_copy(model, perm), draft_tokenizer=draft_tokenizer)
     input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
-    result = SpeculativeDecoder(model, drafter, "constant:k=4").generate(input_ids, 40)
+    result = SpeculativeDecoder(model, drafter, "constant:k=4", tokenizer=tokenizer).generate(input_ids, 40)
     assert result.tokens == greedy_reference(model, input_ids, 40)
     assert drafter.bridge.translated > 0
     assert result.stats.drafters["cross-vocab"].accepted > 0
-    plain = CrossVocabDrafter(
-        permuted_copy(model, perm), tokenizer=tokenizer, draft_tokenizer=draft_tokenizer, ngram_cache=False
-    )
+    plain = CrossVocabDrafter(permuted_copy(model, perm), draft_tokenizer=draft_tokenizer, ngram_cache=False)
     assert plain.bridge is None

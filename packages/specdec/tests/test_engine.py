@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from crossedge.core import CrossedgeError
+from crossedge.core.conformance.policy import DraftLengthPolicyConformance
 from crossedge.specdec import (
     ConstantPolicy,
     CopyDrafter,
@@ -161,8 +163,12 @@ def test_policies():
     assert heuristic.choose("d", "", 99) == 6
     heuristic.observe_acceptance("d", "", 6, 2)
     assert heuristic.choose("d", "", 99) == 5
-    with pytest.raises(SpecdecError, match="unknown draft-length policy"):
+    with pytest.raises(CrossedgeError, match="unknown draft-length policy 'fastest'"):
         build_policy("fastest")
+    with pytest.raises(CrossedgeError, match="option k takes an integer, got 'many'"):
+        build_policy("constant:k=many")
+    with pytest.raises(CrossedgeError, match="no option 'kk'.*its options: k"):
+        build_policy("constant:kk=2")
 
 
 def test_cost_aware_drafts_nothing_when_drafting_does_not_pay_and_a_lot_when_it_does():
@@ -227,7 +233,7 @@ def test_sliding_window_cache_rolls_back_past_the_window():
     model.generation_config.eos_token_id = None  # run the full length, far past the 8-token window
     input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
     reference = greedy_reference(model, input_ids, 40)
-    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03), target=model)
+    drafter = DraftModelDrafter(noisy_copy(model, scale=0.03))
     result = SpeculativeDecoder(model, drafter, ConstantPolicy(k=4)).generate(input_ids, 40)
     assert result.tokens == reference
     assert 0 < result.stats.drafters["draft-model"].accepted < result.stats.drafters["draft-model"].drafted
@@ -242,9 +248,9 @@ def test_cost_aware_calibrates_once_and_leaves_the_output_and_cache_intact():
     calls = []
     original = policy.calibrate
 
-    def counting(measure):
+    def counting(measure, max_k=None):
         calls.append(1)
-        original(measure)
+        original(measure, max_k)
 
     policy.calibrate = counting
     decoder = SpeculativeDecoder(model, CopyDrafter(), policy)
@@ -254,3 +260,82 @@ def test_cost_aware_calibrates_once_and_leaves_the_output_and_cache_intact():
     # Every calibration length up to max_k was timed before any draft was verified.
     assert {0, 1, 2, 3, 4, 6} <= set(policy.cost.table())
     assert not CostAwarePolicy(calibrate=False).wants_calibration()
+
+
+def test_cost_aware_near_the_window_of_a_gpt2_model_stays_inside_it():
+    # Defect 5: GPT-2 has no positions past n_positions; calibration used to time 16-token
+    # verifications after the prompt and raised IndexError from the position embeddings.
+    from crossedge.core.testing import tiny_causal_lm
+
+    model, _ = tiny_causal_lm("gpt2", seed=1, initializer_range=0.15, n_positions=40)
+    model.generation_config.eos_token_id = None
+    prompt = [5, 6, 7, 8] * 9  # 36 of 40 positions
+    vanilla = SpeculativeDecoder(model).generate(prompt, 10)
+    policy = CostAwarePolicy()
+    result = SpeculativeDecoder(model, CopyDrafter(min_match=1), policy).generate(prompt, 10)
+    assert result.tokens == vanilla.tokens and len(result.tokens) == 4
+    assert result.stats.stop_reason == "context"
+    # Only lengths that fit were timed, so the policy calibrates again on a prompt with room.
+    assert max(policy.cost.table()) <= 40 - 36 - 1 and policy.wants_calibration()
+    SpeculativeDecoder(model, CopyDrafter(), policy).generate(prompt[:8], 4)
+    assert max(policy.cost.table()) == policy.max_k and not policy.wants_calibration()
+
+
+def test_drafts_never_run_past_the_window(llama):
+    model, tokenizer = llama
+    prompt = list(range(3, 13)) * 50 + [3, 4, 5, 6, 7, 8, 9]  # 507 of 512 positions
+    continuation = SpeculativeDecoder(model, eos_token_id=[]).generate(prompt, 10).tokens
+    oracle = OracleDrafter(len(prompt), continuation + [1] * 20)
+    asked = []
+    propose = oracle.propose
+
+    def recording(context_ids, k):
+        asked.append((len(context_ids), k))
+        return propose(context_ids, k)
+
+    oracle.propose = recording
+    result = SpeculativeDecoder(model, oracle, ConstantPolicy(k=8), eos_token_id=[]).generate(prompt, 10)
+    assert result.tokens == continuation
+    # A draft of k after a context of n is verified at positions n-1 .. n-1+k: all inside 512.
+    assert asked and all(n + k <= 512 for n, k in asked)
+
+
+def test_drafting_time_is_measured_by_the_engine_and_reaches_the_policy(llama, monkeypatch):
+    from crossedge.specdec import engine
+
+    now = [0.0]
+    monkeypatch.setattr(engine, "clock", lambda: now[0])
+
+    class SlowOracle(OracleDrafter):
+        calls = 0
+
+        def propose(self, context_ids, k):
+            self.calls += 1
+            now[0] += 0.5  # half a second of drafting per proposal, on the engine's clock
+            return super().propose(context_ids, k)
+
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    continuation = greedy_reference(model, input_ids, 12)
+    policy = CostAwarePolicy(calibrate=False)
+    drafter = SlowOracle(input_ids.shape[1], continuation)
+    stats = SpeculativeDecoder(model, drafter, policy).generate(input_ids, 12).stats
+    entry = stats.drafters["oracle"]
+    assert entry.seconds == pytest.approx(0.5 * drafter.calls) and drafter.calls > 0
+    assert policy.draft_seconds_per_token["oracle"] > 0
+    assert not hasattr(drafter, "seconds")
+
+
+class TestConstantPolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return ConstantPolicy(k=5)
+
+
+class TestHeuristicPolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return HeuristicPolicy(k=3, max_k=12)
+
+
+class TestCostAwarePolicy(DraftLengthPolicyConformance):
+    def make_policy(self):
+        return CostAwarePolicy(max_k=12, probe_every=4)

@@ -62,8 +62,9 @@ def test_smollm2_drafts_for_gemma3_across_vocabularies(gemma3):
     prompt = f"Here is a Python function:\n\n{code}\n\nThe same function with a docstring:\n\n"
     input_ids = gemma3.tokenizer(prompt, return_tensors="pt").input_ids
     reference = greedy_reference(gemma3.model, input_ids, 16)
-    drafter = CrossVocabDrafter(draft.model, tokenizer=gemma3.tokenizer, draft_tokenizer=draft.tokenizer)
-    result = SpeculativeDecoder(gemma3.model, drafter, "constant:k=6").generate(input_ids, 16)
+    drafter = CrossVocabDrafter(draft.model, draft_tokenizer=draft.tokenizer)
+    decoder = SpeculativeDecoder(gemma3.model, drafter, "constant:k=6", tokenizer=gemma3.tokenizer)
+    result = decoder.generate(input_ids, 16)
     assert result.tokens == reference
     assert result.stats.mean_accepted > 1.5
     assert drafter.bridge.translated > 0  # drafts went through the learned n-gram cache
@@ -90,9 +91,7 @@ def test_early_exit_drafting_is_greedy_identical_on_smollm2(smollm2_reference):
     # A head that is a copy of the last layer, exiting before it, reproduces the full model: every
     # draft must be accepted, which checks the shared cache on the real 30-layer model.
     head = ExitHead(model, model.config.num_hidden_layers - 1).eval()
-    result = SpeculativeDecoder(model, [EarlyExitDrafter(target=model, head=head)], "constant:k=3").generate(
-        input_ids, 32
-    )
+    result = SpeculativeDecoder(model, [EarlyExitDrafter(head=head)], "constant:k=3").generate(input_ids, 32)
     assert result.tokens == reference
     stats = result.stats.drafters["early-exit"]
     assert stats.accepted == stats.drafted > 0

@@ -42,6 +42,22 @@ def test_spec_bench_reader(tmp_path):
         suite.read_spec_bench(path)
 
 
+def test_spec_bench_rows_without_turns_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "question.jsonl"
+    good = json.dumps({"question_id": 1, "category": "qa", "turns": ["hi"]})
+    for turns in ([], [""], [3], ["ok", {"text": "x"}]):
+        path.write_text(good + "\n" + json.dumps({"question_id": 2, "category": "qa", "turns": turns}) + "\n")
+        with pytest.raises(SpecdecError, match=r"question.jsonl:2: question '2' needs 'turns' to be a non-empty list"):
+            suite.read_spec_bench(path)
+
+
+def test_binary_prompts_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    with pytest.raises(SpecdecError, match="is not UTF-8 text .*Spec-Bench question.jsonl"):
+        suite.read_spec_bench(path)
+
+
 def test_limit_per_task():
     prompts = [suite.SuitePrompt(t, str(i), ("x",)) for i, t in enumerate("aabbbc")]
     assert [p.prompt_id for p in suite.limit_per_task(prompts, 1)] == ["0", "2", "5"]

@@ -88,8 +88,21 @@ def register_drafters(register):
 
     Called the first time a drafter name is resolved. Call
     ``register(drafter_class, aliases=())`` where ``drafter_class.name`` is the
-    name used in ``--drafter`` specs. The drafter contract is defined by the
-    ``crossedge-specdec`` package. Returns nothing.
+    name used in ``--drafter`` specs and its options are the class's ``__init__``
+    keyword arguments. The contract is :class:`crossedge.core.contracts.drafter.Drafter`,
+    checked by :mod:`crossedge.core.conformance.drafter`. Returns nothing.
+    """
+
+
+@hookspec
+def register_draft_policies(register):
+    """Register draft-length policies for speculative decoding.
+
+    Called the first time a policy name is resolved. Call
+    ``register(policy_class, aliases=())`` where ``policy_class.name`` is the name
+    used in ``--policy`` and after ``@`` in ``--drafter`` specs; its options are the
+    class's ``__init__`` keyword arguments. The contract is
+    :class:`crossedge.core.contracts.policy.DraftLengthPolicy`. Returns nothing.
     """
 
 

@@ -19,6 +19,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "model_source": ("register_model_sources", "model source"),
     "dataset": ("register_datasets", "dataset"),
     "drafter": ("register_drafters", "drafter"),
+    "draft_policy": ("register_draft_policies", "draft-length policy"),
     "quantizer": ("register_quantizers", "quantizer"),
     "backend": ("register_backends", "backend"),
     "scorer": ("register_scorers", "scorer"),

@@ -121,9 +121,9 @@ def build_methods(
     for spec in drafter_specs:
         if spec in methods:
             raise SpecdecError(f"drafter spec {spec!r} is given twice")
-        # "SPEC@POLICY" gives one method its own draft-length policy, so policies can be compared in one run.
-        drafter_spec, _, own_policy = spec.partition("@")
-        decoder = SpeculativeDecoder(model, drafter_spec, own_policy or policy, tokenizer=tokenizer)
+        # "SPEC@POLICY" gives one method its own draft-length policy, so policies can be compared in one run;
+        # the decoder reads the '@' itself, and ``policy`` serves the specs that name none.
+        decoder = SpeculativeDecoder(model, spec, policy, tokenizer=tokenizer)
         methods[spec] = decoder_method(decoder)
         for drafter in decoder.drafters:
             if draft_model is None and type(drafter) is DraftModelDrafter:
@@ -370,17 +370,23 @@ class SpecdecBenchmark(Benchmark):
     ) -> BenchmarkReport:
         from crossedge.core import load_model
         from crossedge.core.bench import threads as pinned_threads
+        from crossedge.core.specs import split_alternatives
 
+        from .drafters import DRAFTER_KIND, check_drafter_spec
+        from .policies import check_policy_spec
         from .suite import default_suite
         from .suite import limit_per_task as limit
 
+        # Several drafter specs are separated by ';' here because ',' already builds chains.
+        specs = split_alternatives(drafters, kind=DRAFTER_KIND)
+        check_policy_spec(policy)
+        for spec in specs:
+            check_drafter_spec(spec)
         runner = target_backend(backend, purpose="the specdec benchmark")
         loaded = load_model(model)
         target = runner.prepare_causal_lm(loaded.model)
         compare = compare_hf if isinstance(compare_hf, bool) else str(compare_hf).lower() in ("1", "true", "yes")
         notes: list[str] = []
-        # Several drafter specs are separated by ';' here because ',' already builds chains.
-        specs = [s for s in drafters.split(";") if s.strip()]
         methods = build_methods(
             target, specs, policy=policy, compare_hf=compare, notes=notes, tokenizer=loaded.tokenizer
         )

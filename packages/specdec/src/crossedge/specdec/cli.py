@@ -18,6 +18,17 @@ from .errors import SpecdecError
 
 DEFAULT_POLICY = "cost-aware"
 
+
+def _check_specs(drafter_specs: tuple[str, ...] | list[str], policy: str) -> None:
+    """Refuse a bad drafter or policy spec (name, option, value) before any model loads."""
+    from .drafters import check_drafter_spec
+    from .policies import check_policy_spec
+
+    check_policy_spec(policy)
+    for spec in drafter_specs:
+        check_drafter_spec(spec)
+
+
 backend_option = click.option(
     "--backend",
     "backend_name",
@@ -63,10 +74,14 @@ def _format_stats(stats: Any, policy: Any = None) -> str:
     "drafter_spec",
     default="copy",
     show_default=True,
-    help="Drafter spec, e.g. copy,draft-model:model=NAME; 'none' for vanilla.",
+    help="Drafter spec, e.g. copy,draft-model:model=NAME or copy,history@heuristic; 'none' for vanilla "
+    "(grammar: docs/specs.md).",
 )
 @click.option(
-    "--policy", default=DEFAULT_POLICY, show_default=True, help="Draft length: constant[:k=N], heuristic, cost-aware."
+    "--policy",
+    default=DEFAULT_POLICY,
+    show_default=True,
+    help="Draft length: constant[:k=N], heuristic, cost-aware (a '@POLICY' in --drafter wins).",
 )
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True)
@@ -99,6 +114,7 @@ def generate(
     from .sampling import SamplingConfig  # imports torch: only when the command runs
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    _check_specs([drafter_spec], policy)
     backend = target_backend(backend_name, purpose="specdec generate")
     model, tokenizer = _load(model_name)
     model = backend.prepare_causal_lm(model)
@@ -171,6 +187,7 @@ def bench(
         raise SpecdecError("give exactly one of --suite default or --prompts FILE.jsonl")
     if max_new_tokens <= 0:
         raise SpecdecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    _check_specs(drafter_specs, policy)
     backend = runner.target_backend(backend_name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -240,6 +257,7 @@ def demo(
     from .engine import SpeculativeDecoder
     from .suite import default_suite
 
+    _check_specs([drafter_spec], policy)
     backend = target_backend(backend_name, purpose="specdec demo")
     click.echo(f"loading {model_name} (the first run pulls it into the crossedge cache) ...", err=True)
     model, tokenizer = _load(model_name)
@@ -324,6 +342,16 @@ def drafters_command() -> None:
 
     for entry in get_registry("drafter").entries():
         cls = entry.obj
-        flags = [f for f in ("cheap", "provides_probs", "needs_target") if getattr(cls, f, False)]
+        flags = [f for f in ("cheap", "provides_probs") if getattr(cls, f, False)]
         aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
         click.echo(f"{entry.name:<14} {cls.description}{aliases} [{', '.join(flags)}] from {entry.plugin}")
+
+
+@specdec.command(name="policies")
+def policies_command() -> None:
+    """List registered draft-length policies."""
+    from crossedge.core import get_registry
+
+    for entry in get_registry("draft_policy").entries():
+        aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+        click.echo(f"{entry.name:<14} {entry.obj.description}{aliases} from {entry.plugin}")

@@ -1,89 +1,40 @@
-"""The drafter contract, the built-in drafters, and ``--drafter`` spec parsing.
+"""The built-in drafters and ``--drafter`` spec building.
 
-A drafter is as small as transformers' ``CandidateGenerator``: configuration in
-``__init__``, capability flags as class attributes, ``propose(context_ids, k)``
-returning up to ``k`` tokens (plus their draft probabilities when it samples), and
-``feedback(num_accepted)`` after the target verified them. Drafters register
-through the ``register_drafters`` hook with their class; ``name`` is the spec name.
+The contract (:class:`Drafter`, :class:`Draft`, the :class:`DraftContext` handed to
+``begin``) lives in :mod:`crossedge.core.contracts.drafter`, so third-party drafters
+depend on crossedge-core alone; it is re-exported here. Drafters register through the
+``register_drafters`` hook with their class; ``name`` is the spec name.
 """
 
 from __future__ import annotations
 
-import inspect
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, Sampler
+from crossedge.core.specs import Chain, Spec, SpecError, bind, build, parse_chain
+
 from .errors import SpecdecError
-from .sampling import SamplingConfig, check_finite, process_logits
+from .sampling import check_finite
 from .suffix_index import SuffixIndex, SuffixMatcher
 
-
-@dataclass
-class Draft:
-    """Proposed tokens; ``probs`` (k x vocab) when they were sampled, ``None`` for a point mass."""
-
-    tokens: list[int]
-    probs: torch.Tensor | None = None
-    #: A drafter-chosen label for how confident it is (the copy drafter uses match-length
-    #: buckets); policies keep acceptance statistics per bucket.
-    bucket: str = ""
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def truncated(self, k: int) -> Draft:
-        """The first ``k`` tokens of this draft."""
-        probs = None if self.probs is None else self.probs[:k]
-        return Draft(self.tokens[:k], probs, self.bucket)
-
-
-@dataclass
-class Sampler:
-    """What a drafter needs to know about the current run's sampling."""
-
-    config: SamplingConfig = field(default_factory=SamplingConfig)
-    generator: torch.Generator = field(default_factory=torch.Generator)
-
-
-class Drafter:
-    """Base class of drafters. Subclasses set ``name`` and implement :meth:`propose`."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    #: Proposing costs next to nothing, so the engine may ask for the most tokens and let
-    #: the draft-length policy cut the draft after seeing it.
-    cheap: ClassVar[bool] = False
-    #: ``propose`` returns draft probabilities when sampling (else drafts are a point mass).
-    provides_probs: ClassVar[bool] = False
-    #: The constructor needs the target model (``target=``) or its tokenizer (``tokenizer=``).
-    needs_target: ClassVar[bool] = False
-
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
-        """Reset per-generation state; called once before the first ``propose`` of a run."""
-        self.sampler = sampler
-
-    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
-        """Up to ``k`` tokens continuing ``context_ids`` (prompt plus accepted output)."""
-        raise NotImplementedError
-
-    def feedback(self, num_accepted: int) -> None:
-        """How many tokens of the last proposal the target accepted (``propose`` order)."""
-
-    def end(self, context_ids: Sequence[int]) -> None:
-        """A generation finished with ``context_ids`` (prompt plus output); not called when a stream is abandoned."""
-
-    def draw(self, logits: torch.Tensor, where: str, sample: bool) -> tuple[int, torch.Tensor | None]:
-        """Check one position's logits, then take the greedy token or sample one from the processed
-        distribution; returns (token, probabilities or ``None`` when greedy)."""
-        check_finite(logits, where)
-        if not sample:
-            return int(logits.argmax()), None
-        probs = process_logits(logits, self.sampler.config)
-        return int(torch.multinomial(probs, 1, generator=self.sampler.generator)), probs
+__all__ = [
+    "CopyDrafter",
+    "CrossVocabDrafter",
+    "Draft",
+    "DraftContext",
+    "DraftModelDrafter",
+    "Drafter",
+    "HistoryDrafter",
+    "Sampler",
+    "VocabBridge",
+    "build_chain",
+    "build_drafters",
+    "check_drafter_spec",
+    "parse_drafter_spec",
+]
 
 
 class CopyDrafter(Drafter):
@@ -102,7 +53,13 @@ class CopyDrafter(Drafter):
     description = "copy the continuation of the longest earlier suffix match in prompt and output"
     cheap = True
 
-    def __init__(self, max_copy: int = 16, min_match: int = 2, occurrence: str = "earliest", realign: bool = False):
+    def __init__(
+        self,
+        max_copy: int = 16,
+        min_match: int = 2,
+        occurrence: Literal["earliest", "latest"] = "earliest",
+        realign: bool = False,
+    ):
         if max_copy < 1 or min_match < 1:
             raise SpecdecError(f"copy drafter needs max_copy >= 1 and min_match >= 1, got {max_copy}, {min_match}")
         if occurrence not in ("earliest", "latest"):
@@ -117,9 +74,10 @@ class CopyDrafter(Drafter):
         self.source: int | None = None
         self.proposed_at = 0
 
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
-        super().begin(prompt_ids, sampler)
-        self.index = SuffixIndex(prompt_ids)
+    def begin(self, context: DraftContext) -> None:
+        super().begin(context)
+        # The index is built from the first proposal's context (the prompt plus the first token).
+        self.index = SuffixIndex()
         self.source = None
 
     def _sync(self, context_ids: Sequence[int]) -> None:
@@ -190,8 +148,8 @@ class HistoryDrafter(Drafter):
             self.index.append(self.SEPARATOR)
         self.index.extend(list(tokens)[-(self.max_tokens // 2) :])
 
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
-        super().begin(prompt_ids, sampler)
+    def begin(self, context: DraftContext) -> None:
+        super().begin(context)
         self.matcher.reset()
         self.fed = []
 
@@ -235,33 +193,40 @@ class DraftModelDrafter(Drafter):
     name = "draft-model"
     description = "a smaller model with the same tokenizer (option model=NAME)"
     provides_probs = True
-    needs_target = True
 
-    def __init__(self, model: Any = None, target: Any = None):
+    def __init__(self, model: Any = None):
         if model is None:
-            raise SpecdecError("the draft-model drafter needs a model: use 'draft-model:model=NAME' in --drafter")
+            raise SpecdecError(f"the {self.name} drafter needs a model: use '{self.name}:model=NAME' in --drafter")
         if isinstance(model, str):
-            from crossedge.core import load_model
-
-            model = load_model(model).model
+            model = self._load(model)
         self.model = model
-        if target is not None:
-            target_vocab = target.get_output_embeddings().weight.shape[0]
-            draft_vocab = model.get_output_embeddings().weight.shape[0]
-            if target_vocab != draft_vocab:
-                raise SpecdecError(
-                    f"draft model vocabulary ({draft_vocab}) differs from the target's ({target_vocab}); "
-                    f"draft-model needs the same tokenizer"
-                )
         self.window = getattr(model.config, "max_position_embeddings", None)
         self.cache = None
         self.cached_ids: list[int] = []
-        self.seconds = 0.0
+        self._checked_target: Any = None
 
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
-        super().begin(prompt_ids, sampler)
+    def _load(self, name: str) -> Any:
+        from crossedge.core import load_model
+
+        return load_model(name).model
+
+    def _check_target(self, target: Any) -> None:
+        """Refuse a target whose vocabulary differs from the draft model's."""
+        target_vocab = target.get_output_embeddings().weight.shape[0]
+        draft_vocab = self.model.get_output_embeddings().weight.shape[0]
+        if target_vocab != draft_vocab:
+            raise SpecdecError(
+                f"draft model vocabulary ({draft_vocab}) differs from the target's ({target_vocab}); "
+                f"draft-model needs the same tokenizer (use cross-vocab:model=NAME for a different one)"
+            )
+
+    def begin(self, context: DraftContext) -> None:
+        super().begin(context)
         from transformers import DynamicCache
 
+        if context.target is not None and context.target is not self._checked_target:
+            self._check_target(context.target)
+            self._checked_target = context.target
         self.cache = DynamicCache(config=self.model.config)
         self.trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", ()))
         if self.trim_always:
@@ -282,9 +247,7 @@ class DraftModelDrafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
-        start = time.perf_counter()
-        tokens, rows = self._draft_tokens(context_ids, k, sample=not self.sampler.config.greedy)
-        self.seconds += time.perf_counter() - start
+        tokens, rows = self._draft_tokens(context_ids, k, sample=not self.sampler.greedy)
         return Draft(tokens, torch.stack(rows) if rows else None)
 
     def _draft_tokens(self, context_ids: Sequence[int], k: int, sample: bool) -> tuple[list[int], list[torch.Tensor]]:
@@ -300,7 +263,12 @@ class DraftModelDrafter(Drafter):
         for _ in range(k):
             out = self.model(input_ids=torch.tensor([feed]), cache=self.cache, use_cache=True, logits_to_keep=1)
             self.cached_ids.extend(feed)
-            token, probs = self.draw(out.logits[0, -1], "the draft model", sample)
+            logits = out.logits[0, -1]
+            if sample:
+                token, probs = self.draw(logits, "the draft model")
+            else:
+                check_finite(logits, "the draft model")
+                token, probs = int(logits.argmax()), None
             if probs is not None:
                 rows.append(probs)
             tokens.append(token)
@@ -391,14 +359,7 @@ class CrossVocabDrafter(DraftModelDrafter):
     description = "a draft model with a different tokenizer, bridged through text (option model=NAME)"
     provides_probs = False
 
-    def __init__(
-        self,
-        model: Any = None,
-        target: Any = None,
-        tokenizer: Any = None,
-        draft_tokenizer: Any = None,
-        ngram_cache: bool = True,
-    ):
+    def __init__(self, model: Any = None, draft_tokenizer: Any = None, ngram_cache: bool = True):
         if model is None:
             raise SpecdecError("the cross-vocab drafter needs a model: use 'cross-vocab:model=NAME' in --drafter")
         if isinstance(model, str):
@@ -406,23 +367,29 @@ class CrossVocabDrafter(DraftModelDrafter):
 
             loaded = load_model(model)
             model, draft_tokenizer = loaded.model, loaded.tokenizer
-        if tokenizer is None or draft_tokenizer is None:
-            raise SpecdecError(
-                "cross-vocab needs the target's and the draft's tokenizers (tokenizer=, draft_tokenizer=)"
-            )
+        if draft_tokenizer is None:
+            raise SpecdecError("cross-vocab needs the draft model's tokenizer (draft_tokenizer=, or model=NAME)")
         super().__init__(model)
-        self.target_tokenizer = tokenizer
         self.draft_tokenizer = draft_tokenizer
+        self.target_tokenizer: Any = None
         self.bridge = VocabBridge() if ngram_cache else None
         self.learned_chars = 0
 
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
-        super().begin(prompt_ids, sampler)
+    def _check_target(self, target: Any) -> None:
+        """Any vocabulary will do: drafts are bridged through text."""
+
+    def begin(self, context: DraftContext) -> None:
+        if context.tokenizer is None:
+            raise SpecdecError(
+                "cross-vocab bridges through text and needs the target's tokenizer: "
+                "pass tokenizer= to SpeculativeDecoder"
+            )
+        super().begin(context)
+        self.target_tokenizer = context.tokenizer
         self.learned_chars = 0
 
     @torch.inference_mode()
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
-        start = time.perf_counter()
         text = self.target_tokenizer.decode(list(context_ids), skip_special_tokens=False)
         draft_context = self.draft_tokenizer(text).input_ids
         draft_tokens, _ = self._draft_tokens(draft_context, k, sample=False)
@@ -431,9 +398,10 @@ class CrossVocabDrafter(DraftModelDrafter):
         if self.bridge is not None:
             # Learn from the text added since the last step. Tokenizing only a tail keeps the cost per step
             # flat; the tail starts earlier than what is learned, so the tokenizers' cuts have settled there.
-            start = max(0, self.learned_chars - 64)
-            since = max(0, self.learned_chars - 32) - start
-            self.bridge.learn(text[start:], self.draft_tokenizer, self.target_tokenizer, since=since)
+            # (This is a character offset into ``text``, kept apart from any timing.)
+            tail = max(0, self.learned_chars - 64)
+            since = max(0, self.learned_chars - 32) - tail
+            self.bridge.learn(text[tail:], self.draft_tokenizer, self.target_tokenizer, since=since)
             self.learned_chars = len(text)
             tokens, used = self.bridge.translate(draft_tokens)
             self.bridge.translated += len(tokens)
@@ -444,61 +412,76 @@ class CrossVocabDrafter(DraftModelDrafter):
             if self.bridge is not None:
                 self.bridge.bridged += len(bridged)
             tokens.extend(bridged)
-        self.seconds += time.perf_counter() - start
         return Draft(list(tokens[:k]))
 
 
-def _convert(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
+DRAFTER_KIND = "drafter"
+POLICY_KIND = "draft-length policy"
+#: Specs that mean "no drafter": plain decoding.
+NO_DRAFTER = ("none", "vanilla")
 
 
-def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
-    """Parse ``name[:key=value[:key=value]][,name...]`` into (name, options) pairs, in chain order."""
-    if spec is None or not spec.strip():
-        raise SpecdecError("empty drafter spec: use 'none', 'copy', 'draft-model:model=NAME' or a chain 'copy,...'")
-    chain = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            raise SpecdecError(f"drafter spec {spec!r} has an empty element between commas")
-        name, *pairs = part.split(":")
-        options: dict[str, Any] = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise SpecdecError(f"drafter option {pair!r} in {spec!r} must look like key=value")
-            options[key.strip().replace("-", "_")] = _convert(value.strip())
-        chain.append((name.strip(), options))
+def parse_drafter_spec(spec: str | Chain) -> Chain | None:
+    """The drafter chain (and ``@policy``) a spec names, or ``None`` for ``none``/``vanilla``.
+
+    The grammar is crossedge's one spec grammar (docs/specs.md): ``copy,history:max_copy=8@heuristic``;
+    the older ``copy:max_copy=8:min_match=2`` form parses too.
+    """
+    if isinstance(spec, str) and spec.strip().lower() in NO_DRAFTER:
+        return None
+    chain = parse_chain(spec, kind=DRAFTER_KIND, policy_kind=POLICY_KIND)
+    if len(chain.specs) == 1 and chain.specs[0].name.lower() in NO_DRAFTER and not chain.specs[0].options:
+        if chain.policy is not None:
+            raise chain.specs[0].error("'none' drafts nothing, so it takes no '@policy'")
+        return None
     return chain
 
 
-def build_drafters(spec: str, *, target: Any = None, **context: Any) -> list[Drafter]:
-    """Instantiate the drafters of a spec from the drafter registry; ``none``/``vanilla`` gives an empty chain."""
+def _drafter_class(spec: Spec) -> type[Drafter]:
     from crossedge.core import get_registry
 
-    if spec is not None and spec.strip().lower() in ("none", "vanilla"):
-        return []
-    registry = get_registry("drafter")
-    drafters = []
-    for name, options in parse_spec(spec):
-        cls = registry.get(name)
-        kwargs = dict(options)
-        if getattr(cls, "needs_target", False):
-            accepted = inspect.signature(cls.__init__).parameters
-            supplied = {"target": target, **context}
-            kwargs.update({k: v for k, v in supplied.items() if k in accepted and k not in kwargs})
-        try:
-            drafters.append(cls(**kwargs))
-        except TypeError as exc:
-            raise SpecdecError(f"drafter {name!r} does not accept options {sorted(options)}: {exc}") from exc
-    names = [d.name for d in drafters]
+    return get_registry("drafter").get(spec.name)
+
+
+def check_drafter_spec(spec: str | Chain) -> Chain | None:
+    """Parse a drafter spec and check every name and option against the registry, building nothing.
+
+    Commands call this before any model loads, so a typo costs nothing.
+    """
+    chain = parse_drafter_spec(spec)
+    if chain is None:
+        return None
+    names = []
+    for part in chain.specs:
+        cls = _drafter_class(part)
+        bind(part, cls, kind=DRAFTER_KIND)
+        names.append(cls.name)
     if len(set(names)) != len(names):
-        raise SpecdecError(f"drafter spec {spec!r} names a drafter twice; statistics are kept per drafter name")
-    return drafters
+        raise SpecError(DRAFTER_KIND, chain.text, None, "names a drafter twice; statistics are kept per drafter name")
+    if chain.policy is not None:
+        from .policies import check_policy_spec
+
+        check_policy_spec(chain.policy)
+    return chain
+
+
+def build_drafters(spec: str | Chain) -> list[Drafter]:
+    """Instantiate the drafters of a spec from the drafter registry; ``none``/``vanilla`` gives an empty chain.
+
+    A ``@policy`` in the spec is checked but not built here (see :func:`build_chain`).
+    """
+    chain = check_drafter_spec(spec)
+    if chain is None:
+        return []
+    return [build(part, _drafter_class(part), kind=DRAFTER_KIND) for part in chain.specs]
+
+
+def build_chain(spec: str | Chain) -> tuple[list[Drafter], Any]:
+    """The drafters of a spec and its ``@policy`` built (``None`` when the spec names no policy)."""
+    from .policies import build_policy
+
+    chain = check_drafter_spec(spec)
+    if chain is None:
+        return [], None
+    drafters = [build(part, _drafter_class(part), kind=DRAFTER_KIND) for part in chain.specs]
+    return drafters, (build_policy(chain.policy) if chain.policy is not None else None)

@@ -1,24 +1,25 @@
 """Early-exit self-speculation: the target's own first layers plus a trained exit head draft tokens.
 
 The drafter shares the target's weights and the KV cache of its first ``L``
-layers: drafting appends to those layers of the target's own cache, and the
-appended entries are cropped away again before the target verifies, so no
-second prefill of the prompt is ever needed. The exit head keeps a one-layer
-cache of its own, filled from the exit-layer states that the target computes
-anyway during its prefill and verification passes (captured by a forward hook).
+layers: it borrows the target's cache through the :class:`TargetCacheView` the
+engine hands it (``view.scratch()``), and the view crops what drafting appended
+before the target verifies, so no second prefill of the prompt is ever needed.
+The exit head keeps a one-layer cache of its own, filled from the exit-layer
+hidden states the target computes anyway during its prefill and verification
+passes, which the engine records in the view because the drafter asked for them
+(``keep_hidden_states``). Nothing is hooked onto the target's modules.
 """
 
 from __future__ import annotations
 
-import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .drafters import Draft, Drafter, Sampler
+from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter
+
 from .errors import SpecdecError
 from .exit_head import ExitHead, ExitHeadError, decoder_parts, default_head_folder, load_exit_head
 
@@ -44,87 +45,58 @@ class EarlyExitDrafter(Drafter):
     name = "early-exit"
     description = "self-speculation from the target's first layers and a trained exit head (exit_layer=L, head=DIR)"
     provides_probs = True
-    needs_target = True
 
-    def __init__(self, target: Any = None, exit_layer: int | None = None, head: Any = None, **_: Any):
-        if target is None:
-            raise SpecdecError("the early-exit drafter drafts from the target model itself; it needs target=")
-        self.target = target
+    def __init__(self, head: str | Path | ExitHead | None = None, exit_layer: int | None = None):
+        if exit_layer is not None and exit_layer < 1:
+            raise SpecdecError(f"early-exit exit_layer must be at least 1, got {exit_layer}")
+        self.head_source = head
+        self.requested_layer = exit_layer
+        self.head: ExitHead | None = head if isinstance(head, ExitHead) else None
+        self.exit_layer: int | None = self.head.exit_layer if self.head is not None else exit_layer
+        if self.head is not None and exit_layer is not None and self.head.exit_layer != exit_layer:
+            raise SpecdecError(f"the exit head was trained for layer {self.head.exit_layer}, not {exit_layer}")
+        self.target: Any = None
+        self.head_cache: Any = None
+
+    def _attach(self, target: Any) -> None:
+        """Load (or check) the head for ``target`` and find the layers it shares; once per target."""
         try:
-            if isinstance(head, ExitHead):
-                self.head = head
+            if isinstance(self.head_source, ExitHead):
+                if self.head_source.model is not target:
+                    raise SpecdecError(
+                        "the exit head was built for another model than the engine's target: "
+                        "build it from the target, or pass head=DIR to load it for this target"
+                    )
+                head = self.head_source
             else:
-                folder = Path(head) if head is not None else find_head_folder(target, exit_layer)
-                self.head = load_exit_head(target, folder)
+                if self.head_source is not None:
+                    folder = Path(self.head_source)
+                else:
+                    folder = find_head_folder(target, self.requested_layer)
+                head = load_exit_head(target, folder)
+            self.inner, self.layers, _, _ = decoder_parts(target)
         except ExitHeadError as exc:
             raise SpecdecError(str(exc)) from exc
-        if exit_layer is not None and self.head.exit_layer != exit_layer:
-            raise SpecdecError(f"the exit head was trained for layer {self.head.exit_layer}, not {exit_layer}")
-        self.exit_layer = self.head.exit_layer
-        self.inner, self.layers, _, _ = decoder_parts(target)
-        self.window = getattr(target.config, "max_position_embeddings", None)
-        self.target_cache: Any = None
-        self.head_cache: Any = None
-        self.states: list[torch.Tensor | None] = []
-        self.capturing = True
-        # The hooks hold the drafter weakly, so dropping the drafter also removes them (see __del__).
-        ref = weakref.ref(self)
-
-        def see_cache(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            drafter = ref()
-            if drafter is not None:
-                drafter._see_cache(module, args, kwargs)
-
-        def capture(module: Any, args: Any, output: Any) -> None:
-            drafter = ref()
-            if drafter is not None:
-                drafter._capture(module, args, output)
-
-        self._hooks = [
-            target.register_forward_pre_hook(see_cache, with_kwargs=True),
-            self.layers[self.exit_layer - 1].register_forward_hook(capture),
-        ]
-
-    def close(self) -> None:
-        """Remove the hooks this drafter put on the target."""
-        for hook in getattr(self, "_hooks", ()):
-            hook.remove()
-        self._hooks = []
-
-    def __del__(self) -> None:
-        self.close()
-
-    # -- hooks on the target ------------------------------------------------
-
-    def _see_cache(self, _module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None:
-            self.target_cache = cache
-
-    def _capture(self, _module: Any, _args: Any, output: Any) -> None:
-        if not self.capturing or self.target_cache is None:
-            return
-        hidden = output[0] if isinstance(output, tuple) else output
-        end = self.target_cache.layers[self.exit_layer - 1].get_seq_length()
-        start = end - hidden.shape[1]
-        if len(self.states) < end:
-            self.states.extend([None] * (end - len(self.states)))
-        for offset in range(hidden.shape[1]):
-            self.states[start + offset] = hidden[:, offset : offset + 1].detach()
+        if self.requested_layer is not None and head.exit_layer != self.requested_layer:
+            raise SpecdecError(f"the exit head was trained for layer {head.exit_layer}, not {self.requested_layer}")
+        self.head, self.exit_layer, self.target = head, head.exit_layer, target
 
     # -- drafter contract ---------------------------------------------------
 
-    def begin(self, prompt_ids: Sequence[int], sampler: Sampler) -> None:
+    def begin(self, context: DraftContext) -> None:
         from transformers import DynamicCache
 
-        super().begin(prompt_ids, sampler)
+        super().begin(context)
+        if context.target is not self.target:
+            self._attach(context.target)
+        if context.cache is None:
+            raise SpecdecError("the early-exit drafter shares the target's cache: the engine must hand a cache view")
+        # The head's own cache is filled from the exit layer's states, which the engine computes
+        # anyway and keeps in the view for us.
+        context.cache.keep_hidden_states(self.exit_layer)
         self.head_cache = DynamicCache()
-        self.states = []
-        self.target_cache = None
-        self.capturing = True
-        self.seconds = 0.0
 
-    def _run_exit_layers(self, token: int, position: int) -> torch.Tensor:
+    def _run_exit_layers(self, token: int, position: int, cache: Any) -> torch.Tensor:
         ids = torch.tensor([[token]])
         positions = torch.tensor([[position]])
         hidden = self.inner.embed_tokens(ids)
@@ -135,7 +107,7 @@ class EarlyExitDrafter(Drafter):
                 attention_mask=None,
                 position_ids=positions,
                 position_embeddings=position_embeddings,
-                cache=self.target_cache,
+                cache=cache,
                 use_cache=True,
             )
         return hidden
@@ -143,42 +115,39 @@ class EarlyExitDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, context_ids: Sequence[int], k: int) -> Draft:
         n = len(context_ids)
-        if self.window is not None:
-            k = min(k, self.window - n)
-        cache = self.target_cache
+        window = self.context.window
+        if window is not None:
+            k = min(k, window - n)
+        view = self.context.cache
         # The target's cache must hold every context token but the last (the engine feeds that one next).
-        if k <= 0 or cache is None or cache.get_seq_length() != n - 1:
+        if k <= 0 or view.length != n - 1:
             return Draft([])
-        start = time.perf_counter()
         head_len = min(self.head_cache.get_seq_length(), n - 1)
         self.head_cache.crop(head_len - self.head_cache.get_seq_length())
         if head_len < n - 1:
-            missing = self.states[head_len : n - 1]
-            if any(s is None for s in missing):
+            missing = view.hidden_states(self.exit_layer, head_len, n - 1)
+            if missing is None:
                 return Draft([])
             ids = torch.tensor([list(context_ids[head_len : n - 1])])
             positions = torch.arange(head_len, n - 1).unsqueeze(0)
-            self.head.hidden(torch.cat(missing, dim=1), ids, positions, self.head_cache)
+            self.head.hidden(missing, ids, positions, self.head_cache)
         tokens: list[int] = []
         rows = []
         token = int(context_ids[-1])
-        target_lengths = [layer.get_seq_length() for layer in cache.layers[: self.exit_layer]]
         head_length = self.head_cache.get_seq_length()
-        self.capturing = False
-        try:
-            for step in range(k):
-                position = n - 1 + step
-                exit_hidden = self._run_exit_layers(token, position)
-                logits = self.head(exit_hidden, torch.tensor([[token]]), torch.tensor([[position]]), self.head_cache)
-                token, probs = self.draw(logits[0, -1], "the early-exit head", not self.sampler.config.greedy)
-                if probs is not None:
-                    rows.append(probs)
-                tokens.append(token)
-        finally:
-            self.capturing = True
-            # Hand the shared layers back exactly as the target left them.
-            for layer, length in zip(cache.layers[: self.exit_layer], target_lengths, strict=True):
-                layer.crop(length - layer.get_seq_length())
-            self.head_cache.crop(head_length - self.head_cache.get_seq_length())
-        self.seconds += time.perf_counter() - start
+        # The view lends the target's cache for the draft and crops what the exit layers append.
+        with view.scratch() as cache:
+            try:
+                for step in range(k):
+                    position = n - 1 + step
+                    exit_hidden = self._run_exit_layers(token, position, cache)
+                    logits = self.head(
+                        exit_hidden, torch.tensor([[token]]), torch.tensor([[position]]), self.head_cache
+                    )
+                    token, probs = self.draw(logits[0, -1], "the early-exit head")
+                    if probs is not None:
+                        rows.append(probs)
+                    tokens.append(token)
+            finally:
+                self.head_cache.crop(head_length - self.head_cache.get_seq_length())
         return Draft(tokens, torch.stack(rows) if rows else None)

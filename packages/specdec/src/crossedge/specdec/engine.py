@@ -9,7 +9,14 @@ Behaviour at the edges (documented here and in docs/specdec.md):
   window with ``stop_reason == "context"``;
 * an end-of-sequence token ends generation: it is emitted, nothing after it is,
   even when a draft continued past it;
-* NaN, +inf or all-masked logits raise :class:`NonFiniteLogitsError`.
+* NaN, +inf or all-masked logits raise :class:`NonFiniteLogitsError`;
+* drafts and the cost-aware policy's calibration stay inside the window (a GPT-2-type
+  model has no positions past ``n_positions``).
+
+Drafters get a :class:`crossedge.core.contracts.drafter.DraftContext` in ``begin``: the
+target, the tokenizer, the run's sampler and a view of the target's cache. When a drafter
+asks the view for a layer's hidden states, the engine runs its forwards with
+``output_hidden_states`` and records them there; nothing is hooked onto the model.
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ from typing import Any
 
 import torch
 
-from .drafters import Draft, Drafter, Sampler, build_drafters
+from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, TargetCacheView
+from crossedge.core.contracts.policy import DraftLengthPolicy
+
+from .drafters import build_chain
 from .errors import PromptTooLongError, SpecdecError
-from .policies import DraftLengthPolicy, build_policy
-from .sampling import SamplingConfig, check_finite, process_logits, sample, verify_sampled
+from .policies import build_policy
+from .sampling import RunSampler, SamplingConfig, check_finite, process_logits, sample, verify_sampled
+
+#: The engine's clock for drafting and verification times (a test may replace it).
+clock = time.perf_counter
 
 
 @dataclass
@@ -167,11 +180,13 @@ class SpeculativeDecoder:
     """Lossless speculative decoding of a transformers causal LM with a chain of drafters.
 
     ``drafters`` is a spec string (``"copy"``, ``"copy,draft-model:model=NAME"``,
-    ``"none"``), a drafter, a list of drafters, or ``None`` for plain decoding.
-    ``tokenizer`` (the target's) is handed to drafters that bridge vocabularies.
-    ``policy`` is a draft-length policy or its spec (``"constant:k=5"``,
-    ``"heuristic"``, ``"cost-aware"``). The policy keeps what it learned across
-    calls, so a decoder reused over many prompts keeps its latency model.
+    ``"copy@heuristic"``, ``"none"``), a drafter, a list of drafters, or ``None`` for
+    plain decoding. ``tokenizer`` (the target's) is handed to drafters in their
+    :class:`DraftContext` (cross-vocab needs it). ``policy`` is a draft-length policy or
+    its spec (``"constant:k=5"``, ``"heuristic"``, ``"cost-aware"``); a ``@policy`` in the
+    drafter spec takes precedence, so ``policy`` is the default for specs naming none.
+    The policy keeps what it learned across calls, so a decoder reused over many prompts
+    keeps its latency model.
     """
 
     def __init__(
@@ -184,8 +199,11 @@ class SpeculativeDecoder:
         tokenizer: Any = None,
     ):
         self.model = model
+        self.tokenizer = tokenizer
         if isinstance(drafters, str):
-            drafters = build_drafters(drafters, target=model, tokenizer=tokenizer)
+            drafters, own_policy = build_chain(drafters)
+            if own_policy is not None:
+                policy = own_policy
         elif isinstance(drafters, Drafter):
             drafters = [drafters]
         self.drafters: list[Drafter] = list(drafters or [])
@@ -233,30 +251,36 @@ class SpeculativeDecoder:
 
         model = self.model
         generator = None if sampling.greedy else sampling.generator()
-        sampler = Sampler(sampling, generator if generator is not None else torch.Generator())
-        for drafter in self.drafters:
-            drafter.begin(prompt, sampler)
-        for drafter in self.drafters:
-            stats.drafters.setdefault(drafter.name, DrafterStats())
         cache = DynamicCache(config=model.config)
         # Sliding-window layers forget old keys unless told to keep them until the next crop,
         # which speculative rollback needs; crop(0) after each forward then trims them.
         self._trim_always = any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ()))
         if self._trim_always:
             cache.activate_past_recording()
+        self._view = TargetCacheView(cache)
+        draft_context = DraftContext(
+            target=model,
+            tokenizer=self.tokenizer,
+            sampler=RunSampler(sampling, generator),
+            cache=self._view,
+            window=self.window,
+        )
+        for drafter in self.drafters:
+            drafter.begin(draft_context)
+        for drafter in self.drafters:
+            stats.drafters.setdefault(drafter.name, DrafterStats())
         context = list(prompt)
         eos = self.eos
-        clock = time.perf_counter
         started = clock()
 
         with torch.inference_mode():
-            out = model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[0, -1]
-            check_finite(logits, "the target model")
+            logits = self._forward(model, cache, prompt, 1)[-1]
             token = self._pick(logits, sampling, generator)
             stats.target_forwards = 1
             if self.drafters and self.policy.wants_calibration():
-                self.policy.calibrate(lambda k: self._time_verification(model, cache, token, k))
+                # Calibration feeds k + 1 tokens after the prompt: never past the last position.
+                room = None if self.window is None else self.window - len(prompt) - 1
+                self.policy.calibrate(lambda k: self._time_verification(model, cache, token, k), room)
 
         pending = [token]
         emitted = 0
@@ -286,19 +310,41 @@ class SpeculativeDecoder:
                 )
             stats.target_forwards += 1
 
+    def _forward(self, model: Any, cache: Any, feed: list[int], keep: int) -> torch.Tensor:
+        """One target forward over ``feed``; hidden states go to the cache view when a drafter asked."""
+        start = cache.get_seq_length()
+        wanted = bool(self._view.wanted_layers)
+        out = model(
+            input_ids=torch.tensor([feed]),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+            output_hidden_states=wanted,
+        )
+        if wanted:
+            self._view.record(out.hidden_states, start)
+        logits = out.logits[0]
+        check_finite(logits, "the target model")
+        return logits
+
     def _time_verification(self, model: Any, cache: Any, token: int, k: int) -> float:
         """Seconds of one verification forward of ``k`` dummy drafted tokens; the cache is left as it was."""
-        start = time.perf_counter()
+        if self.window is not None and cache.get_seq_length() + k + 1 > self.window:
+            raise SpecdecError(
+                f"cannot time a verification of {k} tokens after {cache.get_seq_length()}: the window is {self.window}"
+            )
+        start = clock()
         out = model(input_ids=torch.full((1, k + 1), token), cache=cache, use_cache=True, logits_to_keep=k + 1)
         out.logits[0].argmax(dim=-1).tolist()
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         cache.crop(-(k + 1))
         return seconds
 
     def _draft(self, context: list[int], budget: int, stats: RunStats) -> tuple[Draft | None, Drafter | None]:
         policy = self.policy
         for drafter in self.drafters:
-            start = time.perf_counter()
+            # The engine's clock is the one measure of drafting time: it feeds the statistics and the policy.
+            start = clock()
             if drafter.cheap:
                 cap = min(budget, policy.max_k)
                 proposal = drafter.propose(context, cap)
@@ -310,7 +356,7 @@ class SpeculativeDecoder:
                     continue
                 proposal = drafter.propose(context, k)
                 proposal = proposal.truncated(k)
-            seconds = time.perf_counter() - start
+            seconds = clock() - start
             stats.drafters[drafter.name].seconds += seconds
             policy.observe_drafting(drafter.name, len(proposal), seconds)
             if len(proposal):
@@ -332,11 +378,8 @@ class SpeculativeDecoder:
         draft, drafter = (None, None) if budget <= 0 or not self.drafters else self._draft(context, budget, stats)
         drafted = draft.tokens if draft is not None else []
         k = len(drafted)
-        feed = [last, *drafted]
-        start = time.perf_counter()
-        out = model(input_ids=torch.tensor([feed]), cache=cache, use_cache=True, logits_to_keep=k + 1)
-        logits = out.logits[0]
-        check_finite(logits, "the target model")
+        start = clock()
+        logits = self._forward(model, cache, [last, *drafted], k + 1)
         if sampling.greedy:
             picks = logits.argmax(dim=-1).tolist()
             accepted = 0
@@ -346,7 +389,7 @@ class SpeculativeDecoder:
         else:
             probs = process_logits(logits, sampling)
             accepted, next_token = verify_sampled(probs, drafted, draft.probs if draft else None, generator)
-        self.policy.observe_verification(k, time.perf_counter() - start)
+        self.policy.observe_verification(k, clock() - start)
         if accepted < k or self._trim_always:
             # The cache holds keys for every drafted token; drop the rejected tail.
             cache.crop(accepted - k)

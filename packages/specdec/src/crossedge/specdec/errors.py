@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from crossedge.core import CrossedgeError
+from crossedge.core.contracts.drafter import NonFiniteLogitsError as CoreNonFiniteLogitsError
 
 
 class SpecdecError(CrossedgeError):
@@ -13,5 +14,5 @@ class PromptTooLongError(SpecdecError):
     """The prompt does not fit the model's context window."""
 
 
-class NonFiniteLogitsError(SpecdecError):
+class NonFiniteLogitsError(SpecdecError, CoreNonFiniteLogitsError):
     """The model produced NaN or infinite logits, so no token can be chosen."""

@@ -1,4 +1,4 @@
-"""The specdec plugin module: registers the built-in drafters and the ``crossedge specdec`` commands."""
+"""The specdec plugin module: registers the built-in drafters, draft-length policies and ``crossedge specdec``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def register_drafters(register):
     register(
         "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
     )
+
+
+@hookimpl
+def register_draft_policies(register):
+    register("crossedge.specdec.policies:ConstantPolicy", name="constant")
+    register("crossedge.specdec.policies:HeuristicPolicy", name="heuristic")
+    register("crossedge.specdec.policies:CostAwarePolicy", name="cost-aware")
 
 
 @hookimpl

@@ -4,6 +4,10 @@
 accepted draft and shrinks it by 1 otherwise (transformers' schedule); ``cost-aware``
 measures the target's verification latency ``t(k)`` and each drafter's acceptance
 online and drafts the ``k`` (possibly 0) that maximises expected tokens per second.
+
+The contract (:class:`DraftLengthPolicy`) lives in :mod:`crossedge.core.contracts.policy`;
+policies register their classes through the ``register_draft_policies`` hook, the
+built-ins included (see :mod:`crossedge.specdec.plugin`).
 """
 
 from __future__ import annotations
@@ -12,38 +16,21 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from crossedge.core.contracts.policy import DraftLengthPolicy
+from crossedge.core.specs import Spec, build, parse_spec
+
 from .errors import SpecdecError
 
-
-class DraftLengthPolicy:
-    """Base class: ``choose`` a length, then hear about the outcome through the ``observe`` methods."""
-
-    name: ClassVar[str] = ""
-    max_k: int = 16
-
-    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
-        """How many tokens (0..max_k) of drafter ``drafter`` to verify next."""
-        raise NotImplementedError
-
-    def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
-        """``accepted`` of ``drafted`` tokens survived verification."""
-
-    def observe_verification(self, drafted: int, seconds: float) -> None:
-        """One target forward verifying ``drafted`` tokens took ``seconds``."""
-
-    def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
-        """Drafter ``drafter`` spent ``seconds`` proposing ``drafted`` tokens."""
-
-    def wants_calibration(self) -> bool:
-        """Whether :meth:`calibrate` should be called before the next generation's first step."""
-        return False
-
-    def calibrate(self, measure: Callable[[int], float]) -> None:
-        """Learn from ``measure(k)``, which runs and times one verification of ``k`` dummy drafted tokens."""
-
-    def describe(self) -> dict[str, Any]:
-        """Learned state worth printing (empty for stateless policies)."""
-        return {}
+__all__ = [
+    "AcceptanceModel",
+    "ConstantPolicy",
+    "CostAwarePolicy",
+    "DraftLengthPolicy",
+    "HeuristicPolicy",
+    "VerificationCostModel",
+    "build_policy",
+    "check_policy_spec",
+]
 
 
 def _check_k(value: int, what: str) -> int:
@@ -57,6 +44,7 @@ class ConstantPolicy(DraftLengthPolicy):
     """Always draft ``k`` tokens (fewer when the drafter has fewer)."""
 
     name = "constant"
+    description = "always draft k tokens (fewer when the drafter has fewer)"
 
     def __init__(self, k: int = 5):
         self.k = self.max_k = _check_k(k, "constant policy k")
@@ -69,6 +57,7 @@ class HeuristicPolicy(DraftLengthPolicy):
     """Per drafter: +2 after a fully accepted draft, -1 otherwise, within [1, max_k]."""
 
     name = "heuristic"
+    description = "+2 after a fully accepted draft, -1 otherwise (transformers' schedule)"
 
     def __init__(self, k: int = 4, max_k: int = 16):
         self.initial = _check_k(k, "heuristic policy k")
@@ -105,7 +94,8 @@ class VerificationCostModel:
     def __call__(self, k: int) -> float:
         """Predicted seconds for verifying ``k`` tokens (interpolated between measured lengths)."""
         if k in self.seconds:
-            return self.seconds[k]
+            # A coarse clock can measure 0 s; the policy divides by this.
+            return max(1e-9, self.seconds[k])
         if not self.seconds:
             return 1.0 + self.prior_slope * k
         known = sorted(self.seconds)
@@ -182,6 +172,7 @@ class CostAwarePolicy(DraftLengthPolicy):
     """Draft the k in [0, max_k] maximising expected accepted tokens per second, learned online."""
 
     name = "cost-aware"
+    description = "the k maximising expected tokens per second, from measured t(k) and acceptance"
 
     #: Draft lengths timed by :meth:`calibrate`; lengths in between are interpolated.
     CALIBRATION_LENGTHS: ClassVar[tuple[int, ...]] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -256,9 +247,15 @@ class CostAwarePolicy(DraftLengthPolicy):
     def wants_calibration(self) -> bool:
         return self.calibrate_first and not self.calibrated
 
-    def calibrate(self, measure: Callable[[int], float]) -> None:
-        """Time every calibration length up to ``max_k`` (rounds interleaved, fastest kept) into the cost model."""
-        lengths = [k for k in self.CALIBRATION_LENGTHS if k < self.max_k] + [self.max_k]
+    def calibrate(self, measure: Callable[[int], float], max_k: int | None = None) -> None:
+        """Time every calibration length up to ``max_k`` (rounds interleaved, fastest kept) into the cost model.
+
+        ``max_k`` (from the engine) is the longest verification the model's window allows after
+        the prompt; lengths past it are left to the next generation, so a prompt near the window
+        neither overflows the positions nor marks the policy calibrated on a partial table.
+        """
+        top = self.max_k if max_k is None else max(0, min(self.max_k, max_k))
+        lengths = sorted({k for k in self.CALIBRATION_LENGTHS if k < top} | {top})
         samples: dict[int, list[float]] = defaultdict(list)
         measure(0)  # the first forward after a prefill pays allocation costs
         for _ in range(self.calibration_rounds):
@@ -267,7 +264,7 @@ class CostAwarePolicy(DraftLengthPolicy):
         # Interference only ever adds time, so the fastest round is the best estimate of the cost itself.
         for k, seconds in samples.items():
             self.cost.observe(k, min(seconds))
-        self.calibrated = True
+        self.calibrated = top >= self.max_k
 
     def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
         if drafted <= 0:
@@ -286,25 +283,34 @@ class CostAwarePolicy(DraftLengthPolicy):
         }
 
 
-POLICIES: dict[str, type[DraftLengthPolicy]] = {
-    cls.name: cls for cls in (ConstantPolicy, HeuristicPolicy, CostAwarePolicy)
-}
+DEFAULT_POLICY = "cost-aware"
+POLICY_KIND = "draft-length policy"
 
 
-def build_policy(spec: str | DraftLengthPolicy | None) -> DraftLengthPolicy:
-    """A policy from ``name[:key=value...]`` (``constant:k=5``, ``heuristic``, ``cost-aware:max_k=12``)."""
-    from .drafters import parse_spec
+def _policy_class(spec: Spec) -> type[DraftLengthPolicy]:
+    from crossedge.core import get_registry
 
+    return get_registry("draft_policy").get(spec.name)
+
+
+def check_policy_spec(spec: str | Spec) -> Spec:
+    """Parse a policy spec and check its name and options against the registry, building nothing."""
+    from crossedge.core.specs import bind
+
+    parsed = parse_spec(spec, kind=POLICY_KIND)
+    bind(parsed, _policy_class(parsed), kind=POLICY_KIND)
+    return parsed
+
+
+def build_policy(spec: str | Spec | DraftLengthPolicy | None) -> DraftLengthPolicy:
+    """A policy from ``name[:key=value,...]`` (``constant:k=5``, ``heuristic``, ``cost-aware:max_k=12``).
+
+    Names come from the ``draft_policy`` registry (the ``register_draft_policies`` hook);
+    ``None`` gives the default, ``cost-aware``.
+    """
     if isinstance(spec, DraftLengthPolicy):
         return spec
     if spec is None:
         return CostAwarePolicy()
-    (name, options), *rest = parse_spec(spec)
-    if rest:
-        raise SpecdecError(f"policy spec {spec!r} names more than one policy")
-    if name not in POLICIES:
-        raise SpecdecError(f"unknown draft-length policy {name!r}: choose one of {', '.join(POLICIES)}")
-    try:
-        return POLICIES[name](**options)
-    except TypeError as exc:
-        raise SpecdecError(f"policy {name!r} does not accept options {sorted(options)}: {exc}") from exc
+    parsed = parse_spec(spec, kind=POLICY_KIND)
+    return build(parsed, _policy_class(parsed), kind=POLICY_KIND)

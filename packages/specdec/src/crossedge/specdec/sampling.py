@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from crossedge.core.contracts.drafter import Sampler
+
 from .errors import NonFiniteLogitsError, SpecdecError
 
 
@@ -77,6 +79,24 @@ def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(dim=-1)
+
+
+class RunSampler(Sampler):
+    """The sampler the engine hands drafters: the run's :class:`SamplingConfig` and random generator."""
+
+    def __init__(self, config: SamplingConfig | None = None, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.config = config or SamplingConfig()
+        self.greedy = self.config.greedy
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k and top-p as the target's logits get them."""
+        return process_logits(logits, self.config)
+
+    def draw(self, logits: torch.Tensor, where: str) -> tuple[int, torch.Tensor | None]:
+        """As :meth:`Sampler.draw`, raising specdec's :class:`NonFiniteLogitsError`."""
+        check_finite(logits, where)
+        return super().draw(logits, where)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:

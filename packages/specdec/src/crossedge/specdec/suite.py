@@ -349,6 +349,11 @@ def read_spec_bench(path: Path | str) -> list[SuitePrompt]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise SpecdecError(f"cannot read prompts file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecdecError(
+            f"prompts file {path} is not UTF-8 text (byte {exc.start} cannot be decoded): "
+            f"give a Spec-Bench question.jsonl, one JSON object per line"
+        ) from None
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -358,12 +363,19 @@ def read_spec_bench(path: Path | str) -> list[SuitePrompt]:
             turns = record["turns"]
             if isinstance(turns, str):
                 turns = [turns]
-            prompts.append(SuitePrompt(str(record["category"]), str(record["question_id"]), tuple(map(str, turns))))
+            prompt = SuitePrompt(str(record["category"]), str(record["question_id"]), tuple(turns))
         except (ValueError, KeyError, TypeError) as exc:
             raise SpecdecError(
                 f"{path}:{number} is not a Spec-Bench question line "
                 f"(needs question_id, category and turns): {type(exc).__name__}: {exc}"
             ) from exc
+        # A question without turns would run nothing and count as a prompt; a non-text turn is a broken file.
+        if not prompt.turns or not all(isinstance(t, str) and t.strip() for t in prompt.turns):
+            raise SpecdecError(
+                f"{path}:{number}: question {prompt.prompt_id!r} needs 'turns' to be a non-empty list of "
+                f"non-empty strings, got {json.dumps(turns)[:80]}"
+            )
+        prompts.append(prompt)
     if not prompts:
         raise SpecdecError(f"{path} holds no questions")
     return prompts

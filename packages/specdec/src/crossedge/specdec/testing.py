@@ -1,14 +1,15 @@
-"""Test helpers and the conformance suite every drafter runs by subclassing.
+"""Test helpers, and the core drafter conformance suite run on specdec's engine.
 
-A new drafter gets its greedy-identity tests by declaring one class::
+The suite itself lives in :mod:`crossedge.core.conformance.drafter` (a third-party drafter
+needs crossedge-core alone to run it). :class:`DrafterConformance` here is that suite with
+its ``engine`` fixture replaced by :class:`crossedge.specdec.SpeculativeDecoder` under every
+built-in draft-length policy, so the built-in drafters are checked on both verifiers::
 
     class TestMyDrafter(DrafterConformance):
         def make_drafter(self, target):
             return MyDrafter()
 
-The suite checks, on tiny random Llama and GPT-2 targets, under every built-in
-draft-length policy, that speculative greedy output is token-identical to
-``model.generate(do_sample=False)``. Importing this module needs pytest.
+Importing this module needs pytest.
 """
 
 from __future__ import annotations
@@ -18,21 +19,28 @@ from typing import Any
 import pytest
 import torch
 
-from crossedge.core.testing import tiny_causal_lm
+from crossedge.core.conformance.drafter import CONFORMANCE_PROMPTS, greedy_reference, tiny_target
+from crossedge.core.conformance.drafter import DrafterConformance as CoreDrafterConformance
 
-from .drafters import Drafter
 from .engine import SpeculativeDecoder
+from .policies import ConstantPolicy, CostAwarePolicy, HeuristicPolicy
 
-#: Prompts with repeated structure so that copy-style drafters get to draft.
-CONFORMANCE_PROMPTS = (
-    "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return",
-    "the cat sat on the mat. the cat sat on the",
-)
+__all__ = [
+    "CONFORMANCE_PROMPTS",
+    "DrafterConformance",
+    "greedy_reference",
+    "noisy_copy",
+    "permuted_byte_tokenizer",
+    "permuted_copy",
+    "tiny_target",
+]
 
-
-def tiny_target(arch: str, seed: int = 1) -> tuple[Any, Any]:
-    """A tiny random target whose greedy output varies (large init, so not one repeated token)."""
-    return tiny_causal_lm(arch, seed=seed, initializer_range=0.15, layers=2, hidden=32)
+#: The engine settings the suite runs under: every built-in policy, reference-verifier lengths too.
+POLICIES = {
+    "constant-k4": lambda: ConstantPolicy(k=4),
+    "heuristic": HeuristicPolicy,
+    "cost-aware": CostAwarePolicy,
+}
 
 
 def noisy_copy(model: Any, scale: float = 0.02, seed: int = 0) -> Any:
@@ -81,61 +89,28 @@ def permuted_copy(model: Any, perm: list[int]) -> Any:
     return draft
 
 
-def greedy_reference(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
-    """New tokens of plain transformers greedy decoding, up to and including EOS."""
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-        )
-    tokens = out[0, input_ids.shape[1] :].tolist()
-    eos = model.generation_config.eos_token_id
-    eos = {eos} if isinstance(eos, int) else set(eos or ())
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return tokens[: i + 1]
-    return tokens
+class DrafterConformance(CoreDrafterConformance):
+    """The core drafter suite, verified by specdec's engine under each built-in policy."""
 
+    @pytest.fixture(params=list(POLICIES))
+    def engine(self, request: Any) -> Any:
+        """Greedy generation with :class:`SpeculativeDecoder` under one policy."""
+        make_policy = POLICIES[request.param]
 
-class DrafterConformance:
-    """Base class of drafter test classes; subclasses implement :meth:`make_drafter`."""
+        def run(model: Any, tokenizer: Any, drafters: list[Any], input_ids: Any, max_new_tokens: int) -> list[int]:
+            decoder = SpeculativeDecoder(model, drafters, make_policy(), tokenizer=tokenizer)
+            result = decoder.generate(input_ids, max_new_tokens)
+            assert result.stats.new_tokens == len(result.tokens)
+            assert result.stats.mean_accepted >= 1.0
+            return result.tokens
 
-    max_new_tokens = 32
+        return run
 
-    def make_drafter(self, target: Any) -> Drafter | list[Drafter]:
-        """A fresh drafter (or chain) for the given target model."""
-        raise NotImplementedError
-
-    @pytest.fixture(params=["llama", "gpt2"], scope="class")
-    def target(self, request):
-        model, tokenizer = tiny_target(request.param)
-        return model, tokenizer
-
-    @pytest.mark.parametrize(
-        ("policy", "prompt"),
-        [
-            ("constant:k=4", CONFORMANCE_PROMPTS[0]),
-            ("heuristic", CONFORMANCE_PROMPTS[1]),
-            ("cost-aware", CONFORMANCE_PROMPTS[0]),
-            ("cost-aware", CONFORMANCE_PROMPTS[1]),
-        ],
-    )
-    def test_greedy_identity(self, target, policy, prompt):
-        model, tokenizer = target
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        reference = greedy_reference(model, input_ids, self.max_new_tokens)
-        decoder = SpeculativeDecoder(model, self.make_drafter(model), policy)
-        result = decoder.generate(input_ids, self.max_new_tokens)
-        assert result.tokens == reference
-        assert result.stats.new_tokens == len(reference)
-        assert result.stats.mean_accepted >= 1.0
-
-    def test_stats_account_for_every_draft(self, target):
+    def test_stats_account_for_every_draft(self, target: Any) -> None:
+        """The engine's per-drafter statistics add up to its per-position ones."""
         model, tokenizer = target
         input_ids = tokenizer(CONFORMANCE_PROMPTS[0], return_tensors="pt").input_ids
-        decoder = SpeculativeDecoder(model, self.make_drafter(model), "constant:k=4")
+        decoder = SpeculativeDecoder(model, self._chain(model), ConstantPolicy(k=4), tokenizer=tokenizer)
         stats = decoder.generate(input_ids, self.max_new_tokens).stats
         drafted = sum(s.drafted for s in stats.drafters.values())
         accepted = sum(s.accepted for s in stats.drafters.values())

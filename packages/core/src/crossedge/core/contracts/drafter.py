@@ -1,0 +1,234 @@
+"""The drafter contract: what a speculative-decoding drafter is handed, and what it must do.
+
+A drafter is as small as transformers' ``CandidateGenerator``: configuration in
+``__init__`` (keyword arguments with type hints, no ``**kwargs``, so a mistyped option
+is refused), capability flags as class attributes, and four calls from the engine:
+
+* ``begin(context)`` before a generation: a :class:`DraftContext` carries everything
+  the drafter may use: the target model, its tokenizer, the run's :class:`Sampler`,
+  and a :class:`TargetCacheView` of the target's KV cache and hidden states. Nothing
+  is put on the engine's modules; a drafter that needs more asks the view for it.
+* ``propose(context_ids, k)`` returns a :class:`Draft` of at most ``k`` tokens;
+* ``feedback(num_accepted)`` after the target verified a draft;
+* ``end(context_ids)`` when a generation finished.
+
+The engine times every ``propose`` call itself and reports that time (per drafter in the
+run statistics, and to the draft-length policy); drafters do not keep their own clocks.
+Torch is imported inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import CrossedgeError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class DrafterError(CrossedgeError):
+    """A drafter cannot serve the target or the run it was handed."""
+
+
+class NonFiniteLogitsError(CrossedgeError):
+    """A model produced NaN or infinite logits, so no token can be chosen."""
+
+
+def check_finite(logits: torch.Tensor, where: str) -> None:
+    """Raise :class:`NonFiniteLogitsError` when a row holds NaN, +inf, or only -inf."""
+    import torch
+
+    # -inf entries are legitimate (masked tokens); NaN propagates through max, so one
+    # reduction per row catches NaN, +inf and rows that mask everything.
+    top = logits.max(dim=-1).values
+    if not bool(torch.isfinite(top).all()):
+        raise NonFiniteLogitsError(
+            f"{where} produced non-finite logits (NaN, +inf or all -inf); the weights or the dtype are broken: "
+            f"load the model in float32 and check it with plain model.generate()"
+        )
+
+
+@dataclass
+class Draft:
+    """Proposed tokens; ``probs`` (k x vocab) when they were sampled, ``None`` for a point mass."""
+
+    tokens: list[int]
+    probs: torch.Tensor | None = None
+    #: A drafter-chosen label for how confident it is (the copy drafter uses match-length
+    #: buckets); policies keep acceptance statistics per bucket.
+    bucket: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def truncated(self, k: int) -> Draft:
+        """The first ``k`` tokens of this draft."""
+        probs = None if self.probs is None else self.probs[:k]
+        return Draft(self.tokens[:k], probs, self.bucket)
+
+
+class Sampler:
+    """How the current run picks tokens; drafters draw through it so their ``q`` matches the target's ``p``.
+
+    This base class decodes greedily. An engine that samples hands a subclass that sets
+    ``greedy = False`` and implements :meth:`probabilities` with the same logit processing
+    it applies to the target (temperature, top-k, top-p).
+    """
+
+    greedy: bool = True
+
+    def __init__(self, generator: torch.Generator | None = None):
+        import torch
+
+        self.generator = generator if generator is not None else torch.Generator()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The processed distribution the run samples from (only called when not greedy)."""
+        raise NotImplementedError(f"{type(self).__name__} is greedy; it has no sampling distribution")
+
+    def draw(self, logits: torch.Tensor, where: str) -> tuple[int, torch.Tensor | None]:
+        """Check one position's logits, then take the greedy token or sample one from the processed
+        distribution; returns (token, probabilities or ``None`` when greedy)."""
+        import torch
+
+        check_finite(logits, where)
+        if self.greedy:
+            return int(logits.argmax()), None
+        probs = self.probabilities(logits)
+        return int(torch.multinomial(probs, 1, generator=self.generator)), probs
+
+
+class TargetCacheView:
+    """What a drafter may see of the target's KV cache, and the one way it may borrow it.
+
+    The engine builds one per generation around its cache and, after every target forward,
+    calls :meth:`record` with that forward's hidden states when a drafter asked for a layer
+    with :meth:`keep_hidden_states`. :meth:`scratch` lends the cache to a drafter that runs
+    some of the target's own layers on it (self-speculation); whatever it appends is cropped
+    away when the block ends, so the engine always gets its cache back as it left it.
+    """
+
+    def __init__(self, cache: Any):
+        self._cache = cache
+        self._wanted: set[int] = set()
+        self._states: dict[int, list[Any]] = {}
+
+    @property
+    def length(self) -> int:
+        """Tokens the target's cache holds (the context minus the token the engine feeds next)."""
+        return int(self._cache.get_seq_length())
+
+    # -- drafters ------------------------------------------------------------
+
+    def keep_hidden_states(self, layer: int) -> None:
+        """Ask the engine to keep the hidden states after decoder layer ``layer`` (0 = embeddings)."""
+        if layer < 0:
+            raise DrafterError(f"hidden-state layer must be >= 0, got {layer}")
+        self._wanted.add(int(layer))
+        self._states.setdefault(int(layer), [])
+
+    def hidden_states(self, layer: int, start: int, end: int) -> torch.Tensor | None:
+        """Hidden states (1, end - start, hidden) after ``layer`` at cached positions ``start..end-1``.
+
+        ``None`` when some of those positions were never recorded (the layer was asked for
+        late, or the positions are past the cache).
+        """
+        import torch
+
+        if layer not in self._wanted:
+            raise DrafterError(
+                f"hidden states of layer {layer} were not kept: call keep_hidden_states({layer}) in begin"
+            )
+        if start >= end:
+            return None
+        states = self._states[layer]
+        if end > min(len(states), self.length) or any(s is None for s in states[start:end]):
+            return None
+        return torch.cat(states[start:end], dim=1)
+
+    @contextmanager
+    def scratch(self) -> Iterator[Any]:
+        """Lend the live cache for a block; every layer is cropped back to its length when the block ends."""
+        lengths = [layer.get_seq_length() for layer in self._cache.layers]
+        try:
+            yield self._cache
+        finally:
+            for layer, length in zip(self._cache.layers, lengths, strict=True):
+                extra = layer.get_seq_length() - length
+                if extra > 0:
+                    layer.crop(-extra)
+
+    # -- engines -------------------------------------------------------------
+
+    @property
+    def wanted_layers(self) -> frozenset[int]:
+        """Layers whose hidden states a drafter asked for; the engine then runs forwards with them."""
+        return frozenset(self._wanted)
+
+    def record(self, hidden_states: Sequence[torch.Tensor], start: int) -> None:
+        """Keep the wanted layers of one forward's ``hidden_states``, whose first fed token sat at ``start``."""
+        for layer in self._wanted:
+            hidden = hidden_states[layer]
+            states = self._states[layer]
+            end = start + hidden.shape[1]
+            if len(states) < end:
+                states.extend([None] * (end - len(states)))
+            for offset in range(hidden.shape[1]):
+                states[start + offset] = hidden[:, offset : offset + 1].detach()
+
+
+@dataclass
+class DraftContext:
+    """Everything the engine hands a drafter in :meth:`Drafter.begin`."""
+
+    #: The target causal LM, as the engine runs it.
+    target: Any
+    #: The target's tokenizer, or ``None`` when the engine was not given one.
+    tokenizer: Any = None
+    sampler: Sampler = field(default_factory=Sampler)
+    #: The target's KV cache and hidden states for this generation.
+    cache: TargetCacheView | None = None
+    #: The target's maximum positions (``None`` when it has no limit): drafts must stay inside.
+    window: int | None = None
+
+
+class Drafter:
+    """Base class of drafters. Subclasses set ``name`` and implement :meth:`propose`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Proposing costs next to nothing, so the engine may ask for the most tokens and let
+    #: the draft-length policy cut the draft after seeing it.
+    cheap: ClassVar[bool] = False
+    #: ``propose`` returns draft probabilities when sampling (else drafts are a point mass).
+    provides_probs: ClassVar[bool] = False
+
+    context: DraftContext
+
+    def begin(self, context: DraftContext) -> None:
+        """Reset per-generation state; called once before the first ``propose`` of a run."""
+        self.context = context
+
+    def propose(self, context_ids: Sequence[int], k: int) -> Draft:
+        """At most ``k`` tokens continuing ``context_ids`` (prompt plus accepted output)."""
+        raise NotImplementedError
+
+    def feedback(self, num_accepted: int) -> None:
+        """How many tokens of the last proposal the target accepted (``propose`` order)."""
+
+    def end(self, context_ids: Sequence[int]) -> None:
+        """A generation finished with ``context_ids`` (prompt plus output); not called when a stream is abandoned."""
+
+    @property
+    def sampler(self) -> Sampler:
+        """The current run's sampler (greedy before the first ``begin``)."""
+        context = getattr(self, "context", None)
+        return context.sampler if context is not None else Sampler()
+
+    def draw(self, logits: torch.Tensor, where: str) -> tuple[int, torch.Tensor | None]:
+        """One token from ``logits`` as the run's sampler picks it (see :meth:`Sampler.draw`)."""
+        return self.sampler.draw(logits, where)

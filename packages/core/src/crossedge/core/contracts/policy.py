@@ -1,0 +1,50 @@
+"""The draft-length policy contract: how many tokens to draft before each verification.
+
+A policy registers its class through ``register_draft_policies``; options are its
+``__init__`` keyword arguments. The engine asks :meth:`DraftLengthPolicy.choose` before
+each draft and reports what happened through the ``observe`` methods: acceptance, the
+target's verification time, and each drafter's drafting time (which the engine measures
+around every ``propose`` call). A policy keeps what it learned across generations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+
+class DraftLengthPolicy:
+    """Base class: ``choose`` a length, then hear about the outcome through the ``observe`` methods."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: The longest draft this policy ever asks for.
+    max_k: int = 16
+
+    def choose(self, drafter: str, bucket: str, max_k: int) -> int:
+        """How many tokens (0..max_k) of drafter ``drafter`` to verify next."""
+        raise NotImplementedError
+
+    def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
+        """``accepted`` of ``drafted`` tokens survived verification."""
+
+    def observe_verification(self, drafted: int, seconds: float) -> None:
+        """One target forward verifying ``drafted`` tokens took ``seconds``."""
+
+    def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
+        """Drafter ``drafter`` spent ``seconds`` (measured by the engine) proposing ``drafted`` tokens."""
+
+    def wants_calibration(self) -> bool:
+        """Whether :meth:`calibrate` should be called before the next generation's first step."""
+        return False
+
+    def calibrate(self, measure: Callable[[int], float], max_k: int | None = None) -> None:
+        """Learn from ``measure(k)``, which runs and times one verification of ``k`` dummy drafted tokens.
+
+        ``max_k`` is the longest verification the engine can time now (the model's window minus
+        the context); ``measure`` must not be called with more.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Learned state worth printing (empty for stateless policies)."""
+        return {}
