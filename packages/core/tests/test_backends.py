@@ -112,7 +112,7 @@ def test_a_backend_registered_as_an_instance_is_told_to_register_its_class():
     instance = type("Inst", (TorchEagerBackend,), {"name": "inst"})()
     with (
         registered(BackendPlugin(instance), name="inst-test"),
-        pytest.raises(CrossedgeError, match=r"registered as an instance.*register\(Inst\)"),
+        pytest.raises(CrossedgeError, match=r"registered backend 'inst' as an instance of Inst.*register\(Inst\)"),
     ):
         get_backend("inst")
 

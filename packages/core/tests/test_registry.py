@@ -19,7 +19,7 @@ class Thing:
 
 
 def test_lookup_by_name_and_alias():
-    registry = Registry("drafter")
+    registry = Registry("dataset")
     thing = Thing("copy")
     registry.add(thing, plugin="p", aliases=("prompt-lookup",))
     assert registry.get("copy") is thing
@@ -154,3 +154,54 @@ def test_duplicate_between_plugins_is_kept_aside_for_diagnostics():
         [conflict] = registry.conflicts
         assert conflict.name == "copy" and {conflict.kept, conflict.refused} == {"first", "second"}
         assert registry.entry("copy").plugin == conflict.kept
+
+
+class SomeDrafter:
+    name = "some-drafter"
+
+
+class SomeBenchmark:
+    name = "some-bench"
+
+
+class MisshapenPlugin:
+    @hookimpl
+    def register_drafters(self, register):
+        register(SomeDrafter())  # drafters register classes
+
+    @hookimpl
+    def register_benchmarks(self, register):
+        register(SomeBenchmark)  # benchmarks register instances
+
+
+def test_an_instance_where_a_class_kind_registers_classes_is_refused_naming_the_fix():
+    with registered(MisshapenPlugin(), name="misshapen"):
+        registry = get_registry("drafter")
+        assert registry.names() == ["some-drafter"]  # listing names resolves nothing
+        with pytest.raises(
+            PluginError,
+            match=r"plugin 'misshapen' registered drafter 'some-drafter' as an instance of SomeDrafter, "
+            r"but drafters register classes.*register\(SomeDrafter\) instead",
+        ):
+            registry.get("some-drafter")
+
+
+def test_a_class_where_an_instance_kind_registers_instances_is_refused_naming_the_fix():
+    expected = (
+        r"plugin 'misshapen' registered benchmark 'some-bench' as the class SomeBenchmark, "
+        r"but benchmarks register configured instances: register\(SomeBenchmark\(...\)\) instead"
+    )
+    with registered(MisshapenPlugin(), name="misshapen"), pytest.raises(PluginError, match=expected):
+        get_registry("benchmark").get("some-bench")
+
+
+def test_a_reference_is_checked_for_its_shape_after_import(tmp_path, monkeypatch):
+    (tmp_path / "shape_module.py").write_text("class Scorer:\n    name = 's'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("scorer")
+    registry.add("shape_module:Scorer()", plugin="p", name="s")
+    with pytest.raises(PluginError, match="scorer 's' as an instance of Scorer, but scorers register classes"):
+        registry.get("s")
+    registry = Registry("scorer")
+    registry.add("shape_module:Scorer", plugin="p", name="s")
+    assert registry.get("s").__name__ == "Scorer"

@@ -77,12 +77,7 @@ def get_backend(spec: str | Spec = DEFAULT_BACKEND) -> Backend:
     if parsed.name not in registry:
         raise _unknown(parsed.name)
     entry = registry.entry(parsed.name)
-    factory = entry.obj
-    if isinstance(factory, Backend):
-        raise CrossedgeError(
-            f"backend {entry.name!r} (plugin {entry.plugin!r}) was registered as an instance; backends register "
-            f"their class: call register({type(factory).__name__}) in the plugin's register_backends hook"
-        )
+    factory = entry.obj  # the registry refuses an instance here, naming the plugin
     if not is_backend_class(factory):
         raise CrossedgeError(
             f"backend {entry.name!r} (plugin {entry.plugin!r}) is {factory!r}, not a subclass of {CONTRACT}: "

@@ -29,6 +29,11 @@ KINDS: dict[str, tuple[str, str]] = {
     "model_format": ("register_model_formats", "model format"),
 }
 
+#: Kinds built from a spec, which register classes; every other kind registers instances (hookspecs.py).
+CLASS_KINDS: frozenset[str] = frozenset(
+    {"drafter", "draft_policy", "quantizer", "backend", "scorer", "loss", "algorithm"}
+)
+
 
 #: ``"package.module:attribute"``, optionally ending in ``()`` to register what calling it returns.
 REFERENCE = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?P<call>\(\))?$")
@@ -61,6 +66,24 @@ def resolve_reference(reference: str, *, plugin: str, label: str, name: str) -> 
     return obj
 
 
+def check_registered_shape(obj: object, *, kind: str, plugin: str, label: str, name: str) -> None:
+    """Refuse an instance where ``kind`` registers classes, or a class where it registers instances."""
+    if kind not in KINDS:
+        return  # a registry made for a kind core does not define has no rule to enforce
+    if kind in CLASS_KINDS and not isinstance(obj, type):
+        cls = type(obj).__name__
+        raise PluginError(
+            f"plugin {plugin!r} registered {label} {name!r} as an instance of {cls}, but {label}s register "
+            f"classes (built per use from a spec): register({cls}) instead of register({cls}(...))"
+        )
+    if kind not in CLASS_KINDS and isinstance(obj, type):
+        cls = obj.__name__
+        raise PluginError(
+            f"plugin {plugin!r} registered {label} {name!r} as the class {cls}, but {label}s register "
+            f"configured instances: register({cls}(...)) instead of register({cls})"
+        )
+
+
 class Entry(Generic[T]):
     """One registered object with the plugin that registered it.
 
@@ -68,15 +91,24 @@ class Entry(Generic[T]):
     imported the first time :attr:`obj` is read, so listing names imports nothing.
     """
 
-    __slots__ = ("name", "plugin", "aliases", "label", "_target", "_resolved", "_lock")
+    __slots__ = ("name", "plugin", "aliases", "label", "kind", "_target", "_resolved", "_lock")
 
-    def __init__(self, name: str, obj: T | str, plugin: str, aliases: tuple[str, ...] = (), label: str = "object"):
+    def __init__(
+        self,
+        name: str,
+        obj: T | str,
+        plugin: str,
+        aliases: tuple[str, ...] = (),
+        label: str = "object",
+        kind: str = "",
+    ):
         self.name = name
         self.plugin = plugin
         self.aliases = tuple(aliases)
         self.label = label
+        self.kind = kind
         self._target = obj
-        self._resolved = not is_reference(obj)
+        self._resolved = False
         self._lock = threading.Lock()
 
     @property
@@ -86,18 +118,25 @@ class Entry(Generic[T]):
 
     @property
     def obj(self) -> T:
-        """The registered object, imported on first use when it was registered by reference."""
+        """The registered object, imported on first use when it was registered by reference.
+
+        On first use it is also checked to be what its kind registers (a class or an
+        instance); a mismatch is a :class:`PluginError` naming the plugin and the fix.
+        """
         if not self._resolved:
             with self._lock:
                 if not self._resolved:
-                    obj = resolve_reference(self._target, plugin=self.plugin, label=self.label, name=self.name)
-                    declared = getattr(obj, "name", self.name)
-                    if isinstance(declared, str) and declared and declared != self.name:
-                        # The name was given beside the reference; the object must agree with it.
-                        raise PluginError(
-                            f"plugin {self.plugin!r} registered {self._target!r} as {self.label} "
-                            f"{self.name!r}, but that object calls itself {declared!r}"
-                        )
+                    obj = self._target
+                    if is_reference(obj):
+                        obj = resolve_reference(obj, plugin=self.plugin, label=self.label, name=self.name)
+                        declared = getattr(obj, "name", self.name)
+                        if isinstance(declared, str) and declared and declared != self.name:
+                            # The name was given beside the reference; the object must agree with it.
+                            raise PluginError(
+                                f"plugin {self.plugin!r} registered {self._target!r} as {self.label} "
+                                f"{self.name!r}, but that object calls itself {declared!r}"
+                            )
+                    check_registered_shape(obj, kind=self.kind, plugin=self.plugin, label=self.label, name=self.name)
                     self._target = obj
                     self._resolved = True
         return self._target  # type: ignore[return-value]
@@ -158,7 +197,7 @@ class Registry(Generic[T]):
                 )
                 error.conflict = Conflict(self.kind, key, owner.plugin, plugin, str(error))  # type: ignore[attr-defined]
                 raise error
-        entry: Entry[T] = Entry(primary, obj, plugin, aliases, label=self.label)
+        entry: Entry[T] = Entry(primary, obj, plugin, aliases, label=self.label, kind=self.kind)
         self._entries[primary] = entry
         for alias in aliases:
             self._aliases[alias] = primary
