@@ -10,9 +10,12 @@ from crossedge.core.contracts.algorithm import (
     AlgorithmError,
     DomainAlgorithm,
     HParam,
+    build_algorithm,
     get_algorithm,
     load_algorithm,
+    parse_algorithm_spec,
 )
+from crossedge.core.specs import Spec, SpecError
 
 
 class TestERMConforms(AlgorithmConformance):
@@ -151,3 +154,45 @@ def test_cli_selects_from_a_records_file(cli, tmp_path):
     path.write_text("[]\n")
     result = cli("algorithms", "select", str(path))
     assert result.exit_code == 1 and "records.jsonl:1: a record is a JSON object" in result.stderr
+
+
+def test_an_algorithm_spec_binds_hparams_through_the_one_spec_binder():
+    algorithm = build_algorithm("erm:lr=0.001,width=16", input_shape=(8, 2), num_classes=2, num_domains=1, seed=4)
+    assert isinstance(algorithm, ERM) and algorithm.seed == 4
+    assert algorithm.hparams == {**ERM.default_hparams(), "lr": 0.001, "width": 16}
+    assert type(algorithm.hparams["width"]) is int
+    # a float hyperparameter written as an integer is still a float; booleans take the spec words
+    with registered(AlgorithmPlugin(), name="algo-plugin"):
+        cls, hparams = parse_algorithm_spec("ml:lr=1,bias=no")
+    assert cls is MeanLogits and hparams == {"lr": 1.0, "bias": False} and type(hparams["lr"]) is float
+    # a Spec from Python goes through the same checks
+    assert parse_algorithm_spec(Spec("erm", {"kernel_size": 3}))[1]["kernel_size"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "message"),
+    [
+        ("erm:lrr=0.1", 4, r"algorithm 'erm' has no option 'lrr'; did you mean 'lr'\? its options: kernel_size, lr,"),
+        ("erm:seed=3", 4, r"has no option 'seed'"),  # the seed is the caller's, never a hyperparameter
+        ("erm:width=2.5", 10, r"option width takes an integer, got '2.5'"),
+        ("erm:lr=fast", 7, r"option lr takes a number, got 'fast'"),
+        ("emr:lr=0.1", 0, r"unknown algorithm 'emr'.*did you mean 'erm'"),
+    ],
+)
+def test_a_bad_algorithm_spec_names_the_character_and_the_valid_hparams(text, position, message):
+    with pytest.raises(SpecError, match=message) as info:
+        build_algorithm(text, input_shape=(8, 2), num_classes=2, num_domains=1)
+    assert info.value.position == position and info.value.kind == "algorithm"
+
+
+def test_cli_info_takes_an_algorithm_spec(cli):
+    import json
+
+    result = cli("algorithms", "info", "erm:width=64,lr=0.001", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["values"] == {**ERM.default_hparams(), "width": 64, "lr": 0.001}
+    assert info["spec"] == "erm:lr=0.001,width=64"
+    assert "width: 32 (int) = 64" in cli("algorithms", "info", "erm:width=64").stdout
+    result = cli("algorithms", "info", "erm:widht=64")
+    assert result.exit_code == 1 and "character 5" in result.stderr and "did you mean 'width'" in result.stderr

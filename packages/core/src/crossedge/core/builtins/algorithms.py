@@ -133,23 +133,35 @@ def register_commands(cli):
         click.echo(format_table(shown, ["name", "plugin", "hparams", "description"]))
 
     @algorithms_group.command(name="info")
-    @click.argument("name")
+    @click.argument("spec")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.option("--seed", type=int, default=None, help="Also show random_hparams(SEED).")
-    def algorithms_info(name: str, as_json: bool, seed: int | None) -> None:
-        """Facts about algorithm NAME: its hyperparameters with defaults (and one seeded draw)."""
-        entry = get_registry("algorithm").entry(name)
+    def algorithms_info(spec: str, as_json: bool, seed: int | None) -> None:
+        """Facts about the algorithm SPEC names (NAME or NAME:hparam=value,...): hyperparameters and values.
+
+        The values are the defaults overlaid with the spec's, checked and coerced as a run
+        would (docs/specs.md); --seed also shows one seeded random draw.
+        """
+        from crossedge.core.contracts.algorithm import parse_algorithm_spec
+        from crossedge.core.specs import format_spec, parse_spec
+
+        algorithm_class, values = parse_algorithm_spec(spec)
+        entry = get_registry("algorithm").entry(parse_spec(spec, kind="algorithm").name)
         facts = algorithm_facts(entry)
+        chosen = {k: v for k, v in values.items() if v != algorithm_class.HPARAMS[k].default}
+        facts["spec"] = format_spec(entry.name, chosen)
+        facts["values"] = values
         if seed is not None:
-            facts["random_hparams"] = {"seed": seed, **entry.obj.random_hparams(seed)}
+            facts["random_hparams"] = {"seed": seed, **algorithm_class.random_hparams(seed)}
         if as_json:
             echo_json(facts)
             return
-        for key in ("name", "plugin", "description"):
+        for key in ("name", "spec", "plugin", "description"):
             click.echo(f"{key:>12}: {facts[key]}")
         for key, hp in facts["hparams"].items():
+            value = "" if values[key] == hp["default"] else f" = {values[key]!r}"
             drawn = f"  seed {seed}: {facts['random_hparams'][key]}" if seed is not None else ""
-            click.echo(f"{key:>12}: {hp['default']!r} ({hp['type']}) {hp['help']}{drawn}")
+            click.echo(f"{key:>12}: {hp['default']!r} ({hp['type']}){value} {hp['help']}{drawn}")
 
     @algorithms_group.command(name="select")
     @click.argument("records", type=click.Path(dir_okay=False))

@@ -5,6 +5,8 @@ of classes and of training domains, a hyperparameter dict and a seed; ``update``
 ``(x, y)`` minibatch per training domain and returns what it measured; ``predict`` returns
 logits. Each hyperparameter is declared once with a default and a sampler, so a sweep draws
 ``random_hparams(seed)`` reproducibly and a mistyped name is refused with the valid ones.
+Commands and the Python API name an algorithm by a spec, ``erm:lr=0.001,width=64``
+(:func:`build_algorithm`): the ``HPARAMS`` table is its option list.
 
 Register the class (not an instance) through ``register_algorithms``. torch is imported inside
 functions so that registering an algorithm keeps ``crossedge --help`` free of torch.
@@ -25,6 +27,8 @@ from ..errors import CrossedgeError
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from ..specs import Spec
 
 FORMAT = "crossedge.algorithm/1"
 
@@ -267,3 +271,57 @@ def get_algorithm(name: str) -> type[DomainAlgorithm]:
     from ..registry import get_registry
 
     return get_registry("algorithm").get(name)
+
+
+def hparam_signature(algorithm_class: type[DomainAlgorithm]) -> Callable[..., dict[str, Any]]:
+    """A callable whose keyword parameters are the declared hyperparameters (typed by their defaults).
+
+    It lets :func:`crossedge.core.specs.bind` treat the ``HPARAMS`` table as an algorithm's
+    option list, so a spec's values get the one coercion and the one unknown-key error.
+    """
+    import inspect
+
+    def hparams(**values: Any) -> dict[str, Any]:
+        return values
+
+    params = [
+        inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=hp.default, annotation=type(hp.default))
+        for key, hp in algorithm_class.HPARAMS.items()
+    ]
+    hparams.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    hparams.__annotations__ = {p.name: p.annotation for p in params}
+    return hparams
+
+
+def parse_algorithm_spec(spec: str | Spec) -> tuple[type[DomainAlgorithm], dict[str, Any]]:
+    """The registered class an ``name:hparam=value,...`` spec names and its hyperparameters over the defaults.
+
+    Unknown names and hyperparameters are :class:`crossedge.core.specs.SpecError` pointing at the
+    character, listing the valid ones; values are coerced to the declared types.
+    """
+    from ..errors import UnknownNameError
+    from ..specs import bind, parse_spec
+
+    parsed = parse_spec(spec, kind="algorithm")
+    try:
+        algorithm_class = get_algorithm(parsed.name)
+    except UnknownNameError as exc:
+        raise parsed.error(str(exc)) from None
+    given = bind(parsed, hparam_signature(algorithm_class), kind="algorithm")
+    try:
+        return algorithm_class, algorithm_class.check_hparams(given)
+    except AlgorithmError as exc:  # a value the declared type accepts but the table refuses
+        raise parsed.error(str(exc)) from None
+
+
+def build_algorithm(
+    spec: str | Spec,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    num_domains: int,
+    seed: int = 0,
+) -> DomainAlgorithm:
+    """The algorithm a spec names (``erm:lr=0.001,width=64``), built for the given shapes and seed."""
+    algorithm_class, hparams = parse_algorithm_spec(spec)
+    return algorithm_class(input_shape, num_classes, num_domains, hparams, seed=seed)
