@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .errors import (
     BenchmarkError,
     CacheCorruptedError,
@@ -17,30 +14,21 @@ from .errors import (
     UnknownNameError,
 )
 from .hookspecs import hookimpl, hookspec
+from .lazy import lazy_exports
 from .plugins import get_plugin_manager, register_plugin, registered, unregister_plugin
 from .registry import Registry, get_registry
 
 # Model sources are imported on first use (PEP 562): plugin modules import this package
 # just for ``hookimpl``, and ``crossedge --help`` should pay for nothing more.
 _LAZY: dict[str, str] = {
-    "LoadedModel": "sources",
-    "ModelSource": "sources",
-    "load_model": "sources",
-    "resolve_model": "sources",
+    "LoadedModel": ".sources",
+    "ModelSource": ".sources",
+    "load_model": ".sources",
+    "resolve_model": ".sources",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

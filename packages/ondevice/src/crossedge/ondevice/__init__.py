@@ -6,50 +6,49 @@ module, which every ``crossedge`` command loads) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crossedge.core.lazy import lazy_exports
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "Backend": "backends",
-    "BackendCapabilityError": "backends",
-    "BackendUnavailableError": "backends",
-    "ExecuTorchBackend": "backends",
-    "OnnxRuntimeBackend": "backends",
-    "PreparedModel": "backends",
-    "TorchCompileBackend": "backends",
-    "TorchEagerBackend": "backends",
-    "get_backend": "backends",
-    "max_abs_diff": "backends",
-    "prepare": "backends",
-    "ElasticMobileNet": "elastic",
-    "ElasticSpace": "elastic",
-    "SubnetConfig": "elastic",
-    "calibrate_batch_norm": "elastic",
-    "extract_subnet": "elastic",
-    "progressive_shrinking": "elastic",
-    "PartialConv2d": "finetune_methods",
-    "choose_sparse_scheme": "finetune_methods",
-    "AdaptedPredictor": "latency",
-    "DeviceConfig": "latency",
-    "MetaLatencyPredictor": "latency",
-    "SavedTensorMeter": "memory",
-    "TrainingMemory": "memory",
-    "measure_training_step": "memory",
-    "AffineNorm": "mobiletl",
-    "SignMaskActivation": "mobiletl",
-    "SignMaskHardswish": "mobiletl",
-    "SignMaskReLU6": "mobiletl",
-    "pack_bits": "mobiletl",
-    "unpack_bits": "mobiletl",
-    "InvertedResidual": "networks",
-    "MobileNetConfig": "networks",
-    "MobileNetV2": "networks",
-    "StageConfig": "networks",
-    "profile": "profiling",
-    "SearchResult": "search",
-    "FinetuneResult": "training",
-    "run_finetune": "training",
+    "Backend": ".backends",
+    "BackendCapabilityError": ".backends",
+    "BackendUnavailableError": ".backends",
+    "ExecuTorchBackend": ".backends",
+    "OnnxRuntimeBackend": ".backends",
+    "PreparedModel": ".backends",
+    "TorchCompileBackend": ".backends",
+    "TorchEagerBackend": ".backends",
+    "get_backend": ".backends",
+    "max_abs_diff": ".backends",
+    "prepare": ".backends",
+    "ElasticMobileNet": ".elastic",
+    "ElasticSpace": ".elastic",
+    "SubnetConfig": ".elastic",
+    "calibrate_batch_norm": ".elastic",
+    "extract_subnet": ".elastic",
+    "progressive_shrinking": ".elastic",
+    "PartialConv2d": ".finetune_methods",
+    "choose_sparse_scheme": ".finetune_methods",
+    "AdaptedPredictor": ".latency",
+    "DeviceConfig": ".latency",
+    "MetaLatencyPredictor": ".latency",
+    "SavedTensorMeter": ".memory",
+    "TrainingMemory": ".memory",
+    "measure_training_step": ".memory",
+    "AffineNorm": ".mobiletl",
+    "SignMaskActivation": ".mobiletl",
+    "SignMaskHardswish": ".mobiletl",
+    "SignMaskReLU6": ".mobiletl",
+    "pack_bits": ".mobiletl",
+    "unpack_bits": ".mobiletl",
+    "InvertedResidual": ".networks",
+    "MobileNetConfig": ".networks",
+    "MobileNetV2": ".networks",
+    "StageConfig": ".networks",
+    "profile": ".profiling",
+    "SearchResult": ".search",
+    "FinetuneResult": ".training",
+    "run_finetune": ".training",
 }
 
 # ``search`` is both a submodule and its main function. Eagerly, the function shadowed the
@@ -59,14 +58,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

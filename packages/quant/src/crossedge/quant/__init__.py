@@ -6,8 +6,7 @@ module, which every ``crossedge`` command loads) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crossedge.core.lazy import lazy_exports
 
 #: public name -> the module that defines it (relative to this package, or absolute)
 _EXPORTS: dict[str, str] = {
@@ -53,14 +52,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -6,35 +6,24 @@ and the CLI do) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crossedge.core.lazy import lazy_exports
 
 _EXPORTS = {
-    "DenseIndex": "index",
-    "IndexCorruptedError": "index",
-    "build_index": "index",
-    "BM25Scorer": "lexical",
-    "LOSSES": "losses",
-    "get_loss": "losses",
-    "BiEncoder": "scorers",
-    "CrossEncoder": "scorers",
-    "Scorer": "scorers",
-    "ScorerError": "scorers",
-    "UniEncoder": "scorers",
-    "load_scorer": "scorers",
+    "DenseIndex": ".index",
+    "IndexCorruptedError": ".index",
+    "build_index": ".index",
+    "BM25Scorer": ".lexical",
+    "LOSSES": ".losses",
+    "get_loss": ".losses",
+    "BiEncoder": ".scorers",
+    "CrossEncoder": ".scorers",
+    "Scorer": ".scorers",
+    "ScorerError": ".scorers",
+    "UniEncoder": ".scorers",
+    "load_scorer": ".scorers",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -6,46 +6,35 @@ module, which every ``crossedge`` command loads) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crossedge.core.lazy import lazy_exports
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "CopyDrafter": "drafters",
-    "CrossVocabDrafter": "drafters",
-    "Draft": "drafters",
-    "DraftModelDrafter": "drafters",
-    "Drafter": "drafters",
-    "HistoryDrafter": "drafters",
-    "build_drafters": "drafters",
-    "build_chain": "drafters",
-    "check_drafter_spec": "drafters",
-    "GenerationResult": "engine",
-    "RunStats": "engine",
-    "SpeculativeDecoder": "engine",
-    "TokenStream": "engine",
-    "NonFiniteLogitsError": "errors",
-    "PromptTooLongError": "errors",
-    "SpecdecError": "errors",
-    "ConstantPolicy": "policies",
-    "CostAwarePolicy": "policies",
-    "DraftLengthPolicy": "policies",
-    "HeuristicPolicy": "policies",
-    "build_policy": "policies",
-    "SamplingConfig": "sampling",
+    "CopyDrafter": ".drafters",
+    "CrossVocabDrafter": ".drafters",
+    "Draft": ".drafters",
+    "DraftModelDrafter": ".drafters",
+    "Drafter": ".drafters",
+    "HistoryDrafter": ".drafters",
+    "build_drafters": ".drafters",
+    "build_chain": ".drafters",
+    "check_drafter_spec": ".drafters",
+    "GenerationResult": ".engine",
+    "RunStats": ".engine",
+    "SpeculativeDecoder": ".engine",
+    "TokenStream": ".engine",
+    "NonFiniteLogitsError": ".errors",
+    "PromptTooLongError": ".errors",
+    "SpecdecError": ".errors",
+    "ConstantPolicy": ".policies",
+    "CostAwarePolicy": ".policies",
+    "DraftLengthPolicy": ".policies",
+    "HeuristicPolicy": ".policies",
+    "build_policy": ".policies",
+    "SamplingConfig": ".sampling",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
