@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from crossedge.core.contracts.drafter import Sampler
+from crossedge.core.contracts.drafter import check_finite as core_check_finite
 
 from .errors import NonFiniteLogitsError, SpecdecError
 
@@ -51,15 +52,8 @@ class SamplingConfig:
 
 
 def check_finite(logits: torch.Tensor, where: str) -> None:
-    """Raise :class:`NonFiniteLogitsError` when a row holds NaN, +inf, or only -inf."""
-    # -inf entries are legitimate (masked tokens); NaN propagates through max, so one
-    # reduction per row catches NaN, +inf and rows that mask everything.
-    top = logits.max(dim=-1).values
-    if not bool(torch.isfinite(top).all()):
-        raise NonFiniteLogitsError(
-            f"{where} produced non-finite logits (NaN, +inf or all -inf); the weights or the dtype are broken: "
-            f"load the model in float32 and check it with plain model.generate()"
-        )
+    """Core's check (NaN, +inf or a row of only -inf), raising specdec's :class:`NonFiniteLogitsError`."""
+    core_check_finite(logits, where, NonFiniteLogitsError)
 
 
 def process_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:

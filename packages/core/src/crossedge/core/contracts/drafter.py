@@ -38,15 +38,15 @@ class NonFiniteLogitsError(CrossedgeError):
     """A model produced NaN or infinite logits, so no token can be chosen."""
 
 
-def check_finite(logits: torch.Tensor, where: str) -> None:
-    """Raise :class:`NonFiniteLogitsError` when a row holds NaN, +inf, or only -inf."""
+def check_finite(logits: torch.Tensor, where: str, error: type[NonFiniteLogitsError] = NonFiniteLogitsError) -> None:
+    """Raise ``error`` (:class:`NonFiniteLogitsError` or a subclass) when a row holds NaN, +inf, or only -inf."""
     import torch
 
     # -inf entries are legitimate (masked tokens); NaN propagates through max, so one
     # reduction per row catches NaN, +inf and rows that mask everything.
     top = logits.max(dim=-1).values
     if not bool(torch.isfinite(top).all()):
-        raise NonFiniteLogitsError(
+        raise error(
             f"{where} produced non-finite logits (NaN, +inf or all -inf); the weights or the dtype are broken: "
             f"load the model in float32 and check it with plain model.generate()"
         )
