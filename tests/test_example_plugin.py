@@ -1,26 +1,14 @@
 """Integration: installed distributions are discovered through their entry points."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def crossedge(*args, env_extra=None, cache=None):
-    env = {**os.environ, **(env_extra or {})}
-    env.pop("CROSSEDGE_LOAD_PLUGINS", None)
-    env.pop("CROSSEDGE_NO_ENTRY_POINTS", None)
-    if cache is not None:
-        env["CROSSEDGE_CACHE"] = str(cache)
-    if env_extra:
-        env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "crossedge.core.cli", *args], capture_output=True, text=True, env=env)
+from crossedge.core.testing import run_cli
 
 
 def test_example_plugin_is_found_by_entry_point():
-    done = crossedge("plugins", "--json")
+    done = run_cli("plugins", "--json")
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     example = rows["tiny_models"]
@@ -32,7 +20,7 @@ def test_example_plugin_is_found_by_entry_point():
 
 
 def test_load_plugins_env_hides_the_example_plugin():
-    done = crossedge("plugins", "--json", env_extra={"CROSSEDGE_LOAD_PLUGINS": ""})
+    done = run_cli("plugins", "--json", env={"CROSSEDGE_LOAD_PLUGINS": ""})
     names = {r["name"] for r in json.loads(done.stdout)}
     assert "tiny_models" not in names
     assert "crossedge.core.builtins.commands" in names
@@ -40,39 +28,39 @@ def test_load_plugins_env_hides_the_example_plugin():
 
 
 def test_load_plugins_env_with_a_typo_warns_with_the_close_match():
-    done = crossedge("plugins", "--json", env_extra={"CROSSEDGE_LOAD_PLUGINS": "tiny_model"})
+    done = run_cli("plugins", "--json", env={"CROSSEDGE_LOAD_PLUGINS": "tiny_model"})
     assert done.returncode == 0, done.stderr
     assert "'tiny_model'" in done.stderr and "did you mean 'tiny_models'" in done.stderr
     assert "specdec" in {r["name"] for r in json.loads(done.stdout)}
 
 
 def test_pull_and_info_of_a_plugin_model(tmp_path):
-    done = crossedge("models", "pull", "tiny-llama", cache=tmp_path)
+    done = run_cli("models", "pull", "tiny-llama", cache=tmp_path)
     assert done.returncode == 0, done.stderr
-    info = json.loads(crossedge("models", "info", "tiny-llama", "--json", "--verify", cache=tmp_path).stdout)
+    info = json.loads(run_cli("models", "info", "tiny-llama", "--json", "--verify", cache=tmp_path).stdout)
     assert info["pulled"] is True and info["verified"] is True
     assert info["origin"] == {"arch": "llama", "generator": "crossedge_tiny_models", "seed": 0}
     assert info["layers"] == 2
 
 
 def test_corrupted_cache_is_reported_by_verify(tmp_path):
-    crossedge("models", "pull", "tiny-gpt2", cache=tmp_path)
+    run_cli("models", "pull", "tiny-gpt2", cache=tmp_path)
     weights = tmp_path / "models" / "tiny-gpt2" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    done = crossedge("models", "info", "tiny-gpt2", "--verify", cache=tmp_path)
+    done = run_cli("models", "info", "tiny-gpt2", "--verify", cache=tmp_path)
     assert done.returncode == 1
     assert "does not match its recorded SHA-256" in done.stderr
-    done = crossedge("models", "pull", "tiny-gpt2", cache=tmp_path)
+    done = run_cli("models", "pull", "tiny-gpt2", cache=tmp_path)
     assert done.returncode == 0
     assert "damaged" in done.stderr
-    assert crossedge("models", "info", "tiny-gpt2", "--verify", cache=tmp_path).returncode == 0
+    assert run_cli("models", "info", "tiny-gpt2", "--verify", cache=tmp_path).returncode == 0
 
 
 @pytest.mark.model
 def test_smollm2_info_from_the_real_cache_offline():
-    assert crossedge("models", "pull", "smollm2-135m").returncode == 0
-    done = crossedge("models", "info", "smollm2-135m", "--json", env_extra={"HF_HUB_OFFLINE": "1"})
+    assert run_cli("models", "pull", "smollm2-135m").returncode == 0
+    done = run_cli("models", "info", "smollm2-135m", "--json", env={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["layers"] == 30

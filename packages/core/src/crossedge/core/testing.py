@@ -152,3 +152,29 @@ class BackendPlugin:
         """Register every backend given to the constructor."""
         for backend in self.backends:
             register(backend)
+
+
+def run_cli(
+    *args: str,
+    cache: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Run ``crossedge ARGS`` in a fresh process with entry points loaded, as a user's shell would.
+
+    The plugin switches of the calling test process (``CROSSEDGE_LOAD_PLUGINS``,
+    ``CROSSEDGE_NO_ENTRY_POINTS``) are dropped, ``cache`` becomes ``CROSSEDGE_CACHE`` and
+    ``env`` is applied last. Returns the ``subprocess.CompletedProcess`` (text output).
+    """
+    import os
+    import subprocess
+    import sys
+
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("CROSSEDGE_LOAD_PLUGINS", "CROSSEDGE_NO_ENTRY_POINTS")
+    }
+    if cache is not None:
+        environment["CROSSEDGE_CACHE"] = str(cache)
+    environment.update(env or {})
+    command = [sys.executable, "-m", "crossedge.core.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
