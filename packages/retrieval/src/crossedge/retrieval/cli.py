@@ -14,7 +14,7 @@ import click
 
 from crossedge.core import CrossedgeError
 
-from .options import HEADS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
+from .options import ALL_METHODS, HEADS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
 
 NEGATIVES_HELP = (
     "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
@@ -217,7 +217,7 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
     "--methods",
     default="all",
     show_default=True,
-    help="Comma list of bm25, bi-zero-shot, bi-trained, cross-rerank, uni-rerank, students, trans-encoder.",
+    help=f"Comma list of {', '.join(ALL_METHODS)}.",
 )
 @click.option("--losses", default=",".join(LOSS_NAMES), show_default=True)
 @click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
@@ -259,7 +259,6 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
     from crossedge.core.bench import threads as pin_threads
 
     from .benchmark import report_of
-    from .options import ALL_METHODS
     from .pipeline import BenchSettings, run_bench
 
     settings = BenchSettings(
