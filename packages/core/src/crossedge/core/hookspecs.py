@@ -26,6 +26,10 @@ What is registered depends on the kind, and only on the kind:
 - **Named resources register instances**: model sources, model formats, datasets and
   benchmarks, each configured when the plugin builds it (a reference ``"pkg.mod:make()"``
   registers what calling ``make`` returns).
+
+The registry enforces this when an entry is first used (``crossedge.core.registry.CLASS_KINDS``
+lists the class kinds): an instance of a class kind, or a class of an instance kind, is a
+``PluginError`` naming the plugin, the name and what to register instead.
 """
 
 from __future__ import annotations
