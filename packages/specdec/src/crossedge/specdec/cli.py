@@ -150,7 +150,8 @@ def generate(
         click.echo()
     click.secho(_format_stats(stream.stats), fg="cyan", err=True)
     if as_json:
-        echo_json({**stream.stats.to_dict(), **stack_fields(stack), "drafter": drafter_spec, "policy": policy})
+        stats = {**stream.stats.to_dict(), **stack_fields(stack), "drafter": drafter_spec, "policy": policy}
+        echo_json({**stats, "tokens": list(stream.tokens)})
 
 
 @specdec.command()

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from crossedge.core import plugins as plugin_manager
-from crossedge.core.bench import cpu_flags, cpu_model, format_table, plot_bars
+from crossedge.core.bench import bind_options, cpu_flags, cpu_model, format_table, plot_bars
 from crossedge.core.cache import (
     MANIFEST_NAME,
     cache_dir,
@@ -327,13 +327,15 @@ def register_commands(cli):
     )
     def bench_run(name: str, options: tuple[str, ...], json_out: str | None) -> None:
         """Run benchmark NAME and print its table."""
-        kwargs = {}
+        given = {}
         for option in options:
             key, sep, value = option.partition("=")
             if not sep:
                 raise CrossedgeError(f"benchmark option {option!r} is not KEY=VALUE")
-            kwargs[key.replace("-", "_")] = int(value) if value.isdigit() else value
-        report = get_registry("benchmark").get(name).run(**kwargs)
+            given[key] = value
+        benchmark = get_registry("benchmark").get(name)
+        # coerced to run()'s declared types; a mistyped key is refused, listing the valid ones, before anything runs
+        report = benchmark.run(**bind_options(benchmark, given))
         columns = sorted({k for row in report.rows for k in row if not isinstance(row[k], (list, dict))})
         click.echo(format_table(report.rows, columns))
         click.echo(f"threads: {report.environment['threads']}")
