@@ -156,7 +156,12 @@ def test_generate_through_a_plugin_backend_matches_eager(run, tiny_folder):
     assert text == eager_text
     assert counting.forwards > 0
     # an fp32 target asks for no custom kernels; --quant or a quantized folder would
-    expected = {"purpose": "specdec generate", "custom_kernels": False, "dynamic_shapes": True, "kv_cache_decoding": True}
+    expected = {
+        "purpose": "specdec generate",
+        "custom_kernels": False,
+        "dynamic_shapes": True,
+        "kv_cache_decoding": True,
+    }
     assert counting.requests == [expected]
     assert (eager_stats["backend"], stats["backend"]) == ("torch-eager", "counting")
 
