@@ -92,3 +92,45 @@ def test_plot_writes_png(tmp_path):
         reference=1.0,
     )
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+class _EchoBenchmark:
+    """A benchmark whose report holds the options it was given (registered per test)."""
+
+    name = "echo"
+    description = "returns its options"
+
+    def run(self, *, repeats: int = 3, model: str = "tiny", fast: bool = False):
+        from crossedge.core.bench import BenchmarkReport
+
+        return BenchmarkReport(self.name, rows=[{"repeats": repeats, "model": model, "fast": fast}])
+
+
+class _EchoPlugin:
+    from crossedge.core import hookimpl
+
+    @hookimpl
+    def register_benchmarks(self, register):
+        from crossedge.core.bench import Benchmark
+
+        register(type("Echo", (_EchoBenchmark, Benchmark), {})())
+
+
+def test_bench_run_binds_options_to_run_and_refuses_mistyped_keys(tmp_path):
+    from click.testing import CliRunner
+
+    from crossedge.core import registered
+    from crossedge.core.cli import build_cli
+
+    with registered(_EchoPlugin(), name="echo-test"):
+        out = tmp_path / "echo.json"
+        args = ["bench", "run", "echo", "-o", "repeats=5", "-o", "fast=yes", "--json", str(out)]
+        ok = CliRunner().invoke(build_cli(), args)
+        assert ok.exit_code == 0, ok.output
+        # coerced to run()'s declared types: an integer and a boolean, not the text given
+        assert json.loads(out.read_text())["rows"] == [{"repeats": 5, "model": "tiny", "fast": True}]
+        typo = CliRunner().invoke(build_cli(), ["bench", "run", "echo", "-o", "repeat=5"])
+        assert typo.exit_code == 1
+        assert "has no option 'repeat'; did you mean 'repeats'? its options: fast, model, repeats" in typo.output
+        bad = CliRunner().invoke(build_cli(), ["bench", "run", "echo", "-o", "repeats=many"])
+        assert bad.exit_code == 1 and "option repeats takes an integer, got 'many'" in bad.output

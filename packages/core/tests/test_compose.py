@@ -102,3 +102,33 @@ def test_models_generate_quant(plugin, folder):
     rounded = runner.invoke(build_cli(), [*args, "--quant", "round:decimals=0"])
     assert plain.exit_code == rounded.exit_code == 0, rounded.output
     assert plain.output != rounded.output  # the rounded weights were used
+
+
+def test_stack_is_checked_before_loading_and_built_load_quantize_prepare(plugin, folder):
+    from crossedge.core.backends import TorchEagerBackend
+    from crossedge.core.compose import build_stack, check_stack
+    from crossedge.core.testing import BackendPlugin
+
+    seen = []
+
+    class Recording(TorchEagerBackend):
+        name = "recording"
+
+        def prepare_causal_lm(self, model):
+            # what the backend is handed: the model after quantization (weights rounded to whole numbers)
+            weight = model.model.layers[0].mlp.up_proj.weight
+            seen.append(bool(torch.equal(weight, torch.round(weight))))
+            return model
+
+    class NoKernels(TorchEagerBackend):
+        name = "no-kernels"
+        custom_kernels = False
+
+    with registered(BackendPlugin(Recording, NoKernels), name="stack-test"):
+        with pytest.raises(CrossedgeError, match="does not support modules with custom"):
+            check_stack("no-such-model", quant="round", backend="no-kernels", purpose="test")
+        assert check_stack("no-such-model", backend="no-kernels", purpose="test").quant is None
+        plan = check_stack(str(folder), quant="round:decimals=0", backend="recording", purpose="test")
+        assert plan.describe()["quant"] == "round:decimals=0" and plan.describe()["backend"] == "recording"
+        built = build_stack(plan)
+    assert seen == [True] and built.quantized.details["layers"] == 14

@@ -155,7 +155,14 @@ def test_generate_through_a_plugin_backend_matches_eager(run, tiny_folder):
     (eager_text, eager_stats), (text, stats) = _text_and_stats(eager), _text_and_stats(through)
     assert text == eager_text
     assert counting.forwards > 0
-    assert counting.requests == [{"purpose": "specdec generate", "dynamic_shapes": True, "kv_cache_decoding": True}]
+    # an fp32 target asks for no custom kernels; --quant or a quantized folder would
+    expected = {
+        "purpose": "specdec generate",
+        "custom_kernels": False,
+        "dynamic_shapes": True,
+        "kv_cache_decoding": True,
+    }
+    assert counting.requests == [expected]
     assert (eager_stats["backend"], stats["backend"]) == ("torch-eager", "counting")
 
 

@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,3 +336,15 @@ class Benchmark:
     def run(self, **options: Any) -> BenchmarkReport:
         """Measure and return a report."""
         raise NotImplementedError
+
+
+def bind_options(benchmark: Benchmark, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``-o key=value`` options coerced to the types of ``benchmark.run``'s keyword parameters.
+
+    An unknown key is a :class:`crossedge.core.specs.SpecError` listing the valid ones, raised
+    before the benchmark runs; a ``run`` that takes ``**options`` receives keys it does not
+    name and must check them itself (retrieval's does).
+    """
+    from .specs import Spec, bind
+
+    return bind(Spec(benchmark.name, dict(options), kind="benchmark"), benchmark.run, kind="benchmark")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 import torch
 
@@ -17,7 +16,7 @@ class MobileTLBenchmark(Benchmark):
     description = "saved-for-backward memory and accuracy: MobileTL vs full fine-tuning of the same top blocks"
 
     def run(
-        self, *, blocks: int = 3, seeds: str = "0,1,2,3,4", epochs: int = 20, batch_size: int = 32, **_: Any
+        self, *, blocks: int = 3, seeds: str = "0,1,2,3,4", epochs: int = 20, batch_size: int = 32
     ) -> BenchmarkReport:
         from .training import run_finetune
 
@@ -76,7 +75,6 @@ class PredictorBenchmark(Benchmark):
         seed: int = 0,
         configs: str = "",
         retest: str = "",
-        **_: Any,
     ) -> BenchmarkReport:
         """``retest``: comma-separated configurations to measure a second time, for the test-retest Spearman
         (how far two independent measurement runs agree: the ceiling any predictor can reach here)."""
@@ -152,7 +150,6 @@ class BackendsBenchmark(Benchmark):
         backends: str = "",
         repeats: int = 20,
         threads: int = 1,
-        **_: Any,
     ) -> BenchmarkReport:
         from crossedge.core import get_registry
         from crossedge.core.backends import get_backend

@@ -465,7 +465,6 @@ class QuantEvalBenchmark(Benchmark):
         decode_tokens: int | str = 64,
         threads: int | str | None = None,
         backend: str = DEFAULT_BACKEND,
-        **_: Any,
     ) -> BenchmarkReport:
         from crossedge.core.sources import load_model
 

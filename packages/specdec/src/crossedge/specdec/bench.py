@@ -41,6 +41,35 @@ def target_backend(name: str = DEFAULT_BACKEND, *, purpose: str = "specdec bench
     return resolve_backend(name, purpose=purpose, dynamic_shapes=True, kv_cache_decoding=True)
 
 
+def check_target(
+    model: str,
+    *,
+    quant: str | None = None,
+    backend: str = DEFAULT_BACKEND,
+    drafters: Sequence[str] = (),
+    policy: str | None = None,
+    purpose: str = "specdec bench",
+) -> Any:
+    """Check drafter and policy specs and the target's (model, quant, backend) stack before any model loads.
+
+    Returns core's :class:`crossedge.core.compose.StackPlan`; :func:`crossedge.core.compose.build_stack`
+    then loads, quantizes and prepares the target (load -> quantize -> backend). Drafters'
+    own models are not part of the stack: they stay fp32 in eager PyTorch.
+    """
+    from crossedge.core.compose import check_stack
+
+    from .drafters import check_drafter_spec
+    from .policies import check_policy_spec
+
+    if policy is not None:
+        check_policy_spec(policy)
+    for spec in drafters:
+        check_drafter_spec(spec)
+    return check_stack(
+        model, quant=quant, backend=backend, purpose=purpose, dynamic_shapes=True, kv_cache_decoding=True
+    )
+
+
 @dataclass
 class Outcome:
     """New tokens of one generation, how long it took, and target forwards when known."""
@@ -191,11 +220,37 @@ def run_benchmark(
                     "cpu_seconds": entry["cpu"],
                     "mean_accepted": new_tokens / entry["forwards"] if entry["known"] and entry["forwards"] else None,
                     "identical_to_baseline": entry["tokens"] == baseline_tokens,
+                    "first_difference": first_difference(entry["tokens"], baseline_tokens),
                     "turn_new_tokens": [len(t) for t in entry["tokens"]],
                     "turn_seconds": entry["turn_seconds"],
                 }
             )
     return runs
+
+
+def stack_fields(stack: Any) -> dict[str, Any]:
+    """The target stack as results record it: backend and quant spec (None when not quantized after loading)."""
+    return {
+        "backend": stack.backend.name,
+        "quant": stack.quant_spec,
+        "quantized_folder": stack.describe()["quantized_folder"],
+    }
+
+
+def first_difference(turns: Sequence[Sequence[int]], baseline: Sequence[Sequence[int]]) -> dict[str, int] | None:
+    """Where a method's tokens first leave the baseline's (turn and token index), or None when identical."""
+    for turn, (mine, theirs) in enumerate(zip(turns, baseline, strict=True)):
+        if list(mine) != list(theirs):
+            # one answer may be a prefix of the other (an earlier stop): then they part where the shorter ends
+            pairs = zip(mine, theirs, strict=False)
+            token = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(mine), len(theirs)))
+            return {"turn": turn, "token": token}
+    return None
+
+
+def differing_runs(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """``method@task/prompt_id`` of every run whose tokens differ from the baseline's."""
+    return [f"{r['method']}@{r['task']}/{r['prompt_id']}" for r in runs if not r["identical_to_baseline"]]
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -366,25 +421,23 @@ class SpecdecBenchmark(Benchmark):
         threads: int | str = 2,
         compare_hf: bool | str = False,
         backend: str = DEFAULT_BACKEND,
-        **_: Any,
+        quant: str | None = None,
     ) -> BenchmarkReport:
-        from crossedge.core import load_model
         from crossedge.core.bench import threads as pinned_threads
+        from crossedge.core.compose import build_stack
         from crossedge.core.specs import split_alternatives
 
-        from .drafters import DRAFTER_KIND, check_drafter_spec
-        from .policies import check_policy_spec
+        from .drafters import DRAFTER_KIND
         from .suite import default_suite
         from .suite import limit_per_task as limit
 
         # Several drafter specs are separated by ';' here because ',' already builds chains.
         specs = split_alternatives(drafters, kind=DRAFTER_KIND)
-        check_policy_spec(policy)
-        for spec in specs:
-            check_drafter_spec(spec)
-        runner = target_backend(backend, purpose="the specdec benchmark")
-        loaded = load_model(model)
-        target = runner.prepare_causal_lm(loaded.model)
+        stack = check_target(
+            model, quant=quant, backend=backend, drafters=specs, policy=policy, purpose="the specdec benchmark"
+        )
+        built = build_stack(stack)
+        loaded, target = built.loaded, built.model
         compare = compare_hf if isinstance(compare_hf, bool) else str(compare_hf).lower() in ("1", "true", "yes")
         notes: list[str] = []
         methods = build_methods(
@@ -395,5 +448,5 @@ class SpecdecBenchmark(Benchmark):
             runs = run_benchmark(
                 target, loaded.tokenizer, prompts, methods, max_new_tokens=int(max_new_tokens), progress=False
             )
-        summary = {**summarize(runs), "backend": runner.name}
+        summary = {**summarize(runs), **stack_fields(stack), "differing_runs": differing_runs(runs)}
         return BenchmarkReport(self.name, rows=table_rows(summary), summary={**summary, "runs": runs, "notes": notes})

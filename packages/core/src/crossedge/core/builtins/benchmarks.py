@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Any
 
 from crossedge.core.bench import Benchmark, BenchmarkReport, Measurement, measure
 from crossedge.core.hookspecs import hookimpl
@@ -30,7 +29,7 @@ class ModelLoadBenchmark(Benchmark):
     name = "model-load"
     description = "pull once, then time cached loads of a model (default smollm2-135m)"
 
-    def run(self, *, model: str = "smollm2-135m", repeats: int = 3, **_: Any) -> BenchmarkReport:
+    def run(self, *, model: str = "smollm2-135m", repeats: int = 3) -> BenchmarkReport:
         source = resolve_model(model)
         rows = []
         if not source.is_pulled():

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from crossedge.core import plugins as plugin_manager
-from crossedge.core.bench import cpu_flags, cpu_model, format_table, plot_bars
+from crossedge.core.bench import bind_options, cpu_flags, cpu_model, format_table, plot_bars
 from crossedge.core.cache import (
     MANIFEST_NAME,
     cache_dir,
@@ -24,6 +24,7 @@ from crossedge.core.cache import (
 )
 from crossedge.core.cli import echo_json
 from crossedge.core.contracts.array_dataset import ArrayDataset, DatasetCacheError, get_array_dataset
+from crossedge.core.contracts.backend import DEFAULT_BACKEND
 from crossedge.core.errors import CrossedgeError, ModelSourceError
 from crossedge.core.hookspecs import hookimpl
 from crossedge.core.registry import KINDS, get_registry, names_by_plugin, registry_conflicts
@@ -217,22 +218,33 @@ def register_commands(cli):
         help="Quantize after loading with a registered method, e.g. 'rtn' or 'rtn:bits=4,group_size=64' "
         "(methods that need calibration: run 'crossedge quant run' and pass its folder as NAME).",
     )
-    def models_generate(name: str, prompt: str, max_new_tokens: int, quant_spec: str | None) -> None:
+    @click.option(
+        "--backend",
+        "backend_name",
+        default=DEFAULT_BACKEND,
+        show_default=True,
+        help="Backend spec that runs the model (it must support KV-cached decoding, and quantized kernels "
+        "for --quant or a quantized folder).",
+    )
+    def models_generate(name: str, prompt: str, max_new_tokens: int, quant_spec: str | None, backend_name: str) -> None:
         """Stream a greedy answer to PROMPT from causal LM NAME (plain transformers generate)."""
         from transformers import TextStreamer
 
-        from ..compose import apply_quant, check_quant
+        from ..compose import build_stack, check_stack
 
-        plan = check_quant(quant_spec, model=name)  # spec, method and model checked before anything loads
-        source = resolve_model(name)
-        if source.task != "causal-lm":
-            raise CrossedgeError(f"{name!r} is a {source.task} model; generate needs a causal-lm")
-        loaded = source.load()
-        if plan is not None:
-            apply_quant(loaded, plan)
-        input_ids = encode_prompt(loaded.tokenizer, prompt)
-        streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        loaded.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+        # quant spec, backend spec and their compatibility are checked before anything loads
+        stack = check_stack(
+            name,
+            quant=quant_spec,
+            backend=backend_name,
+            purpose="models generate",
+            dynamic_shapes=True,
+            kv_cache_decoding=True,
+        )
+        built = build_stack(stack)
+        input_ids = encode_prompt(built.tokenizer, prompt)
+        streamer = TextStreamer(built.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        built.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
 
     @models_group.command(name="remove")
     @click.argument("name")
@@ -315,13 +327,15 @@ def register_commands(cli):
     )
     def bench_run(name: str, options: tuple[str, ...], json_out: str | None) -> None:
         """Run benchmark NAME and print its table."""
-        kwargs = {}
+        given = {}
         for option in options:
             key, sep, value = option.partition("=")
             if not sep:
                 raise CrossedgeError(f"benchmark option {option!r} is not KEY=VALUE")
-            kwargs[key.replace("-", "_")] = int(value) if value.isdigit() else value
-        report = get_registry("benchmark").get(name).run(**kwargs)
+            given[key] = value
+        benchmark = get_registry("benchmark").get(name)
+        # coerced to run()'s declared types; a mistyped key is refused, listing the valid ones, before anything runs
+        report = benchmark.run(**bind_options(benchmark, given))
         columns = sorted({k for row in report.rows for k in row if not isinstance(row[k], (list, dict))})
         click.echo(format_table(report.rows, columns))
         click.echo(f"threads: {report.environment['threads']}")
