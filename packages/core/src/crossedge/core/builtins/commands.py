@@ -129,6 +129,15 @@ def remove_entry(source: CachedSource) -> list[Path]:
     return removed
 
 
+def show_facts(facts: dict[str, Any], as_json: bool) -> None:
+    """Print an ``info`` command's facts: JSON, or one aligned ``key: value`` line each."""
+    if as_json:
+        echo_json(facts)
+        return
+    for key, value in facts.items():
+        click.echo(f"{key:>16}: {value}")
+
+
 def _human_bytes(count: int) -> str:
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -201,11 +210,7 @@ def register_commands(cli):
         facts = model_facts(name, source)
         if verify:
             facts["verified"] = True
-        if as_json:
-            echo_json(facts)
-        else:
-            for key, value in facts.items():
-                click.echo(f"{key:>16}: {value}")
+        show_facts(facts, as_json)
 
     @models_group.command(name="generate")
     @click.argument("name")
@@ -289,11 +294,7 @@ def register_commands(cli):
             facts = {"name": entry.name, "kind": "text", "description": entry.obj.description}
             facts["documents"] = len(entry.obj.documents())
         facts["plugin"] = entry.plugin
-        if as_json:
-            echo_json(facts)
-        else:
-            for key, value in facts.items():
-                click.echo(f"{key:>16}: {value}")
+        show_facts(facts, as_json)
 
     @datasets_group.command(name="build")
     @click.argument("name")
