@@ -1,4 +1,4 @@
-"""Core's own model sources, benchmarks and text datasets pass the conformance suites plugins use."""
+"""Core's model sources, a tiny model format, benchmarks and text datasets pass the plugins' conformance suites."""
 
 import pytest
 import torch
@@ -6,9 +6,12 @@ import torch
 from crossedge.core.bench import Benchmark, BenchmarkReport, measure
 from crossedge.core.conformance.benchmark import BenchmarkConformance
 from crossedge.core.conformance.dataset import TextDatasetConformance
+from crossedge.core.conformance.model_format import ModelFormatConformance
 from crossedge.core.conformance.model_source import ModelSourceConformance
+from crossedge.core.contracts.model_format import ModelFormat
 from crossedge.core.datasets import Document, TextCorpus, read_text_files
-from crossedge.core.sources import CachedSource, LocalFolderSource
+from crossedge.core.errors import CrossedgeError, ModelSourceError
+from crossedge.core.sources import CachedSource, LoadedModel, LocalFolderSource
 from crossedge.core.testing import save_tiny_causal_lm, tiny_causal_lm
 
 
@@ -107,3 +110,51 @@ def test_the_dataset_suite_catches_repeated_ids():
     corpus = TextCorpus("dupes", lambda: [Document("a", "one", "x"), Document("a", "two", "y")])
     with pytest.raises(AssertionError, match="more than one"):
         TextDatasetConformance().test_ids_are_unique(corpus)
+
+
+class MarkedFolderFormat(ModelFormat):
+    """A transformers folder with a marker file; damaged weights become a ModelSourceError."""
+
+    name = "marked-folder"
+    description = "tiny test format: a transformers folder marked by marked.json"
+    marker = "marked.json"
+
+    def load(self, folder, *, name, source, task="causal-lm", **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+        except Exception as exc:
+            raise ModelSourceError(f"cannot load {folder}: {exc}; re-save the model") from exc
+        return LoadedModel(name=name, model=model, tokenizer=None, path=folder, source=source)
+
+
+class TestMarkedFolderFormat(ModelFormatConformance):
+    @pytest.fixture
+    def model_format(self):
+        return MarkedFolderFormat()
+
+    @pytest.fixture
+    def folder(self, tmp_path):
+        folder = save_tiny_causal_lm(tmp_path / "marked")
+        (folder / "marked.json").write_text("{}")
+        return folder
+
+
+class TracebackFormat(MarkedFolderFormat):
+    """Lets transformers' own exception escape on damaged weights: what the suite must catch."""
+
+    def load(self, folder, *, name, source, task="causal-lm", **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+        return LoadedModel(name=name, model=model, tokenizer=None, path=folder, source=source)
+
+
+def test_the_model_format_suite_catches_a_traceback_on_damaged_weights(tmp_path):
+    folder = save_tiny_causal_lm(tmp_path / "marked")
+    with pytest.raises(Exception) as caught:
+        ModelFormatConformance().test_corrupted_weights_are_refused_with_a_crossedge_error(
+            TracebackFormat(), folder, tmp_path
+        )
+    assert not isinstance(caught.value, CrossedgeError)
