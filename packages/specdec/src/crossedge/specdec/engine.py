@@ -274,7 +274,7 @@ class SpeculativeDecoder:
         started = clock()
 
         with torch.inference_mode():
-            logits = self._forward(model, cache, prompt, 1)[-1]
+            logits = self._forward(model, prompt, 1)[-1]
             token = self._pick(logits, sampling, generator)
             stats.target_forwards = 1
             if self.drafters and self.policy.wants_calibration():
@@ -310,20 +310,9 @@ class SpeculativeDecoder:
                 )
             stats.target_forwards += 1
 
-    def _forward(self, model: Any, cache: Any, feed: list[int], keep: int) -> torch.Tensor:
-        """One target forward over ``feed``; hidden states go to the cache view when a drafter asked."""
-        start = cache.get_seq_length()
-        wanted = bool(self._view.wanted_layers)
-        out = model(
-            input_ids=torch.tensor([feed]),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=keep,
-            output_hidden_states=wanted,
-        )
-        if wanted:
-            self._view.record(out.hidden_states, start)
-        logits = out.logits[0]
+    def _forward(self, model: Any, feed: list[int], keep: int) -> torch.Tensor:
+        """One target forward over ``feed`` on this generation's cache, through the drafters' cache view."""
+        logits = self._view.forward(model, feed, keep).logits[0]
         check_finite(logits, "the target model")
         return logits
 
@@ -379,7 +368,7 @@ class SpeculativeDecoder:
         drafted = draft.tokens if draft is not None else []
         k = len(drafted)
         start = clock()
-        logits = self._forward(model, cache, [last, *drafted], k + 1)
+        logits = self._forward(model, [last, *drafted], k + 1)
         if sampling.greedy:
             picks = logits.argmax(dim=-1).tolist()
             accepted = 0

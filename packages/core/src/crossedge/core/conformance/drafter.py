@@ -114,17 +114,7 @@ def reference_generate(
     asked = cycle(lengths)
 
     def forward(feed: list[int], keep: int) -> Any:
-        start = view.length
-        wanted = bool(view.wanted_layers)
-        out = model(
-            input_ids=torch.tensor([feed]),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=keep,
-            output_hidden_states=wanted,
-        )
-        if wanted:
-            view.record(out.hidden_states, start)
+        out = view.forward(model, feed, keep)
         run.forwards += 1
         check_finite(out.logits[0], "the target model")
         return out.logits[0]

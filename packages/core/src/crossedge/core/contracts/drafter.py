@@ -169,6 +169,28 @@ class TargetCacheView:
         """Layers whose hidden states a drafter asked for; the engine then runs forwards with them."""
         return frozenset(self._wanted)
 
+    def forward(self, model: Any, feed: Sequence[int], keep: int) -> Any:
+        """One target forward over ``feed`` on the viewed cache, recording the wanted hidden states.
+
+        Engines call this for every target forward, so what a drafter sees through the view
+        is always what the target computed; returns the model's output (``logits`` of the
+        last ``keep`` positions).
+        """
+        import torch
+
+        start = self.length
+        wanted = bool(self._wanted)
+        out = model(
+            input_ids=torch.tensor([list(feed)]),
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=keep,
+            output_hidden_states=wanted,
+        )
+        if wanted:
+            self.record(out.hidden_states, start)
+        return out
+
     def record(self, hidden_states: Sequence[torch.Tensor], start: int) -> None:
         """Keep the wanted layers of one forward's ``hidden_states``, whose first fed token sat at ``start``."""
         for layer in self._wanted:
