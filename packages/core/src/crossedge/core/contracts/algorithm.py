@@ -87,6 +87,8 @@ class DomainAlgorithm:
     description: ClassVar[str] = ""
     #: hyperparameter name -> declaration; a subclass extends its parent's with ``{**Parent.HPARAMS, ...}``
     HPARAMS: ClassVar[Mapping[str, HParam]] = {}
+    #: True when the algorithm implements :meth:`adapt` (few-shot or unsupervised target adaptation)
+    adapts: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -143,6 +145,14 @@ class DomainAlgorithm:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes) for windows ``x`` of shape (N, T, C)."""
         raise NotImplementedError
+
+    def adapt(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, unlabelled_x: torch.Tensor
+    ) -> dict[str, float]:
+        """Adapt to the target domain after training: ``support_*`` are its few labelled windows
+        (possibly none), ``unlabelled_x`` its other windows without labels. Only called when
+        ``adapts`` is True; returns measurements. A runner calls it once, then ``predict``."""
+        raise NotImplementedError(f"algorithm {self.name!r} does not adapt to a target domain")
 
     # ---------------------------------------------------------------- helpers for subclasses
 

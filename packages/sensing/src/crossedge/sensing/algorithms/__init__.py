@@ -1,0 +1,1 @@
+"""Sensing domain algorithms: one module per method, all on :class:`base.SensingAlgorithm`."""

@@ -1,0 +1,43 @@
+"""The crossedge-sensing plugin: datasets, algorithms, the ``crossedge sensing`` group and the benchmark.
+
+Registrations are lazy ``"module:attr"`` references, so ``crossedge --help`` imports
+neither torch nor numpy through this package.
+"""
+
+from __future__ import annotations
+
+from crossedge.core import hookimpl
+
+#: (reference, name) of every algorithm class this package registers
+ALGORITHMS: tuple[tuple[str, str], ...] = ()
+
+#: (reference, name) of every dataset instance this package registers (``()`` calls a factory)
+DATASETS: tuple[tuple[str, str], ...] = ()
+
+
+@hookimpl
+def register_algorithms(register):
+    """Register the sensing algorithm classes."""
+    for reference, name in ALGORITHMS:
+        register(reference, name=name)
+
+
+@hookimpl
+def register_datasets(register):
+    """Register the sensing array datasets (wheels' recordings and the synthetic generators)."""
+    for reference, name in DATASETS:
+        register(reference, name=name)
+
+
+@hookimpl
+def register_commands(cli):
+    """Add the ``crossedge sensing`` group."""
+    from .cli import group
+
+    cli.add_command(group)
+
+
+@hookimpl
+def register_benchmarks(register):
+    """Register the ``sensing`` benchmark (a cross-domain sweep on a small scenario)."""
+    register("crossedge.sensing.benchmarks:SensingBenchmark()", name="sensing")
