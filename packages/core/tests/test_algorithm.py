@@ -130,7 +130,7 @@ def test_cli_lists_algorithms_and_shows_seeded_hparams(cli):
     with registered(AlgorithmPlugin(), name="algo-plugin"):
         rows = {r["name"]: r for r in json.loads(cli("algorithms", "list", "--json").stdout)}
     assert rows["erm"]["plugin"] == "crossedge.core.builtins.algorithms"
-    assert rows["erm"]["hparams"]["lr"] == {"default": 0.003, "type": "float", "help": "Adam learning rate"}
+    assert rows["erm"]["hparams"]["lr"] == {"default": 0.001, "type": "float", "help": "Adam learning rate"}
     assert rows["mean-logits"]["aliases"] == ["ml"]
     info = json.loads(cli("algorithms", "info", "erm", "--seed", "4", "--json").stdout)
     assert info["random_hparams"] == {"seed": 4, **ERM.random_hparams(4)}
@@ -166,13 +166,13 @@ def test_an_algorithm_spec_binds_hparams_through_the_one_spec_binder():
         cls, hparams = parse_algorithm_spec("ml:lr=1,bias=no")
     assert cls is MeanLogits and hparams == {"lr": 1.0, "bias": False} and type(hparams["lr"]) is float
     # a Spec from Python goes through the same checks
-    assert parse_algorithm_spec(Spec("erm", {"kernel_size": 3}))[1]["kernel_size"] == 3
+    assert parse_algorithm_spec(Spec("erm", {"backbone": "transformer"}))[1]["backbone"] == "transformer"
 
 
 @pytest.mark.parametrize(
     ("text", "position", "message"),
     [
-        ("erm:lrr=0.1", 4, r"algorithm 'erm' has no option 'lrr'; did you mean 'lr'\? its options: kernel_size, lr,"),
+        ("erm:lrr=0.1", 4, r"algorithm 'erm' has no option 'lrr'; did you mean 'lr'\? its options: backbone, lr,"),
         ("erm:seed=3", 4, r"has no option 'seed'"),  # the seed is the caller's, never a hyperparameter
         ("erm:width=2.5", 10, r"option width takes an integer, got '2.5'"),
         ("erm:lr=fast", 7, r"option lr takes a number, got 'fast'"),
@@ -188,11 +188,11 @@ def test_a_bad_algorithm_spec_names_the_character_and_the_valid_hparams(text, po
 def test_cli_info_takes_an_algorithm_spec(cli):
     import json
 
-    result = cli("algorithms", "info", "erm:width=64,lr=0.001", "--json")
+    result = cli("algorithms", "info", "erm:width=64,lr=0.003", "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert info["values"] == {**ERM.default_hparams(), "width": 64, "lr": 0.001}
-    assert info["spec"] == "erm:lr=0.001,width=64"
+    assert info["values"] == {**ERM.default_hparams(), "width": 64, "lr": 0.003}
+    assert info["spec"] == "erm:lr=0.003,width=64"
     assert "width: 32 (int) = 64" in cli("algorithms", "info", "erm:width=64").stdout
     result = cli("algorithms", "info", "erm:widht=64")
     assert result.exit_code == 1 and "character 5" in result.stderr and "did you mean 'width'" in result.stderr

@@ -113,9 +113,7 @@ def windows_from_recordings(
         raise WindowingError(f"{dataset}: recordings need one (T, C) shape with the same C, got {', '.join(shapes)}")
     rates = {float(r.rate) for r in recordings}
     if windowing.rate is None and len(rates) > 1:
-        raise WindowingError(
-            f"{dataset}: recordings have different rates {sorted(rates)} Hz; give a resampling rate"
-        )
+        raise WindowingError(f"{dataset}: recordings have different rates {sorted(rates)} Hz; give a resampling rate")
     names = tuple(label_names) if label_names is not None else tuple(sorted({r.label for r in recordings}))
     values: dict[str, list[str]] = {c: [] for c in DOMAIN_COLUMNS}
     xs, ys, codes = [], [], {c: [] for c in DOMAIN_COLUMNS}
@@ -181,5 +179,5 @@ def domain_summary(data: ArrayData) -> dict[str, dict[str, int]]:
         if len(names) < 2:
             continue
         counts = np.bincount(data.domains.codes(column), minlength=len(names))
-        summary[column] = {name: int(count) for name, count in zip(names, counts)}
+        summary[column] = {name: int(count) for name, count in zip(names, counts, strict=True)}
     return summary

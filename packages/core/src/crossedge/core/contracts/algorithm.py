@@ -146,9 +146,7 @@ class DomainAlgorithm:
         """Logits of shape (N, num_classes) for windows ``x`` of shape (N, T, C)."""
         raise NotImplementedError
 
-    def adapt(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, unlabelled_x: torch.Tensor
-    ) -> dict[str, float]:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, unlabelled_x: torch.Tensor) -> dict[str, float]:
         """Adapt to the target domain after training: ``support_*`` are its few labelled windows
         (possibly none), ``unlabelled_x`` its other windows without labels. Only called when
         ``adapts`` is True; returns measurements. A runner calls it once, then ``predict``."""
