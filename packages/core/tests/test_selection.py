@@ -9,6 +9,7 @@ from crossedge.core.selection import (
     SelectionError,
     append_record,
     leave_one_domain_out,
+    oracle_test_domain,
     read_records,
     select,
     training_domain_validation,
@@ -58,6 +59,26 @@ def test_leave_one_domain_out_scores_configurations_on_a_held_out_training_domai
     assert chosen.val_score == pytest.approx(0.80) and chosen.test_score == 0.70
     # training-domain validation, reading the same records, prefers the other configuration
     assert training_domain_validation(records)[0].record.hparams == {"lr": 0.1}
+
+
+def test_oracle_test_domain_picks_by_the_held_out_test_windows_at_the_last_step_and_reports_the_others():
+    def oracle(lr, step, val, oracle_acc, test_acc):
+        record = rec(lr, "c", step, val, test_acc)
+        record.metrics["c"]["oracle_acc"] = oracle_acc
+        return record
+
+    records = [
+        oracle(0.1, 10, [0.9, 0.9], 0.99, 0.97),  # an early step: early stopping on the test domain is not allowed
+        oracle(0.1, 20, [0.9, 0.9], 0.50, 0.52),
+        oracle(0.01, 20, [0.1, 0.1], 0.80, 0.75),  # worst validation, best oracle: the oracle takes it
+    ]
+    (chosen,) = oracle_test_domain(records)
+    assert chosen.method == "test-domain" and chosen.record.hparams == {"lr": 0.01}
+    assert chosen.val_score == 0.80 and chosen.test_score == 0.75
+    assert select(records, "test-domain")[0].record.hparams == {"lr": 0.01}
+    assert training_domain_validation(records)[0].record.hparams == {"lr": 0.1}
+    with pytest.raises(SelectionError, match="oracle_acc"):
+        oracle_test_domain([rec(0.1, "c", 20, [0.9, 0.9], 0.5)])
 
 
 def test_selection_is_per_algorithm_and_ignores_record_order():

@@ -9,7 +9,9 @@ Metric keys per domain, for a metric ``M`` (default ``acc``, higher is better):
 
 - a training domain carries ``val_M``: the score on its own held-out windows;
 - the test domain carries ``M``: the score on its windows (what the selection reports);
-- the validation domain of a leave-one-domain-out run carries ``M``.
+- the validation domain of a leave-one-domain-out run carries ``M``;
+- for test-domain (oracle) selection, the test domain also carries ``oracle_M``: the score on a
+  held-out part of its windows, disjoint from the part ``M`` is measured on.
 """
 
 from __future__ import annotations
@@ -206,14 +208,40 @@ def leave_one_domain_out(records: Iterable[Record], metric: str = "acc") -> list
     ]
 
 
+def oracle_test_domain(records: Iterable[Record], metric: str = "acc") -> list[Selection]:
+    """Per (algorithm, test domain): the configuration whose last step scores best on ``oracle_METRIC``.
+
+    DomainBed's oracle: it peeks at held-out windows of the test domain, so it is an upper
+    bound on what selection can do, reported apart from the honest selectors. Only the last
+    step of each run counts (early stopping on the test domain would be a second peek).
+    """
+    final: dict[tuple, Record] = {}
+    for record in records:
+        if record.val is not None:
+            continue
+        key = (record.algorithm, record.test, record.config())
+        if key not in final or record.step > final[key].step:
+            final[key] = record
+    best: dict[tuple[str, str], tuple[float, Record]] = {}
+    for (algorithm, test, _), record in sorted(final.items(), key=lambda item: item[0]):
+        choice = (_score(record, test, f"oracle_{metric}"), record)
+        key = (algorithm, test)
+        best[key] = _best([best[key], choice]) if key in best else choice
+    return [
+        Selection("test-domain", a, t, score, _score(record, t, metric), record)
+        for (a, t), (score, record) in sorted(best.items())
+    ]
+
+
 SELECTORS: dict[str, Callable[..., list[Selection]]] = {
     "training-domain": training_domain_validation,
     "leave-one-domain-out": leave_one_domain_out,
+    "test-domain": oracle_test_domain,
 }
 
 
 def select(records: Iterable[Record], method: str, metric: str = "acc") -> list[Selection]:
-    """Run the selector named ``method`` (``training-domain`` or ``leave-one-domain-out``)."""
+    """Run the selector named ``method`` (``training-domain``, ``leave-one-domain-out`` or ``test-domain``)."""
     if method not in SELECTORS:
         from .errors import UnknownNameError
 

@@ -105,7 +105,7 @@ def register_commands(cli):
     @click.argument("records", type=click.Path(dir_okay=False))
     @click.option(
         "--method",
-        type=click.Choice(["training-domain", "leave-one-domain-out"]),
+        type=click.Choice(["training-domain", "leave-one-domain-out", "test-domain"]),
         default="training-domain",
         show_default=True,
     )
