@@ -9,7 +9,12 @@ from __future__ import annotations
 from crossedge.core import hookimpl
 
 #: (reference, name) of every algorithm class this package registers
-ALGORITHMS: tuple[tuple[str, str], ...] = ()
+ALGORITHMS: tuple[tuple[str, str], ...] = (
+    ("crossedge.sensing.algorithms.finetune:FineTune", "finetune"),
+    ("crossedge.sensing.algorithms.protonet:ProtoNet", "protonet"),
+    ("crossedge.sensing.algorithms.knn_mmd:KNNMMD", "knn-mmd"),
+    ("crossedge.sensing.algorithms.crossfi:CrossFi", "crossfi"),
+)
 
 #: (reference, name) of every dataset instance this package registers (``()`` calls a factory)
 DATASETS: tuple[tuple[str, str], ...] = ()
