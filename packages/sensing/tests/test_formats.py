@@ -499,6 +499,9 @@ def test_detection_refuses_unknown_layouts_and_stray_options(tmp_path):
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'notes'}: matches no known format; give --format")
     assert all(name in message for name in FORMATS)
+    (tmp_path / "UCI HAR Dataset.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(FormatError, match=r"Dataset.zip: is an archive; unpack it"):
+        load_path(tmp_path / "UCI HAR Dataset.zip")
     with pytest.raises(FormatError, match="does not exist"):
         load_path(tmp_path / "missing")
     write_wisdm(tmp_path / "raw.txt")

@@ -50,6 +50,8 @@ def detect_format(path: str | Path) -> str:
     path = Path(path).expanduser()
     if not path.exists():
         raise FormatError.at(path, None, "does not exist", "check the path")
+    if path.is_file() and path.suffix.lower() in (".zip", ".gz", ".tgz", ".tar", ".7z"):
+        raise FormatError.at(path, None, "is an archive", "unpack it and give the folder it unpacks to")
     for name, module in FORMATS.items():
         if module.matches(path):
             return name
