@@ -17,7 +17,7 @@ ALGORITHMS: tuple[tuple[str, str], ...] = (
 )
 
 #: (reference, name) of every dataset instance this package registers (``()`` calls a factory)
-DATASETS: tuple[tuple[str, str], ...] = ()
+DATASETS: tuple[tuple[str, str], ...] = (("crossedge.sensing.datasets.em_traces:EM_TRACES", "em-traces"),)
 
 
 @hookimpl

@@ -1,0 +1,1 @@
+"""Sensing array datasets: one module per dataset (synthetic generators and loaders)."""
