@@ -75,3 +75,22 @@ def test_mistakes_are_one_line_errors(plugin):
     assert result.exit_code == 1 and "random-split" in result.stderr
     result = runner.invoke(build_cli(), ["sensing", "sweep", "--dataset", "synthetic-shift"])
     assert result.exit_code == 2 and "--records" in result.stderr
+
+
+def test_the_same_bench_command_runs_on_a_uci_har_folder_and_on_a_labelled_csi_csv(cli, tmp_path):
+    import numpy as np
+    from test_formats import write_csv, write_uci
+
+    uci = tmp_path / "UCI HAR Dataset"
+    write_uci(uci)
+    csv = tmp_path / "csi.csv"
+    plan = [(person, label, 300) for person in ("p1", "p2", "p3") for label in ("push", "swipe")]
+    write_csv(csv, rate=100, plan=plan, rng=np.random.default_rng(1))
+    common = ["--scenario", "cross-person", "--algorithms", "erm,finetune", "--seeds", "1", "--json", "-", *QUICK]
+    for dataset, options in ((uci, []), (csv, ["--feature-columns", "csi_*", "--group-column", "subject"])):
+        result = cli("sensing", "bench", "--dataset", str(dataset), *options, *common)
+        assert result.exit_code == 0, result.output
+        text = result.stdout
+        (experiment,) = json.loads(text[text.index("{") : text.rindex("}") + 1])["experiments"]
+        assert experiment["algorithms"] == ["erm", "finetune"]
+        assert len(experiment["test_domains"]) == 3  # three persons in either fixture

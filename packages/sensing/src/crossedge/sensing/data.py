@@ -44,9 +44,7 @@ def _load(dataset: str, options: Mapping[str, Any] | None) -> ArrayData:
         return get_array_dataset(dataset).load()
     path = Path(dataset).expanduser()
     if path.exists():
-        from .formats import LoadOptions, load_path
-
-        return load_path(path, LoadOptions(**dict(options or {})))
+        return load_path_with(path, options)
     if "+" in dataset:
         return combine([load_data(part, options) for part in dataset.split("+")], dataset.split("+"))
     known = ", ".join(n for n in registry.names()) or "none"
@@ -54,6 +52,22 @@ def _load(dataset: str, options: Mapping[str, Any] | None) -> ArrayData:
         f"no dataset or path {dataset!r}: give a registered dataset ({known}), a folder or file of recordings, "
         f"or several joined with '+'; `crossedge sensing datasets` lists them"
     )
+
+
+def load_path_with(path: Path, options: Mapping[str, Any] | None) -> ArrayData:
+    """Read recordings from ``path``: ``options`` are the command's strings (``format`` may be a spec).
+
+    They stay plain JSON values in a sweep's records (so a resumed sweep recognises its jobs)
+    and become :class:`crossedge.sensing.formats.LoadOptions` only here.
+    """
+    import dataclasses
+
+    from .formats import LoadOptions, load_path
+
+    rest = dict(options or {})
+    spec = rest.pop("format", None)
+    base = LoadOptions.parse(spec) if spec else LoadOptions()
+    return load_path(path, dataclasses.replace(base, **rest))
 
 
 def combine(parts: list[ArrayData], names: list[str]) -> ArrayData:

@@ -1,1 +1,1 @@
-"""Sensing domain algorithms: one module per method, all on core's :class:`crossedge.core.networks.FeaturizerClassifier`."""
+"""Sensing domain algorithms: one module per method, all on crossedge.core.networks.FeaturizerClassifier."""
