@@ -9,7 +9,19 @@ from __future__ import annotations
 from crossedge.core import hookimpl
 
 #: (reference, name) of every algorithm class this package registers
-ALGORITHMS: tuple[tuple[str, str], ...] = ()
+ALGORITHMS: tuple[tuple[str, str], ...] = (
+    ("crossedge.sensing.algorithms.coral:CORAL", "coral"),
+    ("crossedge.sensing.algorithms.mmd:MMD", "mmd"),
+    ("crossedge.sensing.algorithms.dann:DANN", "dann"),
+    ("crossedge.sensing.algorithms.groupdro:GroupDRO", "groupdro"),
+    ("crossedge.sensing.algorithms.mixup:Mixup", "mixup"),
+    ("crossedge.sensing.algorithms.vrex:VREx", "vrex"),
+    ("crossedge.sensing.algorithms.rsc:RSC", "rsc"),
+    ("crossedge.sensing.algorithms.andmask:ANDMask", "andmask"),
+    ("crossedge.sensing.algorithms.fish:Fish", "fish"),
+    ("crossedge.sensing.algorithms.sagm:SAGM", "sagm"),
+    ("crossedge.sensing.algorithms.irm:IRM", "irm"),
+)
 
 #: (reference, name) of every dataset instance this package registers (``()`` calls a factory)
 DATASETS: tuple[tuple[str, str], ...] = ()
