@@ -181,8 +181,8 @@ def test_alignment_penalty_in_update_is_zero_for_identical_domains_and_is_minimi
             a, b = (alg.featurizer(x) for x, _ in shifted)
         return float(aligned.penalty(a, b))
 
-    # the penalty's gradient reaches the featurizer: its domains end closer than ERM's
-    assert penalty_of(aligned) < 0.5 * penalty_of(plain)
+    # the penalty's gradient reaches the featurizer: its domains end closer than ERM's (same seed)
+    assert penalty_of(aligned) < 0.75 * penalty_of(plain)
 
 
 # ---------------------------------------------------------------- DANN
@@ -210,11 +210,11 @@ def test_dann_featurizer_gets_the_discriminator_gradient_reversed_and_scaled():
 
 
 def test_dann_discriminator_learns_to_tell_the_domains_apart():
-    # with no reversed gradient the featurizer ignores the discriminator, which must then win
-    dann = algorithm("dann")(INPUT_SHAPE, NUM_CLASSES, 2, {"dann_lambda": 0.0, "lr_d": 1e-2})
-    results = [dann.update(shifted_domains()) for _ in range(30)]
-    assert results[0]["disc_loss"] > 0.3 and results[-1]["disc_acc"] > 0.95
-    assert results[-1]["disc_loss"] < 0.5 * results[0]["disc_loss"]
+    # a featurizer that does not move (lr 0) leaves the discriminator a fixed problem it must win
+    dann = algorithm("dann")(INPUT_SHAPE, NUM_CLASSES, 2, {"lr": 0.0, "lr_d": 3e-3})
+    results = [dann.update(shifted_domains()) for _ in range(25)]
+    assert results[0]["disc_acc"] < 0.9 and results[-1]["disc_acc"] == 1.0
+    assert results[-1]["disc_loss"] < 0.1 * results[0]["disc_loss"]
 
 
 # ---------------------------------------------------------------- GroupDRO
@@ -254,6 +254,26 @@ def test_mixup_mixes_windows_of_two_different_domains():
         assert torch.equal(yi, torch.full((8,), i)) and torch.equal(yj, torch.full((8,), j))
 
 
+def test_mixup_loss_mixes_the_two_labels_cross_entropies_with_the_window_weight():
+    (xa, ya), (xb, yb) = shifted_domains()
+    order = torch.randperm(len(yb), generator=torch.Generator().manual_seed(0))
+    batches = [(xa, ya), (xb[order], yb[order])]  # window k of one domain and of the other differ in label
+    mixup = algorithm("mixup")(INPUT_SHAPE, NUM_CLASSES, 2, {"mixup_alpha": 1.0})
+    for _ in range(10):  # confident enough that the two labels' cross-entropies differ
+        mixup.update(batches)
+    mixtures = mixup.mix(batches)  # the draws depend on the seed and update count only: update draws these
+    assert all(0.05 < m[3] < 0.95 for m in mixtures)
+    mixup.train_mode()
+    with torch.no_grad():
+        logits = mixup.classifier(mixup.featurizer(torch.cat([m[0] for m in mixtures])))
+    parts = logits.split([len(m[0]) for m in mixtures])
+    expected = sum(
+        lam * F.cross_entropy(z, yi) + (1 - lam) * F.cross_entropy(z, yj)
+        for z, (_, yi, yj, lam, _, _) in zip(parts, mixtures, strict=True)
+    ) / len(mixtures)
+    assert mixup.update(batches)["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_mixup_draws_follow_the_seed_and_update_count_through_save_and_load(tmp_path):
     batches = easy_problem()
     first, second = (algorithm("mixup")(INPUT_SHAPE, NUM_CLASSES, 2, seed=1) for _ in range(2))
@@ -264,6 +284,11 @@ def test_mixup_draws_follow_the_seed_and_update_count_through_save_and_load(tmp_
     assert after != before
     restored = load_algorithm(first.save(tmp_path / "mixup.safetensors"), type(first))
     assert [m[3] for m in restored.mix(batches)] == after
+
+
+def test_mixup_pairs_different_labels_when_domains_arrive_in_the_same_label_order():
+    mixtures = algorithm("mixup")(INPUT_SHAPE, NUM_CLASSES, 2).mix(easy_problem())  # both: labels 0, 1, 2, 0...
+    assert all(bool((yi != yj).any()) for _, yi, yj, *_ in mixtures)
 
 
 def test_mixup_with_one_domain_mixes_windows_within_it():

@@ -1,1 +1,1 @@
-"""Sensing domain algorithms: one module per method, all on :class:`base.SensingAlgorithm`."""
+"""Sensing domain algorithms: one module per method, each on core's ``FeaturizerClassifier`` (most on its ``ERM``)."""

@@ -59,7 +59,9 @@ def check_range(
     value = algorithm.hparams[key]
     too_low = low is not None and (value <= low if open_low else value < low)
     if too_low or (high is not None and value > high):
-        bounds = f"{'(' if open_low else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        lower = f"{'(' if open_low else '['}{low}" if low is not None else "(-inf"
+        upper = f"{high}]" if high is not None else "inf)"
+        bounds = f"{lower}, {upper}"
         raise AlgorithmError(
             f"hyperparameter {key!r} of algorithm {algorithm.name!r} must be in {bounds}, got {value!r}"
         )

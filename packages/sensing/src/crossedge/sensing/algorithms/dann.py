@@ -2,8 +2,8 @@
 
 The discriminator learns to tell the training domains apart from the features; the same
 backward pass hands the featurizer ``-dann_lambda`` times the discriminator's gradient, so
-the featurizer learns features the discriminator cannot separate (HAROOD's and DeepDG's
-one-step form; DomainBed alternates generator and discriminator steps instead).
+the featurizer learns features the discriminator cannot separate (Ganin et al.'s one-step
+form; DomainBed alternates generator and discriminator steps instead).
 Generator (featurizer, classifier) and discriminator have their own Adam, with DomainBed's
 ``lr_d``, ``weight_decay_d`` and ``beta1``.
 """
@@ -107,14 +107,14 @@ class DANN(ERM):
 
         ``loss`` is the classification cross-entropy (what the classifier is trained to
         lower); ``disc_loss`` and ``disc_acc`` show how well the domains can still be told apart.
-        With one training domain there is nothing to tell apart: the step is ERM's.
+        With one training domain there is nothing to tell apart: only the classification loss is stepped.
         """
         import torch
         import torch.nn.functional as F
 
         check_domains(self, minibatches)
         features, logits, labels = pooled_forward(self, minibatches)
-        nll = F.cross_entropy(torch.cat(logits), torch.cat(labels))
+        nll = F.cross_entropy(torch.cat(logits), torch.cat(labels))  # pooled, as ERM's
         measured = {"loss": nll}
         total = nll
         if len(minibatches) > 1:

@@ -2,9 +2,10 @@
 
 As in DomainBed, the training domains are put in a random cycle and each is mixed with the
 next one, with one Beta(``mixup_alpha``, ``mixup_alpha``) weight per pair; the loss mixes the
-two labels' cross-entropies with the same weight. With one training domain a window is mixed
-with another window of that domain. The draws come from the seed and the update count,
-so a resumed run mixes as an uninterrupted one would.
+two labels' cross-entropies with the same weight. The partner domain's windows are shuffled
+first, so minibatches that arrive in the same label order still mix different labels; with
+one training domain a window is mixed with another window of that domain. The draws come
+from the seed and the update count, so a resumed run mixes as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -41,16 +42,15 @@ class Mixup(ERM):
         """This update's mixtures: ``(x, y_i, y_j, lam, i, j)`` with ``x = lam * x_i + (1 - lam) * x_j``."""
         import torch
 
-        rng = numpy_rng(self, "mix")
+        rng, generator = numpy_rng(self, "mix"), torch_rng(self, "shuffle")
         n = len(minibatches)
         order = [int(k) for k in rng.permutation(n)]
         mixtures = []
         for k in range(n):
             i, j = order[k], order[(k + 1) % n]
             (xi, yi), (xj, yj) = minibatches[i], minibatches[j]
-            if i == j:
-                shuffle = torch.randperm(len(xj), generator=torch_rng(self, "shuffle"))
-                xj, yj = xj[shuffle], yj[shuffle]
+            shuffle = torch.randperm(len(xj), generator=generator)
+            xj, yj = xj[shuffle], yj[shuffle]
             size = min(len(xi), len(xj))
             lam = float(rng.beta(self.hparams["mixup_alpha"], self.hparams["mixup_alpha"]))
             mixtures.append((lam * xi[:size] + (1 - lam) * xj[:size], yi[:size], yj[:size], lam, i, j))
