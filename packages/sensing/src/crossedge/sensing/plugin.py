@@ -10,6 +10,17 @@ from crossedge.core import hookimpl
 
 #: (reference, name) of every algorithm class this package registers
 ALGORITHMS: tuple[tuple[str, str], ...] = (
+    ("crossedge.sensing.algorithms.coral:CORAL", "coral"),
+    ("crossedge.sensing.algorithms.mmd:MMD", "mmd"),
+    ("crossedge.sensing.algorithms.dann:DANN", "dann"),
+    ("crossedge.sensing.algorithms.groupdro:GroupDRO", "groupdro"),
+    ("crossedge.sensing.algorithms.mixup:Mixup", "mixup"),
+    ("crossedge.sensing.algorithms.vrex:VREx", "vrex"),
+    ("crossedge.sensing.algorithms.rsc:RSC", "rsc"),
+    ("crossedge.sensing.algorithms.andmask:ANDMask", "andmask"),
+    ("crossedge.sensing.algorithms.fish:Fish", "fish"),
+    ("crossedge.sensing.algorithms.sagm:SAGM", "sagm"),
+    ("crossedge.sensing.algorithms.irm:IRM", "irm"),
     ("crossedge.sensing.algorithms.finetune:FineTune", "finetune"),
     ("crossedge.sensing.algorithms.protonet:ProtoNet", "protonet"),
     ("crossedge.sensing.algorithms.knn_mmd:KNNMMD", "knn-mmd"),
