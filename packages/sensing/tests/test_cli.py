@@ -86,11 +86,39 @@ def test_the_same_bench_command_runs_on_a_uci_har_folder_and_on_a_labelled_csi_c
     csv = tmp_path / "csi.csv"
     plan = [(person, label, 300) for person in ("p1", "p2", "p3") for label in ("push", "swipe")]
     write_csv(csv, rate=100, plan=plan, rng=np.random.default_rng(1))
-    common = ["--scenario", "cross-person", "--algorithms", "erm,finetune", "--seeds", "1", "--json", "-", *QUICK]
+    common = ["--scenario", "cross-person", "--algorithms", "erm,coral", "--seeds", "1", "--json", "-", *QUICK]
     for dataset, options in ((uci, []), (csv, ["--feature-columns", "csi_*", "--group-column", "subject"])):
         result = cli("sensing", "bench", "--dataset", str(dataset), *options, *common)
         assert result.exit_code == 0, result.output
         text = result.stdout
         (experiment,) = json.loads(text[text.index("{") : text.rindex("}") + 1])["experiments"]
-        assert experiment["algorithms"] == ["erm", "finetune"]
+        assert experiment["algorithms"] == ["erm", "coral"]
         assert len(experiment["test_domains"]) == 3  # three persons in either fixture
+
+
+def test_portability_and_pretrain_commands_print_their_tables(cli, tmp_path):
+    from crossedge.core.registry import get_registry
+    from crossedge.sensing.datasets.em_traces import EMTraces
+
+    small = EMTraces("em-traces-small", devices=3, traces=120)
+    from crossedge.core import hookimpl, registered
+
+    class Small:
+        @hookimpl
+        def register_datasets(self, register):
+            register(small)
+
+    with registered(Small(), name="small-traces"):
+        assert "em-traces-small" in get_registry("dataset")
+        out = tmp_path / "portability.json"
+        result = cli("sensing", "portability", "--dataset", "em-traces-small", "--shots", "10", "--steps", "20",
+                     "--seeds", "1", "--json", str(out))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        payload = json.loads(out.read_text())
+        conditions = ["same-device", "direct", "mixed", "transfer", "target-only"]
+        assert [r["condition"] for r in payload["rows"]] == conditions
+        assert all(0.0 <= r["mean"] <= 1.0 for r in payload["rows"])
+        result = cli("sensing", "pretrain", "--dataset", "synthetic-shift", "--fractions", "0.1", "--seeds", "1",
+                     "--pretrain-steps", "3", "--steps", "3", "--json", "-")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "linear-probe" in result.stdout and "scratch" in result.stdout

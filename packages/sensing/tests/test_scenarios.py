@@ -92,3 +92,19 @@ def test_a_domain_with_a_single_window_still_gets_a_validation_window_when_it_ca
     fold = build_fold(data, "cross-person", "p1", holdout=0.05)
     assert len(fold.val["p0"]) == 1 and len(fold.train["p0"]) == 3
     assert_no_leak(data, fold)
+
+
+def test_new_classes_never_train_and_are_the_only_classes_tested():
+    data = sensing_data()
+    fold = build_fold(data, "cross-person", "p0", shots=1, seed=0, new_classes=("c2",))
+    new = data.label_names.index("c2")
+    trained = np.concatenate([fold.all_training(), *fold.val.values()])
+    assert new not in set(data.y[trained].tolist())
+    assert set(data.y[fold.test].tolist()) == {new} == set(data.y[fold.oracle].tolist())
+    assert new in set(data.y[fold.support].tolist())
+    target = set(fold.test_domain_windows().tolist())
+    assert not target & set(trained.tolist())
+    with pytest.raises(ScenarioError, match="give --shots"):
+        build_fold(data, "cross-person", "p0", new_classes=("c2",))
+    with pytest.raises(ScenarioError, match="not labels of this data"):
+        build_fold(data, "cross-person", "p0", shots=1, new_classes=("c9",))

@@ -113,6 +113,11 @@ def _run_options(sweep: bool):
                 help="Labelled target windows per class (few-shot scenarios).",
             ),
             click.option("--test-domains", default=None, help="Hold out only these domains (comma-separated)."),
+            click.option(
+                "--new-classes",
+                default=None,
+                help="Labels kept out of training and tested alone, learnt from the --shots (comma-separated).",
+            ),
             click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True),
             click.option(
                 "--batch-size",
@@ -237,6 +242,7 @@ def plan_from_options(values: dict[str, Any], hparams_seeds: int = 1) -> list:
         batch_size=values["batch_size"],
         checkpoint_every=values["checkpoint_every"],
         holdout=values["holdout"],
+        new_classes=tuple(c.strip() for c in (values.get("new_classes") or "").split(",") if c.strip()),
         load_options=options,
     )
 
@@ -275,13 +281,7 @@ def _report(experiments: list, as_json: str | None, plot_path: str | None, extra
         for k, experiment in enumerate(experiments):
             target = Path(plot_path) if k == 0 else Path(plot_path).with_stem(f"{Path(plot_path).stem}-{k}")
             click.echo(f"plot: {plot(experiment, target)}")
-    if as_json is not None:
-        payload = {**extra, "experiments": [e.to_dict() for e in experiments]}
-        if as_json == "-":
-            echo_json(payload)
-        else:
-            Path(as_json).write_text(json.dumps(payload, indent=2) + "\n")
-            click.echo(f"json: {as_json}")
+    _write_json({**extra, "experiments": [e.to_dict() for e in experiments]}, as_json)
 
 
 def _records_for(jobs: list, records: str | None, stack) -> Path:
@@ -378,3 +378,84 @@ def collect_command(records: tuple[str, ...], as_json: str | None, plot_path: st
                 ]
                 click.echo(f"{method} selection, per test domain")
                 click.echo(format_table(rows, ["algorithm", *experiment.domains]))
+
+
+# ---------------------------------------------------------------- pretraining and side channels
+
+
+def _write_json(payload: dict[str, Any], as_json: str | None) -> None:
+    if as_json == "-":
+        echo_json(payload)
+    elif as_json is not None:
+        Path(as_json).write_text(json.dumps(payload, indent=2) + "\n")
+        click.echo(f"json: {as_json}")
+
+
+@group.command("pretrain")
+@click.option("--dataset", default="synthetic-csi", show_default=True, help="A registered dataset or a path.")
+@click.option("--fractions", default="0.01,0.1", show_default=True, help="Labelled fractions of the training split.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--pretrain-steps", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Supervised steps.")
+@click.option("--mask-ratio", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.75)
+@click.option("--contrastive-weight", type=click.FloatRange(min=0.0), default=0.5, show_default=True)
+@click.option("--json", "as_json", default=None, help="Write the table as JSON to this file ('-': print).")
+def pretrain_command(
+    dataset: str,
+    fractions: str,
+    seeds: int,
+    pretrain_steps: int,
+    steps: int,
+    mask_ratio: float,
+    contrastive_weight: float,
+    as_json: str | None,
+) -> None:
+    """Masked channel autoencoding with a contrastive term, against training from scratch with few labels.
+
+    Pretrains on the training split's windows without labels, then reports linear-probe,
+    fine-tune and from-scratch accuracy with each labelled fraction (ContraWiMAE's comparison).
+    """
+    from .data import load_data
+    from .pretrain import PretrainConfig, comparison_table, run_pretrain_comparison
+
+    try:
+        chosen = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{fractions!r} is not a comma list of fractions", param_hint="--fractions") from None
+    config = PretrainConfig(steps=pretrain_steps, mask_ratio=mask_ratio, contrastive_weight=contrastive_weight)
+    result = run_pretrain_comparison(
+        load_data(dataset), label_fractions=chosen, seeds=range(seeds), config=config, steps=steps,
+        progress=lambda message: click.echo(message, err=True),
+    )  # fmt: skip
+    click.echo(comparison_table(result))
+    _write_json({"dataset": dataset, **result}, as_json)
+
+
+@group.command("portability")
+@click.option("--dataset", default="em-traces", show_default=True, help="Traces with a device domain column.")
+@click.option("--source", default="d0", show_default=True, help="Device trained on.")
+@click.option("--target", default="d1", show_default=True, help="Device applied to.")
+@click.option("--shots", type=click.IntRange(min=1), default=50, show_default=True, help="Target traces for transfer.")
+@click.option("--steps", type=click.IntRange(min=1), default=1200, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--json", "as_json", default=None, help="Write the table as JSON to this file ('-': print).")
+def portability_command(
+    dataset: str, source: str, target: str, shots: int, steps: int, seeds: int, as_json: str | None
+) -> None:
+    """Cross-device side-channel portability: same device, direct, mixed devices, transfer with few traces."""
+    from crossedge.core.bench import format_table
+
+    from .data import load_data
+    from .sidechannel import portability
+
+    result = portability(
+        load_data(dataset), source=source, target=target, shots=shots, steps=steps, seeds=range(seeds),
+        progress=lambda message: click.echo(message, err=True),
+    )  # fmt: skip
+    rows = [
+        {"condition": r["condition"], "accuracy (%)": f"{100 * r['mean']:.1f} +- {100 * r['std']:.1f}"}
+        for r in result["rows"]
+    ]
+    click.echo(f"{dataset}: {source} -> {target}, {shots} target traces, chance {100 * result['chance']:.1f}%")
+    click.echo(format_table(rows, ["condition", "accuracy (%)"]))
+    _write_json({"dataset": dataset, **result}, as_json)

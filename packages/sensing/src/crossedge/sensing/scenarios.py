@@ -11,13 +11,15 @@ else (after DomainBed's in/out splits, with HAROOD's cross-* scenarios):
   test-domain oracle selection;
 - ``test``: the remaining test-domain windows, the number every table reports.
 
-``random-split`` is for data without domain labels: one training "domain" ``all`` and a
+With ``new_classes`` (label names), the training domains lose every window of those classes
+and the test and oracle parts keep only theirs: a model meets them first in the support set
+(CrossFi's new-class setting). ``random-split`` is for data without domain labels: one training "domain" ``all`` and a
 stratified random test part. Every split depends only on the data and the trial seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,6 +60,7 @@ class Fold:
     test: np.ndarray
     shots: int = 0
     seed: int = 0
+    new_classes: tuple[str, ...] = ()
     label_count: int = field(default=0, compare=False)
 
     def training_domains(self) -> list[str]:
@@ -156,12 +159,21 @@ def build_fold(
     shots: int = 0,
     seed: int = 0,
     holdout: float = 0.2,
+    new_classes: Sequence[str] = (),
 ) -> Fold:
     """The fold of ``scenario`` that holds ``test_domain`` out; splits are seeded by ``seed``."""
     import numpy as np
 
     if shots < 0:
         raise ScenarioError(f"shots must be 0 or more, got {shots}")
+    unknown = [c for c in new_classes if c not in data.label_names]
+    if unknown:
+        raise ScenarioError(f"new classes {unknown} are not labels of this data: {', '.join(data.label_names)}")
+    if new_classes and not shots:
+        raise ScenarioError("new classes are learnt from the target's shots: give --shots 1 or more")
+    is_new = np.isin(data.y, [data.label_names.index(c) for c in new_classes])
+    if is_new.all():
+        raise ScenarioError("every class is a new class; leave at least one class for training")
     column = scenario_column(scenario, data)
     y = data.y
     everything = np.arange(len(y), dtype=np.int64)
@@ -184,10 +196,12 @@ def build_fold(
         support, rest = _take_shots(y, target, shots, seed)
     else:
         support, rest = np.zeros(0, np.int64), target
+    if new_classes:
+        rest = rest[is_new[rest]]  # seen classes' target windows are in no part: they test nothing new
     test, oracle = _holdout(y, rest, holdout, seed * 1009 + 2)
     train, val = {}, {}
     for offset, (name, pool) in enumerate(sources.items()):
-        train[name], val[name] = _holdout(y, pool, holdout, seed * 1009 + 3 + offset)
+        train[name], val[name] = _holdout(y, pool[~is_new[pool]], holdout, seed * 1009 + 3 + offset)
     return Fold(
         scenario=scenario,
         column=column,
@@ -199,6 +213,7 @@ def build_fold(
         test=test,
         shots=shots,
         seed=seed,
+        new_classes=tuple(new_classes),
         label_count=len(data.label_names),
     )
 

@@ -49,6 +49,7 @@ class Job:
     batch_size: int = 32
     checkpoint_every: int = 100
     holdout: float = 0.2
+    new_classes: tuple[str, ...] = ()
     load_options: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
@@ -123,7 +124,15 @@ def run_job(job: Job) -> list[dict[str, Any]]:
 
     started = time.perf_counter()
     data = load_data(job.dataset, job.load_options or None)
-    fold = build_fold(data, job.scenario, job.test_domain, shots=job.shots, seed=job.trial_seed, holdout=job.holdout)
+    fold = build_fold(
+        data,
+        job.scenario,
+        job.test_domain,
+        shots=job.shots,
+        seed=job.trial_seed,
+        holdout=job.holdout,
+        new_classes=tuple(job.new_classes),
+    )
     algorithm_class, hparams = job_hparams(job)
     training = fold.all_training()
     # standardize with the training windows' statistics only: the test domain never informs it
