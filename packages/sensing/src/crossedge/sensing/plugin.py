@@ -28,7 +28,13 @@ ALGORITHMS: tuple[tuple[str, str], ...] = (
 )
 
 #: (reference, name) of every dataset instance this package registers (``()`` calls a factory)
-DATASETS: tuple[tuple[str, str], ...] = (("crossedge.sensing.datasets.em_traces:EM_TRACES", "em-traces"),)
+DATASETS: tuple[tuple[str, str], ...] = (
+    ("crossedge.sensing.datasets.watch:WATCH", "watch"),
+    ("crossedge.sensing.datasets.basic_motions:BASIC_MOTIONS", "basic-motions"),
+    ("crossedge.sensing.datasets.synthetic_imu:SYNTHETIC_IMU", "synthetic-imu"),
+    ("crossedge.sensing.datasets.synthetic_csi:SYNTHETIC_CSI", "synthetic-csi"),
+    ("crossedge.sensing.datasets.em_traces:EM_TRACES", "em-traces"),
+)
 
 
 @hookimpl

@@ -155,7 +155,8 @@ def windows_from_recordings(
         columns[column] = remap[np.concatenate(codes[column])]
         value_names[column] = tuple(values[column][i] for i in order[column])
     return ArrayData(
-        x=np.concatenate(xs).astype(np.float32),
+        # C order: safetensors writes the buffer as laid out, the manifest hashes C-order bytes
+        x=np.ascontiguousarray(np.concatenate(xs), dtype=np.float32),
         y=np.concatenate(ys),
         label_names=names,
         domains=DomainTable(columns=columns, values=value_names),
