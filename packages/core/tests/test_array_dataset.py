@@ -94,6 +94,18 @@ def test_sources_are_hashed_into_the_manifest(cache, tmp_path):
         FromFile(tmp_path / "missing.npy").build(force=True)
 
 
+def test_a_fortran_ordered_recipe_output_round_trips_through_the_cache(cache):
+    class Transposed(SyntheticShift):
+        def recipe(self):
+            data = super().recipe()
+            data.x = np.asfortranarray(data.x)  # what a (C, T) -> (T, C) transpose of a loader's arrays gives
+            return data
+
+    built = Transposed("synthetic-fortran", windows=3).build()
+    loaded = Transposed("synthetic-fortran", windows=3).load()
+    assert np.array_equal(loaded.x, built.x) and loaded.x.flags.c_contiguous
+
+
 def test_inconsistent_recipe_output_is_refused_and_the_old_entry_kept(cache, tmp_path):
     path = tmp_path / "raw.npy"
     np.save(path, np.ones((4, 8, 2)))

@@ -277,7 +277,11 @@ class ArrayDataset:
             from safetensors.numpy import save_file
 
             arrays = work / ARRAYS_NAME
-            save_file(data.tensors(), str(arrays), metadata={"format": FORMAT, "name": self.name})
+            import numpy as np
+
+            # safetensors writes an array's buffer as it lies: a Fortran-ordered recipe output would read back scrambled
+            tensors = {key: np.ascontiguousarray(value) for key, value in data.tensors().items()}
+            save_file(tensors, str(arrays), metadata={"format": FORMAT, "name": self.name})
             manifest["file"] = {"size": arrays.stat().st_size, "sha256": sha256_file(arrays)}
             (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         data.manifest = manifest
