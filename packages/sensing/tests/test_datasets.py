@@ -60,7 +60,7 @@ def test_the_plugin_registers_every_dataset_by_name(plugin):
     from crossedge.core.contracts.array_dataset import get_array_dataset
 
     names = [name for _, name in plugin.DATASETS]
-    assert names == ["watch", "basic-motions", "synthetic-imu", "synthetic-csi"]
+    assert names == ["watch", "basic-motions", "synthetic-imu", "synthetic-csi", "em-traces"]
     for reference, name in plugin.DATASETS:
         dataset = get_array_dataset(name)
         assert dataset.name == name
