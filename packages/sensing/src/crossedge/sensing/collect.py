@@ -22,6 +22,7 @@ from typing import Any
 from crossedge.core.selection import Record, SelectionError, select
 
 from .sweep import RECORD_FORMAT
+from .windows import natural_key
 
 METHODS = ("training-domain", "test-domain")
 #: job fields that vary inside one experiment
@@ -134,7 +135,7 @@ def collect(pairs: Iterable[tuple[dict[str, Any], Record]], methods: Sequence[st
     experiments = []
     for key, members in sorted(groups.items()):
         algorithms = list(dict.fromkeys(r.algorithm for _, r in members))
-        domains = sorted({r.test for _, r in members})
+        domains = sorted({r.test for _, r in members}, key=natural_key)
         by_seed: dict[int, list[Record]] = defaultdict(list)
         for _, record in members:
             by_seed[record.seed].append(record)

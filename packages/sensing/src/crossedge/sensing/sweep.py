@@ -392,7 +392,12 @@ def _run_ray(pending, finished, *, workers, threads, register) -> None:
                     storage_path=storage, name="sensing-sweep", verbose=0, callbacks=[AppendRecords()]
                 ),
             )
-            results = tuner.fit()
+            import contextlib
+            import io
+
+            # Tune prints where its (temporary) results folder is; our records file is the result
+            with contextlib.redirect_stdout(io.StringIO()):
+                results = tuner.fit()
             errors = [r.error for r in results if r.error is not None]
             if errors:
                 raise SweepError(f"{len(errors)} Ray trial(s) failed; the first: {errors[0]}")

@@ -145,7 +145,7 @@ def windows_from_recordings(
             f"{dataset}: no recording is long enough for one window of {windowing.length} samples "
             f"(the longest has {longest}); use a shorter --window"
         )
-    order = {c: sorted(range(len(v)), key=lambda i, v=v: _natural(v[i])) for c, v in values.items()}
+    order = {c: sorted(range(len(v)), key=lambda i, v=v: natural_key(v[i])) for c, v in values.items()}
     columns, value_names = {}, {}
     for column in DOMAIN_COLUMNS:
         # codes follow the sorted value names, so the table does not depend on file order
@@ -163,7 +163,7 @@ def windows_from_recordings(
     )
 
 
-def _natural(text: str) -> tuple:
+def natural_key(text: str) -> tuple:
     """Sort key that puts ``p2`` before ``p10``."""
     import re
 
