@@ -80,6 +80,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating_jobs(tmp_
     assert (result.ran, result.skipped) == (2, 2)
     assert comparable(path) == comparable(reference)
     assert run_jobs(planned, path).ran == 0
+    # a last record whose newline never reached the disk is kept, and the next record starts on its own line
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert len(read_done(path)) == len(planned) and path.read_bytes().endswith(b"\n")
 
 
 def test_a_records_file_the_sweep_did_not_write_is_never_appended_to(tmp_path):

@@ -228,6 +228,9 @@ def read_done(path: Path) -> set[str]:
             )
         done.add(Job(**data["job"]).key())
         good += len(line) + 1
+    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "ab") as handle:  # a whole last record whose newline was lost: end it before appending
+            handle.write(b"\n")
     return done
 
 
