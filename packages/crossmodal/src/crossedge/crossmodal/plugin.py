@@ -9,7 +9,13 @@ from __future__ import annotations
 from crossedge.core import hookimpl
 
 #: (reference, name) of every dataset instance this package registers
-DATASETS: tuple[tuple[str, str], ...] = ()
+DATASETS: tuple[tuple[str, str], ...] = (
+    ("crossedge.crossmodal.datasets.neuro:SCP1", "scp1"),
+    ("crossedge.crossmodal.datasets.neuro:SCP2", "scp2"),
+    ("crossedge.crossmodal.datasets.neuro:FINGER_MOVEMENTS", "finger-movements"),
+    ("crossedge.crossmodal.datasets.neuro:EYES_OPEN_SHUT", "eyes-open-shut"),
+    ("crossedge.crossmodal.datasets.neuro:HAND_MOVEMENT_DIRECTION", "hand-movement-direction"),
+)
 
 
 @hookimpl
