@@ -1,0 +1,4 @@
+"""crossedge-crossmodal: cross-subject brain decoding, contrastive alignment, fusion, Zipper, attention audits.
+
+See docs/crossmodal.md.
+"""

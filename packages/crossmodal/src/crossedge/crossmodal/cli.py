@@ -1,0 +1,63 @@
+"""``crossedge crossmodal ...`` commands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(name="crossmodal")
+def group() -> None:
+    """Cross-subject decoding, contrastive alignment, fusion blocks, Zipper and attention audits."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise click.BadParameter("give at least one integer")
+    return values
+
+
+@group.command(name="bench")
+@click.option("--task", type=click.Choice(["scp-cross-subject"]), required=True, help="Which benchmark to run.")
+@click.option("--source", "source_name", default="scp1", show_default=True, help="Registered dataset trained on first.")
+@click.option("--target", "target_name", default="scp2", show_default=True, help="Registered dataset adapted to.")
+@click.option("--shots", default="10,20,50", show_default=True, help="Target trials to adapt from, comma-separated.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Number of seeds (0..N-1).")
+@click.option("--pretrain-steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--tune-steps", default=150, show_default=True, type=click.IntRange(1))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench(task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, json_out) -> None:
+    """Cross-subject decoding: adapters + reset-tuning vs the new subject alone vs no adapters."""
+    import json
+    from pathlib import Path
+
+    from crossedge.core.contracts.array_dataset import get_array_dataset
+
+    from .decoding_bench import format_table, scp_cross_subject
+
+    shot_list = _int_list(shots)
+    source = get_array_dataset(source_name).load()
+    target = get_array_dataset(target_name).load()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional here: no bar, same results
+        tqdm = None
+    bar = tqdm(total=seeds * len(shot_list), desc=task, disable=tqdm is None) if tqdm else None
+    try:
+        result = scp_cross_subject(
+            source, target, shots=shot_list, seeds=list(range(seeds)), pretrain_steps=pretrain_steps,
+            tune_steps=tune_steps, progress=(lambda _: bar.update(1)) if bar else None,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        if bar:
+            bar.close()
+    result["source"], result["target"] = source_name, target_name
+    click.echo(format_table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")

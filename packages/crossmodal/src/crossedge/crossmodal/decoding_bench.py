@@ -1,0 +1,127 @@
+"""The ``scp-cross-subject`` benchmark: adapters + reset-tuning against the new subject alone and no adapters.
+
+Per seed: a model with an adapter for the source subject is trained on the source's train
+split; for each number of target trials k, (adapters) a fresh target adapter is reset-tuned
+on k target trials with the trunk frozen, (alone) a fresh model is trained on the same k
+trials only, (no-adapters) one shared input layer sees both subjects with channels
+zero-padded to a common count: trained on the source, then fine-tuned whole on the k trials.
+All three are scored on the target's test split.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+METHODS = ("adapters", "alone", "no-adapters")
+
+
+def _tensors(data, split: str):
+    import torch
+
+    idx = data.split(split)
+    return torch.as_tensor(np.asarray(data.x[idx], dtype=np.float32)), torch.as_tensor(data.y[idx].astype(np.int64))
+
+
+def _pad(x, channels: int):
+    import torch
+
+    return torch.nn.functional.pad(x, (0, channels - x.shape[2])) if x.shape[2] < channels else x
+
+
+def _pick(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k trial indices, seeded, with every class present when k allows (few-shot draws must see both)."""
+    rng = np.random.default_rng([seed, k])
+    classes = np.unique(y)
+    first = [rng.choice(np.flatnonzero(y == c)) for c in classes] if k >= len(classes) else []
+    rest = rng.permutation(np.setdiff1d(np.arange(len(y)), first))[: k - len(first)]
+    return np.concatenate([np.asarray(first, dtype=np.int64), rest]).astype(np.int64)
+
+
+def scp_cross_subject(
+    source,
+    target,
+    shots: Sequence[int] = (10, 20, 50),
+    seeds: Sequence[int] = (0, 1, 2),
+    pretrain_steps: int = 300,
+    tune_steps: int = 150,
+    model_options: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark on two loaded :class:`ArrayData`; returns per-seed accuracies and mean +- std."""
+    import torch
+
+    from .metrics import accuracy, mean_std
+    from .subjects import CrossSubjectModel, fit
+
+    options = dict(dim=16, length=64, hidden=32)
+    options.update(model_options or {})
+    xs, ys = _tensors(source, "train")
+    xt, yt = _tensors(target, "train")
+    xe, ye = _tensors(target, "test")
+    n_classes = len(target.label_names)
+    if len(source.label_names) != n_classes:
+        raise ValueError("source and target must share their label set")
+    max_k = len(yt)
+    bad = [k for k in shots if not 1 <= k <= max_k]
+    if bad:
+        raise ValueError(f"shots {bad} are outside 1..{max_k} (the target's train trials)")
+    channels = max(xs.shape[2], xt.shape[2])
+    src_shape, tgt_shape = (xs.shape[1], xs.shape[2]), (xt.shape[1], xt.shape[2])
+    scores: dict[str, dict[int, list[float]]] = {m: {k: [] for k in shots} for m in METHODS}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        base = CrossSubjectModel({"source": src_shape}, n_classes, **options)
+        fit(base, {"source": (xs, ys)}, steps=pretrain_steps, seed=seed)
+        torch.manual_seed(seed)
+        shared = CrossSubjectModel({"shared": (xs.shape[1], channels)}, n_classes, **options)
+        fit(shared, {"shared": (_pad(xs, channels), ys)}, steps=pretrain_steps, seed=seed)
+        for k in shots:
+            idx = torch.as_tensor(_pick(yt.numpy(), k, seed))
+            xk, yk = xt[idx], yt[idx]
+            adapted = copy.deepcopy(base)
+            adapted.reset_tune("target", xk, yk, steps=tune_steps, seed=seed)
+            scores["adapters"][k].append(accuracy(adapted.predict("target", xe).numpy(), ye.numpy()))
+            torch.manual_seed(seed)
+            alone = CrossSubjectModel({"target": tgt_shape}, n_classes, **options)
+            fit(alone, {"target": (xk, yk)}, steps=tune_steps, seed=seed)
+            scores["alone"][k].append(accuracy(alone.predict("target", xe).numpy(), ye.numpy()))
+            tuned = copy.deepcopy(shared)
+            fit(tuned, {"shared": (_pad(xk, channels), yk)}, steps=tune_steps, seed=seed)
+            scores["no-adapters"][k].append(accuracy(tuned.predict("shared", _pad(xe, channels)).numpy(), ye.numpy()))
+            if progress:
+                progress(f"seed {seed} k={k}")
+    summary = {
+        m: {str(k): dict(zip(("mean", "std"), mean_std(v), strict=True)) | {"per_seed": v} for k, v in per.items()}
+        for m, per in scores.items()
+    }
+    return {
+        "task": "scp-cross-subject",
+        "source": source.manifest.get("name", "source"),
+        "target": target.manifest.get("name", "target"),
+        "shots": list(shots),
+        "seeds": list(seeds),
+        "pretrain_steps": pretrain_steps,
+        "tune_steps": tune_steps,
+        "chance": 1.0 / n_classes,
+        "test_trials": len(ye),
+        "results": summary,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A terminal table: one row per method, one column per number of target trials, mean +- std."""
+    shots = result["shots"]
+    head = f"{'method':<12}" + "".join(f"{f'k={k}':>16}" for k in shots)
+    lines = [
+        f"{result['task']}: {result['source']} -> {result['target']}, accuracy on the target's test split "
+        f"({result['test_trials']} trials, chance {result['chance']:.2f}, seeds {result['seeds']})",
+        head,
+    ]
+    for method, per in result["results"].items():
+        cells = "".join(f"{per[str(k)]['mean']:>9.3f} +- {per[str(k)]['std']:.3f}" for k in shots)
+        lines.append(f"{method:<12}{cells}")
+    return "\n".join(lines)
