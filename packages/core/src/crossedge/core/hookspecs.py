@@ -18,7 +18,7 @@ use, so listing names (``crossedge plugins``) imports nothing heavy.
 What is registered depends on the kind, and only on the kind:
 
 - **Parts built from a spec register classes**: drafters, draft-length policies,
-  quantizers, backends, scorers, losses, domain algorithms. ``name`` (and
+  quantizers, backends, scorers, losses, domain algorithms, fusion blocks. ``name`` (and
   ``description``) are class attributes; the options of a spec (``name:key=value``,
   docs/specs.md) are the class's ``__init__`` keyword arguments (a quantizer's are the
   fields of its config dataclass), declared with type hints so that
@@ -178,6 +178,24 @@ def register_algorithms(register):
     :class:`crossedge.core.contracts.algorithm.DomainAlgorithm`; ``algorithm_class.name``
     is the name used in sweeps and records. Register the class, not an instance: it is
     built per run with the input shape, the class and domain counts and the hyperparameters.
+    Returns nothing.
+    """
+
+
+# ------------------------------------------------------------- fusion blocks
+
+
+@hookspec
+def register_fusion_blocks(register):
+    """Register fusion blocks that combine two views (token sequences) into one representation.
+
+    Called the first time a fusion block name is resolved. Call
+    ``register(fusion_class, aliases=())`` for each subclass of
+    :class:`crossedge.core.contracts.fusion.FusionBlock`; ``fusion_class.name`` is the name
+    used in fusion specs (``cross-attention:heads=4``). Register the class, not an instance:
+    it is built per use from a spec with the two input widths and the output width
+    (:func:`crossedge.core.contracts.fusion.build_fusion`), its options being the class's
+    ``__init__`` keyword arguments. Checked by :mod:`crossedge.core.conformance.fusion`.
     Returns nothing.
     """
 

@@ -25,13 +25,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "scorer": ("register_scorers", "scorer"),
     "loss": ("register_losses", "loss"),
     "algorithm": ("register_algorithms", "algorithm"),
+    "fusion": ("register_fusion_blocks", "fusion block"),
     "benchmark": ("register_benchmarks", "benchmark"),
     "model_format": ("register_model_formats", "model format"),
 }
 
 #: Kinds built from a spec, which register classes; every other kind registers instances (hookspecs.py).
 CLASS_KINDS: frozenset[str] = frozenset(
-    {"drafter", "draft_policy", "quantizer", "backend", "scorer", "loss", "algorithm"}
+    {"drafter", "draft_policy", "quantizer", "backend", "scorer", "loss", "algorithm", "fusion"}
 )
 
 

@@ -1,4 +1,4 @@
-"""The crossedge-crossmodal plugin: datasets, the ``crossedge crossmodal`` group.
+"""The crossedge-crossmodal plugin: datasets, fusion blocks, the ``crossedge crossmodal`` group.
 
 Registrations are lazy ``"module:attr"`` references, so ``crossedge --help`` imports
 neither torch nor numpy through this package.
@@ -22,6 +22,22 @@ DATASETS: tuple[tuple[str, str], ...] = (
 def register_datasets(register):
     """Register the crossmodal array datasets."""
     for reference, name in DATASETS:
+        register(reference, name=name)
+
+
+#: (reference, name) of every fusion block class this package registers
+FUSION_BLOCKS: tuple[tuple[str, str], ...] = (
+    ("crossedge.crossmodal.fusion.concat:ConcatFusion", "concat"),
+    ("crossedge.crossmodal.fusion.cross_attention:CrossAttentionFusion", "cross-attention"),
+    ("crossedge.crossmodal.fusion.mutual:MutualCrossAttentionFusion", "mutual"),
+    ("crossedge.crossmodal.fusion.gated:GatedFusion", "gated"),
+)
+
+
+@hookimpl
+def register_fusion_blocks(register):
+    """Register the fusion blocks (classes, built per use from a spec)."""
+    for reference, name in FUSION_BLOCKS:
         register(reference, name=name)
 
 
