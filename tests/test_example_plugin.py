@@ -24,7 +24,7 @@ def test_load_plugins_env_hides_the_example_plugin():
     names = {r["name"] for r in json.loads(done.stdout)}
     assert "tiny_models" not in names
     assert "crossedge.core.builtins.commands" in names
-    assert {"specdec", "quant", "ondevice", "retrieval", "sensing"} <= names  # first party is not switched off
+    assert {"specdec", "quant", "ondevice", "retrieval", "sensing", "crossmodal"} <= names  # first party stays on
 
 
 def test_load_plugins_env_with_a_typo_warns_with_the_close_match():

@@ -2,13 +2,11 @@
 
 import json
 
-from crossedge.core.testing import run_cli
+from crossedge.core.testing import installed_plugin, run_cli
 
 
 def test_sensing_registers_its_algorithms_datasets_and_benchmark_through_the_entry_point(tmp_path):
-    done = run_cli("plugins", "--json", cache=tmp_path)
-    assert done.returncode == 0, done.stderr
-    sensing = {r["name"]: r for r in json.loads(done.stdout)}["sensing"]
+    sensing = installed_plugin("sensing", cache=tmp_path)
     assert sensing["distribution"] == "crossedge-sensing"
     registers = sensing["registers"]
     assert {"coral", "dann", "knn-mmd", "crossfi", "finetune", "protonet"} <= set(registers["algorithm"])

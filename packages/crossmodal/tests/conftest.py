@@ -9,6 +9,14 @@ import pytest  # noqa: E402
 from crossedge.core import registered  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """An empty crossedge cache for every test: nothing here reads or writes the user's cache."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CROSSEDGE_CACHE", str(root))
+    return root
+
+
 @pytest.fixture
 def plugin():
     """The crossedge-crossmodal plugin registered for one test."""

@@ -178,3 +178,16 @@ def run_cli(
     environment.update(env or {})
     command = [sys.executable, "-m", "crossedge.core.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+
+
+def installed_plugin(name: str, cache: Path | str | None = None) -> dict[str, Any]:
+    """The ``crossedge plugins --json`` row of plugin ``name``, as a user's shell sees it (entry points loaded)."""
+    import json
+
+    done = run_cli("plugins", "--json", cache=cache)
+    if done.returncode != 0:
+        raise AssertionError(f"crossedge plugins --json failed: {done.stderr}")
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    if name not in rows:
+        raise AssertionError(f"plugin {name!r} is not loaded; loaded: {', '.join(sorted(rows))}")
+    return rows[name]
