@@ -21,19 +21,30 @@ def _int_list(text: str) -> list[int]:
 
 
 @group.command(name="bench")
-@click.option("--task", type=click.Choice(["scp-cross-subject"]), required=True, help="Which benchmark to run.")
+@click.option(
+    "--task", type=click.Choice(["scp-cross-subject", "sim-retrieval"]), required=True, help="Which benchmark to run."
+)
 @click.option("--source", "source_name", default="scp1", show_default=True, help="Registered dataset trained on first.")
 @click.option("--target", "target_name", default="scp2", show_default=True, help="Registered dataset adapted to.")
 @click.option("--shots", default="10,20,50", show_default=True, help="Target trials to adapt from, comma-separated.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Number of seeds (0..N-1).")
 @click.option("--pretrain-steps", default=300, show_default=True, type=click.IntRange(1))
 @click.option("--tune-steps", default=150, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--subjects", default=3, show_default=True, type=click.IntRange(2), help="sim-retrieval: simulated subjects."
+)
+@click.option("--stimuli", default=600, show_default=True, type=click.IntRange(6), help="sim-retrieval: sentences.")
+@click.option(
+    "--epochs", default=40, show_default=True, type=click.IntRange(1), help="sim-retrieval: alignment epochs."
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
-def bench(task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, json_out) -> None:
-    """Cross-subject decoding: adapters + reset-tuning vs the new subject alone vs no adapters."""
-    import json
-    from pathlib import Path
-
+def bench(
+    task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, json_out
+) -> None:
+    """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; sim-retrieval: 200-way retrieval."""
+    if task == "sim-retrieval":
+        _sim_retrieval(subjects, stimuli, seeds, epochs, json_out)
+        return
     from crossedge.core.contracts.array_dataset import get_array_dataset
 
     from .decoding_bench import format_table, scp_cross_subject
@@ -58,6 +69,27 @@ def bench(task, source_name, target_name, shots, seeds, pretrain_steps, tune_ste
             bar.close()
     result["source"], result["target"] = source_name, target_name
     click.echo(format_table(result))
+    _write_json(result, json_out)
+
+
+def _write_json(result: dict, json_out: str | None) -> None:
+    import json
+    from pathlib import Path
+
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, json_out: str | None) -> None:
+    from tqdm.auto import tqdm
+
+    from .retrieval_bench import format_table, sim_retrieval
+
+    with tqdm(total=seeds * subjects * 2, desc="sim-retrieval", unit="model") as bar:
+        result = sim_retrieval(
+            subjects=subjects, stimuli=stimuli, seeds=list(range(seeds)), epochs=epochs,
+            progress=lambda _: bar.update(1),
+        )  # fmt: skip
+    click.echo(format_table(result))
+    _write_json(result, json_out)

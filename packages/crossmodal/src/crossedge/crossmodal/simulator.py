@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crossedge.core.errors import CrossedgeError
+
+
+class EmbeddingModelError(CrossedgeError, RuntimeError):
+    """No sentence-embedding model available: crossedge-retrieval (minilm-l6) or a cached all-MiniLM-L6-v2."""
+
 
 @dataclass(frozen=True)
 class SimulatedSubject:
@@ -66,7 +72,7 @@ def sentence_embeddings(texts: Sequence[str]) -> np.ndarray:
 
     Uses crossedge-retrieval's ``BiEncoder`` on the packaged ``minilm-l6`` model when
     crossedge-retrieval is installed, else transformers with ``all-MiniLM-L6-v2`` from the local
-    Hugging Face cache; raises RuntimeError saying what to install otherwise. Tests use
+    Hugging Face cache; raises :class:`EmbeddingModelError` saying what to install otherwise. Tests use
     :func:`random_embeddings_for_tests` instead.
     """
     import torch
@@ -81,13 +87,18 @@ def sentence_embeddings(texts: Sequence[str]) -> np.ndarray:
     try:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as exc:
-        raise RuntimeError("sentence_embeddings needs crossedge-retrieval or transformers installed") from exc
+        raise EmbeddingModelError(
+            "sentence embeddings need a model: pip install crossedge-retrieval, then crossedge models pull minilm-l6"
+        ) from exc
     name = "sentence-transformers/all-MiniLM-L6-v2"
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
         model = AutoModel.from_pretrained(name, local_files_only=True).eval()
     except OSError as exc:
-        raise RuntimeError(f"{name} is not in the local Hugging Face cache; install crossedge-retrieval") from exc
+        raise EmbeddingModelError(
+            f"{name} is not in the local Hugging Face cache: pip install crossedge-retrieval, "
+            "then crossedge models pull minilm-l6"
+        ) from exc
     with torch.no_grad():
         batch = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
         hidden = model(**batch).last_hidden_state
