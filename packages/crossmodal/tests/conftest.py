@@ -17,6 +17,17 @@ def cache(tmp_path, monkeypatch):
     return root
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the tests' problems are tiny; more threads only add contention on shared CI machines
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def plugin():
     """The crossedge-crossmodal plugin registered for one test."""

@@ -17,14 +17,6 @@ from crossedge.crossmodal.align import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def synthetic_pairs(n=240, dim=16, length=8, channels=6, noise=0.3, seed=0):
     """Stimulus embeddings and signals ``reshape(E @ M) + noise``: windows (n, length, channels)."""
     generator = torch.Generator().manual_seed(seed)

@@ -41,16 +41,6 @@ class FixturePlugin:
             register(dataset, name=dataset.name)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny problems: more threads only add contention
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def cli(plugin, tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSEDGE_CACHE", str(tmp_path / "cache"))

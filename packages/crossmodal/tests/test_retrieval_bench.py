@@ -17,16 +17,6 @@ from crossedge.crossmodal.retrieval_bench import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny problems: more threads only add contention
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_embed(texts):
     """Seeded random unit vectors, one per text, different for different texts (no model needed)."""
     return simulator.random_embeddings_for_tests(len(texts), d=32, seed=len(texts))

@@ -6,14 +6,6 @@ import torch
 from crossedge.crossmodal.subjects import CrossSubjectError, CrossSubjectModel, fit, load_model, save_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def two_class_data(n, t, c, seed, gain=2.0):
     """Class 1 has a positive offset on channel 0: learnable through any adapter."""
     g = torch.Generator().manual_seed(seed)

@@ -156,7 +156,10 @@ def _run_options(sweep: bool):
                 help="JSON-lines records file; an existing one is resumed." + (" Required." if sweep else ""),
             ),
             click.option(
-                "--format", "file_format", default=None, help="Recording format of a PATH (default: detected)."
+                "--format",
+                "file_format",
+                default=None,
+                help="Recording format of a PATH, with its options: 'pamap2:imu=each' (default: detected).",
             ),
             click.option("--window", type=click.IntRange(min=1), default=None, help="Window length in samples (PATH)."),
             click.option("--stride", type=click.IntRange(min=1), default=None, help="Window stride in samples (PATH)."),
@@ -250,11 +253,14 @@ def plan_from_options(values: dict[str, Any], hparams_seeds: int = 1) -> list:
 def _run(jobs: list, values: dict[str, Any], records: Path):
     from tqdm import tqdm
 
-    from .sweep import read_done, run_jobs
+    from .sweep import run_jobs
 
-    done = read_done(records)
-    todo = sum(1 for j in jobs if j.key() not in done)
-    with tqdm(total=todo, desc="sensing jobs", unit="job", disable=todo == 0) as bar:
+    with tqdm(total=0, desc="sensing jobs", unit="job") as bar:
+
+        def planned(count: int) -> None:
+            bar.total = count
+            bar.refresh()
+
         return run_jobs(
             jobs,
             records,
@@ -262,6 +268,7 @@ def _run(jobs: list, values: dict[str, Any], records: Path):
             workers=values["workers"],
             threads=values["threads"],
             progress=lambda job: bar.update(1),
+            planned=planned,
         )
 
 
@@ -284,7 +291,7 @@ def _report(experiments: list, as_json: str | None, plot_path: str | None, extra
     _write_json({**extra, "experiments": [e.to_dict() for e in experiments]}, as_json)
 
 
-def _records_for(jobs: list, records: str | None, stack) -> Path:
+def _records_for(records: str | None, stack) -> Path:
     if records is not None:
         return Path(records)
     import tempfile
@@ -313,7 +320,7 @@ def bench_command(as_json: str | None, plot_path: str | None, **values: Any) -> 
 
     jobs = plan_from_options(values)
     with contextlib.ExitStack() as stack:
-        records = _records_for(jobs, values["records"], stack)
+        records = _records_for(values["records"], stack)
         result = _run(jobs, values, records)
         mine = {j.key() for j in jobs}
         pairs = [(job, r) for job, r in read_sensing_records([records]) if _job_key(job) in mine]

@@ -20,7 +20,7 @@ stratified random test part. Every split depends only on the data and the trial 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crossedge.core.contracts.array_dataset import ArrayData, ArrayDatasetError, stratified_split
@@ -61,7 +61,6 @@ class Fold:
     shots: int = 0
     seed: int = 0
     new_classes: tuple[str, ...] = ()
-    label_count: int = field(default=0, compare=False)
 
     def training_domains(self) -> list[str]:
         """The training domains' names, in table order."""
@@ -214,7 +213,6 @@ def build_fold(
         shots=shots,
         seed=seed,
         new_classes=tuple(new_classes),
-        label_count=len(data.label_names),
     )
 
 

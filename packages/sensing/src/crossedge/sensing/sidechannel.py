@@ -32,14 +32,10 @@ def _device_windows(data: ArrayData, device: str, split: str):
 
 
 def _train(algorithm, x, y, pools, steps: int, batch: int, rng) -> None:
-    import torch
+    from .sweep import sample_batches
 
     for _ in range(steps):
-        batches = []
-        for pool in pools:
-            pick = pool[rng.integers(0, len(pool), batch)]
-            batches.append((torch.from_numpy(x[pick]), torch.from_numpy(y[pick])))
-        algorithm.update(batches)
+        algorithm.update(sample_batches(x, y, pools, batch, rng))
 
 
 def portability(
@@ -59,7 +55,7 @@ def portability(
     import torch
 
     from .algorithms.finetune import FineTune
-    from .sweep import accuracy
+    from .sweep import accuracy, standardize
 
     devices = list(data.domains.values.get("device", ()))
     for device in (source, target):
@@ -67,9 +63,7 @@ def portability(
             raise ArrayDatasetError(f"no device {device!r} in this data; its devices are: {', '.join(devices)}")
     if source == target:
         raise ArrayDatasetError("source and target devices must differ")
-    mean = data.x[data.split("train")].mean(axis=(0, 1), keepdims=True)
-    std = data.x[data.split("train")].std(axis=(0, 1), keepdims=True) + 1e-6
-    x = ((data.x - mean) / std).astype(np.float32)
+    x = standardize(data.x, data.split("train"))
     y = data.y
     source_train = _device_windows(data, source, "train")
     target_train = _device_windows(data, target, "train")

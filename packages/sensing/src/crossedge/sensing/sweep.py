@@ -22,9 +22,12 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossedge.core.errors import CrossedgeError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RECORD_FORMAT = "crossedge.sensing.record/1"
 EXECUTORS = ("local", "ray")
@@ -100,6 +103,23 @@ def job_hparams(job: Job) -> tuple[type, dict[str, Any]]:
     return algorithm_class, algorithm_class.check_hparams({**drawn, **given})
 
 
+def standardize(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """``x`` scaled per channel by the mean and std of the windows ``fit`` only (so held-out data never informs it)."""
+    import numpy as np
+
+    mean = x[fit].mean(axis=(0, 1), keepdims=True)
+    std = x[fit].std(axis=(0, 1), keepdims=True) + 1e-6
+    return ((x - mean) / std).astype(np.float32)
+
+
+def sample_batches(x: np.ndarray, y: np.ndarray, pools: Sequence[np.ndarray], batch: int, rng) -> list:
+    """One ``(x, y)`` minibatch of ``batch`` windows drawn with replacement from each pool of indices."""
+    import torch
+
+    picks = [pool[rng.integers(0, len(pool), batch)] for pool in pools]
+    return [(torch.from_numpy(x[pick]), torch.from_numpy(y[pick])) for pick in picks]
+
+
 def accuracy(algorithm, x, y, indices, batch: int = 512) -> float:
     """Top-1 accuracy of ``algorithm.predict`` on the windows ``indices`` (NaN for none)."""
     import torch
@@ -134,11 +154,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
         new_classes=tuple(job.new_classes),
     )
     algorithm_class, hparams = job_hparams(job)
-    training = fold.all_training()
-    # standardize with the training windows' statistics only: the test domain never informs it
-    mean = data.x[training].mean(axis=(0, 1), keepdims=True)
-    std = data.x[training].std(axis=(0, 1), keepdims=True) + 1e-6
-    x = ((data.x - mean) / std).astype(np.float32)
+    x = standardize(data.x, fold.all_training())
     domains = fold.training_domains()
     num_classes = len(data.label_names)
     algorithm = algorithm_class(x.shape[1:], num_classes, len(domains), hparams, seed=job.seed())
@@ -169,11 +185,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
 
     measured: dict[str, float] = {}
     for step in range(1, job.steps + 1):
-        batches = []
-        for name in domains:
-            pool = fold.train[name]
-            pick = pool[rng.integers(0, len(pool), job.batch_size)]
-            batches.append((torch.from_numpy(x[pick]), torch.from_numpy(data.y[pick])))
+        batches = sample_batches(x, data.y, [fold.train[name] for name in domains], job.batch_size, rng)
         measured = algorithm.update(batches)
         if not np.isfinite(float(measured["loss"])):
             break  # a diverged run is recorded as it stands; selection never picks it
@@ -221,14 +233,14 @@ def read_done(path: Path) -> set[str]:
             if number == len(lines):  # a torn final line we wrote ourselves: drop it and rerun its job
                 with open(path, "r+b") as handle:
                     handle.truncate(good)
-                break
+                return done
         if not ok:
             raise SweepError(
                 f"{path}:{number} is not a crossedge-sensing record; give --records a new file or one a sweep wrote"
             )
         done.add(Job(**data["job"]).key())
         good += len(line) + 1
-    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+    if raw and not raw.endswith(b"\n"):
         with open(path, "ab") as handle:  # a whole last record whose newline was lost: end it before appending
             handle.write(b"\n")
     return done
@@ -277,13 +289,15 @@ def run_jobs(
     threads: int = 1,
     progress: Callable[[Job], None] | None = None,
     register: Callable[[], None] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> SweepResult:
     """Run every job not yet in ``records`` and append their records as each finishes.
 
     ``workers=1`` with the local executor runs in this process; more workers use a process
     pool (spawned, each on ``threads`` torch threads). ``executor="ray"`` runs Ray Tune trials
-    with ``threads`` CPUs each. ``progress`` is called after each job; ``register`` is run in
-    each worker before its first job (tests use it to register plugins without entry points).
+    with ``threads`` CPUs each. ``progress`` is called after each job and ``planned`` once with the number
+    of jobs left to run; ``register`` is run in each worker before its first job (tests use it
+    to register plugins without entry points).
     """
     if executor not in EXECUTORS:
         raise SweepError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -293,6 +307,8 @@ def run_jobs(
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(path)
     pending = [j for j in jobs if j.key() not in done]
+    if planned is not None:
+        planned(len(pending))
     # validate every job's algorithm spec before any training starts
     for job in {j.algorithm: j for j in pending}.values():
         job_hparams(job)
