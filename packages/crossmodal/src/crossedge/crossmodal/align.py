@@ -28,6 +28,8 @@ from torch.nn import functional as F
 
 from crossedge.core.errors import CrossedgeError
 
+from .training import Objective, train_steps
+
 
 class AlignmentError(CrossedgeError, ValueError):
     """Signals and stimuli that cannot be aligned as given, or bad alignment settings."""
@@ -191,41 +193,71 @@ def train_alignment(
     model = AlignmentModel(
         signal.shape[1:], stimulus.shape[1], width, shared_dim, temperature, min_temperature, max_temperature
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     result = AlignmentResult(model)
     n = signal.shape[0]
-    epochs_iter: Any = range(epochs)
+    # epochs of shuffled batches; a last batch of one pair has no negatives and is dropped
+    per_epoch = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size) if min(s + batch_size, n) - s >= 2]
+    order: list[torch.Tensor] = []
+    parts_seen: list[tuple[float, float]] = []
+
+    def contrastive(module: AlignmentModel, x: torch.Tensor, views: list[torch.Tensor]) -> torch.Tensor:
+        z_signal = module.embed_signal(x)
+        parts = [info_nce(z_signal, module.embed_stimulus(v), module.logit_scale) for v in views]
+        parts_seen.append(
+            (
+                float(torch.stack([p[1].detach() for p in parts]).mean()),
+                float(torch.stack([p[2].detach() for p in parts]).mean()),
+            )
+        )
+        return torch.stack([p[0] for p in parts]).mean()
+
+    def step_loss(objective: nn.Module, step: int) -> torch.Tensor:
+        if step % len(per_epoch) == 0:  # a new epoch: a new shuffle
+            order[:] = [torch.randperm(n, generator=generator)]
+        begin, stop = per_epoch[step % len(per_epoch)]
+        index = order[0][begin:stop]
+        x = signal[index]
+        if augmentation is not None:
+            x = augmentation(x, generator)
+        views = stimulus_views(stimulus[index], generator) if stimulus_views is not None else [stimulus[index]]
+        return objective(x, views)
+
+    steps_per_epoch = len(per_epoch)
+    scales: list[float] = []
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        epochs_iter = tqdm(epochs_iter, desc="align", unit="epoch")
-    for epoch in epochs_iter:
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        totals = {"loss": 0.0, "signal_to_stimulus": 0.0, "stimulus_to_signal": 0.0}
-        batches = 0
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            if index.numel() < 2:
-                continue  # one pair has no negatives
-            x = signal[index]
-            if augmentation is not None:
-                x = augmentation(x, generator)
-            views = stimulus_views(stimulus[index], generator) if stimulus_views is not None else [stimulus[index]]
-            z_signal = model.embed_signal(x)
-            parts = [info_nce(z_signal, model.embed_stimulus(v), model.logit_scale) for v in views]
-            loss = torch.stack([p[0] for p in parts]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            model.clamp_temperature_()
-            totals["loss"] += float(loss.detach())
-            totals["signal_to_stimulus"] += float(torch.stack([p[1].detach() for p in parts]).mean())
-            totals["stimulus_to_signal"] += float(torch.stack([p[2].detach() for p in parts]).mean())
-            batches += 1
-        record = {key: value / max(batches, 1) for key, value in totals.items()}
-        record.update(epoch=float(epoch), logit_scale=float(model.logit_scale.detach()))
-        result.history.append(record)
+        bar = tqdm(total=epochs, desc="align", unit="epoch")
+
+    def after_step() -> None:
+        model.clamp_temperature_()
+        if len(parts_seen) % steps_per_epoch == 0:  # an epoch ended
+            scales.append(float(model.logit_scale.detach()))
+            if bar is not None:
+                bar.update(1)
+
+    model.train()
+    try:
+        losses = train_steps(
+            Objective(model, contrastive), list(model.parameters()), step_loss, epochs * steps_per_epoch, lr=lr,
+            weight_decay=weight_decay, after_step=after_step,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    for epoch in range(epochs):
+        part = slice(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+        seen = parts_seen[part]
+        result.history.append(
+            {
+                "loss": sum(losses[part]) / steps_per_epoch,
+                "signal_to_stimulus": sum(p[0] for p in seen) / steps_per_epoch,
+                "stimulus_to_signal": sum(p[1] for p in seen) / steps_per_epoch,
+                "epoch": float(epoch),
+                "logit_scale": scales[epoch],
+            }
+        )
     model.eval()
     return result
 

@@ -203,21 +203,23 @@ def _train(
     batch_size: int,
     train_mode: bool = True,
 ) -> list[float]:
+    from .training import Objective, train_steps
+
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     if train_mode:
         model.train()
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        total = 0.0
+
+    def summed(module: CrossSubjectModel, drawn: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return sum(module.loss(name, x, target) for name, (x, target) in drawn.items())
+
+    def step_loss(objective: nn.Module, _step: int) -> torch.Tensor:
+        drawn = {}
         for name, (x, target) in batches.items():
             idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
-            total = total + model.loss(name, x[idx], target[idx])
-        total.backward()
-        optimizer.step()
-        losses.append(float(total.detach()))
-    return losses
+            drawn[name] = (x[idx], target[idx])
+        return objective(drawn)
+
+    return train_steps(Objective(model, summed), params, step_loss, steps, lr=lr, weight_decay=1e-4)
 
 
 def fit(

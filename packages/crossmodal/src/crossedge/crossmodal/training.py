@@ -37,6 +37,23 @@ def device() -> torch.device:
     return accelerator().device
 
 
+class Objective(nn.Module):
+    """``module`` with ``forward(*args) = loss(module, *args)``.
+
+    A loss that is not the module's own ``forward`` (``model.loss(name, x, y)``, an InfoNCE of
+    two embeddings) must still run through ``forward`` for distributed data parallel to
+    synchronize its gradients; wrapping it here gives :func:`train_steps` such a module.
+    """
+
+    def __init__(self, module: nn.Module, loss: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.module = module
+        self._loss = loss
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._loss(self.module, *args, **kwargs)
+
+
 def train_steps(
     model: nn.Module,
     params: Sequence[nn.Parameter],
