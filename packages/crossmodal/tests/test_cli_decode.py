@@ -69,6 +69,18 @@ def test_bench_prints_every_method_and_shot_and_writes_json(cli, tmp_path):
             assert cell["mean"] == pytest.approx(np.mean(cell["per_seed"]))
     # the fixture's class signal sits on channel 0 in both subjects: the adapted model finds it from 10 trials
     assert data["results"]["adapters"]["10"]["mean"] > 0.75
+    # the full-data linear ceiling sees the raised channel 0 in the window means
+    assert data["ceiling"]["accuracy"] > 0.9 and "ceiling:" in result.output
+
+
+def test_window_means_average_each_window():
+    from crossedge.crossmodal.decoding_bench import window_means
+
+    x = np.arange(2 * 8 * 3, dtype=float).reshape(2, 8, 3)
+    out = window_means(x, windows=4)
+    assert out.shape == (2, 12)
+    assert out[0, :3].tolist() == x[0, :2].mean(axis=0).tolist()
+    assert out[1, -3:].tolist() == x[1, 6:].mean(axis=0).tolist()
 
 
 def test_bench_refuses_more_shots_than_the_target_has(cli):

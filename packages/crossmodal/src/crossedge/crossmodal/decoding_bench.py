@@ -6,6 +6,11 @@ on k target trials with the trunk frozen, (alone) a fresh model is trained on th
 trials only, (no-adapters) one shared input layer sees both subjects with channels
 zero-padded to a common count: trained on the source, then fine-tuned whole on the k trials.
 All three are scored on the target's test split.
+
+For context, the result also holds ``ceiling``: a linear model (standardized per-channel means
+of four time windows, logistic regression) trained on *all* of the target's train trials. On
+SelfRegulationSCP2 that full-data linear model scores close to chance, so no few-shot method
+can be expected to do much better there (see docs/benchmarks.md#crossmodal).
 """
 
 from __future__ import annotations
@@ -39,6 +44,25 @@ def _pick(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     first = [rng.choice(np.flatnonzero(y == c)) for c in classes] if k >= len(classes) else []
     rest = rng.permutation(np.setdiff1d(np.arange(len(y)), first))[: k - len(first)]
     return np.concatenate([np.asarray(first, dtype=np.int64), rest]).astype(np.int64)
+
+
+def window_means(x: np.ndarray, windows: int = 4) -> np.ndarray:
+    """(N, T, C) trials to (N, windows * C): each channel's mean over ``windows`` equal time windows."""
+    t = x.shape[1] // windows * windows
+    return x[:, :t].reshape(len(x), windows, t // windows, x.shape[2]).mean(axis=2).reshape(len(x), -1)
+
+
+def linear_ceiling(data, windows: int = 4) -> float:
+    """Test accuracy of logistic regression on :func:`window_means` trained on every train trial."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = data.split("train"), data.split("test")
+    features = window_means(np.asarray(data.x, dtype=np.float64), windows)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(features[train], data.y[train])
+    return float((model.predict(features[test]) == data.y[test]).mean())
 
 
 def scp_cross_subject(
@@ -108,6 +132,10 @@ def scp_cross_subject(
         "tune_steps": tune_steps,
         "chance": 1.0 / n_classes,
         "test_trials": len(ye),
+        "ceiling": {
+            "method": "logistic regression on 4-window channel means, all target train trials",
+            "accuracy": linear_ceiling(target),
+        },
         "results": summary,
     }
 
@@ -124,4 +152,6 @@ def format_table(result: dict[str, Any]) -> str:
     for method, per in result["results"].items():
         cells = "".join(f"{per[str(k)]['mean']:>9.3f} +- {per[str(k)]['std']:.3f}" for k in shots)
         lines.append(f"{method:<12}{cells}")
+    if "ceiling" in result:
+        lines.append(f"ceiling: {result['ceiling']['accuracy']:.3f} ({result['ceiling']['method']})")
     return "\n".join(lines)
