@@ -63,7 +63,7 @@ def test_cli_task_writes_json(tmp_path, monkeypatch, plugin):
     result = CliRunner().invoke(
         build_cli(),
         ["crossmodal", "bench", "--task", "sim-retrieval", "--subjects", "2", "--stimuli", "30", "--seeds", "1",
-         "--epochs", "3", "--json", str(out)],
+         "--epochs", "3", "--shared", "0.5", "--json", str(out)],
         catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -71,6 +71,7 @@ def test_cli_task_writes_json(tmp_path, monkeypatch, plugin):
     data = json.loads(out.read_text())
     assert data["task"] == "sim-retrieval" and data["seeds"] == [0] and data["subjects"] == ["sim-s1", "sim-s2"]
     assert set(data["results"]) == {"intra", "inter"}
+    assert data["shared"] == 0.5 and "shared mixing 0.5" in result.output
 
 
 def test_sentence_embeddings_without_a_model_says_what_to_install(monkeypatch):

@@ -57,3 +57,22 @@ def test_bad_inputs_are_refused():
         simulate(np.zeros(5))
     with pytest.raises(ValueError, match="repeat"):
         simulate(np.zeros((3, 2)), subjects=(SimulatedSubject("a", 2, 2), SimulatedSubject("a", 3, 2)))
+
+
+def test_shared_mixing_makes_subjects_alike_and_zero_changes_nothing():
+    from crossedge.crossmodal.simulator import SimulatedSubject, random_embeddings_for_tests, simulate
+
+    emb = random_embeddings_for_tests(200, 32, seed=1)
+    subjects = (SimulatedSubject("a", 12, 4, 1.0), SimulatedSubject("b", 16, 4, 1.0))
+    plain, _ = simulate(emb, subjects, seed=3)
+    zero, _ = simulate(emb, subjects, seed=3, shared=0.0)
+    assert all(np.array_equal(plain[k], zero[k]) for k in plain)
+
+    def likeness(responses):  # mean correlation of the two subjects' matching channels at the last sample
+        a, b = responses["a"][:, -1, :12], responses["b"][:, -1, :12]
+        return float(np.mean([np.corrcoef(a[:, c], b[:, c])[0, 1] for c in range(12)]))
+
+    assert abs(likeness(plain)) < 0.2
+    assert likeness(simulate(emb, subjects, seed=3, shared=1.0, noise=0.1)[0]) > 0.9
+    with pytest.raises(ValueError, match="shared"):
+        simulate(emb, subjects, shared=1.5)

@@ -37,13 +37,21 @@ def _int_list(text: str) -> list[int]:
 @click.option(
     "--epochs", default=40, show_default=True, type=click.IntRange(1), help="sim-retrieval: alignment epochs."
 )
+@click.option(
+    "--shared",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="sim-retrieval: fraction of the simulated mixing shared by all subjects.",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench(
-    task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, json_out
-) -> None:
+    task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, shared,
+    json_out,
+) -> None:  # fmt: skip
     """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; sim-retrieval: 200-way retrieval."""
     if task == "sim-retrieval":
-        _sim_retrieval(subjects, stimuli, seeds, epochs, json_out)
+        _sim_retrieval(subjects, stimuli, seeds, epochs, shared, json_out)
         return
     from crossedge.core.contracts.array_dataset import get_array_dataset
 
@@ -81,14 +89,14 @@ def _write_json(result: dict, json_out: str | None) -> None:
         click.echo(f"wrote {json_out}")
 
 
-def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, json_out: str | None) -> None:
+def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, shared: float, json_out: str | None) -> None:
     from tqdm.auto import tqdm
 
     from .retrieval_bench import format_table, sim_retrieval
 
     with tqdm(total=seeds * subjects * 2, desc="sim-retrieval", unit="model") as bar:
         result = sim_retrieval(
-            subjects=subjects, stimuli=stimuli, seeds=list(range(seeds)), epochs=epochs,
+            subjects=subjects, stimuli=stimuli, seeds=list(range(seeds)), epochs=epochs, shared=shared,
             progress=lambda _: bar.update(1),
         )  # fmt: skip
     click.echo(format_table(result))

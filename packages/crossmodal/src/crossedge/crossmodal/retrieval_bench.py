@@ -111,6 +111,7 @@ def sim_retrieval(
     epochs: int = 40,
     test_fraction: float = 1 / 3,
     noise: float = 0.5,
+    shared: float = 0.0,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def sim_retrieval(
         p: {"top1": [], "top5": [], "two_way": []} for p in ("intra", "inter")
     }
     for seed in seeds:
-        responses, _ = simulator.simulate(embeddings, subject_list, seed=seed, noise=noise)
+        responses, _ = simulator.simulate(embeddings, subject_list, seed=seed, noise=noise, shared=shared)
         order = np.random.default_rng([seed, 7]).permutation(stimuli)
         test, train = order[:n_test], order[n_test:]
         scores: dict[str, list[dict[str, float]]] = {"intra": [], "inter": []}
@@ -171,6 +172,7 @@ def sim_retrieval(
         "ways": ways,
         "epochs": epochs,
         "noise": noise,
+        "shared": shared,
         "seeds": list(seeds),
         "chance": {"top1": 1 / ways, "top5": min(5, ways) / ways, "two_way": 0.5},
         "results": results,
@@ -184,7 +186,8 @@ def format_table(result: dict[str, Any]) -> str:
     chance = result["chance"]
     lines = [
         f"sim-retrieval: {len(result['subjects'])} simulated subjects, {result['train_stimuli']} train / "
-        f"{result['test_stimuli']} unseen test sentences, seeds {result['seeds']}",
+        f"{result['test_stimuli']} unseen test sentences, shared mixing {result.get('shared', 0.0)}, "
+        f"seeds {result['seeds']}",
         f"{'protocol':<10}" + "".join(f"{names[m]:>20}" for m in names),
         f"{'chance':<10}" + "".join(f"{chance[m]:>20.3f}" for m in names),
     ]

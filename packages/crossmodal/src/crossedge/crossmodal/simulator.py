@@ -5,6 +5,11 @@ C_s differing per subject), a temporal response: the mixed signal is held for T_
 and smoothed by a causal exponential (haemodynamic-like) kernel with a subject-specific time
 constant, then Gaussian noise at ``noise`` times the signal's standard deviation is added.
 The same seed gives the same bytes. Decoding maps responses back into the embedding space.
+
+``shared`` (0..1) is the fraction of the mixing's variance common to all subjects, as brains
+share functional anatomy: W_s = sqrt(shared) * W_common[:, :C_s] + sqrt(1 - shared) * W_own,
+with W_common drawn from the seed alone. At 0 (the default) subjects share nothing, so a
+model trained on some subjects cannot transfer to another without its data.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def simulate(
     subjects: Sequence[SimulatedSubject] = DEFAULT_SUBJECTS,
     seed: int = 0,
     noise: float = 0.5,
+    shared: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-subject responses {name: (N_stim, T_s, C_s) float32} to every stimulus, and the stimulus ids (0..N-1)."""
     x = np.asarray(embeddings, dtype=np.float64)
@@ -51,11 +57,17 @@ def simulate(
     names = [s.name for s in subjects]
     if len(set(names)) != len(names):
         raise ValueError(f"simulated subject names repeat: {names}")
+    if not 0.0 <= shared <= 1.0:
+        raise ValueError(f"shared must be in [0, 1] (a fraction of the mixing variance), got {shared}")
+    widest = max(s.channels for s in subjects)
+    common = np.random.default_rng([seed, 1 << 20]).standard_normal((x.shape[1], widest)) / np.sqrt(x.shape[1])
     responses = {}
     for index, subject in enumerate(subjects):
         # one generator per subject, seeded by (seed, index): adding a subject leaves the others unchanged
         rng = np.random.default_rng([seed, index])
         mixing = rng.standard_normal((x.shape[1], subject.channels)) / np.sqrt(x.shape[1])
+        if shared > 0.0:
+            mixing = np.sqrt(shared) * common[:, : subject.channels] + np.sqrt(1.0 - shared) * mixing
         signal = x @ mixing  # (N, C)
         t = np.arange(subject.samples)
         gain = 1.0 - np.exp(-(t + 1) / subject.tau)  # the step response of a causal exponential kernel
