@@ -26,8 +26,15 @@ def accelerator() -> Any:
     """The process's :class:`accelerate.Accelerator` (made once; ``accelerate launch`` configures it)."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
+        import functools
+
+        import accelerate.optimizer
         from accelerate import Accelerator
 
+        # accelerate looks for the optional lomo_optim package (importlib find_spec) on every
+        # optimizer step, about 2 ms a step here, more than a small model's whole step; the
+        # answer cannot change within a process, so it is looked up once
+        accelerate.optimizer.is_lomo_available = functools.cache(accelerate.optimizer.is_lomo_available)
         _ACCELERATOR = Accelerator()
     return _ACCELERATOR
 
