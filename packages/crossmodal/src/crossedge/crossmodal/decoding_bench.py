@@ -211,3 +211,43 @@ def format_classify_table(result: dict[str, Any]) -> str:
             f"{name:<26}{row['mean']:>9.3f} +- {row['std']:.3f}{row['ceiling']:>9.3f}{row['chance']:>10.3f}{trials:>14}"
         )
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path) -> Any:
+    """A PNG of a scp-cross-subject result (accuracy against target trials, one line per method,
+    the ceiling and chance as dashed lines) or a neuro-classify result (bars per dataset)."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if result["task"] == "neuro-classify":
+        names = list(result["results"])
+        rows = [result["results"][n] for n in names]
+        at = np.arange(len(names))
+        ax.bar(at - 0.2, [r["mean"] for r in rows], 0.4, yerr=[r["std"] for r in rows], label="network")
+        ax.bar(at + 0.2, [r["ceiling"] for r in rows], 0.4, label="linear (window means)")
+        ax.scatter(at, [r["chance"] for r in rows], color="k", marker="_", s=400, label="majority class", zorder=3)
+        ax.set_xticks(at, names, rotation=15)
+        ax.set_title("within-subject test accuracy")
+    else:
+        shots = result["shots"]
+        for method, per in result["results"].items():
+            means = np.array([per[str(k)]["mean"] for k in shots])
+            stds = np.array([per[str(k)]["std"] for k in shots])
+            ax.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.axhline(result["chance"], color="k", linestyle=":", label="chance")
+        if "ceiling" in result:
+            ax.axhline(result["ceiling"]["accuracy"], color="grey", linestyle="--", label="linear, all target trials")
+        ax.set_xlabel("target trials")
+        ax.set_title(f"{result['source']} -> {result['target']}")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -194,3 +194,32 @@ def format_table(result: dict[str, Any]) -> str:
     for protocol, per in result["results"].items():
         lines.append(f"{protocol:<10}" + "".join(f"{per[m]['mean']:>11.3f} +- {per[m]['std']:.3f}" for m in names))
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path) -> Path:
+    """A PNG: N-way top-1 / top-5 and 2-way per protocol (bars, std as error bars) with chance marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    metrics = ("top1", "top5", "two_way")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    at = np.arange(len(metrics))
+    protocols = list(result["results"])
+    width = 0.8 / len(protocols)
+    for i, protocol in enumerate(protocols):
+        per = result["results"][protocol]
+        ax.bar(at + i * width, [per[m]["mean"] for m in metrics], width, yerr=[per[m]["std"] for m in metrics],
+               label=protocol)  # fmt: skip
+    ax.scatter(at + width * (len(protocols) - 1) / 2, [result["chance"][m] for m in metrics], color="k", marker="_",
+               s=500, label="chance", zorder=3)  # fmt: skip
+    ways = result["ways"]
+    ax.set_xticks(at + width * (len(protocols) - 1) / 2, [f"{ways}-way top-1", f"{ways}-way top-5", "2-way"])
+    ax.set_title(f"sim-retrieval (shared mixing {result.get('shared', 0.0)})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
