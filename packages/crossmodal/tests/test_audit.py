@@ -1,6 +1,7 @@
 """The attention audit on hand-built models whose answers are known, its metrics, loader and CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -180,3 +181,35 @@ def test_explain_cli_writes_json_and_png_and_refuses_to_overwrite(plugin, tmp_pa
     forced = runner.invoke(build_cli(), [*args, "--out", str(out), "--force"])
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "audit.json").read_text())["reference"] is None
+
+
+def test_audit_bench_reports_cer_and_per_layer_correlations_on_chirps(tmp_path):
+    from crossedge.crossmodal.audit_bench import audit_bench, format_table
+
+    def fake(text, voice):
+        t = np.arange(600 * (len(text) + 2)) / 16000
+        return (0.3 * np.sin(2 * np.pi * (180 + 4 * voice.pitch + 200 * t) * t)).astype(np.float32)
+
+    corpus = asr.build_corpus(texts=10, test_fraction=0.3, audio_fn=fake)
+    config = encdec.EncDecConfig(width=16, heads=2, encoder_layers=1, decoder_layers=2, ff=32, max_len=8)
+    result = audit_bench(steps=3, utterances=2, corpus=corpus, config=config, save=tmp_path / "saved")
+    assert result["audit"]["utterances"] == 2
+    assert result["cer"] == encdec.evaluate(encdec.load(tmp_path / "saved"), corpus)["cer"]  # the saved model
+    assert len(result["audit"]["memory"]["layers"]) == 2 and len(result["audit"]["input"]["layers"]) == 2
+    assert set(result["audit"]["deletion_auc"]["zero"]) == {"attention", "saliency", "random"}
+    assert "layer 1" in format_table(result) and "test CER" in format_table(result)
+    assert isinstance(audit.load_explainable(tmp_path / "saved"), encdec.EncoderDecoderAsr)
+    json.dumps(result)  # JSON-ready
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_bench_task_audit_on_a_few_espeak_utterances(plugin, tmp_path):
+    out = tmp_path / "audit.json"
+    result = CliRunner().invoke(
+        build_cli(),
+        ["crossmodal", "bench", "--task", "audit", "--audit-texts", "10", "--audit-steps", "3", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "test CER" in result.output and "aggregate" in result.output
+    data = json.loads(out.read_text())
+    assert data["task"] == "audit" and len(data["audit"]["memory"]["layers"]) == 2

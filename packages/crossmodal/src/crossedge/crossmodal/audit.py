@@ -194,6 +194,7 @@ class Audit:
     input_saliency_frames: np.ndarray  # (steps, T) normalised per step
     input_saliency: np.ndarray  # (steps, S) pooled to memory positions, normalised
     metrics: dict = field(default_factory=dict)
+    pieces: list[str] = field(default_factory=list)  # each token as text, for labels
 
 
 def _targets(model: CrossAttentionModel, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +334,7 @@ def audit(
     metrics["deletion"] = {fill: deletion_curves(model, memory, tokens, orders, fill, points) for fill in FILLS}
     return Audit(
         text, tokens, layers, attention_mean, memory_saliency, normalize(frames_raw.double().numpy()),
-        input_saliency, metrics,
+        input_saliency, metrics, [model.tokenizer.decode([t]) or str(t) for t in tokens],
     )  # fmt: skip
 
 
@@ -388,6 +389,7 @@ def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_pos
     frames = spec.shape[1]
     attention_frames = np.repeat(result.attention_mean, frames_per_position, axis=1)[:, :frames] / frames_per_position
     saliency_frames = result.input_saliency_frames
+    labels = [*result.pieces, "</s>"]
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     axes[0].imshow(spec, aspect="auto", origin="lower", cmap="gray_r")
     over = axes[0].twinx()
@@ -403,7 +405,8 @@ def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_pos
     ):
         ax.imshow(data, aspect="auto", origin="upper", cmap="magma", interpolation="nearest")
         ax.set_title(title)
-        ax.set_ylabel("step")
+        ax.set_ylabel("predicted token")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
     axes[2].set_xlabel("input frame")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

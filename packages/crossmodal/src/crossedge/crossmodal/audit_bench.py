@@ -16,6 +16,7 @@ def audit_bench(
     method: str = "saliency",
     save: str | Path | None = None,
     corpus: asr.AsrCorpus | None = None,
+    config: encdec.EncDecConfig | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict:
     """CER of the trained model on the test split and the audit summary over up to ``utterances`` test utterances.
@@ -26,7 +27,7 @@ def audit_bench(
     """
     corpus = corpus or asr.build_corpus(texts=texts, seed=seed)
     model, losses = encdec.train_encdec(
-        corpus, steps=steps, seed=seed, progress=(lambda n: progress("train", n)) if progress else None
+        corpus, steps=steps, seed=seed, config=config, progress=(lambda n: progress("train", n)) if progress else None
     )
     if save is not None:
         encdec.save(model, save)

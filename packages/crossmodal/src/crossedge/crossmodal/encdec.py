@@ -230,6 +230,22 @@ def token_batch(texts: list[str], tokenizer: asr.CharTokenizer, max_len: int) ->
     return inputs, targets
 
 
+def mask_spans(features: torch.Tensor, rng: np.random.Generator, bands: int = 2, spans: int = 2) -> torch.Tensor:
+    """A copy of (T, F) normalized features with ``bands`` feature bands (<= F/10 wide) and ``spans`` frame spans
+    (<= T/10 long) set to zero, the utterance mean."""
+    out = features.clone()
+    frames, dim = out.shape
+    for size, count, axis in ((dim, bands, 1), (frames, spans, 0)):
+        for _ in range(count):
+            width = int(rng.integers(0, max(1, size // 10) + 1))
+            start = int(rng.integers(0, max(1, size - width) + 1))
+            if axis:
+                out[:, start : start + width] = 0.0
+            else:
+                out[start : start + width] = 0.0
+    return out
+
+
 def train_encdec(
     corpus: asr.AsrCorpus,
     steps: int = 1500,
@@ -237,9 +253,14 @@ def train_encdec(
     batch_size: int = 16,
     lr: float = 1e-3,
     config: EncDecConfig | None = None,
+    augment: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[EncoderDecoderAsr, list[float]]:
-    """Train on the corpus's train split (teacher forcing, cross-entropy); returns ``(model in eval mode, losses)``."""
+    """Train on the corpus's train split (teacher forcing, cross-entropy); returns ``(model in eval mode, losses)``.
+
+    ``augment`` masks random feature bands and frame spans of each training utterance (SpecAugment's
+    masking): the corpus is small and its test texts are new word sequences.
+    """
     from . import speech
     from .training import device, train_steps, unwrap
 
@@ -252,7 +273,8 @@ def train_encdec(
 
     def loss_fn(prepared: nn.Module, step: int) -> torch.Tensor:
         chosen = rng.choice(train, size=min(batch_size, len(train)), replace=False)
-        features, mask = speech.pad_batch([corpus.features[i] for i in chosen])
+        features, mask = speech.pad_batch([mask_spans(corpus.features[i], rng) if augment else corpus.features[i]
+                                           for i in chosen])  # fmt: skip
         inputs, targets = token_batch([corpus.texts[i] for i in chosen], model.tokenizer, model.config.max_len)
         where = device()
         logits = prepared(features.to(where), inputs.to(where), mask.to(where))
