@@ -197,7 +197,8 @@ class Audit:
     pieces: list[str] = field(default_factory=list)  # each token as text, for labels
 
 
-def _targets(model: CrossAttentionModel, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder inputs ``[[BOS, *tokens]]`` and the targets of each step ``[*tokens, EOS]``."""
     inputs = torch.tensor([[asr.BOS, *tokens]])
     targets = torch.tensor([*tokens, asr.EOS])
     return inputs, targets
@@ -211,15 +212,24 @@ def _step_log_probs(model: CrossAttentionModel, memory: torch.Tensor, inputs: to
     return logits.log_softmax(-1)[torch.arange(memory.shape[0]), rows]
 
 
+def _require(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise AuditError(
+            f"the audit needs {module.split('.')[0]}, which is not installed; pip install 'crossedge-crossmodal[audit]'"
+        ) from exc
+
+
 def _attribute(forward, inputs: torch.Tensor, targets: torch.Tensor, method: str, ig_steps: int) -> torch.Tensor:
-    import captum.attr
+    captum = _require("captum.attr")
 
     if method == "saliency":
-        return captum.attr.Saliency(forward).attribute(inputs, target=targets.tolist(), abs=True)
+        return captum.Saliency(forward).attribute(inputs, target=targets.tolist(), abs=True)
     if method == "input_x_gradient":
-        return captum.attr.InputXGradient(forward).attribute(inputs, target=targets.tolist())
+        return captum.InputXGradient(forward).attribute(inputs, target=targets.tolist())
     if method == "integrated_gradients":
-        return captum.attr.IntegratedGradients(forward).attribute(
+        return captum.IntegratedGradients(forward).attribute(
             inputs, target=targets.tolist(), n_steps=ig_steps, internal_batch_size=max(1, inputs.shape[0])
         )
     raise AuditError(f"unknown saliency method {method!r}; pick one of {', '.join(METHODS)}")
@@ -229,7 +239,7 @@ def saliency_maps(
     model: CrossAttentionModel, features: torch.Tensor, tokens: list[int], method: str = "saliency", ig_steps: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw ``(memory relevance (steps, S), input relevance per frame (steps, T))`` of ``log p(y_t)``."""
-    inputs, targets = _targets(model, tokens)
+    inputs, targets = _targets(tokens)
     steps = inputs.shape[1]
     with torch.no_grad():
         memory = model.encode(features)
@@ -256,7 +266,7 @@ def deletion_curves(
     """``{name: {"fractions", "curve", "auc"}}``: mean ``log p(y_t)`` as positions go in each (steps, S) order."""
     if fill not in FILLS:
         raise AuditError(f"unknown deletion fill {fill!r}; pick one of {', '.join(FILLS)}")
-    inputs, targets = _targets(model, tokens)
+    inputs, targets = _targets(tokens)
     steps, positions = inputs.shape[1], memory.shape[1]
     counts = sorted({round(f * positions) for f in np.linspace(0.0, 1.0, max(2, points))})
     replacement = (
@@ -299,7 +309,7 @@ def audit(
         model.eval()
     text = model.transcribe(features, max_len) if tokens is None else model.tokenizer.decode(tokens)
     tokens = list(model.tokenizer.encode(text)) if tokens is None else [int(t) for t in tokens]
-    inputs, _ = _targets(model, tokens)
+    inputs, _ = _targets(tokens)
     with torch.no_grad():
         memory = model.encode(features)
         _, attentions = model.decode(memory, inputs)
@@ -380,8 +390,7 @@ def format_summary(summary: dict) -> str:
 
 def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_position: int) -> Path:
     """A PNG: the spectrogram with both maps (summed over steps) over it, and the two step-by-frame maps."""
-    import matplotlib
-
+    matplotlib = _require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
