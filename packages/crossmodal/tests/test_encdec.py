@@ -88,3 +88,11 @@ def test_damaged_foreign_and_missing_folders_are_refused_in_one_line(tmp_path):
 def test_config_refuses_widths_that_do_not_split():
     with pytest.raises(encdec.EncDecError, match="divisible"):
         encdec.EncDecConfig(width=30, heads=4)
+
+
+def test_mask_spans_zeroes_bands_and_spans_of_a_copy():
+    features = torch.ones(50, 80)
+    masked = encdec.mask_spans(features, np.random.default_rng(3), bands=2, spans=2)
+    assert torch.all(features == 1) and masked.shape == features.shape
+    zero_columns, zero_rows = (masked == 0).all(0).sum(), (masked == 0).all(1).sum()
+    assert 0 < zero_columns <= 16 and zero_rows <= 10 and set(masked.unique().tolist()) <= {0.0, 1.0}
