@@ -398,7 +398,7 @@ def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_pos
     frames = spec.shape[1]
     attention_frames = np.repeat(result.attention_mean, frames_per_position, axis=1)[:, :frames] / frames_per_position
     saliency_frames = result.input_saliency_frames
-    labels = [*result.pieces, "</s>"]
+    labels = [*(p if p.strip() else "\u2423" for p in result.pieces), "</s>"]
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     axes[0].imshow(spec, aspect="auto", origin="lower", cmap="gray_r")
     over = axes[0].twinx()

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from . import asr, audit, encdec
 
+#: test utterances audited by default (each is a few saliency and deletion passes)
+UTTERANCES = 25
+
 
 def audit_bench(
-    texts: int = 400,
+    texts: int = 1000,
     steps: int = 1500,
     seed: int = 0,
-    utterances: int = 40,
+    utterances: int = UTTERANCES,
     method: str = "saliency",
     save: str | Path | None = None,
     corpus: asr.AsrCorpus | None = None,

@@ -52,13 +52,13 @@ def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: 
     from tqdm.auto import tqdm
 
     from . import asr
-    from .audit_bench import audit_bench, format_table
+    from .audit_bench import UTTERANCES, audit_bench, format_table
 
     with tqdm(total=texts, desc="speech", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
     bars = {
         "train": tqdm(total=steps, desc="train", unit="step"),
-        "audit": tqdm(total=min(40, len(corpus.indices("test"))), desc="audit", unit="utt"),
+        "audit": tqdm(total=min(UTTERANCES, len(corpus.indices("test"))), desc="audit", unit="utt"),
     }
     try:
         result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus,

@@ -42,7 +42,7 @@ def _int_list(text: str) -> list[int]:
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--audit-steps", default=1500, show_default=True, type=click.IntRange(1), help="audit: training steps.")
-@click.option("--audit-texts", default=400, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
+@click.option("--audit-texts", default=1000, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), help="audit: also save the model here.")
 def bench(
     task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, json_out,
