@@ -49,10 +49,14 @@ def explain_command(
 
 def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: str | None) -> None:
     """Run :func:`audit_bench.audit_bench` with progress bars; print the table, optionally write JSON."""
+    import torch
     from tqdm.auto import tqdm
 
     from . import asr
     from .audit_bench import UTTERANCES, audit_bench, format_table
+
+    # the model is small: on a busy 2-core machine two contending threads ran 4x slower than one
+    torch.set_num_threads(1)
 
     with tqdm(total=texts, desc="speech", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
