@@ -60,13 +60,16 @@ def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: 
 
     with tqdm(total=texts, desc="speech", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
-    bars = {
-        "train": tqdm(total=steps, desc="train", unit="step"),
-        "audit": tqdm(total=min(UTTERANCES, len(corpus.indices("test"))), desc="audit", unit="utt"),
-    }
+    totals = {"train": steps, "audit": min(UTTERANCES, len(corpus.indices("test")))}
+    bars: dict = {}
+
+    def progress(stage: str, n: int) -> None:
+        if stage not in bars:  # each bar starts when its stage does
+            bars[stage] = tqdm(total=totals[stage], desc=stage, unit="step" if stage == "train" else "utt")
+        bars[stage].update(n)
+
     try:
-        result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus,
-                             progress=lambda stage, n: bars[stage].update(n))  # fmt: skip
+        result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus, progress=progress)
     finally:
         for bar in bars.values():
             bar.close()
