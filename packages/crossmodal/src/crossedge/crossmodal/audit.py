@@ -104,7 +104,10 @@ def load_explainable(folder: str | Path) -> CrossAttentionModel:
             f"format {tag!r} needs {module_name}, which is not installed ({exc.name} missing); "
             "install the crossedge release that wrote the model"
         ) from exc
-    return getattr(module, function)(folder)
+    loader = getattr(module, function, None)
+    if loader is None:
+        raise AuditError(f"format {tag!r}: {module_name} has no {function}(); install a matching crossedge release")
+    return loader(folder)
 
 
 # ---- maps and their comparison ------------------------------------------------------------
