@@ -22,7 +22,10 @@ def _int_list(text: str) -> list[int]:
 
 @group.command(name="bench")
 @click.option(
-    "--task", type=click.Choice(["scp-cross-subject", "sim-retrieval"]), required=True, help="Which benchmark to run."
+    "--task",
+    type=click.Choice(["scp-cross-subject", "sim-retrieval", "audit"]),
+    required=True,
+    help="Which benchmark to run.",
 )
 @click.option("--source", "source_name", default="scp1", show_default=True, help="Registered dataset trained on first.")
 @click.option("--target", "target_name", default="scp2", show_default=True, help="Registered dataset adapted to.")
@@ -45,13 +48,22 @@ def _int_list(text: str) -> list[int]:
     help="sim-retrieval: fraction of the simulated mixing shared by all subjects.",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--audit-steps", default=1500, show_default=True, type=click.IntRange(1), help="audit: training steps.")
+@click.option("--audit-texts", default=1000, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), help="audit: also save the model here.")
 def bench(
     task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, shared,
-    json_out,
+    json_out, audit_steps, audit_texts, save_dir,
 ) -> None:  # fmt: skip
-    """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; sim-retrieval: 200-way retrieval."""
+    """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; sim-retrieval: 200-way retrieval;
+    audit: encoder-decoder ASR, its CER and cross-attention against saliency."""
     if task == "sim-retrieval":
         _sim_retrieval(subjects, stimuli, seeds, epochs, shared, json_out)
+        return
+    if task == "audit":
+        from .audit_cli import audit_bench_command
+
+        audit_bench_command(audit_texts, audit_steps, save_dir, json_out)
         return
     from crossedge.core.contracts.array_dataset import get_array_dataset
 
@@ -101,3 +113,19 @@ def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, shared:
         )  # fmt: skip
     click.echo(format_table(result))
     _write_json(result, json_out)
+
+
+@group.command(name="explain")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Saved model folder.")
+@click.argument("audio", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False))
+@click.option("--text", "reference", help="Audit this reference text instead of the model's transcription.")
+@click.option("--method", type=click.Choice(["saliency", "input_x_gradient", "integrated_gradients"]),
+              default="saliency", show_default=True, help="Captum attribution for the saliency maps.")  # fmt: skip
+@click.option("--max-len", default=64, show_default=True, type=click.IntRange(1), help="Longest transcription.")
+@click.option("--force", is_flag=True, help="Overwrite audit.json / audit.png already in --out.")
+def explain(model_dir, audio, out_dir, reference, method, max_len, force) -> None:
+    """Compare a model's cross-attention with gradient saliency on one WAV: writes audit.json and audit.png."""
+    from .audit_cli import explain_command
+
+    explain_command(model_dir, audio, out_dir, reference, method, max_len, force)

@@ -1,0 +1,81 @@
+"""The bodies of ``crossedge crossmodal explain`` and ``bench --task audit`` (kept out of cli.py, imported lazily)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+OUTPUTS = ("audit.json", "audit.png")
+
+
+def explain_command(
+    model_dir: str, audio: str, out_dir: str, reference: str | None, method: str, max_len: int, force: bool
+) -> None:
+    """Load, transcribe, audit and write ``audit.json`` and ``audit.png`` into ``out_dir``."""
+    import torch
+
+    from . import asr, audit, speech
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise audit.AuditError(f"--out {out} is a file; give a folder")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        raise audit.AuditError(f"{out} already holds {', '.join(existing)}; pick another --out or pass --force")
+    model = audit.load_explainable(model_dir)
+    features = asr.features(speech.read_wav(audio))[None]
+    with torch.no_grad():
+        hypothesis = model.transcribe(features, max_len)
+    text = hypothesis if reference is None else reference
+    tokens = list(model.tokenizer.encode(text))
+    result = audit.audit(model, features, tokens, method=method, max_len=max_len)
+    report = {
+        "audio": str(audio), "model": str(model_dir), "transcription": hypothesis, "reference": reference,
+        **result.metrics,
+        "maps": {
+            "attention_mean": result.attention_mean.tolist(), "memory_saliency": result.memory_saliency.tolist(),
+            "input_saliency": result.input_saliency.tolist(),
+        },
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    audit.plot(result, features, out / "audit.png", model.frames_per_position)
+    click.echo(f"transcription: {hypothesis!r}" + (f"  (audited on reference {reference!r})" if reference else ""))
+    click.echo(audit.format_summary(audit.summarize([result])))
+    click.echo(f"wrote {out / 'audit.json'} and {out / 'audit.png'}")
+
+
+def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: str | None) -> None:
+    """Run :func:`audit_bench.audit_bench` with progress bars; print the table, optionally write JSON."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import asr
+    from .audit_bench import UTTERANCES, audit_bench, format_table
+
+    # the model is small: on a busy 2-core machine two contending threads ran 4x slower than one
+    torch.set_num_threads(1)
+
+    with tqdm(total=texts, desc="speech", unit="utt") as bar:
+        corpus = asr.build_corpus(texts=texts, progress=bar.update)
+    totals = {"train": steps, "audit": min(UTTERANCES, len(corpus.indices("test")))}
+    bars: dict = {}
+
+    def progress(stage: str, n: int) -> None:
+        if stage not in bars:  # each bar starts when its stage does
+            bars[stage] = tqdm(total=totals[stage], desc=stage, unit="step" if stage == "train" else "utt")
+        bars[stage].update(n)
+
+    try:
+        result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    click.echo(format_table(result))
+    if save_dir:
+        click.echo(f"saved the model to {save_dir}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
