@@ -89,3 +89,30 @@ def test_bench_refuses_more_shots_than_the_target_has(cli):
         "--shots", "31", "--seeds", "1", "--pretrain-steps", "2", "--tune-steps", "2",
     )  # fmt: skip
     assert result.exit_code != 0 and "outside 1..30" in result.output
+
+
+def test_neuro_classify_and_plots(cli, tmp_path):
+    out, png = tmp_path / "cls.json", tmp_path / "cls.png"
+    result = cli(
+        "crossmodal", "bench", "--task", "neuro-classify", "--datasets", "tinysrc,tinytgt", "--seeds", "2",
+        "--pretrain-steps", "40", "--json", str(out), "--plot", str(png),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert list(data["results"]) == ["tinysrc", "tinytgt"]
+    row = data["results"]["tinytgt"]
+    assert len(row["per_seed"]) == 2 and row["train_trials"] == 30 and row["test_trials"] == 20
+    assert row["mean"] > 0.75 and row["ceiling"] > 0.9 and row["chance"] == 0.5
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scp_png = tmp_path / "scp.png"
+    result = cli(
+        "crossmodal", "bench", "--task", "scp-cross-subject", "--source", "tinysrc", "--target", "tinytgt",
+        "--shots", "4", "--seeds", "1", "--pretrain-steps", "5", "--tune-steps", "5", "--plot", str(scp_png),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert scp_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_neuro_classify_needs_a_dataset(cli):
+    result = cli("crossmodal", "bench", "--task", "neuro-classify", "--datasets", ",")
+    assert result.exit_code != 0 and "at least one dataset" in result.output

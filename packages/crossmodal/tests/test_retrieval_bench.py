@@ -63,7 +63,7 @@ def test_cli_task_writes_json(tmp_path, monkeypatch, plugin):
     result = CliRunner().invoke(
         build_cli(),
         ["crossmodal", "bench", "--task", "sim-retrieval", "--subjects", "2", "--stimuli", "30", "--seeds", "1",
-         "--epochs", "3", "--shared", "0.5", "--json", str(out)],
+         "--epochs", "3", "--shared", "0.5", "--json", str(out), "--plot", str(tmp_path / "sim.png")],
         catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -72,6 +72,7 @@ def test_cli_task_writes_json(tmp_path, monkeypatch, plugin):
     assert data["task"] == "sim-retrieval" and data["seeds"] == [0] and data["subjects"] == ["sim-s1", "sim-s2"]
     assert set(data["results"]) == {"intra", "inter"}
     assert data["shared"] == 0.5 and "shared mixing 0.5" in result.output
+    assert (tmp_path / "sim.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sentence_embeddings_without_a_model_says_what_to_install(monkeypatch):

@@ -20,16 +20,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "audit")
+
+
 @group.command(name="bench")
-@click.option(
-    "--task",
-    type=click.Choice(["scp-cross-subject", "sim-retrieval", "audit"]),
-    required=True,
-    help="Which benchmark to run.",
-)
+@click.option("--task", type=click.Choice(TASKS), required=True, help="Which benchmark to run.")
 @click.option("--source", "source_name", default="scp1", show_default=True, help="Registered dataset trained on first.")
 @click.option("--target", "target_name", default="scp2", show_default=True, help="Registered dataset adapted to.")
 @click.option("--shots", default="10,20,50", show_default=True, help="Target trials to adapt from, comma-separated.")
+@click.option(
+    "--datasets",
+    default="finger-movements,eyes-open-shut,hand-movement-direction,scp1,scp2",
+    show_default=True,
+    help="neuro-classify: registered datasets, comma-separated.",
+)
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Number of seeds (0..N-1).")
 @click.option("--pretrain-steps", default=300, show_default=True, type=click.IntRange(1))
 @click.option("--tune-steps", default=150, show_default=True, type=click.IntRange(1))
@@ -47,49 +51,87 @@ def _int_list(text: str) -> list[int]:
     type=click.FloatRange(0.0, 1.0),
     help="sim-retrieval: fraction of the simulated mixing shared by all subjects.",
 )
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--texts", default=240, show_default=True, type=click.IntRange(6), help="deepfake: sentences spoken.")
+@click.option(
+    "--ssl-steps", default=300, show_default=True, type=click.IntRange(1), help="deepfake: SSL pretraining steps."
+)
+@click.option("--steps", default=150, show_default=True, type=click.IntRange(1), help="deepfake: detector steps.")
+@click.option(
+    "--hold-out",
+    "held_out",
+    type=click.Choice(["world", "griffin-lim", "codec"]),  # spoof.SPOOFERS (not imported: the CLI starts fast)
+    default=None,
+    help="deepfake: a spoofer never trained on, met only at test time.",
+)
 @click.option("--audit-steps", default=1500, show_default=True, type=click.IntRange(1), help="audit: training steps.")
 @click.option("--audit-texts", default=1000, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), help="audit: also save the model here.")
-def bench(
-    task, source_name, target_name, shots, seeds, pretrain_steps, tune_steps, subjects, stimuli, epochs, shared,
-    json_out, audit_steps, audit_texts, save_dir,
-) -> None:  # fmt: skip
-    """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; sim-retrieval: 200-way retrieval;
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Also write a PNG chart here.")
+def bench(task: str, **o) -> None:
+    """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; neuro-classify: the EEG/MEG
+    problems within subject; sim-retrieval: 200-way retrieval; deepfake: fusion blocks vs single views;
     audit: encoder-decoder ASR, its CER and cross-attention against saliency."""
     if task == "sim-retrieval":
-        _sim_retrieval(subjects, stimuli, seeds, epochs, shared, json_out)
-        return
-    if task == "audit":
+        _sim_retrieval(o["subjects"], o["stimuli"], o["seeds"], o["epochs"], o["shared"], o["json_out"], o["plot_out"])
+    elif task == "audit":
         from .audit_cli import audit_bench_command
 
-        audit_bench_command(audit_texts, audit_steps, save_dir, json_out)
-        return
+        audit_bench_command(o["audit_texts"], o["audit_steps"], o["save_dir"], o["json_out"])
+    elif task == "deepfake":
+        _deepfake(o["texts"], o["seeds"], o["ssl_steps"], o["steps"], o["held_out"], o["json_out"], o["plot_out"])
+    elif task == "neuro-classify":
+        _neuro_classify(o)
+    else:
+        _scp_cross_subject(task, o)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="model")
+
+
+def _scp_cross_subject(task: str, o: dict) -> None:
     from crossedge.core.contracts.array_dataset import get_array_dataset
 
-    from .decoding_bench import format_table, scp_cross_subject
+    from .decoding_bench import format_table, plot, scp_cross_subject
 
-    shot_list = _int_list(shots)
-    source = get_array_dataset(source_name).load()
-    target = get_array_dataset(target_name).load()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional here: no bar, same results
-        tqdm = None
-    bar = tqdm(total=seeds * len(shot_list), desc=task, disable=tqdm is None) if tqdm else None
-    try:
-        result = scp_cross_subject(
-            source, target, shots=shot_list, seeds=list(range(seeds)), pretrain_steps=pretrain_steps,
-            tune_steps=tune_steps, progress=(lambda _: bar.update(1)) if bar else None,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        if bar:
-            bar.close()
-    result["source"], result["target"] = source_name, target_name
+    shot_list = _int_list(o["shots"])
+    source = get_array_dataset(o["source_name"]).load()
+    target = get_array_dataset(o["target_name"]).load()
+    with _progress(o["seeds"] * len(shot_list), task) as bar:
+        try:
+            result = scp_cross_subject(
+                source, target, shots=shot_list, seeds=list(range(o["seeds"])), pretrain_steps=o["pretrain_steps"],
+                tune_steps=o["tune_steps"], progress=lambda _: bar.update(1),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    result["source"], result["target"] = o["source_name"], o["target_name"]
     click.echo(format_table(result))
-    _write_json(result, json_out)
+    _write_json(result, o["json_out"])
+    if o["plot_out"]:
+        click.echo(f"wrote {plot(result, o['plot_out'])}")
+
+
+def _neuro_classify(o: dict) -> None:
+    from crossedge.core.contracts.array_dataset import get_array_dataset
+
+    from .decoding_bench import classify_tasks, format_classify_table, plot
+
+    names = [n.strip() for n in o["datasets"].split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("give at least one dataset name", param_hint="--datasets")
+    loaded = [(name, get_array_dataset(name).load()) for name in names]
+    with _progress(o["seeds"] * len(names), "neuro-classify") as bar:
+        result = classify_tasks(
+            loaded, seeds=list(range(o["seeds"])), steps=o["pretrain_steps"], progress=lambda _: bar.update(1)
+        )
+    click.echo(format_classify_table(result))
+    _write_json(result, o["json_out"])
+    if o["plot_out"]:
+        click.echo(f"wrote {plot(result, o['plot_out'])}")
 
 
 def _write_json(result: dict, json_out: str | None) -> None:
@@ -101,10 +143,12 @@ def _write_json(result: dict, json_out: str | None) -> None:
         click.echo(f"wrote {json_out}")
 
 
-def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, shared: float, json_out: str | None) -> None:
+def _sim_retrieval(
+    subjects: int, stimuli: int, seeds: int, epochs: int, shared: float, json_out: str | None, plot_out: str | None
+) -> None:
     from tqdm.auto import tqdm
 
-    from .retrieval_bench import format_table, sim_retrieval
+    from .retrieval_bench import format_table, plot, sim_retrieval
 
     with tqdm(total=seeds * subjects * 2, desc="sim-retrieval", unit="model") as bar:
         result = sim_retrieval(
@@ -113,6 +157,8 @@ def _sim_retrieval(subjects: int, stimuli: int, seeds: int, epochs: int, shared:
         )  # fmt: skip
     click.echo(format_table(result))
     _write_json(result, json_out)
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")
 
 
 @group.command(name="explain")
@@ -129,3 +175,25 @@ def explain(model_dir, audio, out_dir, reference, method, max_len, force) -> Non
     from .audit_cli import explain_command
 
     explain_command(model_dir, audio, out_dir, reference, method, max_len, force)
+
+
+def _deepfake(
+    texts: int, seeds: int, ssl_steps: int, steps: int, held_out: str | None, json_out: str | None, plot_out: str | None
+) -> None:
+    from tqdm.auto import tqdm
+
+    from .deepfake import DEFAULT_FUSIONS, SINGLE_VIEWS, CorpusConfig, build_corpus, deepfake_bench, format_table, plot
+
+    config = CorpusConfig(texts=texts)
+    with tqdm(total=texts, desc="deepfake corpus", unit="text") as bar:
+        corpus = build_corpus(config, progress=bar.update)
+    models = seeds * (1 + len(SINGLE_VIEWS) + len(DEFAULT_FUSIONS))
+    with tqdm(total=models, desc="deepfake models", unit="model") as bar:
+        result = deepfake_bench(
+            corpus, seeds=list(range(seeds)), ssl_steps=ssl_steps, steps=steps, held_out_spoofer=held_out,
+            progress=lambda _: bar.update(1),
+        )  # fmt: skip
+    click.echo(format_table(result))
+    _write_json(result, json_out)
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")

@@ -3,7 +3,9 @@
 Each training domain's gradient is computed on its own; a parameter entry keeps the mean
 gradient where the domains' signs agree by at least ``tau`` (|mean sign| >= tau, so 1 is
 unanimity), is zeroed elsewhere, and each tensor is rescaled by the inverse of its kept
-fraction (DomainBed's form). With one training domain every sign agrees: the step is ERM's.
+fraction (DomainBed's form). An entry whose gradient is exactly zero in every domain (a dead
+ReLU unit, say) counts as kept: its step is zero either way, and counting it as refused would
+inflate the rescaling of the rest. With one training domain every sign agrees: the step is ERM's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def and_mask(domain_grads: Sequence[torch.Tensor], tau: float) -> torch.Tensor:
     import torch
 
     grads = torch.stack(list(domain_grads))
-    agree = (torch.sign(grads).mean(0).abs() >= tau).to(grads.dtype)
+    agree = ((torch.sign(grads).mean(0).abs() >= tau) | (grads == 0).all(0)).to(grads.dtype)
     return agree * grads.mean(0) / (1e-10 + agree.mean())
 
 
