@@ -107,7 +107,7 @@ def test_encoder_save_load_round_trip_and_refusals(tmp_path):
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "something-else"})
-    with pytest.raises(ssl.SSLError, match="not a speech encoder"):
+    with pytest.raises(ssl.SSLError, match="not a saved speech encoder"):
         ssl.load_encoder(foreign)
 
 

@@ -79,7 +79,7 @@ def test_damaged_foreign_and_missing_folders_are_refused_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
     (tmp_path / "foreign").mkdir()
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign" / "model.safetensors"), metadata={"format": "other"})
-    with pytest.raises(encdec.EncDecError, match="not an encoder-decoder"):
+    with pytest.raises(encdec.EncDecError, match="not a saved encoder-decoder"):
         encdec.load(tmp_path / "foreign")
     with pytest.raises(encdec.EncDecError, match="does not exist"):
         encdec.load(tmp_path / "nowhere")
@@ -96,3 +96,16 @@ def test_mask_spans_zeroes_bands_and_spans_of_a_copy():
     assert torch.all(features == 1) and masked.shape == features.shape
     zero_columns, zero_rows = (masked == 0).all(0).sum(), (masked == 0).all(1).sum()
     assert 0 < zero_columns <= 16 and zero_rows <= 10 and set(masked.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_save_never_replaces_a_file_it_did_not_write(tmp_path):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"someone else's weights")
+    model = encdec.EncoderDecoderAsr(TINY)
+    with pytest.raises(encdec.EncDecError, match="was not written as"):
+        encdec.save(model, folder)
+    assert (folder / "model.safetensors").read_bytes() == b"someone else's weights"
+    ours = encdec.save(model, tmp_path / "ours")
+    encdec.save(model, ours)  # an earlier save of the same format may be replaced
+    assert encdec.load(ours).config == model.config

@@ -101,7 +101,7 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
     with pytest.raises(CrossSubjectError, match="cannot read"):
         load_model(tmp_path / "cut.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
-    with pytest.raises(CrossSubjectError, match="not a cross-subject model"):
+    with pytest.raises(CrossSubjectError, match="not a saved cross-subject model"):
         load_model(tmp_path / "foreign.safetensors")
     tensors = dict(model.state_dict())
     tensors.pop("trunk.head.bias")

@@ -84,16 +84,12 @@ class CrossAttentionModel(Protocol):
 
 def load_explainable(folder: str | Path) -> CrossAttentionModel:
     """Open a saved model folder by the format tag of its ``model.safetensors`` (see :data:`LOADERS`)."""
-    from safetensors import safe_open
+    from . import tagged
 
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise AuditError(f"{path} does not exist; give a model folder saved by crossedge (encdec or zipper)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            tag = (handle.metadata() or {}).get("format")
-    except Exception as exc:  # safetensors raises several types for garbled files
-        raise AuditError(f"cannot read {path}: {exc}; save the model again") from exc
+    tag = tagged.format_of(path, AuditError)
     if tag not in LOADERS:
         raise AuditError(f"{path} has format {tag!r}, which the audit cannot open; known: {', '.join(sorted(LOADERS))}")
     module_name, _, function = LOADERS[tag].partition(":")

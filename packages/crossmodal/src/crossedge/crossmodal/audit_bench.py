@@ -28,6 +28,8 @@ def audit_bench(
     the tokens it should produce whatever the model decodes. ``progress(stage, n)`` is told
     about ``"train"`` steps and ``"audit"`` utterances.
     """
+    if save is not None:  # before hours of training, not after
+        encdec.check_save_folder(save)
     corpus = corpus or asr.build_corpus(texts=texts, seed=seed)
     model, losses = encdec.train_encdec(
         corpus, steps=steps, seed=seed, config=config, progress=(lambda n: progress("train", n)) if progress else None

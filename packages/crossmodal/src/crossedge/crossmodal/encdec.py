@@ -18,10 +18,9 @@ Saved folders hold ``model.safetensors`` with ``{"format": "crossedge-encdec-asr
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -296,39 +295,32 @@ def evaluate(model: EncoderDecoderAsr, corpus: asr.AsrCorpus, split: str = "test
     return {"cer": asr.cer(refs, hyps), "references": refs, "hypotheses": hyps}
 
 
+def check_save_folder(folder: str | Path) -> None:
+    """Refuse a folder :func:`save` may not write into (a file there that another program wrote)."""
+    from . import tagged
+
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise EncDecError(f"{folder} is a file; give a folder to save the model in")
+    tagged.check_writable(Path(folder) / WEIGHTS, FORMAT, EncDecError)
+
+
 def save(model: EncoderDecoderAsr, folder: str | Path) -> Path:
     """Write ``folder/model.safetensors`` (weights, format tag and config); returns the folder."""
-    from safetensors.torch import save_file
+    from . import tagged
 
     folder = Path(folder)
+    check_save_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT, "config": json.dumps(asdict(model.config))})
+    tagged.write(folder / WEIGHTS, model.state_dict(), FORMAT, error=EncDecError, config=asdict(model.config))
     return folder
 
 
 def load(folder: str | Path) -> EncoderDecoderAsr:
     """The model saved by :func:`save`, in eval mode; a damaged or foreign folder is refused in one line."""
-    from safetensors import safe_open
+    from . import tagged
 
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise EncDecError(f"{path} does not exist; give a folder written by the encoder-decoder's save")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except Exception as exc:  # safetensors raises several types for truncated or garbled files
-        raise EncDecError(f"cannot read encoder-decoder model {path}: {exc}; save it again") from exc
-    if meta.get("format") != FORMAT:
-        raise EncDecError(f"{path} is not an encoder-decoder ASR model (format {meta.get('format')!r}, not {FORMAT!r})")
-    try:
-        raw = json.loads(meta["config"])
-        known = {f.name for f in fields(EncDecConfig)}
-        if set(raw) - known:
-            raise KeyError(sorted(set(raw) - known))
-        model = EncoderDecoderAsr(EncDecConfig(**raw))
-        model.load_state_dict(tensors, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise EncDecError(f"encoder-decoder model {path} is damaged ({type(exc).__name__}); save it again") from exc
+    def build(meta: dict) -> EncoderDecoderAsr:
+        return EncoderDecoderAsr(tagged.dataclass_config(EncDecConfig, meta["config"]))
+
+    model = tagged.load_module(Path(folder) / WEIGHTS, FORMAT, "encoder-decoder ASR model", EncDecError, build)
     return model.eval()

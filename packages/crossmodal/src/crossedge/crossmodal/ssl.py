@@ -16,11 +16,9 @@ and the configuration in the metadata; a damaged or foreign file is refused in o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -223,30 +221,14 @@ def encode(
 
 def save_encoder(model: MaskedSpeechEncoder, path: str | Path) -> Path:
     """Write the encoder as safetensors with its format tag and configuration in the metadata."""
-    from safetensors.torch import save_file
+    from . import tagged
 
-    path = Path(path)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT, "config": json.dumps(asdict(model.config))})
-    return path
+    return tagged.write(path, model.state_dict(), FORMAT, error=SSLError, config=asdict(model.config))
 
 
 def load_encoder(path: str | Path) -> MaskedSpeechEncoder:
     """Read a :func:`save_encoder` file; a damaged, foreign or incomplete file is refused in one line."""
-    from safetensors import safe_open
+    from . import tagged
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta: dict[str, Any] = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except Exception as exc:  # safetensors raises several types for truncated or garbled files
-        raise SSLError(f"cannot read speech encoder {path}: {exc}; save it again") from exc
-    if meta.get("format") != FORMAT:
-        raise SSLError(f"{path} is not a speech encoder (format {meta.get('format')!r}, not {FORMAT!r})")
-    try:
-        model = MaskedSpeechEncoder(**json.loads(meta["config"]))
-        model.load_state_dict(tensors, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise SSLError(f"speech encoder {path} is damaged ({type(exc).__name__}); save it again") from exc
+    model = tagged.load_module(path, FORMAT, "speech encoder", SSLError, lambda f: MaskedSpeechEncoder(**f["config"]))
     return model.eval()

@@ -9,7 +9,6 @@ frozen and in eval mode, so no other parameter or buffer changes (a tested guara
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -239,33 +238,18 @@ def fit(
 
 def save_model(model: CrossSubjectModel, path: str | Path) -> Path:
     """Write the weights as safetensors with the config and subjects' input shapes in the metadata."""
-    from safetensors.torch import save_file
+    from . import tagged
 
-    path = Path(path)
-    meta = {"format": FORMAT, "config": json.dumps(model.config), "subjects": json.dumps(model.subjects)}
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return tagged.write(
+        path, model.state_dict(), FORMAT, error=CrossSubjectError, config=model.config, subjects=model.subjects
+    )
 
 
 def load_model(path: str | Path) -> CrossSubjectModel:
     """Read a :func:`save_model` file; a damaged, foreign or incomplete file is refused in one line."""
-    from safetensors import safe_open
+    from . import tagged
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta: dict[str, Any] = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except Exception as exc:  # safetensors raises several types for truncated or garbled files
-        raise CrossSubjectError(f"cannot read cross-subject model {path}: {exc}; save it again") from exc
-    if meta.get("format") != FORMAT:
-        raise CrossSubjectError(f"{path} is not a cross-subject model (format {meta.get('format')!r}, not {FORMAT!r})")
-    try:
-        config = json.loads(meta["config"])
-        subjects = {k: tuple(v) for k, v in json.loads(meta["subjects"]).items()}
-        model = CrossSubjectModel(subjects, **config)
-        model.load_state_dict(tensors, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise CrossSubjectError(f"cross-subject model {path} is damaged ({type(exc).__name__}); save it again") from exc
-    return model
+    def build(fields: dict[str, Any]) -> CrossSubjectModel:
+        return CrossSubjectModel({k: tuple(v) for k, v in fields["subjects"].items()}, **fields["config"])
+
+    return tagged.load_module(path, FORMAT, "cross-subject model", CrossSubjectError, build)
