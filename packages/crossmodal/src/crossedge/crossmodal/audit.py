@@ -389,16 +389,19 @@ def format_summary(summary: dict) -> str:
 
 def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_position: int) -> Path:
     """A PNG: the spectrogram with both maps (summed over steps) over it, and the two step-by-frame maps."""
-    matplotlib = _require("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .charts import chart
 
     spec = features[0].detach().numpy().T
     frames = spec.shape[1]
     attention_frames = np.repeat(result.attention_mean, frames_per_position, axis=1)[:, :frames] / frames_per_position
     saliency_frames = result.input_saliency_frames
     labels = [*(p if p.strip() else "\u2423" for p in result.pieces), "</s>"]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    with chart(path, (10, 8), rows=3, dpi=100, sharex=True) as axes:
+        _draw(axes, result, spec, attention_frames, saliency_frames, labels)
+    return Path(path)
+
+
+def _draw(axes: Any, result: Audit, spec: np.ndarray, attention_frames, saliency_frames, labels: list[str]) -> None:
     axes[0].imshow(spec, aspect="auto", origin="lower", cmap="gray_r")
     over = axes[0].twinx()
     over.plot(attention_frames.mean(0), color="tab:orange", label="cross-attention (mean over layers, heads)")
@@ -416,7 +419,3 @@ def plot(result: Audit, features: torch.Tensor, path: str | Path, frames_per_pos
         ax.set_ylabel("predicted token")
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     axes[2].set_xlabel("input frame")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

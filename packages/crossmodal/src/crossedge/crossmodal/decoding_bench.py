@@ -218,12 +218,14 @@ def plot(result: dict[str, Any], path) -> Any:
     the ceiling and chance as dashed lines) or a neuro-classify result (bars per dataset)."""
     from pathlib import Path
 
-    import matplotlib
+    from .charts import chart
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    with chart(path, (7, 4)) as ax:
+        _draw(ax, result)
+    return Path(path)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def _draw(ax: Any, result: dict[str, Any]) -> None:
     if result["task"] == "neuro-classify":
         names = list(result["results"])
         rows = [result["results"][n] for n in names]
@@ -246,8 +248,3 @@ def plot(result: dict[str, Any], path) -> Any:
         ax.set_title(f"{result['source']} -> {result['target']}")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -493,25 +493,18 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
     """A bar chart of EER (mean +- std over seeds) per configuration, written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .charts import chart
 
     names = list(result["results"])
     means = [result["results"][n]["eer"]["mean"] for n in names]
     stds = [result["results"][n]["eer"]["std"] for n in names]
     colors = ["#999999" if result["results"][n]["views"] != "a+b" else "#3366aa" for n in names]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, means, yerr=stds, color=colors, capsize=4)
-    ax.set_ylabel("EER (lower is better)")
-    ax.set_title("two-view deepfake detection: single views (grey) vs fusion blocks")
-    ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with chart(path, (7, 3.5)) as ax:
+        ax.bar(names, means, yerr=stds, color=colors, capsize=4)
+        ax.set_ylabel("EER (lower is better)")
+        ax.set_title("two-view deepfake detection: single views (grey) vs fusion blocks")
+        ax.tick_params(axis="x", rotation=20)
+    return Path(path)
 
 
 __all__ = ["Corpus", "CorpusConfig", "build_corpus", "deepfake_bench", "format_table", "plot"]

@@ -198,13 +198,15 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path) -> Path:
     """A PNG: N-way top-1 / top-5 and 2-way per protocol (bars, std as error bars) with chance marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from .charts import chart
 
     metrics = ("top1", "top5", "two_way")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    with chart(path, (6, 3.5)) as ax:
+        _draw(ax, result, metrics)
+    return Path(path)
+
+
+def _draw(ax: Any, result: dict[str, Any], metrics: tuple[str, ...]) -> None:
     at = np.arange(len(metrics))
     protocols = list(result["results"])
     width = 0.8 / len(protocols)
@@ -218,8 +220,3 @@ def plot(result: dict[str, Any], path) -> Path:
     ax.set_xticks(at + width * (len(protocols) - 1) / 2, [f"{ways}-way top-1", f"{ways}-way top-5", "2-way"])
     ax.set_title(f"sim-retrieval (shared mixing {result.get('shared', 0.0)})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
