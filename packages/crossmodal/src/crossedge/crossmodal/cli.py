@@ -109,10 +109,7 @@ def _scp_cross_subject(task: str, o: dict) -> None:
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     result["source"], result["target"] = o["source_name"], o["target_name"]
-    click.echo(format_table(result))
-    _write_json(result, o["json_out"])
-    if o["plot_out"]:
-        click.echo(f"wrote {plot(result, o['plot_out'])}")
+    _report(result, format_table(result), plot, o["json_out"], o["plot_out"])
 
 
 def _neuro_classify(o: dict) -> None:
@@ -128,19 +125,20 @@ def _neuro_classify(o: dict) -> None:
         result = classify_tasks(
             loaded, seeds=list(range(o["seeds"])), steps=o["pretrain_steps"], progress=lambda _: bar.update(1)
         )
-    click.echo(format_classify_table(result))
-    _write_json(result, o["json_out"])
-    if o["plot_out"]:
-        click.echo(f"wrote {plot(result, o['plot_out'])}")
+    _report(result, format_classify_table(result), plot, o["json_out"], o["plot_out"])
 
 
-def _write_json(result: dict, json_out: str | None) -> None:
+def _report(result: dict, table: str, plot, json_out: str | None, plot_out: str | None) -> None:
+    """Print the table; write the JSON and the PNG where asked."""
     import json
     from pathlib import Path
 
+    click.echo(table)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")
 
 
 def _sim_retrieval(
@@ -155,10 +153,7 @@ def _sim_retrieval(
             subjects=subjects, stimuli=stimuli, seeds=list(range(seeds)), epochs=epochs, shared=shared,
             progress=lambda _: bar.update(1),
         )  # fmt: skip
-    click.echo(format_table(result))
-    _write_json(result, json_out)
-    if plot_out:
-        click.echo(f"wrote {plot(result, plot_out)}")
+    _report(result, format_table(result), plot, json_out, plot_out)
 
 
 @group.command(name="explain")
@@ -193,7 +188,4 @@ def _deepfake(
             corpus, seeds=list(range(seeds)), ssl_steps=ssl_steps, steps=steps, held_out_spoofer=held_out,
             progress=lambda _: bar.update(1),
         )  # fmt: skip
-    click.echo(format_table(result))
-    _write_json(result, json_out)
-    if plot_out:
-        click.echo(f"wrote {plot(result, plot_out)}")
+    _report(result, format_table(result), plot, json_out, plot_out)
