@@ -146,9 +146,11 @@ def test_the_freeze_holds_through_fusion_training(tower):
 def test_token_batch_and_text_perplexity_follow_the_prompt_format(tower):
     model = zipped(tower)
     inputs, targets = zipper.token_batch(["ab", "c"], model.tokenizer, 12, model.bos_id, model.eos_id)
-    a, b, c = (model.tokenizer.encode(x)[0] for x in "abc")
-    assert inputs.tolist() == [[1, a, b], [1, c, 2]]
-    assert targets.tolist() == [[a, b, 2], [c, 2, zipper.IGNORE]]
+    space, a, b, c = (tower.tokenizer.convert_tokens_to_ids(x) for x in " abc")
+    assert model.tokenizer.encode("ab") == [space, a, b]  # a leading space: a word's first token is the same anywhere
+    assert model.tokenizer.decode([space, a, b, 2, c]) == "ab"  # stops at EOS, strips the space
+    assert inputs.tolist() == [[1, space, a, b], [1, space, c, 2]]
+    assert targets.tolist() == [[space, a, b, 2], [space, c, 2, zipper.IGNORE]]
     logits = tower.model(input_ids=inputs).logits.double()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                             ignore_index=zipper.IGNORE)  # fmt: skip

@@ -186,7 +186,11 @@ def train_speech_tower(
 
 
 class TowerTokenizer:
-    """A Hugging Face tokenizer seen as the audit expects: ``encode(text)`` and ``decode(ids)`` without specials."""
+    """A Hugging Face tokenizer seen as the audit expects: ``encode(text)`` and ``decode(ids)`` without specials.
+
+    Text is encoded with a leading space, so that a word is the same token at the start as
+    after another word; :meth:`decode` strips it again.
+    """
 
     def __init__(self, tokenizer: Any, bos_id: int | None = None, eos_id: int | None = None) -> None:
         self.tokenizer = tokenizer
@@ -198,7 +202,8 @@ class TowerTokenizer:
         return len(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        # every word with its leading space, the first one too: one token form per word, as inside a sentence
+        return list(self.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
@@ -247,6 +252,7 @@ class ZipperConfig:
     dropout: float = 0.1
     max_len: int = 24
     tune_speech: bool = False
+    relative: bool = True  # scale each block's update by the RMS of the text hidden state it is added to
 
     def __post_init__(self) -> None:
         if self.heads < 1 or self.width % self.heads:
@@ -256,11 +262,14 @@ class ZipperConfig:
 
 
 class GatedCrossAttention(nn.Module):
-    """``h + tanh(gate) * attend(norm(h), memory)`` (and a gated feed-forward when ``ff``); gates start at 0."""
+    """``h + tanh(gate) * rms(h) * attend(norm(h), memory)`` (and a gated feed-forward when ``ff``); gates start at 0.
+
+    ``rms(h)`` is 1 when ``relative`` is off.
+    """
 
     def __init__(self, text_width: int, memory_width: int, c: ZipperConfig) -> None:
         super().__init__()
-        self.heads = c.heads
+        self.heads, self.relative = c.heads, c.relative
         self.norm = nn.LayerNorm(text_width)
         self.query = nn.Linear(text_width, c.width)
         self.key_value = nn.Linear(memory_width, 2 * c.width)
@@ -285,9 +294,12 @@ class GatedCrossAttention(nn.Module):
             scores = scores.masked_fill(~allowed, float("-inf"))
         weights = scores.softmax(-1)
         mixed = (self.dropout(weights) @ v).transpose(1, 2).reshape(n, lq, -1)
-        hidden = hidden + torch.tanh(self.gate) * self.dropout(self.out(mixed))
+        # the text stream's scale varies by layer and position (RMS 3 to 30 in SmolLM2, 1000 on its first
+        # token): scaled by it, a block's update is relative and a short training can reach it
+        scale = hidden.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.relative else 1.0
+        hidden = hidden + torch.tanh(self.gate) * scale * self.dropout(self.out(mixed))
         if hasattr(self, "ff"):
-            hidden = hidden + torch.tanh(self.ff_gate) * self.dropout(self.ff(self.ff_norm(hidden)))
+            hidden = hidden + torch.tanh(self.ff_gate) * scale * self.dropout(self.ff(self.ff_norm(hidden)))
         return hidden, weights
 
 
