@@ -80,6 +80,28 @@ def test_blocks_go_after_every_kth_layer_and_gate_zero_gives_the_text_towers_log
     assert all(not layer._forward_hooks for layer in zipper.decoder_layers(model.text))
 
 
+def test_bad_sizes_and_towers_are_one_line_errors(tower):
+    with pytest.raises(zipper.ZipperError, match="inserts no block") as info:
+        zipped(tower, zipper.ZipperConfig(every=5))
+    assert "\n" not in str(info.value)
+    with pytest.raises(zipper.ZipperError, match="split into"):
+        zipper.ZipperConfig(width=30, heads=4)
+    with pytest.raises(zipper.ZipperError, match="decoder-only"):
+        zipper.ZipperModel(torch.nn.Linear(2, 2), tower.tokenizer, zipper.SpeechTower(SPEECH))
+
+
+def test_an_unscaled_block_adds_its_update_as_is(tower):
+    model = zipped(tower, zipper.ZipperConfig(**{**vars(FUSION), "relative": False}))
+    open_gates(model)
+    hidden, memory = torch.randn(1, 3, 32) * 50, torch.randn(1, 4, SPEECH.width)
+    relative = zipped(tower, zipper.ZipperConfig(**{**vars(FUSION), "relative": True})).blocks[0]
+    relative.load_state_dict(model.blocks[0].state_dict())
+    plain, _ = model.blocks[0](hidden, memory)
+    scaled, _ = relative(hidden, memory)
+    rms = hidden.pow(2).mean(-1, keepdim=True).sqrt()
+    assert torch.allclose(scaled - hidden, (plain - hidden) * rms, rtol=1e-4, atol=1e-4)
+
+
 def test_attention_per_block_has_rows_summing_to_one_and_ignores_padding(tower):
     model = zipped(tower)
     open_gates(model)
@@ -104,6 +126,24 @@ def test_attention_per_block_has_rows_summing_to_one_and_ignores_padding(tower):
     later = tokens.clone()
     later[0, 3] = 20
     assert torch.allclose(model.decode(memory, later, mask)[0][0, :3], logits[0, :3], atol=1e-6)
+
+
+def test_cached_greedy_decoding_matches_decoding_the_whole_prefix_each_step(tower):
+    model = zipped(tower)
+    open_gates(model, 2.0)
+    features = [torch.randn(15, SPEECH.input_dim), torch.randn(9, SPEECH.input_dim)]
+    got = model.greedy_batch(features, max_len=6)
+    for f, ids in zip(features, got, strict=True):
+        memory = model.encode(f[None])
+        tokens, expected = torch.tensor([[model.bos_id]]), []
+        for _ in range(6):
+            nxt = int(model.decode(memory, tokens)[0][0, -1].argmax())
+            if nxt == model.eos_id:
+                break
+            expected.append(nxt)
+            tokens = torch.cat([tokens, torch.tensor([[nxt]])], dim=1)
+        assert ids == expected
+    assert any(got) and model.transcribe(features[0][None], 6) == model.tokenizer.decode(got[0])
 
 
 @pytest.mark.parametrize("tune_speech", [False, True])

@@ -66,7 +66,7 @@ TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "au
 @click.option("--audit-steps", default=1500, show_default=True, type=click.IntRange(1), help="audit: training steps.")
 @click.option("--audit-texts", default=1000, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
 @click.option(
-    "--zipper-texts", default=1000, show_default=True, type=click.IntRange(10), help="zipper-asr: corpus texts."
+    "--zipper-texts", default=3000, show_default=True, type=click.IntRange(10), help="zipper-asr: corpus texts."
 )
 @click.option(
     "--zipper-steps", default=300, show_default=True, type=click.IntRange(1), help="zipper-asr: fusion training steps."

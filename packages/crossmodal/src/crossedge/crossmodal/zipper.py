@@ -252,7 +252,7 @@ class ZipperConfig:
     dropout: float = 0.1
     max_len: int = 24
     tune_speech: bool = False
-    relative: bool = True  # scale each block's update by the RMS of the text hidden state it is added to
+    relative: bool = False  # scale each block's update by the RMS of the text hidden state it is added to
 
     def __post_init__(self) -> None:
         if self.heads < 1 or self.width % self.heads:
@@ -413,13 +413,20 @@ class ZipperModel(nn.Module):
         max_len = max_len or self.config.max_len
         batch, frame_mask = speech.pad_batch(list(features))
         memory = self.encode(batch, frame_mask)
-        mask = self.memory_mask(frame_mask)
+        allowed = self.memory_mask(frame_mask)[:, None, None, :]
         tokens = torch.full((len(features), 1), self.bos_id, dtype=torch.long)
         done = torch.zeros(len(features), dtype=torch.bool)
+        cache, step = None, tokens
         for _ in range(max_len):
-            nxt = self.decode(memory, tokens, mask)[0][:, -1].argmax(-1)
+            # the text tower's key/value cache: each step feeds only the new token; the blocks act per
+            # position, so this gives the logits of a full teacher-forced decode
+            with self._zipped(memory, allowed, []):
+                out = self.text(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
+            nxt = out.logits[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.eos_id), nxt)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            step = nxt[:, None]
+            tokens = torch.cat([tokens, step], dim=1)
             done |= nxt == self.eos_id
             if bool(done.all()):
                 break

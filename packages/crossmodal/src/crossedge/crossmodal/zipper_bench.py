@@ -37,11 +37,12 @@ def _digests(module: torch.nn.Module) -> dict[str, str]:
 
 
 def zipper_bench(
-    texts: int = 1000,
+    texts: int = 3000,
     steps: int = 300,
     speech_steps: int = 600,
     seed: int = 0,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
+    speech_lr: float = 2e-3,
     batch_size: int = 16,
     config: zipper.ZipperConfig | None = None,
     speech_config: zipper.SpeechTowerConfig | None = None,
@@ -76,7 +77,7 @@ def zipper_bench(
         steps=speech_steps,
         seed=seed,
         batch_size=batch_size,
-        lr=lr,
+        lr=speech_lr,
         config=speech_config,
         progress=tell("speech"),
     )
@@ -138,6 +139,7 @@ def zipper_bench(
         "steps": steps,
         "speech_steps": speech_steps,
         "lr": lr,
+        "speech_lr": speech_lr,
         "batch_size": batch_size,
         "seed": seed,
         "trainable_parameters": {
