@@ -196,10 +196,15 @@ class Audit:
     pieces: list[str] = field(default_factory=list)  # each token as text, for labels
 
 
-def _targets(tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoder inputs ``[[BOS, *tokens]]`` and the targets of each step ``[*tokens, EOS]``."""
-    inputs = torch.tensor([[asr.BOS, *tokens]])
-    targets = torch.tensor([*tokens, asr.EOS])
+def _targets(model: CrossAttentionModel, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder inputs ``[[BOS, *tokens]]`` and the targets of each step ``[*tokens, EOS]``.
+
+    BOS and EOS are the model's ``bos_id`` / ``eos_id`` when it has them (a Zipper speaks its
+    text tower's tokens), else :data:`asr.BOS` / :data:`asr.EOS`.
+    """
+    bos, eos = getattr(model, "bos_id", asr.BOS), getattr(model, "eos_id", asr.EOS)
+    inputs = torch.tensor([[bos, *tokens]])
+    targets = torch.tensor([*tokens, eos])
     return inputs, targets
 
 
@@ -238,7 +243,7 @@ def saliency_maps(
     model: CrossAttentionModel, features: torch.Tensor, tokens: list[int], method: str = "saliency", ig_steps: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw ``(memory relevance (steps, S), input relevance per frame (steps, T))`` of ``log p(y_t)``."""
-    inputs, targets = _targets(tokens)
+    inputs, targets = _targets(model, tokens)
     steps = inputs.shape[1]
     with torch.no_grad():
         memory = model.encode(features)
@@ -265,7 +270,7 @@ def deletion_curves(
     """``{name: {"fractions", "curve", "auc"}}``: mean ``log p(y_t)`` as positions go in each (steps, S) order."""
     if fill not in FILLS:
         raise AuditError(f"unknown deletion fill {fill!r}; pick one of {', '.join(FILLS)}")
-    inputs, targets = _targets(tokens)
+    inputs, targets = _targets(model, tokens)
     steps, positions = inputs.shape[1], memory.shape[1]
     counts = sorted({round(f * positions) for f in np.linspace(0.0, 1.0, max(2, points))})
     replacement = (
@@ -308,7 +313,7 @@ def audit(
         model.eval()
     text = model.transcribe(features, max_len) if tokens is None else model.tokenizer.decode(tokens)
     tokens = list(model.tokenizer.encode(text)) if tokens is None else [int(t) for t in tokens]
-    inputs, _ = _targets(tokens)
+    inputs, _ = _targets(model, tokens)
     with torch.no_grad():
         memory = model.encode(features)
         _, attentions = model.decode(memory, inputs)

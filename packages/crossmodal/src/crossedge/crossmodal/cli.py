@@ -20,7 +20,7 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "audit")
+TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "audit", "zipper-asr")
 
 
 @group.command(name="bench")
@@ -65,25 +65,71 @@ TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "au
 )
 @click.option("--audit-steps", default=1500, show_default=True, type=click.IntRange(1), help="audit: training steps.")
 @click.option("--audit-texts", default=1000, show_default=True, type=click.IntRange(10), help="audit: corpus texts.")
-@click.option("--save", "save_dir", type=click.Path(file_okay=False), help="audit: also save the model here.")
+@click.option(
+    "--zipper-texts", default=3000, show_default=True, type=click.IntRange(10), help="zipper-asr: corpus texts."
+)
+@click.option(
+    "--zipper-steps", default=300, show_default=True, type=click.IntRange(1), help="zipper-asr: fusion training steps."
+)
+@click.option(
+    "--save", "save_dir", type=click.Path(file_okay=False), help="audit or zipper-asr: also save the model here."
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Also write a PNG chart here.")
 def bench(task: str, **o) -> None:
     """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; neuro-classify: the EEG/MEG
     problems within subject; sim-retrieval: 200-way retrieval; deepfake: fusion blocks vs single views;
-    audit: encoder-decoder ASR, its CER and cross-attention against saliency."""
+    audit: encoder-decoder ASR, its CER and cross-attention against saliency; zipper-asr: a speech tower zipped
+    into the frozen smollm2-135m against a speech-only model of the same trainable size."""
     if task == "sim-retrieval":
         _sim_retrieval(o["subjects"], o["stimuli"], o["seeds"], o["epochs"], o["shared"], o["json_out"], o["plot_out"])
     elif task == "audit":
         from .audit_cli import audit_bench_command
 
         audit_bench_command(o["audit_texts"], o["audit_steps"], o["save_dir"], o["json_out"])
+    elif task == "zipper-asr":
+        _zipper_asr(o["zipper_texts"], o["zipper_steps"], o["save_dir"], o["json_out"], o["plot_out"])
     elif task == "deepfake":
         _deepfake(o["texts"], o["seeds"], o["ssl_steps"], o["steps"], o["held_out"], o["json_out"], o["plot_out"])
     elif task == "neuro-classify":
         _neuro_classify(o)
     else:
         _scp_cross_subject(task, o)
+
+
+def _zipper_asr(texts: int, steps: int, save_dir: str | None, json_out: str | None, plot_out: str | None) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import asr, zipper
+    from .zipper_bench import format_table, plot, zipper_bench
+
+    if save_dir:
+        zipper.check_save_folder(save_dir)  # before the corpus and any training
+    torch.set_num_threads(1)  # small models on a shared machine: contending threads ran slower (see audit)
+    with tqdm(total=texts, desc="speech corpus", unit="utt") as bar:
+        corpus = asr.build_corpus(texts=texts, progress=bar.update)
+    speech_steps = 2 * steps
+    totals = {"speech": speech_steps, "zipper": steps, "baseline": steps, "eval": 3}
+    bars: dict = {}
+
+    def progress(stage: str, n: int) -> None:
+        if stage not in bars:  # each bar starts when its stage does
+            unit = "model" if stage == "eval" else "step"
+            bars[stage] = tqdm(total=totals[stage], desc=stage, unit=unit)
+        bars[stage].update(n)
+
+    try:
+        result = zipper_bench(steps=steps, speech_steps=speech_steps, corpus=corpus, save=save_dir, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    click.echo(format_table(result))
+    if save_dir:
+        click.echo(f"saved the Zipper to {save_dir}")
+    _write_json(result, json_out)
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")
 
 
 def _progress(total: int, desc: str):
