@@ -235,9 +235,9 @@ def test_save_load_round_trip_and_refusals(tower, tower_dir, tmp_path):
         zipper.load(tmp_path / "z", text_tower=shallower)
 
     encdec.save(encdec.EncoderDecoderAsr(encdec.EncDecConfig(width=16, heads=2, max_len=6)), tmp_path / "e")
-    with pytest.raises(zipper.ZipperError, match="not a Zipper model"):
+    with pytest.raises(zipper.ZipperError, match="not a saved Zipper model"):
         zipper.load(tmp_path / "e")
-    with pytest.raises(zipper.ZipperError, match="not written by a Zipper"):
+    with pytest.raises(zipper.ZipperError, match="was not written as"):
         zipper.save(model, tmp_path / "e")
     assert encdec.load(tmp_path / "e")  # untouched
     with pytest.raises(zipper.ZipperError, match="does not exist"):
@@ -286,7 +286,7 @@ def test_bench_through_the_cli_with_a_tiny_tower(plugin, tower, tmp_path, monkey
     # a folder holding another model is refused before any training
     encdec.save(encdec.EncoderDecoderAsr(encdec.EncDecConfig(width=16, heads=2, max_len=6)), tmp_path / "e")
     refused = CliRunner().invoke(build_cli(), [*args, "--save", str(tmp_path / "e")])
-    assert refused.exit_code == 1 and "not written by a Zipper" in refused.output
+    assert refused.exit_code == 1 and "was not written as" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
 
 

@@ -54,6 +54,7 @@ def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: 
 
     from . import asr
     from .audit_bench import UTTERANCES, audit_bench, format_table
+    from .progress import stage_bars
 
     # the model is small: on a busy 2-core machine two contending threads ran 4x slower than one
     torch.set_num_threads(1)
@@ -61,18 +62,8 @@ def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: 
     with tqdm(total=texts, desc="speech", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
     totals = {"train": steps, "audit": min(UTTERANCES, len(corpus.indices("test")))}
-    bars: dict = {}
-
-    def progress(stage: str, n: int) -> None:
-        if stage not in bars:  # each bar starts when its stage does
-            bars[stage] = tqdm(total=totals[stage], desc=stage, unit="step" if stage == "train" else "utt")
-        bars[stage].update(n)
-
-    try:
+    with stage_bars(totals, {"audit": "utt"}) as progress:
         result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus, progress=progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
     click.echo(format_table(result))
     if save_dir:
         click.echo(f"saved the model to {save_dir}")

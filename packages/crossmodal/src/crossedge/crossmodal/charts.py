@@ -16,10 +16,10 @@ class ChartError(CrossedgeError, RuntimeError):
 
 @contextlib.contextmanager
 def chart(
-    path: str | Path, figsize: tuple[float, float], rows: int = 1, dpi: int = 120, **subplots: Any
+    path: str | Path, figsize: tuple[float, float], rows: int = 1, cols: int = 1, dpi: int = 120, **subplots: Any
 ) -> Iterator[Any]:
-    """Yield the axes of a new figure (one, or an array of ``rows``); on a clean exit the figure is
-    laid out and written to ``path`` as PNG. The figure is closed either way."""
+    """Yield the axes of a new figure (one, or an array for ``rows`` x ``cols``); on a clean exit the
+    figure is laid out and written to ``path`` as PNG. The figure is closed either way."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -29,7 +29,7 @@ def chart(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(rows, 1, figsize=figsize, **subplots)
+    fig, axes = plt.subplots(rows, cols, figsize=figsize, **subplots)
     try:
         yield axes
         fig.tight_layout()

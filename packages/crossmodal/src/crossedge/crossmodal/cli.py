@@ -102,6 +102,7 @@ def _zipper_asr(texts: int, steps: int, save_dir: str | None, json_out: str | No
     from tqdm.auto import tqdm
 
     from . import asr, zipper
+    from .progress import stage_bars
     from .zipper_bench import format_table, plot, zipper_bench
 
     if save_dir:
@@ -111,25 +112,11 @@ def _zipper_asr(texts: int, steps: int, save_dir: str | None, json_out: str | No
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
     speech_steps = 2 * steps
     totals = {"speech": speech_steps, "zipper": steps, "baseline": steps, "eval": 3}
-    bars: dict = {}
-
-    def progress(stage: str, n: int) -> None:
-        if stage not in bars:  # each bar starts when its stage does
-            unit = "model" if stage == "eval" else "step"
-            bars[stage] = tqdm(total=totals[stage], desc=stage, unit=unit)
-        bars[stage].update(n)
-
-    try:
+    with stage_bars(totals, {"eval": "model"}) as progress:
         result = zipper_bench(steps=steps, speech_steps=speech_steps, corpus=corpus, save=save_dir, progress=progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
-    click.echo(format_table(result))
     if save_dir:
         click.echo(f"saved the Zipper to {save_dir}")
-    _write_json(result, json_out)
-    if plot_out:
-        click.echo(f"wrote {plot(result, plot_out)}")
+    _report(result, format_table(result), plot, json_out, plot_out)
 
 
 def _progress(total: int, desc: str):

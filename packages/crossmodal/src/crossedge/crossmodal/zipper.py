@@ -39,7 +39,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -666,20 +666,13 @@ def text_perplexity(model: ZipperModel, texts: Sequence[str], batch_size: int = 
 
 def check_save_folder(folder: str | Path) -> Path:
     """The weights path of ``folder``, refused in one line when saving there would overwrite what is not a Zipper's."""
-    from safetensors import safe_open
+    from . import tagged
 
     folder = Path(folder)
-    path = folder / WEIGHTS
     if folder.exists() and not folder.is_dir():
         raise ZipperError(f"{folder} is a file; give a folder to save the Zipper into")
-    if path.exists():
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                tag = (handle.metadata() or {}).get("format")
-        except Exception:  # safetensors raises several types for foreign files
-            tag = None
-        if tag != FORMAT:
-            raise ZipperError(f"{path} exists and was not written by a Zipper save; pick another folder or delete it")
+    path = folder / WEIGHTS
+    tagged.check_writable(path, FORMAT, ZipperError)
     return path
 
 
@@ -688,29 +681,17 @@ def save(model: ZipperModel, folder: str | Path) -> Path:
 
     A ``model.safetensors`` already in the folder is overwritten only when it is a Zipper's.
     """
-    from safetensors.torch import save_file
+    from . import tagged
 
     folder = Path(folder)
     path = check_save_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("text.")
-    }
-    metadata = {
-        "format": FORMAT,
-        "config": json.dumps(asdict(model.config)),
-        "speech": json.dumps(asdict(model.speech.config)),
-        "text_tower": json.dumps(model.text_identity),
-    }
-    save_file(tensors, str(path), metadata=metadata)
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("text.")}
+    tagged.write(
+        path, trained, FORMAT, error=ZipperError, config=asdict(model.config), speech=asdict(model.speech.config),
+        text_tower=model.text_identity,
+    )  # fmt: skip
     return folder
-
-
-def _config(cls: type, raw: dict) -> Any:
-    known = {f.name for f in fields(cls)}
-    if set(raw) - known:
-        raise KeyError(sorted(set(raw) - known))
-    return cls(**raw)
 
 
 def load(folder: str | Path, text_tower: Any = None) -> ZipperModel:
@@ -720,22 +701,13 @@ def load(folder: str | Path, text_tower: Any = None) -> ZipperModel:
     and ``tokenizer``) replaces loading the recorded tower by name; either way the tower must
     match the one the Zipper was trained with.
     """
-    from safetensors import safe_open
+    from . import tagged
 
     path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise ZipperError(f"{path} does not exist; give a folder written by the Zipper's save")
+    tensors, meta = tagged.read(path, FORMAT, "Zipper model", ZipperError)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except Exception as exc:  # safetensors raises several types for truncated or garbled files
-        raise ZipperError(f"cannot read Zipper model {path}: {exc}; save it again") from exc
-    if meta.get("format") != FORMAT:
-        raise ZipperError(f"{path} is not a Zipper model (format {meta.get('format')!r}, not {FORMAT!r})")
-    try:
-        config = _config(ZipperConfig, json.loads(meta["config"]))
-        speech_config = _config(SpeechTowerConfig, json.loads(meta["speech"]))
+        config = tagged.dataclass_config(ZipperConfig, json.loads(meta["config"]))
+        speech_config = tagged.dataclass_config(SpeechTowerConfig, json.loads(meta["speech"]))
         identity = json.loads(meta["text_tower"])
         name = identity["name"]
     except (KeyError, ValueError, TypeError) as exc:

@@ -198,25 +198,18 @@ def format_table(result: dict) -> str:
 
 def plot(result: dict, path: str | Path) -> Path:
     """A PNG: test CER per model, and the training losses of the three stages."""
-    import matplotlib
+    from .charts import chart
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    names = ["zipper", "speech_only", "ctc"]
-    left.bar(["Zipper", "speech-only", "CTC tower"], [result["cer"][n] for n in names],
-             color=["tab:green", "tab:blue", "tab:gray"])  # fmt: skip
-    left.set_ylabel("test CER")
-    left.set_title(f"zipper-asr ({result['test_utterances']} test utterances)")
-    for name, losses in result["losses"].items():
-        right.plot(losses, label=name, alpha=0.8)
-    right.set_yscale("log")
-    right.set_xlabel("step")
-    right.set_ylabel("train loss")
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    with chart(path, (10, 3.8), cols=2) as (left, right):
+        names = ["zipper", "speech_only", "ctc"]
+        left.bar(["Zipper", "speech-only", "CTC tower"], [result["cer"][n] for n in names],
+                 color=["tab:green", "tab:blue", "tab:gray"])  # fmt: skip
+        left.set_ylabel("test CER")
+        left.set_title(f"zipper-asr ({result['test_utterances']} test utterances)")
+        for name, losses in result["losses"].items():
+            right.plot(losses, label=name, alpha=0.8)
+        right.set_yscale("log")
+        right.set_xlabel("step")
+        right.set_ylabel("train loss")
+        right.legend(fontsize=8)
+    return Path(path)
