@@ -201,6 +201,25 @@ def test_audit_bench_reports_cer_and_per_layer_correlations_on_chirps(tmp_path):
     assert isinstance(audit.load_explainable(tmp_path / "saved"), encdec.EncoderDecoderAsr)
     json.dumps(result)  # JSON-ready
 
+    # a saved model is audited as it is, untrained here: the same CER and the same audit
+    again = audit_bench(utterances=2, corpus=corpus, model_dir=tmp_path / "saved")
+    assert again["steps"] == 0 and again["final_loss"] is None and again["model"] == str(tmp_path / "saved")
+    assert again["cer"] == result["cer"] and again["audit"] == result["audit"]
+    assert "final train loss" not in format_table(again) and "test CER" in format_table(again)
+    with pytest.raises(audit.AuditError, match="give one of them"):
+        audit_bench(corpus=corpus, model_dir=tmp_path / "saved", save=tmp_path / "other")
+    with pytest.raises(audit.AuditError, match="does not exist"):
+        audit_bench(corpus=corpus, model_dir=tmp_path / "nowhere")
+
+
+def test_bench_task_audit_refuses_model_with_save_before_speaking(plugin, tmp_path):
+    runner = CliRunner()
+    base = ["crossmodal", "bench", "--task", "audit", "--model", str(tmp_path / "m")]
+    both = runner.invoke(build_cli(), [*base, "--save", str(tmp_path / "s")])
+    assert both.exit_code == 1 and "give one of them" in both.output
+    missing = runner.invoke(build_cli(), base)
+    assert missing.exit_code == 1 and "does not exist" in missing.output and "Traceback" not in missing.output
+
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_bench_task_audit_on_a_few_espeak_utterances(plugin, tmp_path):

@@ -1,4 +1,5 @@
-"""``bench --task audit``: train the encoder-decoder on the ASR corpus, then audit its test utterances."""
+"""``bench --task audit``: train the encoder-decoder on the ASR corpus (or open a saved model), then audit
+its test utterances."""
 
 from __future__ import annotations
 
@@ -21,19 +22,33 @@ def audit_bench(
     corpus: asr.AsrCorpus | None = None,
     config: encdec.EncDecConfig | None = None,
     progress: Callable[[str, int], None] | None = None,
+    model_dir: str | Path | None = None,
 ) -> dict:
     """CER of the trained model on the test split and the audit summary over up to ``utterances`` test utterances.
 
     The audit runs on the reference texts (teacher forcing), so every utterance is audited on
     the tokens it should produce whatever the model decodes. ``progress(stage, n)`` is told
     about ``"train"`` steps and ``"audit"`` utterances.
+
+    ``model_dir`` audits a saved model instead (any format :func:`audit.load_explainable` opens:
+    the encoder-decoder or a Zipper), untrained here; give the ``texts`` and ``seed`` it was
+    trained with, so that the test split is one it never saw.
     """
+    if model_dir is not None and save is not None:
+        raise audit.AuditError("--model audits a saved model and --save saves a trained one; give one of them")
     if save is not None:  # before hours of training, not after
         encdec.check_save_folder(save)
+    model = audit.load_explainable(model_dir) if model_dir is not None else None
     corpus = corpus or asr.build_corpus(texts=texts, seed=seed)
-    model, losses = encdec.train_encdec(
-        corpus, steps=steps, seed=seed, config=config, progress=(lambda n: progress("train", n)) if progress else None
-    )
+    losses: list[float] = []
+    if model is None:
+        model, losses = encdec.train_encdec(
+            corpus,
+            steps=steps,
+            seed=seed,
+            config=config,
+            progress=(lambda n: progress("train", n)) if progress else None,
+        )
     if save is not None:
         encdec.save(model, save)
     scores = encdec.evaluate(model, corpus, "test")
@@ -45,12 +60,12 @@ def audit_bench(
             progress("audit", 1)
     return {
         "task": "audit",
-        "model": encdec.FORMAT,
+        "model": encdec.FORMAT if model_dir is None else str(model_dir),
         "config": vars(model.config),
         "texts": texts,
-        "steps": steps,
+        "steps": steps if model_dir is None else 0,
         "seed": seed,
-        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None,
         "cer": scores["cer"],
         "examples": [
             {"reference": r, "hypothesis": h}
@@ -62,6 +77,5 @@ def audit_bench(
 
 def format_table(result: dict) -> str:
     """The CER line and the audit's table."""
-    return f"test CER {result['cer']:.3f} (final train loss {result['final_loss']:.3f})\n" + audit.format_summary(
-        result["audit"]
-    )
+    trained = "" if result["final_loss"] is None else f" (final train loss {result['final_loss']:.3f})"
+    return f"test CER {result['cer']:.3f}{trained}\n" + audit.format_summary(result["audit"])

@@ -47,15 +47,21 @@ def explain_command(
     click.echo(f"wrote {out / 'audit.json'} and {out / 'audit.png'}")
 
 
-def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: str | None) -> None:
+def audit_bench_command(
+    texts: int, steps: int, save_dir: str | None, json_out: str | None, model_dir: str | None = None
+) -> None:
     """Run :func:`audit_bench.audit_bench` with progress bars; print the table, optionally write JSON."""
     import torch
     from tqdm.auto import tqdm
 
-    from . import asr
+    from . import asr, audit
     from .audit_bench import UTTERANCES, audit_bench, format_table
     from .progress import stage_bars
 
+    if model_dir is not None and save_dir is not None:  # before the corpus is spoken
+        raise audit.AuditError("--model audits a saved model and --save saves a trained one; give one of them")
+    if model_dir is not None and not (Path(model_dir) / audit.WEIGHTS).is_file():
+        raise audit.AuditError(f"{Path(model_dir) / audit.WEIGHTS} does not exist; give a folder saved by crossedge")
     # the model is small: on a busy 2-core machine two contending threads ran 4x slower than one
     torch.set_num_threads(1)
 
@@ -63,7 +69,9 @@ def audit_bench_command(texts: int, steps: int, save_dir: str | None, json_out: 
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
     totals = {"train": steps, "audit": min(UTTERANCES, len(corpus.indices("test")))}
     with stage_bars(totals, {"audit": "utt"}) as progress:
-        result = audit_bench(texts=texts, steps=steps, save=save_dir, corpus=corpus, progress=progress)
+        result = audit_bench(
+            texts=texts, steps=steps, save=save_dir, corpus=corpus, progress=progress, model_dir=model_dir
+        )
     click.echo(format_table(result))
     if save_dir:
         click.echo(f"saved the model to {save_dir}")

@@ -74,6 +74,12 @@ TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "au
 @click.option(
     "--save", "save_dir", type=click.Path(file_okay=False), help="audit or zipper-asr: also save the model here."
 )
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False),
+    help="audit: audit this saved model (encdec or Zipper) instead of training one; give its --audit-texts.",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Also write a PNG chart here.")
 def bench(task: str, **o) -> None:
@@ -86,7 +92,7 @@ def bench(task: str, **o) -> None:
     elif task == "audit":
         from .audit_cli import audit_bench_command
 
-        audit_bench_command(o["audit_texts"], o["audit_steps"], o["save_dir"], o["json_out"])
+        audit_bench_command(o["audit_texts"], o["audit_steps"], o["save_dir"], o["json_out"], o["model_dir"])
     elif task == "zipper-asr":
         _zipper_asr(o["zipper_texts"], o["zipper_steps"], o["save_dir"], o["json_out"], o["plot_out"])
     elif task == "deepfake":

@@ -288,7 +288,8 @@ def train_encdec(
 
 
 def evaluate(model: EncoderDecoderAsr, corpus: asr.AsrCorpus, split: str = "test") -> dict:
-    """``{"cer", "references", "hypotheses"}`` of greedy transcriptions of one split."""
+    """``{"cer", "references", "hypotheses"}`` of greedy transcriptions of one split (any model with
+    ``transcribe(features (1, T, F))``)."""
     chosen = corpus.indices(split)
     refs = [corpus.texts[i] for i in chosen]
     hyps = [model.transcribe(corpus.features[i][None]) for i in chosen]
