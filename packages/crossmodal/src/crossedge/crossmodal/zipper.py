@@ -303,7 +303,22 @@ class GatedCrossAttention(nn.Module):
         return hidden, weights
 
 
-class ZipperModel(nn.Module):
+class _OnSpeechTower(nn.Module):
+    """A speech-to-text model reading a :class:`SpeechTower` held as ``self.speech``."""
+
+    speech: SpeechTower
+
+    @property
+    def frames_per_position(self) -> int:
+        """Input frames per speech position (the speech tower's stride)."""
+        return self.speech.config.stride
+
+    def memory_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Which speech positions hold frames, from which input frames do (N, T) -> (N, S)."""
+        return self.speech.memory_mask(frame_mask)
+
+
+class ZipperModel(_OnSpeechTower):
     """A frozen text tower with a :class:`GatedCrossAttention` over the speech tower after every ``every``-th layer."""
 
     def __init__(
@@ -342,14 +357,6 @@ class ZipperModel(nn.Module):
         """What fusion training optimizes: the blocks, and the speech tower when ``tune_speech``."""
         params = list(self.blocks.parameters())
         return params + self.speech.body_parameters() if self.config.tune_speech else params
-
-    @property
-    def frames_per_position(self) -> int:
-        """Input frames per speech position (the speech tower's stride)."""
-        return self.speech.config.stride
-
-    def memory_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
-        return self.speech.memory_mask(frame_mask)
 
     def encode(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Speech tower states (N, S, speech width) of features (N, T, F)."""
@@ -505,7 +512,7 @@ def train_zipper(
 # ---- the speech-only baseline ---------------------------------------------------------------
 
 
-class SpeechOnlyAsr(nn.Module):
+class SpeechOnlyAsr(_OnSpeechTower):
     """The speech tower and a small character decoder (encoder-decoder layers) cross-attending to it.
 
     Like :class:`ZipperModel` it takes the tower as given (frozen unless ``tune_speech``): give
@@ -537,13 +544,6 @@ class SpeechOnlyAsr(nn.Module):
         """The decoder (and the speech tower when tuned)."""
         own = [p for name, p in self.named_parameters() if not name.startswith("speech.")]
         return own + self.speech.body_parameters() if self.tune_speech else own
-
-    @property
-    def frames_per_position(self) -> int:
-        return self.speech.config.stride
-
-    def memory_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
-        return self.speech.memory_mask(frame_mask)
 
     def encode(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.project(self.speech(features, frame_mask))
