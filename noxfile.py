@@ -45,9 +45,17 @@ def _selected(targets: list[str]) -> list[str]:
     return chosen
 
 
+def _install_no_deps(session: nox.Session, dists) -> None:
+    """The pinned test requirements that must come without their dependencies ([tool.crossedge] test-no-deps)."""
+    pinned = sorted({r for d in dists for r in d.test_no_deps})
+    if pinned:
+        session.install("--no-deps", *pinned)
+
+
 def _install_everything(session: nox.Session) -> None:
-    paths = [str(d.path) for d in workspace.install_order(WORKSPACE)]
-    session.install(*CONSTRAINTS, *[f"{p}[test]" for p in paths])
+    dists = workspace.install_order(WORKSPACE)
+    session.install(*CONSTRAINTS, *[f"{d.path}[test]" for d in dists])
+    _install_no_deps(session, dists)
 
 
 @nox.session
@@ -67,6 +75,7 @@ def tests(session: nox.Session, target: str) -> None:
     # In-repo dependencies from the package's own crossedge-* requirements, installed from this checkout.
     deps = [str(WORKSPACE[p].path) for p in workspace.in_repo_dependencies(WORKSPACE, target)]
     session.install(*CONSTRAINTS, *deps, f"{package}[test]")
+    _install_no_deps(session, [WORKSPACE[target]])
     session.run("pytest", str(package / "tests"), *session.posargs)
 
 

@@ -8,6 +8,9 @@ Pure Python (no nox, no crossedge import), so the noxfile and a plain pytest tes
 - A distribution's in-repo dependencies are the requirements in its ``project.dependencies``
   (and its ``test`` extra) that name another distribution of the repository.
 - Its benchmarks are the names listed under ``[tool.crossedge] benchmarks`` in its pyproject.
+- ``[tool.crossedge] test-no-deps`` lists pinned requirements its tests need that must be
+  installed without their own dependencies (a data wheel whose dependencies would pull a
+  torch extension built for another torch); nox installs them with ``pip --no-deps``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Distribution:
     requirements: tuple[str, ...]
     #: benchmark names from ``[tool.crossedge] benchmarks``
     benchmarks: tuple[str, ...]
+    #: pinned requirements from ``[tool.crossedge] test-no-deps``, installed with ``--no-deps`` for tests
+    test_no_deps: tuple[str, ...] = ()
 
 
 def read_distribution(pyproject: Path, kind: str) -> Distribution:
@@ -68,9 +73,15 @@ def read_distribution(pyproject: Path, kind: str) -> Distribution:
     if not isinstance(project.get("name"), str):
         raise WorkspaceError(f"{pyproject}: [project] has no name")
     requirements = [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("test", [])]
-    benchmarks = data.get("tool", {}).get("crossedge", {}).get("benchmarks", [])
+    tool = data.get("tool", {}).get("crossedge", {})
+    benchmarks = tool.get("benchmarks", [])
     if not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks):
         raise WorkspaceError(f"{pyproject}: [tool.crossedge] benchmarks must be a list of benchmark names")
+    no_deps = tool.get("test-no-deps", [])
+    if not isinstance(no_deps, list) or not all(isinstance(r, str) and "==" in r for r in no_deps):
+        raise WorkspaceError(
+            f"{pyproject}: [tool.crossedge] test-no-deps must be a list of pinned requirements (name==version)"
+        )
     return Distribution(
         name=pyproject.parent.name,
         kind=kind,
@@ -78,6 +89,7 @@ def read_distribution(pyproject: Path, kind: str) -> Distribution:
         project=normalize(project["name"]),
         requirements=tuple(requirement_name(r) for r in requirements),
         benchmarks=tuple(benchmarks),
+        test_no_deps=tuple(no_deps),
     )
 
 

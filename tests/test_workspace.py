@@ -96,3 +96,15 @@ def test_a_package_made_by_new_package_is_discovered_with_its_benchmark(tmp_path
     found = workspace.discover(tmp_path)
     assert workspace.in_repo_dependencies(found, "sensing") == ["core"]
     assert workspace.benchmarks(found) == ["sensing-backend"]
+
+
+def test_test_no_deps_are_read_and_must_be_pinned(tmp_path):
+    folder = tmp_path / "packages" / "data"
+    write_pyproject(folder, "crossedge-data")
+    text = (folder / "pyproject.toml").read_text()
+    (folder / "pyproject.toml").write_text(text + '[tool.crossedge]\ntest-no-deps = ["some-data==1.0"]\n')
+    assert workspace.discover(tmp_path)["data"].test_no_deps == ("some-data==1.0",)
+    (folder / "pyproject.toml").write_text(text + '[tool.crossedge]\ntest-no-deps = ["some-data"]\n')
+    with pytest.raises(workspace.WorkspaceError, match="pinned"):
+        workspace.discover(tmp_path)
+    assert workspace.discover(ROOT)["crossmodal"].test_no_deps == ("aeon-neuro==0.1.0",)
