@@ -217,8 +217,15 @@ def test_bench_task_audit_refuses_model_with_save_before_speaking(plugin, tmp_pa
     base = ["crossmodal", "bench", "--task", "audit", "--model", str(tmp_path / "m")]
     both = runner.invoke(build_cli(), [*base, "--save", str(tmp_path / "s")])
     assert both.exit_code == 1 and "give one of them" in both.output
-    missing = runner.invoke(build_cli(), base)
-    assert missing.exit_code == 1 and "does not exist" in missing.output and "Traceback" not in missing.output
+    before = torch.get_num_threads()
+    try:
+        missing = runner.invoke(build_cli(), base)
+        assert missing.exit_code == 1 and "does not exist" in missing.output and "Traceback" not in missing.output
+        assert torch.get_num_threads() == 1  # the audit's default
+        runner.invoke(build_cli(), [*base, "--threads", "3"])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")

@@ -51,7 +51,6 @@ def audit_bench_command(
     texts: int, steps: int, save_dir: str | None, json_out: str | None, model_dir: str | None = None
 ) -> None:
     """Run :func:`audit_bench.audit_bench` with progress bars; print the table, optionally write JSON."""
-    import torch
     from tqdm.auto import tqdm
 
     from . import asr, audit
@@ -62,8 +61,6 @@ def audit_bench_command(
         raise audit.AuditError("--model audits a saved model and --save saves a trained one; give one of them")
     if model_dir is not None and not (Path(model_dir) / audit.WEIGHTS).is_file():
         raise audit.AuditError(f"{Path(model_dir) / audit.WEIGHTS} does not exist; give a folder saved by crossedge")
-    # the model is small: on a busy 2-core machine two contending threads ran 4x slower than one
-    torch.set_num_threads(1)
 
     with tqdm(total=texts, desc="speech", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)

@@ -82,11 +82,22 @@ TASKS = ("scp-cross-subject", "neuro-classify", "sim-retrieval", "deepfake", "au
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Also write a PNG chart here.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="torch threads (default: torch's own; 1 for audit and zipper-asr, whose small models ran fastest so here).",
+)
 def bench(task: str, **o) -> None:
     """scp-cross-subject: adapters + reset-tuning vs alone vs no adapters; neuro-classify: the EEG/MEG
     problems within subject; sim-retrieval: 200-way retrieval; deepfake: fusion blocks vs single views;
     audit: encoder-decoder ASR, its CER and cross-attention against saliency; zipper-asr: a speech tower zipped
     into the frozen smollm2-135m against a speech-only model of the same trainable size."""
+    threads = o["threads"] or (1 if task in ("audit", "zipper-asr") else None)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if task == "sim-retrieval":
         _sim_retrieval(o["subjects"], o["stimuli"], o["seeds"], o["epochs"], o["shared"], o["json_out"], o["plot_out"])
     elif task == "audit":
@@ -104,7 +115,6 @@ def bench(task: str, **o) -> None:
 
 
 def _zipper_asr(texts: int, steps: int, save_dir: str | None, json_out: str | None, plot_out: str | None) -> None:
-    import torch
     from tqdm.auto import tqdm
 
     from . import asr, zipper
@@ -113,7 +123,6 @@ def _zipper_asr(texts: int, steps: int, save_dir: str | None, json_out: str | No
 
     if save_dir:
         zipper.check_save_folder(save_dir)  # before the corpus and any training
-    torch.set_num_threads(1)  # small models on a shared machine: contending threads ran slower (see audit)
     with tqdm(total=texts, desc="speech corpus", unit="utt") as bar:
         corpus = asr.build_corpus(texts=texts, progress=bar.update)
     speech_steps = 2 * steps
