@@ -213,3 +213,30 @@ def test_the_command_binds_127_0_0_1_unless_told(monkeypatch, tiny_folder):
     assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
     assert calls[1][1]["host"] == "0.0.0.0" and calls[1][1]["port"] == 9
     assert calls[0][1]["drafter"] == "copy" and calls[0][1]["api_key"] is None
+
+
+def test_a_body_that_is_not_json_is_a_400(server):
+    response = httpx.post(server.url + "/v1/completions", content=b"{not json", timeout=30)
+    assert response.status_code == 400 and "not JSON" in response.json()["error"]["message"]
+
+
+def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(client, reference):
+    from concurrent.futures import ThreadPoolExecutor
+
+    short = "the dog ran"
+    with ThreadPoolExecutor(4) as pool:
+        long_answers = [pool.submit(chat, client, temperature=0) for _ in range(2)]
+        short_answers = [
+            pool.submit(
+                client.chat.completions.create,
+                model="tiny",
+                messages=[{"role": "user", "content": short}],
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+            )
+            for _ in range(2)
+        ]
+        texts = [f.result().choices[0].message.content for f in long_answers]
+        others = [f.result().choices[0].message.content for f in short_answers]
+    assert texts == [reference[0]] * 2
+    assert others[0] == others[1] != reference[0]
