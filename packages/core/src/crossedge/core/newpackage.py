@@ -17,7 +17,7 @@ from .errors import CrossedgeError
 SUFFIX = ".tmpl"
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 #: Names a new package may not take: crossedge's own packages and Python's reserved words.
-TAKEN = frozenset({"core", "specdec", "quant", "ondevice", "retrieval", "sensing", "crossmodal", "serve", "template"})
+TAKEN = frozenset({"core", "specdec", "quant", "ondevice", "retrieval", "template"})
 
 
 def template_root() -> Path:
