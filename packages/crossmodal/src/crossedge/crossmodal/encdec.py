@@ -136,41 +136,22 @@ class DecoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.norm3(x))), weights
 
 
-class EncoderDecoderAsr(nn.Module):
-    """Speech features (N, T, F) -> memory (N, ceil(T / stride), width) -> character logits."""
+class CharacterDecoding(nn.Module):
+    """A character decoder over a memory: embedding, causal layers with cross-attention, norm, head,
+    and greedy decoding. A model builds it with :meth:`build_character_decoder` and gives ``encode``,
+    ``memory_mask`` and ``tokenizer``."""
 
-    def __init__(self, config: EncDecConfig | None = None) -> None:
-        super().__init__()
-        c = self.config = config or EncDecConfig()
-        self.tokenizer = asr.CharTokenizer()
-        self.subsample = nn.Conv1d(c.input_dim, c.width, kernel_size=2 * c.stride - 1, stride=c.stride,
-                                   padding=c.stride - 1)  # fmt: skip
-        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
-        self.encoder_norm = nn.LayerNorm(c.width)
+    config: EncDecConfig
+    tokenizer: asr.CharTokenizer
+
+    def build_character_decoder(self, c: EncDecConfig, positions: int) -> None:
+        """The decoder's modules (in this order, so seeded initialisation does not move)."""
         self.embed = nn.Embedding(c.vocab_size, c.width)
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         self.decoder_norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.vocab_size)
         self.dropout = nn.Dropout(c.dropout)
-        self.register_buffer("positions", sinusoids(4096, c.width), persistent=False)
-
-    @property
-    def frames_per_position(self) -> int:
-        """Input frames per memory position (the convolution's stride)."""
-        return self.config.stride
-
-    def memory_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
-        """(N, S) valid memory positions of an (N, T) frame mask."""
-        return frame_mask[:, :: self.config.stride]
-
-    def encode(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Memory (N, S, width) of features (N, T, F); ``frame_mask`` (N, T) marks real frames in a padded batch."""
-        x = torch.nn.functional.gelu(self.subsample(features.transpose(1, 2))).transpose(1, 2)
-        x = self.dropout(x + self.positions[: x.shape[1]])
-        allowed = None if frame_mask is None else self.memory_mask(frame_mask)[:, None, None, :]
-        for layer in self.encoder:
-            x = layer(x, allowed)
-        return self.encoder_norm(x)
+        self.register_buffer("positions", sinusoids(positions, c.width), persistent=False)
 
     def decode(
         self, memory: torch.Tensor, tokens: torch.Tensor, memory_mask: torch.Tensor | None = None
@@ -215,6 +196,38 @@ class EncoderDecoderAsr(nn.Module):
     def transcribe(self, features: torch.Tensor, max_len: int | None = None) -> str:
         """Greedy transcription of one utterance (1, T, F)."""
         return self.tokenizer.decode(self.greedy_ids(features, max_len))
+
+
+class EncoderDecoderAsr(CharacterDecoding):
+    """Speech features (N, T, F) -> memory (N, ceil(T / stride), width) -> character logits."""
+
+    def __init__(self, config: EncDecConfig | None = None) -> None:
+        super().__init__()
+        c = self.config = config or EncDecConfig()
+        self.tokenizer = asr.CharTokenizer()
+        self.subsample = nn.Conv1d(c.input_dim, c.width, kernel_size=2 * c.stride - 1, stride=c.stride,
+                                   padding=c.stride - 1)  # fmt: skip
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
+        self.encoder_norm = nn.LayerNorm(c.width)
+        self.build_character_decoder(c, 4096)
+
+    @property
+    def frames_per_position(self) -> int:
+        """Input frames per memory position (the convolution's stride)."""
+        return self.config.stride
+
+    def memory_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(N, S) valid memory positions of an (N, T) frame mask."""
+        return frame_mask[:, :: self.config.stride]
+
+    def encode(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Memory (N, S, width) of features (N, T, F); ``frame_mask`` (N, T) marks real frames in a padded batch."""
+        x = torch.nn.functional.gelu(self.subsample(features.transpose(1, 2))).transpose(1, 2)
+        x = self.dropout(x + self.positions[: x.shape[1]])
+        allowed = None if frame_mask is None else self.memory_mask(frame_mask)[:, None, None, :]
+        for layer in self.encoder:
+            x = layer(x, allowed)
+        return self.encoder_norm(x)
 
 
 def token_batch(texts: list[str], tokenizer: asr.CharTokenizer, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

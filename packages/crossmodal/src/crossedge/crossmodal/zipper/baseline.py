@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ from .fused import OnSpeechTower, teacher_forced
 from .speech_tower import SpeechTower
 
 
-class SpeechOnlyAsr(OnSpeechTower):
+class SpeechOnlyAsr(OnSpeechTower, encdec.CharacterDecoding):
     """The speech tower and a small character decoder (encoder-decoder layers) cross-attending to it.
 
     Like :class:`ZipperModel` it takes the tower as given (frozen unless ``tune_speech``): give
@@ -29,12 +28,7 @@ class SpeechOnlyAsr(OnSpeechTower):
         self.tokenizer = asr.CharTokenizer()
         self.bos_id, self.eos_id = asr.BOS, asr.EOS
         self.project = nn.Linear(speech.config.width, config.width)
-        self.embed = nn.Embedding(config.vocab_size, config.width)
-        self.decoder = nn.ModuleList(encdec.DecoderLayer(config) for _ in range(config.decoder_layers))
-        self.norm = nn.LayerNorm(config.width)
-        self.head = nn.Linear(config.width, config.vocab_size)
-        self.dropout = nn.Dropout(config.dropout)
-        self.register_buffer("positions", encdec.sinusoids(512, config.width), persistent=False)
+        self.build_character_decoder(config, 512)
         self.train(False)
 
     def train(self, mode: bool = True) -> SpeechOnlyAsr:
@@ -50,34 +44,6 @@ class SpeechOnlyAsr(OnSpeechTower):
 
     def encode(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.project(self.speech(features, frame_mask))
-
-    def decode(
-        self, memory: torch.Tensor, tokens: torch.Tensor, memory_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        length = tokens.shape[1]
-        x = self.dropout(self.embed(tokens) * math.sqrt(self.config.width) + self.positions[:length])
-        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-        allowed = None if memory_mask is None else memory_mask[:, None, None, :]
-        weights = []
-        for layer in self.decoder:
-            x, w = layer(x, memory, causal, allowed)
-            weights.append(w)
-        return self.head(self.norm(x)), weights
-
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, frame_mask: torch.Tensor | None = None):
-        memory = self.encode(features, frame_mask)
-        return self.decode(memory, tokens, None if frame_mask is None else self.memory_mask(frame_mask))[0]
-
-    @torch.no_grad()
-    def transcribe(self, features: torch.Tensor, max_len: int | None = None) -> str:
-        memory = self.encode(features)
-        tokens = torch.tensor([[asr.BOS]])
-        for _ in range(max_len or self.config.max_len):
-            nxt = int(self.decode(memory, tokens)[0][0, -1].argmax())
-            if nxt == asr.EOS:
-                break
-            tokens = torch.cat([tokens, torch.tensor([[nxt]])], dim=1)
-        return self.tokenizer.decode(tokens[0, 1:].tolist())
 
 
 def count(params: Sequence[nn.Parameter]) -> int:
