@@ -54,21 +54,72 @@ def check_finite(logits: torch.Tensor, where: str, error: type[NonFiniteLogitsEr
 
 @dataclass
 class Draft:
-    """Proposed tokens; ``probs`` (k x vocab) when they were sampled, ``None`` for a point mass."""
+    """Proposed tokens: a chain, or a token tree when ``parents`` is given.
+
+    ``probs`` (nodes x vocab) holds, for each node, the distribution it was drawn from
+    (the drafter's ``q`` at its parent) when it was sampled; ``None`` means every node is
+    a point mass. In a tree, ``parents[i]`` is the index in ``tokens`` of node ``i``'s
+    parent, or -1 when the node continues the context directly; a parent always comes
+    before its children, so the first ``k`` nodes of a tree are a tree. Sibling nodes
+    that were sampled must be independent draws from their parent's ``q`` (SpecInfer's
+    multi-candidate rejection sampling is exact only then); greedy engines accept the
+    child that equals the target's argmax.
+    """
 
     tokens: list[int]
     probs: torch.Tensor | None = None
     #: A drafter-chosen label for how confident it is (the copy drafter uses match-length
     #: buckets); policies keep acceptance statistics per bucket.
     bucket: str = ""
+    parents: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parents is None:
+            return
+        if len(self.parents) != len(self.tokens):
+            raise DrafterError(
+                f"a draft tree has {len(self.tokens)} tokens but {len(self.parents)} parents: give one parent per token"
+            )
+        for i, parent in enumerate(self.parents):
+            if not -1 <= parent < i:
+                raise DrafterError(
+                    f"node {i} of a draft tree has parent {parent}: a parent must be -1 (the context) "
+                    f"or an earlier node (0..{i - 1})"
+                )
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def is_tree(self) -> bool:
+        """True when some node has a sibling (a chain given with ``parents`` is still a chain)."""
+        return self.parents is not None and len(set(self.parents)) < len(self.parents)
+
+    def parent_list(self) -> list[int]:
+        """Each node's parent index (-1 for the context); a chain's are ``-1, 0, 1, ...``."""
+        return list(self.parents) if self.parents is not None else list(range(-1, len(self.tokens) - 1))
+
+    def depths(self) -> list[int]:
+        """Each node's depth: 1 for a child of the context, its parent's depth + 1 otherwise."""
+        depths: list[int] = []
+        for parent in self.parent_list():
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        return depths
+
+    def path(self, node: int) -> list[int]:
+        """Node indices from the context's child down to ``node`` (empty for -1)."""
+        parents = self.parent_list()
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = parents[node]
+        return path[::-1]
+
     def truncated(self, k: int) -> Draft:
-        """The first ``k`` tokens of this draft."""
+        """The first ``k`` nodes of this draft (a chain's first ``k`` tokens)."""
         probs = None if self.probs is None else self.probs[:k]
-        return Draft(self.tokens[:k], probs, self.bucket)
+        parents = None if self.parents is None else self.parents[:k]
+        return Draft(self.tokens[:k], probs, self.bucket, parents)
 
 
 class Sampler:
