@@ -107,3 +107,66 @@ def test_smoothing_and_crossquant_scales(layer):
         fractions.append(kernel_fraction(module))
     # CrossQuant's per-element scales leave fewer activations rounding to zero than per-token scales.
     assert 0 <= fractions[1] < fractions[0]
+
+
+SPECS = ["rtn:bits=8", "rtn:bits=4,group_size=32", "w8a8", "w8a8:act_granularity=per_tensor"]
+
+
+def _quantized_layer(spec):
+    from torch import nn
+
+    from crossedge.quant import quantize_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96))
+    quantize_(model, spec, filter_fn=lambda module, name: True)
+    return model
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("rows", [2, 5, 16, 17])
+def test_kernels_are_row_invariant(quant_plugin, spec, rows):
+    """A row's output is the same bits whether it is computed alone or inside a block (what
+    speculative verification needs); measured on this CPU's dispatch, and rerun on others by CI."""
+    module = _quantized_layer(spec)
+    x = torch.randn(rows, 64)
+    with torch.inference_mode():
+        block = module(x)
+        alone = torch.cat([module(x[i : i + 1]) for i in range(rows)])
+    if spec.endswith("per_tensor"):
+        # One activation scale for the whole block: rows depend on each other by design.
+        assert not torch.equal(block, alone)
+    else:
+        assert torch.equal(block, alone), f"rows differ by {float((block - alone).abs().max())}"
+
+
+@pytest.mark.parametrize("spec", ["rtn:bits=8,keep_lm_head=false", "rtn:bits=4,group_size=32", "w8a8"])
+def test_a_quantized_model_verifies_blocks_as_it_decodes_single_tokens(quant_plugin, fresh_lm, spec):
+    """Quantizing switches attention to row-invariant, so a verification block's last hidden states
+    are the one-token decoding steps' bit for bit (what lossless speculation on it needs). Logits are
+    too when the LM head is quantized; a float head's GEMM differs by rounding (~1e-7), which no
+    later layer can amplify."""
+    from transformers import DynamicCache
+
+    from crossedge.core.attention import ROW_INVARIANT
+    from crossedge.quant import quantize_
+
+    model = quantize_(fresh_lm[0], spec)
+    assert model.config._attn_implementation == ROW_INVARIANT
+    ids = torch.tensor([[5, 17, 99, 3, 42, 8, 61, 7, 250, 33, 12, 90]])
+
+    def run(feeds):
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :6], cache=cache, use_cache=True)
+        outs = [model(input_ids=f, cache=cache, use_cache=True, output_hidden_states=True) for f in feeds]
+        hidden = torch.cat([o.hidden_states[-1][0] for o in outs])
+        return hidden, torch.cat([o.logits[0] for o in outs])
+
+    with torch.inference_mode():
+        block_hidden, block_logits = run([ids[:, 6:]])
+        step_hidden, step_logits = run([ids[:, i : i + 1] for i in range(6, 12)])
+    assert torch.equal(block_hidden, step_hidden)
+    if "keep_lm_head=false" in spec:
+        assert torch.equal(block_logits, step_logits)
+    else:
+        torch.testing.assert_close(block_logits, step_logits, atol=1e-5, rtol=0)

@@ -106,6 +106,7 @@ class Quantizer(CoreQuantizer):
         if found.details:
             qmap["details"] = found.details
         setattr(model, MAP_ATTRIBUTE, qmap)
+        keep_rows_invariant(model)
         return QuantizeResult(
             model=model,
             config=config,
@@ -230,6 +231,23 @@ def _tie_embedding(model: nn.Module, head_name: str) -> dict[str, Any]:
     new.share(qweight, scale)
     model.set_submodule(embedding_name, new)
     return {embedding_name: {"kind": new.kind, "spec": new.spec()}}
+
+
+def keep_rows_invariant(model: nn.Module) -> None:
+    """Give a quantized transformers model row-invariant attention (see :mod:`crossedge.core.attention`).
+
+    Quantized kernels round activations (to bf16, or to int8), which turns the ~1e-7 by which
+    attention over k queries differs from attention over one into whole rounding steps; the
+    logits of a verification forward would then differ from one-token decoding steps and
+    speculative decoding would not reproduce the model's own greedy output. The kernels
+    themselves are row-invariant (a test compares one row with a block bit for bit).
+    """
+    from crossedge.core.attention import use_row_invariant_attention
+
+    if hasattr(getattr(model, "config", None), "_attn_implementation") and any(
+        isinstance(m, QuantizedLinear) for m in model.modules()
+    ):
+        use_row_invariant_attention(model)
 
 
 def relink_tied(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ from crossedge.core.cache import sha256_file
 from crossedge.core.contracts.model_format import ModelFormat
 from crossedge.core.errors import CrossedgeError, ModelSourceError
 
-from .api import MAP_ATTRIBUTE, Quantizer, quantization_map, relink_tied
+from .api import MAP_ATTRIBUTE, Quantizer, keep_rows_invariant, quantization_map, relink_tied
 from .config import config_from_dict
 
 FORMAT = "crossedge.quant"
@@ -231,6 +231,7 @@ def load_quantized(folder: Path | str, model: nn.Module | None = None) -> nn.Mod
     if document.get("details"):
         qmap["details"] = document["details"]
     setattr(model, MAP_ATTRIBUTE, qmap)
+    keep_rows_invariant(model)
     return model
 
 
