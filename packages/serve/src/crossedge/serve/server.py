@@ -88,11 +88,13 @@ class DrainingServer(uvicorn.Server):
 
     def drain(self) -> None:
         """Refuse new requests and exit once those in flight are done."""
-        if not self.gate.draining:
+        if not self.gate.draining and self.gate.in_flight:
             logger.warning(
                 "draining: %d request(s) in flight finish, new ones get a 503; press Ctrl-C again to stop at once",
                 self.gate.in_flight,
             )
+        elif not self.gate.draining:
+            logger.warning("draining: no request in flight, stopping")
         self.gate.drain()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
