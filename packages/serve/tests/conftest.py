@@ -45,14 +45,26 @@ def tiny_folder(tmp_path_factory):
     return str(save_tiny_causal_lm(folder, "llama", seed=1, initializer_range=0.15))
 
 
-def start_server(folder, *, api_key=None, **options):
-    """A running server for ``folder`` on 127.0.0.1 and a free port; the caller stops it."""
+def start_server(folder, *, api_key=None, app_options=None, **options):
+    """A running server for ``folder`` on 127.0.0.1 and a free port; the caller stops it.
+
+    ``app_options`` go to ``build_app`` (body limits), the rest to ``load_served_model``.
+    """
     from crossedge.serve.app import build_app
     from crossedge.serve.server import BackgroundServer
     from crossedge.serve.service import load_served_model
 
     served = load_served_model(folder, name="tiny", **options)
-    return BackgroundServer(build_app(served, api_key=api_key), host="127.0.0.1", port=0).start()
+    app = build_app(served, api_key=api_key, **(app_options or {}))
+    return BackgroundServer(app, host="127.0.0.1", port=0).start()
+
+
+def scrape(url):
+    """The server's /metrics as {series: value}."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"}
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ def test_a_good_request_is_read_with_openai_defaults():
         (chat_body(stream_options={"include_usage": True}), "stream_options"),
         (chat_body(stop=[""]), "stop"),
         (chat_body(model=""), "model"),
+        (chat_body(user=7), "user"),
         (chat_body(prompt="x"), "prompt"),  # a completions field on the chat endpoint
     ],
 )
@@ -83,3 +84,8 @@ def test_the_command_help_imports_no_torch_and_no_web_stack():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"code": 0, "heavy": []}, done.stderr
     assert "--api-key" in done.stdout and "127.0.0.1" in done.stdout
+
+
+def test_the_user_field_is_kept_for_the_history():
+    assert parse_request(chat_body(user="alice"), chat=True).user == "alice"
+    assert parse_request(chat_body(user=""), chat=True).user is None

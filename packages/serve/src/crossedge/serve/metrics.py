@@ -14,6 +14,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
+        #: generations by how they ended: stop, length, cancelled (the client left), error
+        self.generations: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.decode_seconds = 0.0
@@ -27,9 +29,12 @@ class ServerMetrics:
         with self._lock:
             self.requests[(endpoint, status)] += 1
 
-    def generation_done(self, prompt_tokens: int, completion_tokens: int, seconds: float, forwards: int) -> None:
-        """Add one finished (or stopped) generation."""
+    def generation_done(
+        self, prompt_tokens: int, completion_tokens: int, seconds: float, forwards: int, finish: str
+    ) -> None:
+        """Add one generation that ended for ``finish`` (stop, length, cancelled or error)."""
         with self._lock:
+            self.generations[finish] += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.decode_seconds += seconds
@@ -56,10 +61,17 @@ class ServerMetrics:
             ]
             for (endpoint, status), count in sorted(self.requests.items()):
                 lines.append(f'{PREFIX}_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
+            lines += [
+                f"# HELP {PREFIX}_generations_total Generations, by how they ended (cancelled: the client left).",
+                f"# TYPE {PREFIX}_generations_total counter",
+            ]
+            for finish, count in sorted(self.generations.items()):
+                lines.append(f'{PREFIX}_generations_total{{finish="{finish}"}} {count}')
             gauges = [
                 ("prompt_tokens_total", "counter", "Prompt tokens of finished generations.", self.prompt_tokens),
                 ("completion_tokens_total", "counter", "Tokens generated.", self.completion_tokens),
                 ("decode_seconds_total", "counter", "Seconds the engine spent generating.", self.decode_seconds),
+                ("target_forwards_total", "counter", "Forwards of the target model.", self.target_forwards),
                 ("tokens_per_second", "gauge", "Generated tokens per second of decoding, overall.", tokens_per_s),
                 (
                     "mean_accepted_length",

@@ -48,7 +48,7 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The error as OpenAI's API returns one."""
-        kind = {401: "authentication_error", 404: "invalid_request_error"}.get(self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 503: "server_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -68,6 +68,8 @@ class GenerationRequest:
     seed: int | None = None
     stream: bool = False
     include_usage: bool = False
+    #: OpenAI's end-user id; the server keeps one drafter history per user (docs/serve.md)
+    user: str | None = None
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float, *, open_low: bool) -> float:
@@ -177,6 +179,9 @@ def parse_request(body: Any, *, chat: bool) -> GenerationRequest:
     include_usage = bool((options or {}).get("include_usage", False))
     if options is not None and not stream:
         raise RequestError("stream_options is only allowed with stream: true", param="stream_options")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise RequestError(f"user must be a string identifying the end user, got {user!r}", param="user")
     if chat:
         messages, prompt = _messages(body), None
     else:
@@ -194,6 +199,7 @@ def parse_request(body: Any, *, chat: bool) -> GenerationRequest:
         seed=_integer(body, "seed"),
         stream=stream,
         include_usage=include_usage,
+        user=user or None,
     )
 
 

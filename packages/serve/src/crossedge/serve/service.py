@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .histories import ANONYMOUS, DEFAULT_HISTORY_TOKENS, DEFAULT_HISTORY_USERS, UserHistories
 from .metrics import ServerMetrics
 from .protocol import GenerationRequest, RequestError, first_stop, held_back
 
@@ -42,17 +43,29 @@ class Job:
     max_tokens: int
     emit: Callable[[Piece], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: whose drafter history serves this request (see :mod:`crossedge.serve.histories`)
+    user: str = ANONYMOUS
 
 
 class ServedModel:
-    """A target, its tokenizer and the decoder that serves it under one name."""
+    """A target, its tokenizer and the decoder that serves it under one name, with one drafter history per user."""
 
-    def __init__(self, decoder: Any, tokenizer: Any, name: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(
+        self,
+        decoder: Any,
+        tokenizer: Any,
+        name: str,
+        *,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        history_users: int = DEFAULT_HISTORY_USERS,
+        history_tokens: int = DEFAULT_HISTORY_TOKENS,
+    ):
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.name = name
         self.default_max_tokens = default_max_tokens
         self.window: int | None = decoder.window
+        self.histories = UserHistories(decoder, max_users=history_users, max_tokens=history_tokens)
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids: chat messages through the chat template, a completion prompt as plain text."""
@@ -100,6 +113,7 @@ class ServedModel:
         from crossedge.specdec.sampling import SamplingConfig
 
         request = job.request
+        self.histories.use(job.user)
         sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
         stream = self.decoder.stream(job.prompt_ids, job.max_tokens, sampling)
         stops = request.stop
@@ -127,7 +141,7 @@ class ServedModel:
             text = self.tokenizer.decode(stream.tokens, skip_special_tokens=True)
             if text.startswith(shown) and len(text) > len(shown):
                 job.emit(Piece(text=text[len(shown) :]))
-        metrics.generation_done(stats.prompt_tokens, stats.new_tokens, stats.seconds, stats.target_forwards)
+        metrics.generation_done(stats.prompt_tokens, stats.new_tokens, stats.seconds, stats.target_forwards, finish)
         job.emit(Piece(finish_reason=finish, prompt_tokens=stats.prompt_tokens, completion_tokens=len(stream.tokens)))
 
 
@@ -162,12 +176,15 @@ class Worker:
             if job is None:
                 return
             self.metrics.queue(-1)
-            if job.cancelled.is_set():
+            if job.cancelled.is_set():  # its client left while it waited
+                self.metrics.generation_done(0, 0, 0.0, 0, "cancelled")
+                job.emit(Piece(finish_reason="cancelled"))
                 continue
             self.metrics.run(+1)
             try:
                 self.served.run(job, self.metrics)
             except Exception as exc:  # one broken request must not stop the server
+                self.metrics.generation_done(0, 0, 0.0, 0, "error")
                 job.emit(Piece(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
             finally:
                 self.metrics.run(-1)
@@ -182,6 +199,8 @@ def load_served_model(
     policy: str = "cost-aware",
     name: str | None = None,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    history_users: int = DEFAULT_HISTORY_USERS,
+    history_tokens: int = DEFAULT_HISTORY_TOKENS,
 ) -> ServedModel:
     """Check and build the stack exactly as ``crossedge specdec generate`` does, and wrap it for serving."""
     from crossedge.core.backends import DEFAULT_BACKEND
@@ -194,4 +213,11 @@ def load_served_model(
     )
     built = build_stack(stack)
     decoder = SpeculativeDecoder(built.model, drafter, policy, tokenizer=built.tokenizer)
-    return ServedModel(decoder, built.tokenizer, name or model, default_max_tokens=default_max_tokens)
+    return ServedModel(
+        decoder,
+        built.tokenizer,
+        name or model,
+        default_max_tokens=default_max_tokens,
+        history_users=history_users,
+        history_tokens=history_tokens,
+    )
