@@ -391,7 +391,9 @@ def safetensors_marker(path: Path) -> str | None:
         return None
 
 
-def claim_folder(folder: Path | str, ours: Callable[[Path], bool], *, what: str) -> Path:
+def claim_folder(
+    folder: Path | str, ours: Callable[[Path], bool], *, what: str, error: type[CrossedgeError] = ExitHeadError
+) -> Path:
     """``folder``, created if needed, once it is clear that writing there replaces only files crossedge wrote.
 
     ``ours(path)`` says whether an existing entry is one this writer created; a folder
@@ -399,10 +401,10 @@ def claim_folder(folder: Path | str, ours: Callable[[Path], bool], *, what: str)
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ExitHeadError(f"{folder} is a file, not a folder; choose a folder for the {what}")
+        raise error(f"{folder} is a file, not a folder; choose a folder for the {what}")
     foreign = sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else []
     if foreign:
-        raise ExitHeadError(
+        raise error(
             f"{folder} holds {', '.join(foreign)} that crossedge did not write; it never writes over files it did "
             f"not create: choose a new or empty folder for the {what}"
         )
