@@ -339,3 +339,74 @@ class TestHeuristicPolicy(DraftLengthPolicyConformance):
 class TestCostAwarePolicy(DraftLengthPolicyConformance):
     def make_policy(self):
         return CostAwarePolicy(max_k=12, probe_every=4)
+
+
+class TreeOracleDrafter(Drafter):
+    """A tree whose first branch is wrong at the root and whose second holds the true continuation,
+    with a wrong leaf beside it at each level, so accepted paths skip rejected nodes."""
+
+    name = "tree-oracle"
+    cheap = True
+
+    def __init__(self, prompt_len, continuation, depth=3):
+        self.prompt_len = prompt_len
+        self.continuation = continuation
+        self.depth = depth
+        self.paths = []
+
+    def propose(self, context_ids, k):
+        start = len(context_ids) - self.prompt_len
+        truth = list(self.continuation[start : start + self.depth])
+        if not truth:
+            return Draft([])
+        tokens, parents = [(truth[0] + 1) % 250], [-1]  # node 0: a wrong root child with a child of its own
+        tokens.append(truth[0])
+        parents.append(-1)
+        tokens.append(truth[0])
+        parents.append(0)
+        parent = 1
+        for token in truth[1:]:
+            tokens += [(token + 7) % 250, token]  # a wrong sibling first, then the true token
+            parents += [parent, parent]
+            parent = len(tokens) - 1
+        return Draft(tokens, parents=parents).truncated(k)
+
+    def feedback(self, num_accepted):
+        self.paths.append(num_accepted)
+
+
+@pytest.mark.parametrize("target", ["llama", "sliding"])
+def test_tree_drafts_are_greedy_identical_and_keep_only_the_path(llama, target):
+    if target == "llama":
+        model, tokenizer = llama
+        input_ids = _ids(tokenizer)
+    else:
+        model = sliding_window_model(2)
+        model.generation_config.eos_token_id = None
+        input_ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6]])
+    reference = greedy_reference(model, input_ids, 30)
+    drafter = TreeOracleDrafter(input_ids.shape[1], reference)
+    result = SpeculativeDecoder(model, drafter, ConstantPolicy(k=16)).generate(input_ids, 30)
+    assert result.tokens == reference
+    # Every full tree has its true path of 3 accepted; the target adds one more per forward
+    # (the prefill forward and the short trees near the end pull the mean under 4).
+    assert max(drafter.paths) == 3
+    assert result.stats.mean_accepted >= 2.5
+    stats = result.stats.drafters["tree-oracle"]
+    assert stats.drafted > 2 * stats.accepted  # rejected branches are counted as drafted nodes
+    assert len(result.stats.acceptance_by_position) == 3
+
+
+def test_sampling_with_a_tree_drafter_runs_and_is_seeded(llama):
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    reference = greedy_reference(model, input_ids, 20)
+    config = SamplingConfig(temperature=0.8, top_k=20, seed=3)
+    runs = [
+        SpeculativeDecoder(model, TreeOracleDrafter(input_ids.shape[1], reference), ConstantPolicy(k=9)).generate(
+            input_ids, 20, config
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].tokens == runs[1].tokens
+    assert len(runs[0].tokens) == 20 or runs[0].stats.stop_reason == "eos"

@@ -34,7 +34,15 @@ from crossedge.core.contracts.policy import DraftLengthPolicy
 from .drafters import build_chain
 from .errors import PromptTooLongError, SpecdecError
 from .policies import build_policy
-from .sampling import RunSampler, SamplingConfig, check_finite, process_logits, sample, verify_sampled
+from .sampling import (
+    RunSampler,
+    SamplingConfig,
+    check_finite,
+    process_logits,
+    sample,
+    verify_sampled,
+    verify_tree_sampled,
+)
 
 #: The engine's clock for drafting and verification times (a test may replace it).
 clock = time.perf_counter
@@ -83,12 +91,13 @@ class RunStats:
         """Share of drafted tokens accepted at each draft position (1-based order)."""
         return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at, strict=True)]
 
-    def record(self, drafter: str, drafted: int, accepted: int) -> None:
-        """Count one verified draft."""
-        while len(self.drafted_at) < drafted:
+    def record(self, drafter: str, drafted: int, accepted: int, depth: int | None = None) -> None:
+        """Count one verified draft of ``drafted`` tokens (a tree's nodes, ``depth`` its deepest level)."""
+        depth = drafted if depth is None else depth
+        while len(self.drafted_at) < depth:
             self.drafted_at.append(0)
             self.accepted_at.append(0)
-        for i in range(drafted):
+        for i in range(depth):
             self.drafted_at[i] += 1
             if i < accepted:
                 self.accepted_at[i] += 1
@@ -310,9 +319,10 @@ class SpeculativeDecoder:
                 )
             stats.target_forwards += 1
 
-    def _forward(self, model: Any, feed: list[int], keep: int) -> torch.Tensor:
-        """One target forward over ``feed`` on this generation's cache, through the drafters' cache view."""
-        logits = self._view.forward(model, feed, keep).logits[0]
+    def _forward(self, model: Any, feed: list[int], keep: int, parents: list[int] | None = None) -> torch.Tensor:
+        """One target forward over ``feed`` (a tree after its first token when ``parents`` is given) on this
+        generation's cache, through the drafters' cache view."""
+        logits = self._view.forward(model, feed, keep, parents).logits[0]
         check_finite(logits, "the target model")
         return logits
 
@@ -365,6 +375,8 @@ class SpeculativeDecoder:
     ) -> list[int]:
         """One draft-and-verify step; returns the tokens to emit (accepted drafts + one target token)."""
         draft, drafter = (None, None) if budget <= 0 or not self.drafters else self._draft(context, budget, stats)
+        if draft is not None and draft.is_tree:
+            return self._step_tree(model, cache, last, draft, drafter, sampling, generator, stats)
         drafted = draft.tokens if draft is not None else []
         k = len(drafted)
         start = clock()
@@ -387,3 +399,34 @@ class SpeculativeDecoder:
             self.policy.observe_acceptance(drafter.name, draft.bucket, k, accepted)
             drafter.feedback(accepted)
         return [*drafted[:accepted], next_token]
+
+    def _step_tree(
+        self,
+        model: Any,
+        cache: Any,
+        last: int,
+        draft: Draft,
+        drafter: Drafter,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        stats: RunStats,
+    ) -> list[int]:
+        """Verify a token tree in one forward, keep the longest accepted path and its cache."""
+        tokens = draft.tokens
+        nodes = len(tokens)
+        start = clock()
+        logits = self._forward(model, [last, *tokens], nodes + 1, draft.parent_list())
+        if sampling.greedy:
+            path, next_token = draft.greedy_path(logits.argmax(dim=-1).tolist())
+        else:
+            path, next_token = verify_tree_sampled(process_logits(logits, sampling), draft, generator)
+        self.policy.observe_verification(nodes, clock() - start)
+        # Keep the fed last token and the path; a tree's rejected branches may sit between path nodes.
+        self._view.keep_fed(nodes + 1, [0, *(node + 1 for node in path)])
+        if self._trim_always:
+            cache.crop(0)
+        depth = max(draft.depths())
+        stats.record(drafter.name, nodes, len(path), depth=depth)
+        self.policy.observe_acceptance(drafter.name, draft.bucket, depth, len(path))
+        drafter.feedback(len(path))
+        return [*(tokens[node] for node in path), next_token]

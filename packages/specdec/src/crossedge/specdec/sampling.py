@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crossedge.core.contracts.drafter import Sampler
+from crossedge.core.contracts.drafter import Draft, Sampler
 from crossedge.core.contracts.drafter import check_finite as core_check_finite
 
 from .errors import NonFiniteLogitsError, SpecdecError
@@ -104,7 +104,7 @@ def verify_sampled(
     draft_probs: torch.Tensor | None,
     generator: torch.Generator,
 ) -> tuple[int, int]:
-    """Exact speculative rejection sampling over one draft.
+    """Exact speculative rejection sampling over one draft chain.
 
     ``target_probs`` has ``k + 1`` rows (row ``i`` is the target distribution for
     draft position ``i``, the last row is for the bonus token); ``draft_probs`` has
@@ -112,21 +112,49 @@ def verify_sampled(
     drafted token). Returns ``(number accepted, next token)`` where the next token
     is the resampled correction or, when everything was accepted, the bonus token.
     """
-    for i, token in enumerate(draft_tokens):
-        p = target_probs[i]
-        p_x = float(p[token])
-        q_x = 1.0 if draft_probs is None else float(draft_probs[i, token])
-        # q_x == 0 cannot happen for a token the drafter sampled, but a buggy drafter must not divide by zero.
-        accept = 1.0 if q_x <= 0.0 else min(1.0, p_x / q_x)
-        if float(torch.rand((), generator=generator)) < accept:
-            continue
-        if draft_probs is None:
-            residual = p.clone()
-            residual[token] = 0.0
+    path, next_token = verify_tree_sampled(target_probs, Draft(list(draft_tokens), draft_probs), generator)
+    return len(path), next_token
+
+
+def verify_tree_sampled(
+    target_probs: torch.Tensor,
+    draft: Draft,
+    generator: torch.Generator,
+) -> tuple[list[int], int]:
+    """Exact multi-candidate rejection sampling over a token tree (SpecInfer's).
+
+    ``target_probs`` row ``j`` is the target's processed distribution after fed token ``j``
+    (0 = the last context token, ``i + 1`` = node ``i``); ``draft.probs`` row ``i`` is the
+    distribution node ``i`` was drawn from, ``None`` for point masses. At each node the
+    children are tried in order: a child is accepted with ``min(1, p(x) / q(x))``; on a
+    rejection ``p`` becomes ``norm(max(0, p - q))`` (a point mass just removes its token)
+    and the next child is tried against it. When no child is accepted the next token is
+    drawn from what is left of ``p``. Each step is one exact speculative-sampling step
+    against the current ``p``, so the emitted tokens follow the target's distribution as
+    long as sampled siblings are independent draws from their ``q``. Returns the accepted
+    node indices and the next token.
+    """
+    children, tokens, draft_probs = draft.children(), draft.tokens, draft.probs
+    node, path = -1, []
+    while True:
+        p = target_probs[node + 1]
+        for child in children.get(node, ()):
+            token = tokens[child]
+            q_x = 1.0 if draft_probs is None else float(draft_probs[child, token])
+            # q_x == 0 cannot happen for a token the drafter sampled, but a buggy drafter must not divide by zero.
+            accept = 1.0 if q_x <= 0.0 else min(1.0, float(p[token]) / q_x)
+            if float(torch.rand((), generator=generator)) < accept:
+                path.append(child)
+                node = child
+                break
+            if draft_probs is None:
+                residual = p.clone()
+                residual[token] = 0.0
+            else:
+                residual = (p - draft_probs[child]).clamp_min(0.0)
+            total = float(residual.sum())
+            # total == 0 only when p == q up to rounding, where rejection has probability ~0; p is then exact.
+            if total > 0:
+                p = residual / total
         else:
-            residual = (p - draft_probs[i]).clamp_min(0.0)
-        total = float(residual.sum())
-        # total == 0 only when p == q up to rounding, where rejection has probability ~0; p is then exact.
-        next_token = sample(residual / total if total > 0 else p, generator)
-        return i, next_token
-    return len(draft_tokens), sample(target_probs[len(draft_tokens)], generator)
+            return path, sample(p, generator)

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from ..contracts.drafter import DraftContext, Drafter, Sampler, TargetCacheView, check_finite
+from ..contracts.drafter import Draft, DraftContext, Drafter, Sampler, TargetCacheView, check_finite
 from ..specs import Spec, SpecError, bind
 
 #: Prompts with repeated structure so that copy-style drafters get to draft.
@@ -92,7 +92,8 @@ def reference_generate(
     tokenizer: Any = None,
 ) -> ReferenceRun:
     """Greedy speculative decoding in its plainest form: the first drafter in the chain with a
-    non-empty proposal drafts, the target verifies in one forward, the rejected tail is cropped.
+    non-empty proposal drafts (a chain or a tree), the target verifies it in one forward, and the
+    cache keeps the accepted path only.
 
     ``lengths`` are the draft lengths asked for, in turn (cycled), so drafters see varied ``k``.
     """
@@ -113,8 +114,8 @@ def reference_generate(
     ids = list(prompt)
     asked = cycle(lengths)
 
-    def forward(feed: list[int], keep: int) -> Any:
-        out = view.forward(model, feed, keep)
+    def forward(feed: list[int], keep: int, parents: list[int] | None = None) -> Any:
+        out = view.forward(model, feed, keep, parents)
         run.forwards += 1
         check_finite(out.logits[0], "the target model")
         return out.logits[0]
@@ -130,27 +131,25 @@ def reference_generate(
                         drafter.end(ids)
                     return run
             budget = limit - len(run.tokens) - 1
-            tokens: list[int] = []
-            used = None
+            draft, used = Draft([]), None
             if budget > 0:
                 k = min(next(asked), budget)
                 for drafter in chain:
-                    draft = drafter.propose(ids, k)
-                    run.proposals.append((k, len(draft)))
-                    if len(draft):
-                        tokens, used = list(draft.tokens[:k]), drafter
+                    proposal = drafter.propose(ids, k)
+                    run.proposals.append((k, len(proposal)))
+                    if len(proposal):
+                        draft, used = proposal.truncated(k), drafter
                         break
-            logits = forward([ids[-1], *tokens], len(tokens) + 1)
-            picks = logits.argmax(dim=-1).tolist()
-            accepted = 0
-            while accepted < len(tokens) and tokens[accepted] == picks[accepted]:
-                accepted += 1
-            if accepted < len(tokens):
-                cache.crop(accepted - len(tokens))
+            # A chain is fed plainly; a tree gets its ancestor mask. Either way the accepted
+            # path's cache is kept and the rest dropped.
+            parents = draft.parent_list() if draft.is_tree else None
+            logits = forward([ids[-1], *draft.tokens], len(draft) + 1, parents)
+            path, next_token = draft.greedy_path(logits.argmax(dim=-1).tolist())
+            view.keep_fed(len(draft) + 1, [0, *(node + 1 for node in path)])
             if used is not None:
-                used.feedback(accepted)
-                run.accepted += accepted
-            pending = [*tokens[:accepted], picks[accepted]]
+                used.feedback(len(path))
+                run.accepted += len(path)
+            pending = [*(draft.tokens[node] for node in path), next_token]
 
 
 #: An engine runs (model, tokenizer, drafters, input_ids, max_new_tokens) and returns the new tokens.

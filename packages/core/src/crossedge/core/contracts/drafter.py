@@ -115,6 +115,30 @@ class Draft:
             node = parents[node]
         return path[::-1]
 
+    def children(self) -> dict[int, list[int]]:
+        """Node indices by parent (-1 for the context), in proposal order."""
+        children: dict[int, list[int]] = {}
+        for node, parent in enumerate(self.parent_list()):
+            children.setdefault(parent, []).append(node)
+        return children
+
+    def greedy_path(self, picks: Sequence[int]) -> tuple[list[int], int]:
+        """The nodes greedy decoding accepts, root first, and the target's token after them.
+
+        ``picks[j]`` is the target's argmax after fed token ``j`` of a verification forward
+        (0 = the last context token, ``i + 1`` = node ``i``): the path follows the child
+        equal to the target's pick for as long as there is one.
+        """
+        children = self.children()
+        node, path = -1, []
+        while True:
+            pick = int(picks[node + 1])
+            match = next((c for c in children.get(node, ()) if self.tokens[c] == pick), None)
+            if match is None:
+                return path, pick
+            path.append(match)
+            node = match
+
     def truncated(self, k: int) -> Draft:
         """The first ``k`` nodes of this draft (a chain's first ``k`` tokens)."""
         probs = None if self.probs is None else self.probs[:k]
@@ -220,27 +244,77 @@ class TargetCacheView:
         """Layers whose hidden states a drafter asked for; the engine then runs forwards with them."""
         return frozenset(self._wanted)
 
-    def forward(self, model: Any, feed: Sequence[int], keep: int) -> Any:
+    def forward(self, model: Any, feed: Sequence[int], keep: int, parents: Sequence[int] | None = None) -> Any:
         """One target forward over ``feed`` on the viewed cache, recording the wanted hidden states.
 
         Engines call this for every target forward, so what a drafter sees through the view
         is always what the target computed; returns the model's output (``logits`` of the
-        last ``keep`` positions).
+        last ``keep`` positions). With ``parents`` (a :class:`Draft` tree's, one per token
+        after ``feed[0]``), the tokens after the first are a tree: each attends to the cache
+        and its ancestors only and sits at the position of its depth (see
+        :func:`tree_attention`); :meth:`keep_fed` then keeps the accepted path.
         """
         import torch
 
         start = self.length
         wanted = bool(self._wanted)
+        extra = {}
+        if parents is not None:
+            if len(parents) != len(feed) - 1:
+                raise DrafterError(f"a tree forward feeds {len(feed)} tokens but got {len(parents)} parents")
+            positions, mask = tree_attention(model, self._cache, parents)
+            extra = {"position_ids": positions, "attention_mask": mask}
         out = model(
             input_ids=torch.tensor([list(feed)]),
             cache=self._cache,
             use_cache=True,
             logits_to_keep=keep,
             output_hidden_states=wanted,
+            **extra,
         )
         if wanted:
             self.record(out.hidden_states, start)
         return out
+
+    def keep_fed(self, fed: int, indices: Sequence[int]) -> None:
+        """After a forward that fed ``fed`` tokens, keep only the fed tokens at ``indices`` (ascending).
+
+        Used after a tree forward: the accepted path's keys and values (and recorded hidden
+        states) are gathered per layer into the places a chain forward of that path would
+        have written, so the cache is as if only the path had been fed. Sliding-window layers
+        must have past recording active (the engine turns it on).
+        """
+        import torch
+        from transformers.cache_utils import DynamicLayer
+
+        indices = [int(i) for i in indices]
+        ascending = all(a < b for a, b in zip(indices, indices[1:], strict=False))
+        if not ascending or (indices and not 0 <= indices[0] <= indices[-1] < fed):
+            raise DrafterError(f"keep_fed needs ascending indices inside the {fed} fed tokens, got {indices}")
+        kept = len(indices)
+        if indices == list(range(kept)):
+            self._cache.crop(kept - fed)
+        else:
+            index = torch.tensor(indices)
+            for layer in self._cache.layers:
+                if not isinstance(layer, DynamicLayer):
+                    raise DrafterError(
+                        f"tree verification gathers the cache per layer, which {type(layer).__name__} does not "
+                        f"support: use a DynamicCache (the engine's default)"
+                    )
+                base = layer.keys.shape[-2] - fed
+                # In place and then a view: only the fed tail is copied, never the whole cache.
+                layer.keys[..., base : base + kept, :] = layer.keys.index_select(-2, index + base)
+                layer.values[..., base : base + kept, :] = layer.values.index_select(-2, index + base)
+                layer.keys = layer.keys[..., : base + kept, :]
+                layer.values = layer.values[..., : base + kept, :]
+                if hasattr(layer, "cumulative_length"):
+                    layer.cumulative_length -= fed - kept
+        start = self.length - kept
+        for states in self._states.values():
+            if len(states) >= start + fed:
+                states[start : start + kept] = [states[start + i] for i in indices]
+                del states[start + kept :]
 
     def record(self, hidden_states: Sequence[torch.Tensor], start: int) -> None:
         """Keep the wanted layers of one forward's ``hidden_states``, whose first fed token sat at ``start``."""
@@ -252,6 +326,51 @@ class TargetCacheView:
                 states.extend([None] * (end - len(states)))
             for offset in range(hidden.shape[1]):
                 states[start + offset] = hidden[:, offset : offset + 1].detach()
+
+
+def tree_attention(model: Any, cache: Any, parents: Sequence[int]) -> tuple[torch.Tensor, Any]:
+    """Position ids and 4D attention mask for feeding one token plus a draft tree after ``cache``.
+
+    The fed tokens are the last context token (depth 0) and the tree's nodes; node ``i``
+    (fed at index ``i + 1``) sits at position ``cache length + depth`` and attends to the
+    cached positions and to its ancestors and itself, so no row is ever fully masked. A
+    sliding-window layer sees only cached keys inside its window, exactly as the model's
+    own masks do (``key position > query position - window``). Layers of one kind share a
+    mask; a cache mixing full and sliding layers gets a mask per layer type, keyed as
+    transformers' models key them (``full_attention``, ``sliding_attention``).
+    """
+    import torch
+
+    past = int(cache.get_seq_length())
+    fed = len(parents) + 1
+    depth = [0]
+    for parent in parents:
+        depth.append(depth[parent + 1] + 1)
+    visible = torch.eye(fed, dtype=torch.bool)
+    for node, parent in enumerate(parents, start=1):
+        visible[node] |= visible[parent + 1]
+    positions = torch.tensor(depth) + past
+    masks: dict[str, torch.Tensor] = {}
+    for layer in cache.layers:
+        sliding = bool(getattr(layer, "is_sliding", False))
+        kind = "sliding_attention" if sliding else "full_attention"
+        if kind in masks:
+            continue
+        if sliding:
+            window = int(layer.sliding_window)
+            held = min(past, window - 1)
+            key_positions = torch.arange(past - held, past)
+            cached = key_positions[None, :] > positions[:, None] - window
+        else:
+            cached = torch.ones(fed, past, dtype=torch.bool)
+        masks[kind] = torch.cat([cached, visible], dim=1)[None, None]
+    dtype = model.dtype
+    if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+        # Eager attention adds the mask to the scores: True -> 0, False -> the dtype's minimum.
+        low = torch.finfo(dtype).min
+        masks = {k: torch.zeros(m.shape, dtype=dtype).masked_fill(~m, low) for k, m in masks.items()}
+    mask: Any = next(iter(masks.values())) if len(masks) == 1 else masks
+    return positions[None], mask
 
 
 @dataclass
