@@ -330,3 +330,29 @@ def test_kinds_and_train_heads_end_to_end(tiny, tmp_path):
     assert result.seconds > 0 and result.data_seconds > 0
     loaded = load_medusa_heads(model, result.folder)
     assert [row[0] for row in loaded.rank_accuracy] == result.top1
+
+
+def test_after_tree_steps_the_drafter_reads_the_accepted_paths_state():
+    # The state at n-2 must be what a plain forward of the context computes there, also after
+    # the engine verified a tree and gathered the accepted path's cache and recorded states.
+    model, tokenizer = tiny_target("llama")
+    layer = model.config.num_hidden_layers
+    drafter = MedusaDrafter(heads=random_heads(model, scale=0.05))
+    propose = drafter.propose
+    checked = []
+
+    def checking(context_ids, k):
+        state = drafter.context.cache.hidden_states(layer, len(context_ids) - 2, len(context_ids) - 1)
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([list(context_ids[:-1])]), output_hidden_states=True)
+        torch.testing.assert_close(state[0, -1], out.hidden_states[layer][0, -1], atol=1e-4, rtol=1e-4)
+        draft = propose(context_ids, k)
+        checked.append(draft.is_tree)
+        return draft
+
+    drafter.propose = checking
+    input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
+    result = SpeculativeDecoder(model, drafter, "constant:k=6").generate(input_ids, 24)
+    assert result.tokens == greedy_reference(model, input_ids, 24)
+    assert len(checked) > 3 and all(checked[:-1])
+    assert result.stats.drafters["medusa"].accepted > 0
