@@ -323,6 +323,7 @@ def test_kinds_and_train_heads_end_to_end(tiny, tmp_path):
         new_tokens=10,
         holdout=3,
         config=TrainConfig(epochs=2, batch_size=4, lr=1e-2),
+        teacher_top_k=1,
         texts=TEXTS,
         progress=False,
     )

@@ -41,8 +41,17 @@ class HeadKind(click.Choice):
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--max-minutes", default=20.0, show_default=True, type=float, help="Stop training after this.")
+@click.option(
+    "--teacher-top-k",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Distil each head to the target's top-k distribution of its token; 1 trains on the target's token alone.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-def train_heads(model_name, kind, heads, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, seed):
+def train_heads(
+    model_name, kind, heads, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, teacher_top_k, seed
+):
     """Train draft heads by self-distillation and report each head's held-out accuracy."""
     from crossedge.core import load_model
 
@@ -62,6 +71,7 @@ def train_heads(model_name, kind, heads, out, prompts, prompt_tokens, new_tokens
         new_tokens=new_tokens,
         holdout=max(4, prompts // 6),
         config=TrainConfig(epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes),
+        teacher_top_k=teacher_top_k,
     )
     rows = [
         {

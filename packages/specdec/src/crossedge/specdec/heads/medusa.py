@@ -278,20 +278,23 @@ def train_medusa(
     holdout: int = 16,
     config: TrainConfig | None = None,
     top_k: int = 5,
+    teacher_top_k: int = 32,
     texts: list[str] | None = None,
     progress: bool = True,
 ) -> HeadsTrainResult:
     """Self-distil Medusa heads from the model's own greedy continuations of prompts cut from ``texts``; save them.
 
     ``texts`` defaults to the bundled corpora; ``out`` defaults to the folder beside the
-    model cache where the ``medusa`` drafter looks.
+    model cache where the ``medusa`` drafter looks. Each head learns the target's top
+    ``teacher_top_k`` distribution of its token, renormalised; ``teacher_top_k=1`` is
+    plain cross-entropy on the target's own token.
     """
     folder = Path(out) if out is not None else default_medusa_folder(model_name)
     claim_folder(folder, _written_medusa, what="Medusa heads", error=HeadsError)  # refuse before hours of work
     began = time.perf_counter()
     prompt_ids = training_prompts(tokenizer, texts if texts is not None else corpus_texts(), prompts, prompt_tokens)
     sequences = self_generated_sequences(model, prompt_ids, new_tokens, progress=progress)
-    data = collect_head_data(model, sequences, progress=progress)
+    data = collect_head_data(model, sequences, top_k=teacher_top_k, progress=progress)
     train, held = data.split(holdout)
     data_seconds = time.perf_counter() - began
     # Position prompt_len - 1 is the first whose next token the target generated itself.
