@@ -277,3 +277,19 @@ def test_policies_command_lists_builtins(run):
     assert result.exit_code == 0
     for name in ("constant", "heuristic", "cost-aware"):
         assert name in result.output
+
+
+def test_train_heads_trains_saves_and_refuses_what_it_must(run, tiny_folder, tmp_path):
+    out = tmp_path / "heads"
+    train = ["specdec", "train-heads", "--model", tiny_folder, "--heads", "2", "--out", str(out)]
+    small = ["--prompts", "8", "--prompt-tokens", "8", "--new-tokens", "8", "--epochs", "1"]
+    result = run(*train, *small)
+    assert result.exit_code == 0, result.output
+    assert "top1" in result.output and "+3" in result.output and str(out) in result.output
+    assert (out / "medusa_heads.safetensors").is_file()
+    refused = run("specdec", "train-heads", "--model", tiny_folder, "--kind", "clover")
+    assert refused.exit_code == 2 and "'clover' heads are not built yet; choose from: medusa" in refused.output
+    (out / "mine.txt").write_text("keep")
+    refused = run(*train, *small)
+    assert refused.exit_code == 1 and "mine.txt that crossedge did not write" in refused.output
+    assert "Traceback" not in refused.output

@@ -132,3 +132,19 @@ def test_expected_accepted_length():
     assert expected_accepted_length(0.0, 4) == 1.0
     assert expected_accepted_length(1.0, 4) == 5.0
     assert expected_accepted_length(0.5, 2) == pytest.approx(1.75)
+
+
+def test_save_refuses_a_folder_with_foreign_files_and_replaces_its_own(tiny, tmp_path):
+    model, _ = tiny
+    head = ExitHead(model, 1).eval()
+    folder = save_exit_head(head, tmp_path / "head", model_name="tiny")
+    save_exit_head(head, folder, model_name="tiny")  # a head crossedge wrote may be replaced
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ExitHeadError, match="notes.txt that crossedge did not write"):
+        save_exit_head(head, folder, model_name="tiny")
+    assert (folder / "notes.txt").read_text() == "mine"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "exit_head.json").write_text("{}")
+    with pytest.raises(ExitHeadError, match="exit_head.json that crossedge did not write"):
+        save_exit_head(head, foreign, model_name="tiny")

@@ -95,3 +95,18 @@ def test_early_exit_drafting_is_greedy_identical_on_smollm2(smollm2_reference):
     assert result.tokens == reference
     stats = result.stats.drafters["early-exit"]
     assert stats.accepted == stats.drafted > 0
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("tree", ["sparse", "chain"])
+def test_medusa_drafting_is_greedy_identical_on_smollm2(smollm2_reference, tmp_path, tree):
+    from crossedge.specdec.heads.drafter import MedusaDrafter
+    from crossedge.specdec.heads.medusa import MedusaHeads, save_medusa_heads
+
+    model, input_ids, reference = smollm2_reference
+    # Untrained heads guess what the LM head guesses from h[n-2]: drafts that are sometimes right.
+    folder = save_medusa_heads(MedusaHeads(model, 3), tmp_path / "heads", model_name="smollm2-135m")
+    drafter = MedusaDrafter(heads=str(folder), tree=tree)
+    result = SpeculativeDecoder(model, drafter, "constant:k=8").generate(input_ids, 32)
+    assert result.tokens == reference
+    assert result.stats.drafters["medusa"].drafted > 0

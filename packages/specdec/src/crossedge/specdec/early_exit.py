@@ -21,12 +21,12 @@ import torch
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter
 
 from .errors import SpecdecError
-from .exit_head import ExitHead, ExitHeadError, decoder_parts, default_head_folder, load_exit_head
+from .exit_head import ExitHead, ExitHeadError, decoder_parts, default_head_folder, load_exit_head, target_name
 
 
 def find_head_folder(target: Any, exit_layer: int | None) -> Path:
     """The trained head for ``target`` in the cache: the given exit layer, or the only one trained."""
-    name = Path(str(getattr(target, "name_or_path", "") or "model")).name
+    name = target_name(target)
     if exit_layer is not None:
         return default_head_folder(name, exit_layer)
     parent = default_head_folder(name, 1).parent

@@ -20,7 +20,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,11 +164,9 @@ def collect_exit_data(
     top_ids, top_probs = [], []
     try:
         for start in progress_bar(range(0, sequences.shape[0], batch_size), desc="teacher pass", enabled=progress):
-            batch = sequences[start : start + batch_size]
-            logits = model(input_ids=batch).logits.float()
-            probs, ids = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+            ids, probs = teacher_targets(model(input_ids=sequences[start : start + batch_size]).logits, top_k)
             top_ids.append(ids)
-            top_probs.append(probs / probs.sum(-1, keepdim=True))
+            top_probs.append(probs)
     finally:
         for handle in handles:
             handle.remove()
@@ -229,6 +227,12 @@ def training_prompts(
     return torch.tensor([prefix + pieces[i] + suffix for i in order.tolist()])
 
 
+def teacher_targets(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, probabilities) of the teacher's ``top_k`` tokens at every position, renormalised to sum to one."""
+    probs, ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
+    return ids, probs / probs.sum(-1, keepdim=True)
+
+
 def distillation_loss(logits: torch.Tensor, top_ids: torch.Tensor, top_probs: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the head's distribution against the teacher's renormalised top-k."""
     log_q = torch.log_softmax(logits.float(), dim=-1)
@@ -264,6 +268,54 @@ def _positions(length: int, rows: int) -> torch.Tensor:
     return torch.arange(length).unsqueeze(0).expand(rows, -1)
 
 
+def optimize(
+    model: nn.Module,
+    trainable: nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    rows: int,
+    config: TrainConfig,
+    *,
+    desc: str,
+    progress: bool = True,
+) -> list[float]:
+    """AdamW over ``trainable``'s weights with the target ``model`` frozen; returns the loss of every step.
+
+    ``loss_of(idx)`` computes the loss of the training rows ``idx``; each epoch visits the
+    ``rows`` in a seeded random order, in batches of ``config.batch_size``, with a linearly
+    decaying learning rate, until the epochs or ``config.max_minutes`` run out. ``trainable``
+    is left in eval mode.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_total = config.epochs * math.ceil(rows / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, steps_total))
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[float] = []
+    deadline = time.perf_counter() + config.max_minutes * 60
+    trainable.train()
+    bar = progress_bar(None, desc=desc, total=steps_total, enabled=progress)
+    for _epoch in range(config.epochs):
+        if time.perf_counter() > deadline:
+            break
+        order = torch.randperm(rows, generator=generator)
+        for b in range(0, rows, config.batch_size):
+            loss = loss_of(order[b : b + config.batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            history.append(loss.item())
+            bar.update(1)
+            if time.perf_counter() > deadline:
+                break
+    bar.close()
+    trainable.eval()
+    return history
+
+
 def train_exit_head(
     model: nn.Module,
     data: ExitData,
@@ -279,39 +331,15 @@ def train_exit_head(
         raise ExitHeadError(f"no hidden states were collected for exit layer {exit_layer}")
     torch.manual_seed(config.seed)
     head = ExitHead(model, exit_layer)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for p in head.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     n, length = data.input_ids.shape
-    steps_total = config.epochs * math.ceil(n / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, steps_total))
-    generator = torch.Generator().manual_seed(config.seed)
-    history: list[float] = []
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        # Position t's target is the full model's distribution of token t+1, defined at every position.
+        logits = head(data.hidden[exit_layer][idx], data.input_ids[idx], _positions(length, len(idx)))
+        return distillation_loss(logits, data.top_ids[idx], data.top_probs[idx])
+
     start = time.perf_counter()
-    deadline = start + config.max_minutes * 60
-    head.train()
-    bar = progress_bar(None, desc=f"exit head @ layer {exit_layer}", total=steps_total, enabled=progress)
-    for _epoch in range(config.epochs):
-        if time.perf_counter() > deadline:
-            break
-        order = torch.randperm(n, generator=generator)
-        for b in range(0, n, config.batch_size):
-            idx = order[b : b + config.batch_size]
-            # Position t's target is the full model's distribution of token t+1, defined at every position.
-            logits = head(data.hidden[exit_layer][idx], data.input_ids[idx], _positions(length, len(idx)))
-            loss = distillation_loss(logits, data.top_ids[idx], data.top_probs[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            history.append(loss.item())
-            bar.update(1)
-            if time.perf_counter() > deadline:
-                break
-    bar.close()
-    head.eval()
+    history = optimize(model, head, loss_of, n, config, desc=f"exit head @ layer {exit_layer}", progress=progress)
     evaluation = heldout if heldout is not None else data
     result = TrainResult(
         exit_layer=exit_layer,
@@ -352,14 +380,57 @@ def expected_accepted_length(agreement: float, k: int) -> float:
     return 1.0 + sum(agreement**i for i in range(1, k + 1))
 
 
+def safetensors_marker(path: Path) -> str | None:
+    """The ``crossedge`` entry of a safetensors file's metadata (what wrote it), or ``None`` when unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("crossedge")
+    except (OSError, SafetensorError):
+        return None
+
+
+def claim_folder(
+    folder: Path | str, ours: Callable[[Path], bool], *, what: str, error: type[CrossedgeError] = ExitHeadError
+) -> Path:
+    """``folder``, created if needed, once it is clear that writing there replaces only files crossedge wrote.
+
+    ``ours(path)`` says whether an existing entry is one this writer created; a folder
+    holding anything else is refused, so files crossedge did not create are never replaced.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{folder} is a file, not a folder; choose a folder for the {what}")
+    foreign = sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else []
+    if foreign:
+        raise error(
+            f"{folder} holds {', '.join(foreign)} that crossedge did not write; it never writes over files it did "
+            f"not create: choose a new or empty folder for the {what}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _written_exit_head(path: Path) -> bool:
+    if path.name == WEIGHTS_NAME:
+        return safetensors_marker(path) == "exit-head"
+    if path.name == META_NAME:
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and "exit_layer" in meta and "format_version" in meta
+    return False
+
+
 def save_exit_head(head: ExitHead, folder: Path | str, *, model_name: str, result: TrainResult | None = None) -> Path:
-    """Write the head's weights (safetensors) and a versioned JSON description."""
+    """Write the head's weights (safetensors) and a versioned JSON description, into a folder holding nothing else."""
     from safetensors.torch import save
 
     from crossedge.core.cache import atomic_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = claim_folder(folder, _written_exit_head, what="exit head")
     state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     with atomic_file(folder / WEIGHTS_NAME) as out:
         out.write(save(state, metadata={"format": "pt", "crossedge": "exit-head"}))
@@ -419,12 +490,21 @@ def load_exit_head(model: nn.Module, folder: Path | str) -> ExitHead:
     return head
 
 
-def default_head_folder(model_name: str, exit_layer: int) -> Path:
-    """Where ``train-exit`` puts a head when no ``--out`` is given: beside the model cache."""
+def model_folder(kind: str, model_name: str) -> Path:
+    """``<cache>/<kind>/<model>``: where trained heads of one kind live for one model, beside the model cache."""
     from crossedge.core.cache import cache_dir
 
-    safe = model_name.replace("/", "--")
-    return cache_dir() / "exit-heads" / safe / f"layer-{exit_layer}"
+    return cache_dir() / kind / model_name.replace("/", "--")
+
+
+def target_name(target: Any) -> str:
+    """The name a loaded target is cached under (the last part of its ``name_or_path``)."""
+    return Path(str(getattr(target, "name_or_path", "") or "model")).name
+
+
+def default_head_folder(model_name: str, exit_layer: int) -> Path:
+    """Where ``train-exit`` puts a head when no ``--out`` is given: beside the model cache."""
+    return model_folder("exit-heads", model_name) / f"layer-{exit_layer}"
 
 
 def corpus_texts(names: Sequence[str] = ("pydoc-topics", "common-licenses")) -> list[str]:

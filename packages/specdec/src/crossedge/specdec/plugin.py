@@ -17,6 +17,7 @@ def register_drafters(register):
     register(
         "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
     )
+    register("crossedge.specdec.heads.drafter:MedusaDrafter", name="medusa")
 
 
 @hookimpl
@@ -35,6 +36,8 @@ def register_benchmarks(register):
 def register_commands(cli):
     from .cli import specdec
     from .exit_cli import train_exit
+    from .heads_cli import train_heads
 
     specdec.add_command(train_exit)
+    specdec.add_command(train_heads)
     cli.add_command(specdec)

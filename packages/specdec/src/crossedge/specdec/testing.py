@@ -107,14 +107,32 @@ class DrafterConformance(CoreDrafterConformance):
         return run
 
     def test_stats_account_for_every_draft(self, target: Any) -> None:
-        """The engine's per-drafter statistics add up to its per-position ones."""
+        """The engine's per-drafter statistics add up to its per-position ones.
+
+        Per-position counts are per depth, so a token tree adds its depth there and its
+        node count to the drafter's ``drafted``; for chains the two are equal.
+        """
         model, tokenizer = target
         input_ids = tokenizer(CONFORMANCE_PROMPTS[0], return_tensors="pt").input_ids
-        decoder = SpeculativeDecoder(model, self._chain(model), ConstantPolicy(k=4), tokenizer=tokenizer)
+        chain = self._chain(model)
+        trees: list[bool] = []
+        for drafter in chain:
+            propose = drafter.propose
+
+            def noting_trees(context_ids: Any, k: int, propose: Any = propose) -> Any:
+                draft = propose(context_ids, k)
+                trees.append(draft.is_tree)
+                return draft
+
+            drafter.propose = noting_trees
+        decoder = SpeculativeDecoder(model, chain, ConstantPolicy(k=4), tokenizer=tokenizer)
         stats = decoder.generate(input_ids, self.max_new_tokens).stats
         drafted = sum(s.drafted for s in stats.drafters.values())
         accepted = sum(s.accepted for s in stats.drafters.values())
-        assert drafted == sum(stats.drafted_at)
+        if any(trees):
+            assert sum(stats.drafted_at) <= drafted
+        else:
+            assert drafted == sum(stats.drafted_at)
         assert accepted == sum(stats.accepted_at)
         # Every forward after the first yields accepted drafts plus exactly one target token.
         assert stats.new_tokens <= stats.target_forwards + accepted

@@ -1,0 +1,90 @@
+"""``crossedge specdec train-heads``: self-distil draft heads (Medusa so far) for a target model."""
+
+from __future__ import annotations
+
+import click
+
+from crossedge.core.bench import format_table
+
+from .heads import HEAD_KINDS, PLANNED_KINDS
+
+
+class HeadKind(click.Choice):
+    """The built head kinds; a kind that is planned but not built is refused as such, in one line."""
+
+    def convert(self, value, param, ctx):
+        if value in PLANNED_KINDS:
+            self.fail(f"{value!r} heads are not built yet; choose from: {', '.join(self.choices)}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+@click.command(name="train-heads")
+@click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
+@click.option("--kind", type=HeadKind(HEAD_KINDS), default=HEAD_KINDS[0], show_default=True, help="Kind of heads.")
+@click.option("--heads", default=3, show_default=True, type=click.IntRange(min=1), help="Heads (draft depth).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the heads (default: beside the model cache, where the drafter looks); never one holding "
+    "files crossedge did not write.",
+)
+@click.option(
+    "--prompts",
+    default=96,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
+)
+@click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--max-minutes", default=20.0, show_default=True, type=float, help="Stop training after this.")
+@click.option(
+    "--teacher-top-k",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Distil each head to the target's top-k distribution of its token; 1 trains on the target's token alone.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+def train_heads(
+    model_name, kind, heads, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, teacher_top_k, seed
+):
+    """Train draft heads by self-distillation and report each head's held-out accuracy."""
+    from crossedge.core import load_model
+
+    from .exit_head import TrainConfig
+    from .heads import train_heads as train
+
+    loaded = load_model(model_name)
+    result = train(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.source.name,
+        kind,
+        heads=heads,
+        out=out,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        holdout=max(4, prompts // 6),
+        config=TrainConfig(epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes),
+        teacher_top_k=teacher_top_k,
+    )
+    rows = [
+        {
+            "head": k,
+            "offset": f"+{k + 2}",
+            "top1_untrained": result.untrained_top1[k],
+            "top1": result.top1[k],
+            f"top{result.top_k}": result.topk[k],
+        }
+        for k in range(result.heads)
+    ]
+    click.echo(format_table(rows, list(rows[0])))
+    click.echo(
+        f"{result.kind} heads: {result.steps} steps in {result.seconds:.1f} s (data {result.data_seconds:.1f} s), "
+        f"final loss {result.final_loss:.3f}; saved in {result.folder}"
+    )
