@@ -26,6 +26,7 @@ from crossedge.core.bench import (
 from .drafters import DraftModelDrafter
 from .engine import SpeculativeDecoder
 from .errors import SpecdecError
+from .llamacpp import baseline_of
 from .suite import SuitePrompt
 
 BASELINE = "vanilla"
@@ -142,8 +143,10 @@ def build_methods(
     tokenizer: Any = None,
     prompt_lookup_tokens: int = 10,
     notes: list[str] | None = None,
+    compare_llamacpp: str | None = None,
+    threads: int = 2,
 ) -> dict[str, Method]:
-    """The baseline, one method per drafter spec, and transformers' methods when asked."""
+    """The baseline, one method per drafter spec, and transformers' and llama.cpp's methods when asked."""
     vanilla = SpeculativeDecoder(model, None)
     methods: dict[str, Method] = {BASELINE: decoder_method(vanilla)}
     draft_model = hf_assistant
@@ -165,6 +168,12 @@ def build_methods(
             methods["hf-assisted"] = hf_method(model, eos, assistant_model=draft_model)
         elif notes is not None:
             notes.append("hf-assisted skipped: no draft model (use a draft-model drafter or --hf-assistant NAME)")
+    if compare_llamacpp:
+        from .llamacpp import llamacpp_methods
+
+        methods.update(
+            llamacpp_methods(compare_llamacpp, threads=threads, eos=vanilla.eos, notes=[] if notes is None else notes)
+        )
     return methods
 
 
@@ -204,8 +213,8 @@ def run_benchmark(
                     entry["forwards"] += outcome.forwards
             answer = tokenizer.decode(totals[BASELINE]["tokens"][-1], skip_special_tokens=True)
             history.append({"role": "assistant", "content": answer})
-        baseline_tokens = totals[BASELINE]["tokens"]
         for name, entry in totals.items():
+            baseline_tokens = totals[baseline_of(name, BASELINE)]["tokens"]
             new_tokens = sum(len(t) for t in entry["tokens"])
             seconds = sum(entry["turn_seconds"])
             runs.append(
