@@ -410,3 +410,20 @@ def test_sampling_with_a_tree_drafter_runs_and_is_seeded(llama):
     ]
     assert runs[0].tokens == runs[1].tokens
     assert len(runs[0].tokens) == 20 or runs[0].stats.stop_reason == "eos"
+
+
+def test_cost_aware_sizes_a_scored_draft_from_t_of_n_and_rescales_the_scores():
+    policy = CostAwarePolicy(max_k=8, calibrate=False)
+    for n, seconds in {0: 1.0, 1: 1.1, 2: 1.2, 3: 1.3, 4: 1.4, 5: 2.0, 6: 2.1, 7: 2.2, 8: 2.3}.items():
+        policy.observe_verification(n, seconds)
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.05, 0.04, 0.03]
+    # (1 + 3.0) / 1.4 at four nodes beats every other count; a fifth node costs a jump in t(n).
+    assert policy.choose_nodes("medusa", "", scores, 8) == 4
+    assert policy.choose_nodes("medusa", "", scores, 2) == 2
+    # A drafter whose scores promise far more than verification accepts gets smaller drafts.
+    for _ in range(40):
+        policy.observe_nodes("medusa", "", scores[:4], 0)
+    assert policy.score_scale[("medusa", "")] < 0.1
+    assert policy.choose_nodes("medusa", "", scores, 8) < 4
+    # The default policy contract ignores scores.
+    assert ConstantPolicy(k=3).choose_nodes("medusa", "", scores, 8) == 3

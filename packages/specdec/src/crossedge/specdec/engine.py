@@ -347,7 +347,11 @@ class SpeculativeDecoder:
             if drafter.cheap:
                 cap = min(budget, policy.max_k)
                 proposal = drafter.propose(context, cap)
-                k = policy.choose(drafter.name, proposal.bucket, min(len(proposal), cap))
+                room = min(len(proposal), cap)
+                if proposal.scores is not None:
+                    k = policy.choose_nodes(drafter.name, proposal.bucket, proposal.scores[:room], room)
+                else:
+                    k = policy.choose(drafter.name, proposal.bucket, room)
                 proposal = proposal.truncated(k)
             else:
                 k = policy.choose(drafter.name, "", budget)
@@ -397,6 +401,8 @@ class SpeculativeDecoder:
         if k:
             stats.record(drafter.name, k, accepted)
             self.policy.observe_acceptance(drafter.name, draft.bucket, k, accepted)
+            if draft.scores is not None:
+                self.policy.observe_nodes(drafter.name, draft.bucket, draft.scores, accepted)
             drafter.feedback(accepted)
         return [*drafted[:accepted], next_token]
 
@@ -428,5 +434,7 @@ class SpeculativeDecoder:
         depth = max(draft.depths())
         stats.record(drafter.name, nodes, len(path), depth=depth)
         self.policy.observe_acceptance(drafter.name, draft.bucket, depth, len(path))
+        if draft.scores is not None:
+            self.policy.observe_nodes(drafter.name, draft.bucket, draft.scores, len(path))
         drafter.feedback(len(path))
         return [*(tokens[node] for node in path), next_token]

@@ -13,7 +13,7 @@ built-ins included (see :mod:`crossedge.specdec.plugin`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from crossedge.core.contracts.policy import DraftLengthPolicy
@@ -197,6 +197,10 @@ class CostAwarePolicy(DraftLengthPolicy):
         # drafting never pays costs almost nothing; an accepted probe resets the wait.
         self.probe_interval: dict[tuple[str, str], int] = {}
         self.probing: set[tuple[str, str]] = set()
+        #: Per drafter and bucket: how the drafter's node scores compare with what was accepted.
+        self.node_totals: dict[tuple[str, str], tuple[float, float]] = {}
+        self.score_scale: dict[tuple[str, str], float] = {}
+        self.decay = 0.98
 
     def _model(self, drafter: str, bucket: str) -> AcceptanceModel:
         key = (drafter, bucket)
@@ -232,6 +236,33 @@ class CostAwarePolicy(DraftLengthPolicy):
         else:
             self.zero_streak[key] = 0
         return best_k
+
+    def choose_nodes(self, drafter: str, bucket: str, scores: Sequence[float], max_k: int) -> int:
+        """The node count maximising expected tokens per second of verification.
+
+        A node's score is the drafter's estimate that its whole path is accepted, and nodes
+        at one depth exclude each other, so ``n`` nodes are expected to yield ``1 + c * sum``
+        of their scores (the target's own token included); ``c`` rescales the drafter's
+        estimates by what verification actually accepted (:meth:`observe_nodes`). Drafting
+        is already paid for when this is asked, so only the measured t(n) counts.
+        """
+        scale = self.score_scale.get((drafter, bucket), 1.0)
+        best_n, best = 0, 1.0 / self.cost(0)
+        expected = 1.0
+        for n, score in enumerate(scores[: min(max_k, self.max_k)], start=1):
+            expected += scale * max(0.0, float(score))
+            value = expected / self.cost(n)
+            if value > best:
+                best_n, best = n, value
+        return best_n
+
+    def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
+        predicted, actual = self.node_totals.get((drafter, bucket), (0.0, 0.0))
+        # Forgetting as the acceptance model does, starting from one pseudo-draft at scale 1.
+        predicted = self.decay * predicted + sum(max(0.0, float(s)) for s in scores)
+        actual = self.decay * actual + accepted
+        self.node_totals[(drafter, bucket)] = (predicted, actual)
+        self.score_scale[(drafter, bucket)] = (actual + 1.0) / (predicted + 1.0)
 
     def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
         key = (drafter, bucket)
@@ -280,6 +311,7 @@ class CostAwarePolicy(DraftLengthPolicy):
                 f"{d}/{b}" if b else d: [round(m.rate(i), 3) for i in range(1, 6)]
                 for (d, b), m in sorted(self.acceptance.items())
             },
+            "score_scale": {f"{d}/{b}" if b else d: round(v, 3) for (d, b), v in sorted(self.score_scale.items())},
         }
 
 

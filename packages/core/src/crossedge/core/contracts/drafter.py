@@ -72,8 +72,15 @@ class Draft:
     #: buckets); policies keep acceptance statistics per bucket.
     bucket: str = ""
     parents: list[int] | None = None
+    #: The drafter's estimate of each node's chance of being accepted (a tree node's: of its whole
+    #: path), or ``None``; the cost-aware policy sizes the draft from it and rescales it online.
+    scores: list[float] | None = None
 
     def __post_init__(self) -> None:
+        if self.scores is not None and len(self.scores) != len(self.tokens):
+            raise DrafterError(
+                f"a draft has {len(self.tokens)} tokens but {len(self.scores)} scores: give one score per token"
+            )
         if self.parents is None:
             return
         if len(self.parents) != len(self.tokens):
@@ -143,7 +150,8 @@ class Draft:
         """The first ``k`` nodes of this draft (a chain's first ``k`` tokens)."""
         probs = None if self.probs is None else self.probs[:k]
         parents = None if self.parents is None else self.parents[:k]
-        return Draft(self.tokens[:k], probs, self.bucket, parents)
+        scores = None if self.scores is None else self.scores[:k]
+        return Draft(self.tokens[:k], probs, self.bucket, parents, scores)
 
 
 class Sampler:

@@ -9,7 +9,7 @@ around every ``propose`` call). A policy keeps what it learned across generation
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 
@@ -24,6 +24,16 @@ class DraftLengthPolicy:
     def choose(self, drafter: str, bucket: str, max_k: int) -> int:
         """How many tokens (0..max_k) of drafter ``drafter`` to verify next."""
         raise NotImplementedError
+
+    def choose_nodes(self, drafter: str, bucket: str, scores: Sequence[float], max_k: int) -> int:
+        """How many nodes (0..max_k) of a proposal to verify, given the drafter's ``scores``: its
+        estimate of each node's chance of being accepted, in proposal order (a tree's best-first
+        nodes, or a chain's positions). Called for cheap drafters whose drafts carry scores; the
+        default ignores the scores and asks :meth:`choose`."""
+        return self.choose(drafter, bucket, max_k)
+
+    def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
+        """A draft whose verified nodes had ``scores`` had ``accepted`` tokens accepted."""
 
     def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
         """``accepted`` of ``drafted`` tokens survived verification."""

@@ -26,7 +26,7 @@ from ..errors import SpecdecError
 from ..exit_head import target_name
 from . import HeadsError
 from .medusa import MedusaHeads, default_medusa_folder, load_medusa_heads
-from .tree import chain, sparse_tree, tree_parents
+from .tree import chain, path_score, sparse_tree, tree_parents
 
 TREES = ("sparse", "chain")
 #: The most nodes a tree is built for; the engine's policy asks for fewer.
@@ -39,6 +39,9 @@ class MedusaDrafter(Drafter):
     name = "medusa"
     description = "a token tree from trained Medusa heads on the target's last hidden state (heads=DIR, top_k, tree)"
     provides_probs = True
+    #: The heads run once per proposal whatever its size, so the engine asks for the largest tree
+    #: and the policy cuts it, knowing each node's estimated acceptance (``Draft.scores``).
+    cheap = True
 
     def __init__(self, heads: str | Path | MedusaHeads | None = None, top_k: int | None = None, tree: str = "sparse"):
         if tree not in TREES:
@@ -51,6 +54,7 @@ class MedusaDrafter(Drafter):
         self.tree = tree
         self.target: Any = None
         self.paths: list[tuple[int, ...]] = []
+        self.scores: dict[tuple[int, ...], float] = {}
 
     def _attach(self, target: Any) -> None:
         """Load (or check) the heads for ``target`` and build the tree; once per target."""
@@ -73,6 +77,7 @@ class MedusaDrafter(Drafter):
             self.paths = chain(heads.heads)
         else:
             self.paths = sparse_tree(heads.rank_accuracy, MAX_NODES, max_rank=self.top_k)
+        self.scores = {path: path_score(heads.rank_accuracy, path) for path in self.paths}
         self.heads, self.target = heads, target
 
     # -- drafter contract ---------------------------------------------------
@@ -107,7 +112,8 @@ class MedusaDrafter(Drafter):
         parents = None if self.tree == "chain" else tree_parents(paths)
         if self.sampler.greedy:
             guesses = logits.topk(1 + max(path[-1] for path in paths), dim=-1).indices
-            return Draft([int(guesses[len(path) - 1, path[-1]]) for path in paths], None, self.tree, parents)
+            tokens = [int(guesses[len(path) - 1, path[-1]]) for path in paths]
+            return Draft(tokens, None, self.tree, parents, [self.scores[path] for path in paths])
         return self._sampled(logits, paths, parents)
 
     def _sampled(self, logits: torch.Tensor, paths: list[tuple[int, ...]], parents: list[int] | None) -> Draft:
@@ -120,4 +126,5 @@ class MedusaDrafter(Drafter):
             draws = torch.multinomial(q[head], len(at), replacement=True, generator=self.sampler.generator)
             for i, token in zip(at, draws.tolist(), strict=True):
                 tokens[i] = int(token)
+        # Sampled nodes are not rank guesses: the policy sizes them from per-depth acceptance instead.
         return Draft(tokens, q[depths], self.tree, parents)

@@ -41,6 +41,15 @@ def sparse_tree(rank_accuracy: Sequence[Sequence[float]], nodes: int, *, max_ran
     return tree
 
 
+def path_score(rank_accuracy: Sequence[Sequence[float]], path: Path) -> float:
+    """A node's estimated chance of acceptance: the product of its ranks' measured accuracies."""
+    score = 1.0
+    for depth, rank in enumerate(path):
+        row = rank_accuracy[depth]
+        score *= float(row[rank]) if rank < len(row) else 0.0
+    return score
+
+
 def chain(depth: int) -> list[Path]:
     """The top-1 guess at every position: a chain of ``depth`` nodes."""
     return [(0,) * d for d in range(1, depth + 1)]
