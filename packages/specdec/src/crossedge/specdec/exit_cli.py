@@ -7,6 +7,39 @@ import click
 from crossedge.core.bench import format_table
 
 
+def distillation_options(what: str, *, lr: float, minutes: str):
+    """The output, data and training options every self-distillation command shares."""
+    options = [
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            default=None,
+            help=f"Folder for {what} (default: beside the model cache, where the drafter looks); never one holding "
+            "files crossedge did not write.",
+        ),
+        click.option(
+            "--prompts",
+            default=96,
+            show_default=True,
+            type=click.IntRange(min=8),
+            help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
+        ),
+        click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8)),
+        click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8)),
+        click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1)),
+        click.option("--lr", default=lr, show_default=True, type=float),
+        click.option("--max-minutes", default=20.0, show_default=True, type=float, help=minutes),
+        click.option("--seed", default=0, show_default=True, type=int),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.command(name="train-exit")
 @click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
 @click.option(
@@ -17,27 +50,7 @@ from crossedge.core.bench import format_table
     required=True,
     help="Exit after this many layers; repeat to train several heads on shared data.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for the head (default: beside the model cache, where the drafter looks).",
-)
-@click.option(
-    "--prompts",
-    default=96,
-    show_default=True,
-    type=click.IntRange(min=8),
-    help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
-)
-@click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8))
-@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8))
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=5e-4, show_default=True, type=float)
-@click.option(
-    "--max-minutes", default=20.0, show_default=True, type=float, help="Stop each head's training after this."
-)
-@click.option("--seed", default=0, show_default=True, type=int)
+@distillation_options("the head", lr=5e-4, minutes="Stop each head's training after this.")
 def train_exit(model_name, exit_layers, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, seed):
     """Train exit heads by self-distillation and report their agreement with the full model."""
     from crossedge.core import load_model

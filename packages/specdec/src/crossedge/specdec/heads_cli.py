@@ -6,6 +6,7 @@ import click
 
 from crossedge.core.bench import format_table
 
+from .exit_cli import distillation_options
 from .heads import HEAD_KINDS, PLANNED_KINDS
 
 
@@ -22,25 +23,7 @@ class HeadKind(click.Choice):
 @click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
 @click.option("--kind", type=HeadKind(HEAD_KINDS), default=HEAD_KINDS[0], show_default=True, help="Kind of heads.")
 @click.option("--heads", default=3, show_default=True, type=click.IntRange(min=1), help="Heads (draft depth).")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for the heads (default: beside the model cache, where the drafter looks); never one holding "
-    "files crossedge did not write.",
-)
-@click.option(
-    "--prompts",
-    default=96,
-    show_default=True,
-    type=click.IntRange(min=8),
-    help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
-)
-@click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8))
-@click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8))
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--max-minutes", default=20.0, show_default=True, type=float, help="Stop training after this.")
+@distillation_options("the heads", lr=1e-3, minutes="Stop training after this.")
 @click.option(
     "--teacher-top-k",
     default=32,
@@ -48,7 +31,6 @@ class HeadKind(click.Choice):
     type=click.IntRange(min=1),
     help="Distil each head to the target's top-k distribution of its token; 1 trains on the target's token alone.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
 def train_heads(
     model_name, kind, heads, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, teacher_top_k, seed
 ):
