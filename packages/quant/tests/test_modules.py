@@ -170,3 +170,15 @@ def test_a_quantized_model_verifies_blocks_as_it_decodes_single_tokens(quant_plu
         assert torch.equal(block_logits, step_logits)
     else:
         torch.testing.assert_close(block_logits, step_logits, atol=1e-5, rtol=0)
+
+
+def test_reports_name_the_kernel_each_layer_kind_runs(quant_plugin, fresh_lm):
+    from crossedge.core.bench import layer_kernels
+    from crossedge.quant import quantize_
+
+    model = fresh_lm[0]
+    assert set(layer_kernels(model).values()) == {"torch linear (float32)"}
+    quantize_(model, "rtn:bits=4,group_size=32")
+    kernels = layer_kernels(model)
+    assert kernels["q_proj"].startswith("torch._weight_int4pack_mm_for_cpu") and "groups of 32" in kernels["q_proj"]
+    assert kernels["lm_head"] == "torch linear (float32)"

@@ -159,6 +159,27 @@ def environment() -> dict[str, Any]:
     }
 
 
+def layer_kernels(model: Any) -> dict[str, str]:
+    """Which kernel each kind of linear layer runs (``q_proj``, ``lm_head``, ...), for reports.
+
+    A module that says so itself (a ``kernel`` attribute, as quantized layers have) is taken at
+    its word; a plain ``nn.Linear`` runs torch's linear in its weight's dtype. Kinds whose
+    layers run different kernels list them all.
+    """
+    import torch
+
+    found: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        kernel = getattr(type(module), "kernel", None) and module.kernel
+        if not kernel and isinstance(module, torch.nn.Linear):
+            kernel = f"torch linear ({str(module.weight.dtype).removeprefix('torch.')})"
+        if kernel:
+            kinds = found.setdefault(name.rsplit(".", 1)[-1], [])
+            if kernel not in kinds:
+                kinds.append(kernel)
+    return {kind: "; ".join(kernels) for kind, kernels in found.items()}
+
+
 #: Instruction-set flags that change which CPU kernels run (and so how fast), in report order.
 KERNEL_FLAGS: tuple[str, ...] = (
     "avx2",

@@ -52,6 +52,11 @@ class QuantizedLinear(nn.Module):
         """The same computation in fp32 on dequantized weights (the test oracle)."""
         return nn.functional.linear(x.float(), self.dequantized_weight(), self.bias).to(x.dtype)
 
+    @property
+    def kernel(self) -> str:
+        """The CPU kernel this module's forward runs, as reports print it."""
+        return type(self).__name__
+
     def weight_bytes(self) -> int:
         """Bytes held by this module's buffers."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -73,6 +78,10 @@ class Int8WeightLinear(QuantizedLinear):
     """
 
     kind = "int8_weight"
+
+    @property
+    def kernel(self) -> str:
+        return f"torch._weight_int8pack_mm (int8 weights, {self.act_dtype} activations)"
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, symmetric: bool = True, act_dtype: str = "bfloat16"
@@ -145,6 +154,13 @@ class Int4WeightLinear(QuantizedLinear):
     """
 
     kind = "int4_weight"
+
+    @property
+    def kernel(self) -> str:
+        return (
+            f"torch._weight_int4pack_mm_for_cpu (int4 weights in groups of {self.group_size}, "
+            f"{self.act_dtype} activations)"
+        )
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, group_size: int = 128, act_dtype: str = "bfloat16"
@@ -225,6 +241,10 @@ class Int8DynamicLinear(QuantizedLinear):
     """
 
     kind = "int8_dynamic"
+
+    @property
+    def kernel(self) -> str:
+        return f"torch._int_mm (W8A8, {self.act_granularity} int8 activations)"
 
     def __init__(
         self,
@@ -318,6 +338,10 @@ class FakeQuantLinear(QuantizedLinear):
     """
 
     kind = "fake"
+
+    @property
+    def kernel(self) -> str:
+        return "float linear on fake-quantized weights (research path)"
 
     def __init__(
         self,

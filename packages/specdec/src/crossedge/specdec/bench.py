@@ -237,6 +237,18 @@ def run_benchmark(
     return runs
 
 
+def kernel_lines(model: Any) -> list[str]:
+    """The CPU's kernel flags and the kernel each kind of linear layer runs, grouped, for the terminal."""
+    from crossedge.core.bench import cpu_flags, layer_kernels
+
+    by_kernel: dict[str, list[str]] = {}
+    for kind, kernel in layer_kernels(model).items():
+        by_kernel.setdefault(kernel, []).append(kind)
+    lines = [f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}"]
+    lines += [f"  {', '.join(kinds)}: {kernel}" for kernel, kinds in by_kernel.items()]
+    return lines
+
+
 def stack_fields(stack: Any) -> dict[str, Any]:
     """The target stack as results record it: backend and quant spec (None when not quantized after loading)."""
     return {
@@ -432,6 +444,7 @@ class SpecdecBenchmark(Benchmark):
         backend: str = DEFAULT_BACKEND,
         quant: str | None = None,
     ) -> BenchmarkReport:
+        from crossedge.core.bench import layer_kernels
         from crossedge.core.bench import threads as pinned_threads
         from crossedge.core.compose import build_stack
         from crossedge.core.specs import split_alternatives
@@ -457,5 +470,10 @@ class SpecdecBenchmark(Benchmark):
             runs = run_benchmark(
                 target, loaded.tokenizer, prompts, methods, max_new_tokens=int(max_new_tokens), progress=False
             )
-        summary = {**summarize(runs), **stack_fields(stack), "differing_runs": differing_runs(runs)}
+        summary = {
+            **summarize(runs),
+            **stack_fields(stack),
+            "kernels": layer_kernels(target),
+            "differing_runs": differing_runs(runs),
+        }
         return BenchmarkReport(self.name, rows=table_rows(summary), summary={**summary, "runs": runs, "notes": notes})

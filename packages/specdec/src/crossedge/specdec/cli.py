@@ -254,10 +254,19 @@ def bench(
         f"{thread_count} threads, backend {stack.backend.name}, quant {stack.quant_spec or 'none'}",
         err=True,
     )
+    for line in runner.kernel_lines(model):
+        click.echo(line, err=True)
     with pinned_threads(thread_count):
         runs = runner.run_benchmark(model, tokenizer, prompts, methods, max_new_tokens=max_new_tokens)
     differing = runner.differing_runs(runs)
-    summary = {**runner.summarize(runs), **runner.stack_fields(stack), "differing_runs": differing}
+    from crossedge.core.bench import layer_kernels
+
+    summary = {
+        **runner.summarize(runs),
+        **runner.stack_fields(stack),
+        "kernels": layer_kernels(model),
+        "differing_runs": differing,
+    }
     click.echo(runner.format_summary(summary))
     if differing:
         click.secho(
