@@ -76,8 +76,14 @@ def final_state_is_normed(model: nn.Module) -> bool:
 
 
 def lm_head_identity(model: nn.Module) -> str:
-    """sha256 of the LM head's weights rounded to bfloat16 (float32 and bfloat16 loads of one checkpoint agree)."""
+    """sha256 of the LM head's weights rounded to bfloat16 (float32 and bfloat16 loads of one checkpoint agree).
+
+    A head whose weight a backend repacked (``torch-onednn``) is identified by the input
+    embedding it is tied to, which holds the same weights.
+    """
     weight = getattr(model.get_output_embeddings(), "weight", None)
+    if not isinstance(weight, torch.Tensor) and getattr(model.config, "tie_word_embeddings", False):
+        weight = getattr(model.get_input_embeddings(), "weight", None)
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise HeadsError(
             f"the LM head of {type(model).__name__} has no floating-point weight; Medusa heads need the target's "
@@ -96,7 +102,7 @@ class MedusaHeads(nn.Module):
             raise HeadsError(f"Medusa needs at least one head, got {heads}")
         decoder_parts(model)  # refuses a model that is not a Llama-family decoder
         hidden = model.config.hidden_size
-        dtype = model.get_output_embeddings().weight.dtype
+        dtype = model.dtype  # the LM head may be repacked by a backend, with no .weight
         self.weight = nn.Parameter(torch.zeros(heads, hidden, hidden, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(heads, hidden, dtype=dtype))
         self.heads = heads
