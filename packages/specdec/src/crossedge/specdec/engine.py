@@ -185,6 +185,32 @@ def _prompt_list(input_ids: Any) -> list[int]:
     return [int(t) for t in input_ids]
 
 
+def propose_draft(
+    drafters: Sequence[Drafter], policy: DraftLengthPolicy, context: list[int], budget: int, stats: RunStats
+) -> tuple[Draft | None, Drafter | None]:
+    """The first non-empty draft of at most ``budget`` tokens from ``drafters``, sized by ``policy``."""
+    for drafter in drafters:
+        # The engine's clock is the one measure of drafting time: it feeds the statistics and the policy.
+        start = clock()
+        if drafter.cheap:
+            cap = min(budget, policy.max_k)
+            proposal = drafter.propose(context, cap)
+            k = policy.choose(drafter.name, proposal.bucket, min(len(proposal), cap))
+            proposal = proposal.truncated(k)
+        else:
+            k = policy.choose(drafter.name, "", budget)
+            if k <= 0:
+                continue
+            proposal = drafter.propose(context, k)
+            proposal = proposal.truncated(k)
+        seconds = clock() - start
+        stats.drafters[drafter.name].seconds += seconds
+        policy.observe_drafting(drafter.name, len(proposal), seconds)
+        if len(proposal):
+            return proposal, drafter
+    return None, None
+
+
 class SpeculativeDecoder:
     """Lossless speculative decoding of a transformers causal LM with a chain of drafters.
 
@@ -340,27 +366,7 @@ class SpeculativeDecoder:
         return seconds
 
     def _draft(self, context: list[int], budget: int, stats: RunStats) -> tuple[Draft | None, Drafter | None]:
-        policy = self.policy
-        for drafter in self.drafters:
-            # The engine's clock is the one measure of drafting time: it feeds the statistics and the policy.
-            start = clock()
-            if drafter.cheap:
-                cap = min(budget, policy.max_k)
-                proposal = drafter.propose(context, cap)
-                k = policy.choose(drafter.name, proposal.bucket, min(len(proposal), cap))
-                proposal = proposal.truncated(k)
-            else:
-                k = policy.choose(drafter.name, "", budget)
-                if k <= 0:
-                    continue
-                proposal = drafter.propose(context, k)
-                proposal = proposal.truncated(k)
-            seconds = clock() - start
-            stats.drafters[drafter.name].seconds += seconds
-            policy.observe_drafting(drafter.name, len(proposal), seconds)
-            if len(proposal):
-                return proposal, drafter
-        return None, None
+        return propose_draft(self.drafters, self.policy, context, budget, stats)
 
     def _step(
         self,
