@@ -302,6 +302,16 @@ class BatchedSpeculativeDecoder:
             self.step()
         return [h.result() for h in handles]
 
+    def reset(self) -> list[RowHandle]:
+        """Drop every row and waiting request (after a failed step); returns them, marked cancelled."""
+        dropped = [row.handle for row in self._rows] + self._waiting
+        for handle in dropped:
+            handle.cancel()
+            self._finish_handle(handle, "cancelled")
+        self._rows, self._waiting, self._cache = [], [], None
+        self.counters.rows = self.counters.waiting = 0
+        return dropped
+
     # ------------------------------------------------------------- scheduling
 
     def _final_length(self, handle: RowHandle) -> int:
@@ -317,13 +327,12 @@ class BatchedSpeculativeDecoder:
         return len(finals) * max(finals) * self.kv_bytes_per_token <= self.memory_budget
 
     def _admit(self, out: dict[RowHandle, list[int]]) -> None:
+        for handle in [h for h in self._waiting if h.cancelled]:
+            self._waiting.remove(handle)
+            self._finish_handle(handle, "cancelled")
+            self.counters.cancelled += 1
         while self._waiting and len(self._rows) < self.max_batch:
             handle = self._waiting[0]
-            if handle.cancelled:
-                self._waiting.pop(0)
-                self._finish_handle(handle, "cancelled")
-                self.counters.cancelled += 1
-                continue
             if not self._fits(handle):
                 if not handle._throttled:
                     handle._throttled = True
