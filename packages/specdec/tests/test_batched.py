@@ -180,7 +180,7 @@ def test_int8_quantized_rows_match_single_decoding(llama):
         assert result.tokens == _single(quantized, prompt, 20).tokens
 
 
-def _sliding_window_model(seed):
+def _mistral_sliding():
     """A tiny random Mistral with an 8-token sliding window (as test_engine's)."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -198,26 +198,65 @@ def _sliding_window_model(seed):
         pad_token_id=256,
         initializer_range=0.15,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config).eval()
-    model.generation_config.eos_token_id = None
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _gemma3_mixed():
+    """A tiny random Gemma 3 whose layers mix a 5-token sliding window and full attention."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=5,
+        max_position_embeddings=512,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        initializer_range=0.15,
+    )
+    torch.manual_seed(5)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _llama_eager():
+    model, _ = tiny_target("llama")
+    model.config._attn_implementation = "eager"
     return model
 
 
-def test_sliding_window_rows_match_single_decoding_past_the_window():
+ARCHITECTURES = {
+    "mistral-sliding": _mistral_sliding,
+    "gemma3-mixed": _gemma3_mixed,
+    "llama-eager": _llama_eager,
+    "gpt2": lambda: tiny_target("gpt2")[0],
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_other_architectures_match_single_decoding(arch):
+    """Sliding windows past the window, a mix of sliding and full layers (a mask per layer kind),
+    eager attention (additive masks) and GPT-2's learned positions, under a draft model."""
     from crossedge.specdec import DraftModelDrafter
     from crossedge.specdec.testing import noisy_copy
 
-    model = _sliding_window_model(0)
-    draft = noisy_copy(model, scale=0.03)
+    with torch.random.fork_rng():
+        model = ARCHITECTURES[arch]()
+    model.generation_config.eos_token_id = None
+    draft = noisy_copy(model, scale=0.05)
     prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6], [9, 8, 7], [4, 4, 5, 5, 6, 6, 7, 7, 8, 8]]
     decoder = BatchedSpeculativeDecoder(model, lambda: DraftModelDrafter(draft), lambda: ConstantPolicy(k=4))
-    results = decoder.generate_many(prompts, 30)
+    results = decoder.generate_many(prompts, 24)
     for prompt, result in zip(prompts, results, strict=True):
-        single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=4)).generate(prompt, 30)
+        single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=4)).generate(prompt, 24)
         assert result.tokens == single.tokens
-        assert 0 < result.stats.drafters["draft-model"].accepted < result.stats.drafters["draft-model"].drafted
+    # Rows accepted different amounts, rejections included: the cache was compacted raggedly.
+    stats = [r.stats.drafters["draft-model"] for r in results]
+    assert 0 < sum(s.accepted for s in stats) < sum(s.drafted for s in stats)
 
 
 def test_refusals(llama):
