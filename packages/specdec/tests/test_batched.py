@@ -321,3 +321,35 @@ def test_int8_batched_verification_rows_are_single_steps_bit_for_bit(llama):
             for i in range(width):
                 step = quantized(input_ids=ids[b : b + 1, i : i + 1], cache=cache, use_cache=True).logits[0, -1]
                 assert torch.equal(step, logits[b, i]), f"row {b} query {i}"
+
+
+def test_rows_get_their_own_drafters_sharing_the_draft_model(llama, monkeypatch):
+    """A spec is built once: every row gets its own drafter state, all rows one draft model."""
+    from crossedge.specdec import DraftModelDrafter
+    from crossedge.specdec.testing import noisy_copy
+
+    model, tokenizer = llama
+    draft = noisy_copy(model, scale=0.05)
+    loads = []
+
+    def load(self, name):
+        loads.append(name)
+        return draft
+
+    monkeypatch.setattr(DraftModelDrafter, "_load", load)
+    begun = []
+    begin = DraftModelDrafter.begin
+
+    def noting_begin(self, context):
+        begun.append(self)
+        return begin(self, context)
+
+    monkeypatch.setattr(DraftModelDrafter, "begin", noting_begin)
+    prompts = _prompts(tokenizer)[:3]
+    decoder = BatchedSpeculativeDecoder(model, "draft-model:model=tiny", lambda: ConstantPolicy(k=3))
+    results = decoder.generate_many(prompts, 12)
+    assert loads == ["tiny"]
+    assert len({id(d) for d in begun}) == 3 and all(d.model is draft for d in begun)
+    for prompt, result in zip(prompts, results, strict=True):
+        single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=3)).generate(prompt, 12)
+        assert result.tokens == single.tokens

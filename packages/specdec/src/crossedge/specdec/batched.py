@@ -165,6 +165,20 @@ class _Row:
         return self.view.row_length
 
 
+def _shared(value: Any) -> bool:
+    """Values a row's copy of a drafter shares with the template: models and tokenizers (read-only, heavy)."""
+    module = type(value).__module__
+    return isinstance(value, torch.nn.Module) or module.startswith(("transformers", "tokenizers"))
+
+
+def row_copy(template: Any) -> Any:
+    """A copy of a drafter (or policy) for one row: its own state, the template's models and tokenizers."""
+    import copy
+
+    memo = {id(v): v for v in vars(template).values() if _shared(v)}
+    return copy.deepcopy(template, memo)
+
+
 def kv_bytes_per_token(model: Any) -> int:
     """Bytes of keys and values one token takes in a full-attention cache of ``model``."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -183,7 +197,8 @@ class BatchedSpeculativeDecoder:
     drafter or a list of them (called once per row), or ``None`` for plain batched
     decoding. ``policy`` is a spec or a factory (one policy per row: draft lengths are per
     row). ``max_batch`` bounds the rows decoding together; ``memory_budget`` (bytes) bounds
-    the KV cache and the verification block (see the module doc).
+    the KV cache and the verification block (see the module doc). One thread drives it
+    (``submit``, ``step``); :meth:`RowHandle.cancel` may come from any thread.
     """
 
     def __init__(
@@ -244,6 +259,7 @@ class BatchedSpeculativeDecoder:
         self._rows: list[_Row] = []
         self._waiting: list[RowHandle] = []
         self._cache: Any = None
+        self._templates: tuple[list[Drafter], Any] | None = None
 
     # ----------------------------------------------------------------- public
 
@@ -346,9 +362,13 @@ class BatchedSpeculativeDecoder:
         if self.drafters is None:
             drafters: list[Drafter] = []
         elif isinstance(self.drafters, str):
-            drafters, own = build_chain(self.drafters)
+            if self._templates is None:
+                # Built once: a spec naming a draft model loads it once, and every row shares its weights.
+                self._templates = build_chain(self.drafters)
+            templates, own = self._templates
+            drafters = [row_copy(d) for d in templates]
             if own is not None:
-                return drafters, own
+                return drafters, row_copy(own)
         else:
             made = self.drafters()
             drafters = [made] if isinstance(made, Drafter) else list(made)
