@@ -353,3 +353,17 @@ def test_rows_get_their_own_drafters_sharing_the_draft_model(llama, monkeypatch)
     for prompt, result in zip(prompts, results, strict=True):
         single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=3)).generate(prompt, 12)
         assert result.tokens == single.tokens
+
+
+def test_cost_aware_rows_share_the_verification_cost_model(llama):
+    model, tokenizer = llama
+    decoder = BatchedSpeculativeDecoder(model, "copy", "cost-aware")
+    handles = [decoder.submit(p, 8) for p in _prompts(tokenizer)[:3]]
+    decoder.step()
+    policies = [row.policy for row in decoder._rows]
+    assert len(policies) == 3 and len({id(p) for p in policies}) == 3
+    assert len({id(p.cost) for p in policies}) == 1
+    while decoder.active:
+        decoder.step()
+    for prompt, handle in zip(_prompts(tokenizer)[:3], handles, strict=True):
+        assert handle.tokens == _single(model, prompt, 8).tokens

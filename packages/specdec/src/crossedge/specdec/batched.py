@@ -69,7 +69,7 @@ from crossedge.core.contracts.policy import DraftLengthPolicy
 from .drafters import build_chain
 from .engine import DrafterStats, GenerationResult, RunStats, _eos_ids, _prompt_list, clock, propose_draft
 from .errors import PromptTooLongError, SpecdecError
-from .policies import build_policy
+from .policies import VerificationCostModel, build_policy
 from .sampling import RunSampler, SamplingConfig, check_finite, process_logits, sample, verify_tree_sampled
 
 DrafterFactory = Callable[[], "Drafter | Sequence[Drafter]"]
@@ -260,6 +260,7 @@ class BatchedSpeculativeDecoder:
         self._waiting: list[RowHandle] = []
         self._cache: Any = None
         self._templates: tuple[list[Drafter], Any] | None = None
+        self._cost: VerificationCostModel | None = None
 
     # ----------------------------------------------------------------- public
 
@@ -368,12 +369,21 @@ class BatchedSpeculativeDecoder:
             templates, own = self._templates
             drafters = [row_copy(d) for d in templates]
             if own is not None:
-                return drafters, row_copy(own)
+                return drafters, self._share_cost(row_copy(own))
         else:
             made = self.drafters()
             drafters = [made] if isinstance(made, Drafter) else list(made)
         policy = policy_spec() if callable(policy_spec) else build_policy(policy_spec)
-        return drafters, policy
+        return drafters, self._share_cost(policy)
+
+    def _share_cost(self, policy: DraftLengthPolicy) -> DraftLengthPolicy:
+        """Rows' cost-aware policies share one verification-cost model: t(k) of the batched forward, learned
+        across requests (acceptance stays per row)."""
+        if isinstance(getattr(policy, "cost", None), VerificationCostModel):
+            if self._cost is None:
+                self._cost = policy.cost
+            policy.cost = self._cost
+        return policy
 
     def _start(self, handle: RowHandle, out: dict[RowHandle, list[int]]) -> None:
         """Prefill one prompt alone, emit its first token and splice its cache into the batch."""
