@@ -13,7 +13,9 @@ for forwards of up to :data:`MAX_ROWS` queries (decoding steps and verifications
 SDPA once per query over exactly the keys that query may see (a contiguous slice when the
 mask allows, a gather for a tree) with no mask: the same call, on the same values, as a
 one-token decoding step at that position. Longer forwards (prefill) use SDPA as usual;
-they are the same in plain and speculative decoding, so they need no invariance.
+they are the same in plain and speculative decoding, so they need no invariance. A batch of
+several sequences (batched speculative decoding) is handled row by row of every batch
+element, with that element's mask, so padding never changes a row's result.
 """
 
 from __future__ import annotations
@@ -47,23 +49,31 @@ def row_invariant_attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows, kv = query.shape[2], key.shape[2]
-    if rows > MAX_ROWS or query.shape[0] != 1:
+    if rows > MAX_ROWS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    outputs = []
-    for i in range(rows):
-        if attention_mask is None:
-            # No mask means causal with the queries at the end of the keys.
-            visible: Any = slice(0, kv - rows + i + 1)
-        else:
-            visible = _visible(attention_mask[0, 0 if attention_mask.shape[1] == 1 else 0, i], kv)
-        if isinstance(visible, slice):
-            k, v = key[:, :, visible], value[:, :, visible]
-        else:
-            k, v = key.index_select(2, visible), value.index_select(2, visible)
-        out, _ = sdpa_attention_forward(module, query[:, :, i : i + 1], k, v, None, is_causal=False, **kwargs)
-        outputs.append(out)
-    return torch.cat(outputs, dim=1), None
+    batch = []
+    # Every row of every batch element alone: a batched verification (ragged rows, padding
+    # keys masked) then computes each query exactly as a one-sequence decoding step does.
+    for b in range(query.shape[0]):
+        outputs = []
+        for i in range(rows):
+            if attention_mask is None:
+                # No mask means causal with the queries at the end of the keys.
+                visible: Any = slice(0, kv - rows + i + 1)
+            else:
+                mask_b = attention_mask[b if attention_mask.shape[0] > 1 else 0]
+                visible = _visible(mask_b[0, i], kv)
+            k_b, v_b = key[b : b + 1], value[b : b + 1]
+            if isinstance(visible, slice):
+                k, v = k_b[:, :, visible], v_b[:, :, visible]
+            else:
+                k, v = k_b.index_select(2, visible), v_b.index_select(2, visible)
+            q = query[b : b + 1, :, i : i + 1]
+            out, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=False, **kwargs)
+            outputs.append(out)
+        batch.append(torch.cat(outputs, dim=1))
+    return torch.cat(batch, dim=0), None
 
 
 def register_row_invariant_attention() -> str:

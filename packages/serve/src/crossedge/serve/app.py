@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from .gate import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES, RequestGate, history_user
 from .metrics import ServerMetrics
 from .protocol import GenerationRequest, RequestError, parse_request
-from .service import Job, Piece, ServedModel, Worker
+from .service import Job, Piece, ServedModel, make_worker
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,7 +87,7 @@ def build_app(
     """
     api_keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
     metrics = ServerMetrics()
-    worker = Worker(served, metrics)
+    worker = make_worker(served, metrics)
     gate = RequestGate(metrics=metrics, api_keys=api_keys, max_body_bytes=max_body_bytes, body_timeout=body_timeout)
 
     @asynccontextmanager

@@ -85,6 +85,20 @@ DEFAULT_PORT = 8000
     show_default=True,
     help="Seconds a client has to send its request body; slower ones get a 408.",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Requests decoded together (continuous batching, lossless per request); 1 decodes one at a time.",
+)
+@click.option(
+    "--memory-budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bytes of KV cache the batch may hold; requests wait until they fit and drafts shrink to fit "
+    "(uses the batched decoder, even with --max-batch 1).",
+)
 def serve(
     model_name: str,
     quant_spec: str | None,
@@ -101,8 +115,11 @@ def serve(
     history_tokens: int,
     max_body_bytes: int,
     body_timeout: float,
+    max_batch: int,
+    memory_budget: int | None,
 ) -> None:
-    """Serve a model over OpenAI's /v1/chat/completions and /v1/completions, one request at a time.
+    """Serve a model over OpenAI's /v1/chat/completions and /v1/completions (one request at a time,
+    or --max-batch requests together).
 
     Ctrl-C or SIGTERM drains: requests in flight finish, new ones get a 503, then the
     command exits 0; a second Ctrl-C stops at once.
@@ -125,4 +142,6 @@ def serve(
         history_tokens=history_tokens,
         max_body_bytes=max_body_bytes,
         body_timeout=body_timeout,
+        max_batch=max_batch,
+        memory_budget=memory_budget,
     )

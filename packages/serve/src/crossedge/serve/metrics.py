@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Any
 
 PREFIX = "crossedge_serve"
 
@@ -23,6 +24,8 @@ class ServerMetrics:
         self.target_forwards = 0
         self.queued = 0
         self.running = 0
+        #: the batched decoder's :class:`~crossedge.specdec.batched.BatchCounters` when requests are batched
+        self.batch: Any = None
 
     def request_done(self, endpoint: str, status: int) -> None:
         """Count one answered request."""
@@ -80,8 +83,22 @@ class ServerMetrics:
                     mean_accepted,
                 ),
                 ("queue_depth", "gauge", "Requests waiting for the model.", self.queued),
-                ("requests_running", "gauge", "Generations in progress (at most 1).", self.running),
+                ("requests_running", "gauge", "Generations in progress.", self.running),
             ]
+            batch = self.batch
+            if batch is not None:
+                gauges += [
+                    ("batch_rows", "gauge", "Rows the batched decoder is decoding together now.", batch.rows),
+                    ("batch_waiting", "gauge", "Requests waiting for room in the batch.", batch.waiting),
+                    ("batch_admitted_total", "counter", "Requests admitted into the batch.", batch.admitted),
+                    (
+                        "batch_throttled_total",
+                        "counter",
+                        "Requests that had to wait because the memory budget could not hold them yet.",
+                        batch.throttled,
+                    ),
+                    ("batch_forwards_total", "counter", "Batched target forwards (one per step).", batch.forwards),
+                ]
         for name, kind, help_text, value in gauges:
             lines += [
                 f"# HELP {PREFIX}_{name} {help_text}",

@@ -37,6 +37,8 @@ def run_server(
     history_tokens: int = DEFAULT_HISTORY_TOKENS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_batch: int = 1,
+    memory_budget: int | None = None,
 ) -> None:
     """Load ``model`` (quantized, on ``backend``, with ``drafter``) and serve it until Ctrl-C or SIGTERM drains it."""
     import torch
@@ -56,6 +58,8 @@ def run_server(
         default_max_tokens=default_max_tokens,
         history_users=history_users,
         history_tokens=history_tokens,
+        max_batch=max_batch,
+        memory_budget=memory_budget,
     )
     window = served.window or "unbounded"
     click.echo(f"serving {served.name!r} (window {window}) on http://{host}:{port}/v1", err=True)

@@ -1,8 +1,12 @@
-"""The served model and the one worker thread that decodes requests, one at a time, in arrival order.
+"""The served model and the one worker thread that decodes requests.
 
 Requests are checked and tokenized on the web server's side, then queued; the worker runs
-specdec's :class:`SpeculativeDecoder` on each and hands text back piece by piece through a
-callback, so streaming and non-streaming answers come from the same loop.
+specdec's :class:`SpeculativeDecoder` on each, one at a time in arrival order, and hands
+text back piece by piece through a callback, so streaming and non-streaming answers come
+from the same loop. With ``max_batch > 1`` (``crossedge serve --max-batch N``) the
+:class:`BatchedWorker` decodes up to N requests together with specdec's
+:class:`BatchedSpeculativeDecoder` (continuous batching: requests join and leave between
+steps), inside ``memory_budget`` bytes of KV cache when one is given.
 """
 
 from __future__ import annotations
@@ -59,8 +63,11 @@ class ServedModel:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         history_users: int = DEFAULT_HISTORY_USERS,
         history_tokens: int = DEFAULT_HISTORY_TOKENS,
+        batched: Any = None,
     ):
         self.decoder = decoder
+        #: a :class:`BatchedSpeculativeDecoder` over the same model when requests are batched, else None
+        self.batched = batched
         self.tokenizer = tokenizer
         self.name = name
         self.default_max_tokens = default_max_tokens
@@ -108,41 +115,61 @@ class ServedModel:
             )
         return request.max_tokens
 
-    def run(self, job: Job, metrics: ServerMetrics) -> None:
-        """Decode one job, reporting text as it becomes final and a last piece saying why it ended."""
+    def sampling(self, request: GenerationRequest) -> Any:
+        """The request's :class:`SamplingConfig`."""
         from crossedge.specdec.sampling import SamplingConfig
 
-        request = job.request
+        return SamplingConfig(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+
+    def run(self, job: Job, metrics: ServerMetrics) -> None:
+        """Decode one job, reporting text as it becomes final and a last piece saying why it ended."""
         self.histories.use(job.user)
-        sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
-        stream = self.decoder.stream(job.prompt_ids, job.max_tokens, sampling)
-        stops = request.stop
-        shown = ""
-        finish = None
+        stream = self.decoder.stream(job.prompt_ids, job.max_tokens, self.sampling(job.request))
+        follower = TextFollower(job, self.tokenizer)
         for _ in stream:
             if job.cancelled.is_set():
-                finish = "cancelled"
+                follower.finish = "cancelled"
                 break
-            text = self.tokenizer.decode(stream.tokens, skip_special_tokens=True)
-            cut = first_stop(text, stops)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-            else:
-                # Text that may still become a stop sequence or a multi-byte character is sent later.
-                text = text[: len(text) - held_back(text, stops)].rstrip(REPLACEMENT)
-            if len(text) > len(shown) and text.startswith(shown):
-                job.emit(Piece(text=text[len(shown) :]))
-                shown = text
-            if finish is not None:
+            if follower.update(stream.tokens):
                 break
-        stats = stream.stats
+        follower.close(stream.stats, stream.tokens, metrics)
+
+
+class TextFollower:
+    """Turns one answer's tokens so far into the pieces its client may see: stop sequences cut it, text
+    that may still become a stop sequence or a multi-byte character waits."""
+
+    def __init__(self, job: Job, tokenizer: Any):
+        self.job = job
+        self.tokenizer = tokenizer
+        self.shown = ""
+        #: why the answer ended when the server ended it (``stop``, ``cancelled``), else None
+        self.finish: str | None = None
+
+    def update(self, tokens: list[int]) -> bool:
+        """Emit what became final after ``tokens``; True when a stop sequence ended the answer."""
+        stops = self.job.request.stop
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = first_stop(text, stops)
+        if cut is not None:
+            text, self.finish = text[:cut], "stop"
+        else:
+            text = text[: len(text) - held_back(text, stops)].rstrip(REPLACEMENT)
+        if len(text) > len(self.shown) and text.startswith(self.shown):
+            self.job.emit(Piece(text=text[len(self.shown) :]))
+            self.shown = text
+        return self.finish is not None
+
+    def close(self, stats: Any, tokens: list[int], metrics: ServerMetrics) -> None:
+        """Emit the rest of the text (when the decoder ended the answer) and the last piece; count it."""
+        finish = self.finish
         if finish is None:
             finish = "stop" if stats.stop_reason == "eos" else "length"
-            text = self.tokenizer.decode(stream.tokens, skip_special_tokens=True)
-            if text.startswith(shown) and len(text) > len(shown):
-                job.emit(Piece(text=text[len(shown) :]))
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if text.startswith(self.shown) and len(text) > len(self.shown):
+                self.job.emit(Piece(text=text[len(self.shown) :]))
         metrics.generation_done(stats.prompt_tokens, stats.new_tokens, stats.seconds, stats.target_forwards, finish)
-        job.emit(Piece(finish_reason=finish, prompt_tokens=stats.prompt_tokens, completion_tokens=len(stream.tokens)))
+        self.job.emit(Piece(finish_reason=finish, prompt_tokens=stats.prompt_tokens, completion_tokens=len(tokens)))
 
 
 class Worker:
@@ -190,6 +217,89 @@ class Worker:
                 self.metrics.run(-1)
 
 
+class BatchedWorker(Worker):
+    """One thread that decodes up to ``max_batch`` jobs together; ``stop`` ends it after the jobs in flight.
+
+    Between two batched steps it takes every queued job (a job whose client left is answered
+    ``cancelled`` at once), cancels the rows of clients that went away, and sends each row's
+    new text. A step that fails ends every job in flight with an error and starts afresh.
+    """
+
+    def __init__(self, served: ServedModel, metrics: ServerMetrics):
+        super().__init__(served, metrics)
+        if served.batched is None:
+            raise ValueError("BatchedWorker needs a ServedModel with a batched decoder (max_batch > 1)")
+        self.decoder = served.batched
+        metrics.batch = self.decoder.counters
+
+    def _take(self, active: dict[Any, tuple[Job, TextFollower]], block: bool) -> bool:
+        """Move queued jobs into the decoder; False once ``stop`` was asked."""
+        while True:
+            try:
+                job = self._jobs.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if job is None:
+                return False
+            self.metrics.queue(-1)
+            if job.cancelled.is_set():
+                self.metrics.generation_done(0, 0, 0.0, 0, "cancelled")
+                job.emit(Piece(finish_reason="cancelled"))
+                continue
+            try:
+                handle = self.decoder.submit(job.prompt_ids, job.max_tokens, self.served.sampling(job.request))
+            except Exception as exc:  # a request the budget can never hold, for one
+                self.metrics.generation_done(0, 0, 0.0, 0, "error")
+                job.emit(Piece(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+                continue
+            self.metrics.run(+1)
+            active[handle] = (job, TextFollower(job, self.served.tokenizer))
+
+    def _loop(self) -> None:
+        active: dict[Any, tuple[Job, TextFollower]] = {}
+        running = True
+        while running or active:
+            if running:
+                running = self._take(active, block=not active and not self.decoder.active)
+            for handle, (job, follower) in active.items():
+                if job.cancelled.is_set() and follower.finish is None:
+                    handle.cancel()
+                    follower.finish = "cancelled"
+            if self.decoder.active:
+                try:
+                    new = self.decoder.step()
+                except Exception as exc:  # one broken step must not stop the server
+                    self.decoder.reset()
+                    for job, _ in active.values():
+                        self.metrics.generation_done(0, 0, 0.0, 0, "error")
+                        job.emit(Piece(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+                        self.metrics.run(-1)
+                    active.clear()
+                    continue
+            else:
+                new = {}
+            for handle in list(active):
+                job, follower = active[handle]
+                tokens = handle.tokens
+                count = len(tokens)
+                if follower.finish is None and handle in new:
+                    # Token by token, as the one-at-a-time worker does, so a stop sequence cuts the same place.
+                    for count in range(len(tokens) - len(new[handle]) + 1, len(tokens) + 1):
+                        if follower.update(tokens[:count]):
+                            handle.cancel()
+                            break
+                if follower.finish is not None or handle.done:
+                    follower.close(handle.stats, tokens[:count], self.metrics)
+                    self.metrics.run(-1)
+                    del active[handle]
+
+
+def make_worker(served: ServedModel, metrics: ServerMetrics) -> Worker:
+    """The worker ``served`` asks for: batched when it has a batched decoder, else one job at a time."""
+    return BatchedWorker(served, metrics) if served.batched is not None else Worker(served, metrics)
+
+
 def load_served_model(
     model: str,
     *,
@@ -201,8 +311,13 @@ def load_served_model(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     history_users: int = DEFAULT_HISTORY_USERS,
     history_tokens: int = DEFAULT_HISTORY_TOKENS,
+    max_batch: int = 1,
+    memory_budget: int | None = None,
 ) -> ServedModel:
-    """Check and build the stack exactly as ``crossedge specdec generate`` does, and wrap it for serving."""
+    """Check and build the stack exactly as ``crossedge specdec generate`` does, and wrap it for serving.
+
+    ``max_batch > 1`` (or a ``memory_budget``) serves with a batched decoder of that many rows.
+    """
     from crossedge.core.backends import DEFAULT_BACKEND
     from crossedge.core.compose import build_stack
     from crossedge.specdec.bench import check_target
@@ -213,6 +328,20 @@ def load_served_model(
     )
     built = build_stack(stack)
     decoder = SpeculativeDecoder(built.model, drafter, policy, tokenizer=built.tokenizer)
+    batched = None
+    if max_batch > 1 or memory_budget is not None:
+        from crossedge.core.errors import CrossedgeError
+        from crossedge.specdec.batched import BatchedSpeculativeDecoder
+        from crossedge.specdec.drafters import HistoryDrafter
+
+        if any(isinstance(d, HistoryDrafter) for d in decoder.drafters):
+            raise CrossedgeError(
+                f"the history drafter keeps one state per user and cannot decode in a batch yet (--drafter {drafter}): "
+                "use --max-batch 1, or a drafter without 'history'"
+            )
+        batched = BatchedSpeculativeDecoder(
+            built.model, drafter, policy, max_batch=max_batch, memory_budget=memory_budget, tokenizer=built.tokenizer
+        )
     return ServedModel(
         decoder,
         built.tokenizer,
@@ -220,4 +349,5 @@ def load_served_model(
         default_max_tokens=default_max_tokens,
         history_users=history_users,
         history_tokens=history_tokens,
+        batched=batched,
     )

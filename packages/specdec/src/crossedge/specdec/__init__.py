@@ -10,6 +10,9 @@ from crossedge.core.lazy import lazy_exports
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
+    "BatchCounters": ".batched",
+    "BatchedSpeculativeDecoder": ".batched",
+    "RowHandle": ".batched",
     "CopyDrafter": ".drafters",
     "CrossVocabDrafter": ".drafters",
     "Draft": ".drafters",

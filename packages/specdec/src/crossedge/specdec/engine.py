@@ -185,6 +185,46 @@ def _prompt_list(input_ids: Any) -> list[int]:
     return [int(t) for t in input_ids]
 
 
+def record_outcome(policy: DraftLengthPolicy, stats: RunStats, drafter: Drafter, draft: Draft, accepted: int) -> None:
+    """Tell the statistics, the policy and the drafter how a verified draft fared (chains and trees)."""
+    depth = max(draft.depths())
+    stats.record(drafter.name, len(draft), accepted, depth=depth)
+    policy.observe_acceptance(drafter.name, draft.bucket, depth, accepted)
+    if draft.scores is not None:
+        policy.observe_nodes(drafter.name, draft.bucket, draft.scores, accepted)
+    drafter.feedback(accepted)
+
+
+def propose_draft(
+    drafters: Sequence[Drafter], policy: DraftLengthPolicy, context: list[int], budget: int, stats: RunStats
+) -> tuple[Draft | None, Drafter | None]:
+    """The first non-empty draft of at most ``budget`` tokens from ``drafters``, sized by ``policy``."""
+    for drafter in drafters:
+        # The engine's clock is the one measure of drafting time: it feeds the statistics and the policy.
+        start = clock()
+        if drafter.cheap:
+            cap = min(budget, policy.max_k)
+            proposal = drafter.propose(context, cap)
+            room = min(len(proposal), cap)
+            if proposal.scores is not None:
+                k = policy.choose_nodes(drafter.name, proposal.bucket, proposal.scores[:room], room)
+            else:
+                k = policy.choose(drafter.name, proposal.bucket, room)
+            proposal = proposal.truncated(k)
+        else:
+            k = policy.choose(drafter.name, "", budget)
+            if k <= 0:
+                continue
+            proposal = drafter.propose(context, k)
+            proposal = proposal.truncated(k)
+        seconds = clock() - start
+        stats.drafters[drafter.name].seconds += seconds
+        policy.observe_drafting(drafter.name, len(proposal), seconds)
+        if len(proposal):
+            return proposal, drafter
+    return None, None
+
+
 class SpeculativeDecoder:
     """Lossless speculative decoding of a transformers causal LM with a chain of drafters.
 
@@ -340,31 +380,7 @@ class SpeculativeDecoder:
         return seconds
 
     def _draft(self, context: list[int], budget: int, stats: RunStats) -> tuple[Draft | None, Drafter | None]:
-        policy = self.policy
-        for drafter in self.drafters:
-            # The engine's clock is the one measure of drafting time: it feeds the statistics and the policy.
-            start = clock()
-            if drafter.cheap:
-                cap = min(budget, policy.max_k)
-                proposal = drafter.propose(context, cap)
-                room = min(len(proposal), cap)
-                if proposal.scores is not None:
-                    k = policy.choose_nodes(drafter.name, proposal.bucket, proposal.scores[:room], room)
-                else:
-                    k = policy.choose(drafter.name, proposal.bucket, room)
-                proposal = proposal.truncated(k)
-            else:
-                k = policy.choose(drafter.name, "", budget)
-                if k <= 0:
-                    continue
-                proposal = drafter.propose(context, k)
-                proposal = proposal.truncated(k)
-            seconds = clock() - start
-            stats.drafters[drafter.name].seconds += seconds
-            policy.observe_drafting(drafter.name, len(proposal), seconds)
-            if len(proposal):
-                return proposal, drafter
-        return None, None
+        return propose_draft(self.drafters, self.policy, context, budget, stats)
 
     def _step(
         self,
@@ -399,11 +415,7 @@ class SpeculativeDecoder:
             # The cache holds keys for every drafted token; drop the rejected tail.
             cache.crop(accepted - k)
         if k:
-            stats.record(drafter.name, k, accepted)
-            self.policy.observe_acceptance(drafter.name, draft.bucket, k, accepted)
-            if draft.scores is not None:
-                self.policy.observe_nodes(drafter.name, draft.bucket, draft.scores, accepted)
-            drafter.feedback(accepted)
+            record_outcome(self.policy, stats, drafter, draft, accepted)
         return [*drafted[:accepted], next_token]
 
     def _step_tree(
@@ -431,10 +443,5 @@ class SpeculativeDecoder:
         self._view.keep_fed(nodes + 1, [0, *(node + 1 for node in path)])
         if self._trim_always:
             cache.crop(0)
-        depth = max(draft.depths())
-        stats.record(drafter.name, nodes, len(path), depth=depth)
-        self.policy.observe_acceptance(drafter.name, draft.bucket, depth, len(path))
-        if draft.scores is not None:
-            self.policy.observe_nodes(drafter.name, draft.bucket, draft.scores, len(path))
-        drafter.feedback(len(path))
+        record_outcome(self.policy, stats, drafter, draft, len(path))
         return [*(tokens[node] for node in path), next_token]

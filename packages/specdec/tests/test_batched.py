@@ -1,0 +1,369 @@
+"""Batched speculative decoding: every row identical to decoding its prompt alone."""
+
+import pytest
+import torch
+
+from crossedge.core import registered
+from crossedge.specdec import (
+    BatchedSpeculativeDecoder,
+    ConstantPolicy,
+    CopyDrafter,
+    Draft,
+    Drafter,
+    SamplingConfig,
+    SpeculativeDecoder,
+)
+from crossedge.specdec.errors import SpecdecError
+from crossedge.specdec.testing import tiny_target
+
+TEXTS = (
+    "the cat sat on the mat. the cat sat on the",
+    "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return",
+    "hello world, hello",
+    "abcabcabcabcabcabcab",
+    "x",
+)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_target("llama")
+
+
+def _prompts(tokenizer):
+    return [tokenizer(text).input_ids for text in TEXTS]
+
+
+def _single(model, prompt, n, **kwargs):
+    return SpeculativeDecoder(model, **kwargs).generate(prompt, n)
+
+
+def test_rows_of_different_lengths_match_single_decoding(llama):
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)
+    decoder = BatchedSpeculativeDecoder(model, "copy", lambda: ConstantPolicy(k=4), max_batch=8)
+    results = decoder.generate_many(prompts, 24)
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.tokens == _single(model, prompt, 24).tokens
+        assert result.stats.stop_reason == "length"
+    # The copy drafter was accepted somewhere, so rows really accepted different amounts.
+    assert sum(r.stats.drafters["copy"].accepted for r in results) > 0
+    assert decoder.counters.admitted == len(prompts) and decoder.counters.rows == 0
+
+
+def test_rows_join_mid_way_finish_by_eos_and_length_and_cancel(llama):
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)
+    # An EOS that the first prompt's greedy output reaches after a few tokens.
+    plain = _single(model, prompts[0], 30).tokens
+    at = next(i for i in range(4, 30) if plain[i] not in plain[:i])
+    eos = plain[at]
+    references = [_single(model, p, 30, eos_token_id=eos).tokens for p in prompts]
+    assert len(references[0]) == at + 1
+    decoder = BatchedSpeculativeDecoder(model, "copy", lambda: ConstantPolicy(k=3), max_batch=3, eos_token_id=eos)
+    first = [decoder.submit(p, 30) for p in prompts[:2]]
+    streamed = {h: [] for h in first}
+    for _ in range(3):
+        for handle, tokens in decoder.step().items():
+            streamed[handle] += tokens
+    later = [decoder.submit(p, 30) for p in prompts[2:]]
+    streamed.update({h: [] for h in later})
+    cancelled = later[0]
+    seen_rows = []
+    while decoder.active:
+        for handle, tokens in decoder.step().items():
+            streamed[handle] += tokens
+        seen_rows.append(decoder.rows)
+        if len(cancelled.tokens) >= 2 and not cancelled.cancelled:
+            cancelled.cancel()
+    assert max(seen_rows) <= 3
+    handles = first + later
+    for handle, reference in zip(handles, references, strict=True):
+        assert streamed[handle] == handle.tokens
+        if handle is cancelled:
+            assert handle.stop_reason == "cancelled"
+            assert handle.tokens == reference[: len(handle.tokens)]
+        else:
+            assert handle.tokens == reference
+            assert handle.stop_reason == ("eos" if reference[-1] == eos else "length")
+    assert first[0].stop_reason == "eos"
+    assert decoder.counters.cancelled == 1
+
+
+class TreeOracle(Drafter):
+    """A token tree per row: a wrong root child, then the true continuation with a wrong sibling per level."""
+
+    name = "tree-oracle"
+    cheap = True
+
+    def __init__(self, references):
+        self.references = references
+
+    def propose(self, context_ids, k):
+        prompt = max((p for p in self.references if list(context_ids[: len(p)]) == list(p)), key=len)
+        done = len(context_ids) - len(prompt)
+        truth = self.references[prompt][done : done + 3]
+        if not truth:
+            return Draft([])
+        tokens, parents = [(truth[0] + 1) % 250, truth[0]], [-1, -1]
+        parent = 1
+        for token in truth[1:]:
+            tokens += [(token + 7) % 250, token]
+            parents += [parent, parent]
+            parent = len(tokens) - 1
+        return Draft(tokens, parents=parents).truncated(k)
+
+
+def test_tree_drafts_per_row_match_single_decoding(llama):
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)[:4]
+    references = {tuple(p): _single(model, p, 20).tokens for p in prompts}
+    decoder = BatchedSpeculativeDecoder(model, lambda: TreeOracle(references), lambda: ConstantPolicy(k=16))
+    results = decoder.generate_many(prompts, 20)
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.tokens == references[tuple(prompt)]
+        assert result.stats.mean_accepted > 2.0
+
+
+def test_memory_budget_throttles_admission_and_stays_exact(llama):
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)[:4]
+    probe = BatchedSpeculativeDecoder(model)
+    longest = max(len(p) for p in prompts) + 16
+    # Room for two rows of the longest request, not three.
+    budget = 2 * longest * probe.kv_bytes_per_token + probe.kv_bytes_per_token
+    decoder = BatchedSpeculativeDecoder(model, "copy", lambda: ConstantPolicy(k=8), memory_budget=budget)
+    handles = [decoder.submit(p, 16) for p in prompts]
+    rows = []
+    while decoder.active:
+        decoder.step()
+        rows.append(decoder.rows)
+        cache = decoder._cache
+        if cache is not None:
+            held = cache.layers[0].keys.shape[0] * cache.get_seq_length() * decoder.kv_bytes_per_token
+            assert held <= budget
+    assert max(rows) == 2
+    assert decoder.counters.throttled >= 1
+    for prompt, handle in zip(prompts, handles, strict=True):
+        assert handle.tokens == _single(model, prompt, 16).tokens
+    with pytest.raises(SpecdecError, match="memory_budget"):
+        decoder.submit(prompts[0], 10 * longest)
+
+
+def test_sampling_per_row_draws_what_a_single_run_draws(llama):
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)[:3]
+    configs = [SamplingConfig(temperature=0.8, top_k=5, seed=s) for s in (1, 2, 3)]
+    decoder = BatchedSpeculativeDecoder(model, "copy", lambda: ConstantPolicy(k=4), eos_token_id=[])
+    handles = [decoder.submit(p, 20, c) for p, c in zip(prompts, configs, strict=True)]
+    while decoder.active:
+        decoder.step()
+    for prompt, config, handle in zip(prompts, configs, handles, strict=True):
+        single = SpeculativeDecoder(model, CopyDrafter(), ConstantPolicy(k=4), eos_token_id=[])
+        assert handle.tokens == single.generate(prompt, 20, config).tokens
+
+
+def test_int8_quantized_rows_match_single_decoding(llama):
+    import copy
+
+    import crossedge.quant.plugin as plugin
+    from crossedge.quant import quantize_
+
+    model, tokenizer = llama
+    prompts = _prompts(tokenizer)[:4]
+    with registered(plugin, name="crossedge-quant-batched-test"):
+        quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
+    assert quantized.config._attn_implementation == "crossedge_row_invariant"
+    decoder = BatchedSpeculativeDecoder(quantized, "copy", lambda: ConstantPolicy(k=4))
+    results = decoder.generate_many(prompts, 20)
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.tokens == _single(quantized, prompt, 20).tokens
+
+
+def _mistral_sliding():
+    """A tiny random Mistral with an 8-token sliding window (as test_engine's)."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=257,
+        eos_token_id=258,
+        pad_token_id=256,
+        initializer_range=0.15,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _gemma3_mixed():
+    """A tiny random Gemma 3 whose layers mix a 5-token sliding window and full attention."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=5,
+        max_position_embeddings=512,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        initializer_range=0.15,
+    )
+    torch.manual_seed(5)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _llama_eager():
+    model, _ = tiny_target("llama")
+    model.config._attn_implementation = "eager"
+    return model
+
+
+ARCHITECTURES = {
+    "mistral-sliding": _mistral_sliding,
+    "gemma3-mixed": _gemma3_mixed,
+    "llama-eager": _llama_eager,
+    "gpt2": lambda: tiny_target("gpt2")[0],
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_other_architectures_match_single_decoding(arch):
+    """Sliding windows past the window, a mix of sliding and full layers (a mask per layer kind),
+    eager attention (additive masks) and GPT-2's learned positions, under a draft model."""
+    from crossedge.specdec import DraftModelDrafter
+    from crossedge.specdec.testing import noisy_copy
+
+    with torch.random.fork_rng():
+        model = ARCHITECTURES[arch]()
+    model.generation_config.eos_token_id = None
+    draft = noisy_copy(model, scale=0.05)
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6], [9, 8, 7], [4, 4, 5, 5, 6, 6, 7, 7, 8, 8]]
+    decoder = BatchedSpeculativeDecoder(model, lambda: DraftModelDrafter(draft), lambda: ConstantPolicy(k=4))
+    results = decoder.generate_many(prompts, 24)
+    for prompt, result in zip(prompts, results, strict=True):
+        single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=4)).generate(prompt, 24)
+        assert result.tokens == single.tokens
+    # Rows accepted different amounts, rejections included: the cache was compacted raggedly.
+    stats = [r.stats.drafters["draft-model"] for r in results]
+    assert 0 < sum(s.accepted for s in stats) < sum(s.drafted for s in stats)
+
+
+def test_refusals(llama):
+    model, _ = llama
+    with pytest.raises(SpecdecError, match="factory"):
+        BatchedSpeculativeDecoder(model, CopyDrafter())
+    with pytest.raises(SpecdecError, match="policy instance"):
+        BatchedSpeculativeDecoder(model, "copy", ConstantPolicy(k=2))
+    decoder = BatchedSpeculativeDecoder(model)
+    with pytest.raises(SpecdecError, match="empty prompt"):
+        decoder.submit([], 4)
+    with pytest.raises(SpecdecError, match="max_new_tokens"):
+        decoder.submit([1, 2], 0)
+
+
+class FixedDraft(Drafter):
+    """Proposes a fixed chain whose length depends on the row (the prompt's length)."""
+
+    name = "fixed"
+    cheap = True
+
+    def propose(self, context_ids, k):
+        return Draft([7, 8, 9][: 1 + len(context_ids) % 3][:k])
+
+
+def test_int8_batched_verification_rows_are_single_steps_bit_for_bit(llama):
+    """Row-invariant attention loops the rows of every batch element, so a padded, ragged batched
+    verification gives each row the logits of one-token decoding steps, bit for bit."""
+    import copy
+
+    from transformers import DynamicCache
+
+    import crossedge.quant.plugin as plugin
+    from crossedge.quant import quantize_
+
+    model, _ = llama
+    with registered(plugin, name="crossedge-quant-batched-test"):
+        quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
+    prompts = [[5, 17, 99, 3, 42, 8, 61, 7, 250], [12, 90, 33, 4, 1], [66, 67, 68, 69, 70, 71, 72]]
+    blocks = []
+    forward = quantized.forward
+
+    def recording(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if kwargs["input_ids"].shape[0] > 1:
+            blocks.append((kwargs["input_ids"].clone(), out.logits.clone()))
+        return out
+
+    quantized.forward = recording
+    decoder = BatchedSpeculativeDecoder(quantized, FixedDraft, lambda: ConstantPolicy(k=3), eos_token_id=[])
+    handles = [decoder.submit(p, 6) for p in prompts]
+    decoder.step()
+    quantized.forward = forward
+    (ids, logits) = blocks[0]
+    widths = [1 + len([7, 8, 9][: 1 + (len(p) + 1) % 3]) for p in prompts]
+    assert len(set(widths)) > 1  # ragged: some rows are padded
+    with torch.inference_mode():
+        for b, (prompt, handle, width) in enumerate(zip(prompts, handles, widths, strict=True)):
+            cache = DynamicCache(config=quantized.config)
+            quantized(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
+            assert ids[b, 0] == handle.tokens[0]
+            for i in range(width):
+                step = quantized(input_ids=ids[b : b + 1, i : i + 1], cache=cache, use_cache=True).logits[0, -1]
+                assert torch.equal(step, logits[b, i]), f"row {b} query {i}"
+
+
+def test_rows_get_their_own_drafters_sharing_the_draft_model(llama, monkeypatch):
+    """A spec is built once: every row gets its own drafter state, all rows one draft model."""
+    from crossedge.specdec import DraftModelDrafter
+    from crossedge.specdec.testing import noisy_copy
+
+    model, tokenizer = llama
+    draft = noisy_copy(model, scale=0.05)
+    loads = []
+
+    def load(self, name):
+        loads.append(name)
+        return draft
+
+    monkeypatch.setattr(DraftModelDrafter, "_load", load)
+    begun = []
+    begin = DraftModelDrafter.begin
+
+    def noting_begin(self, context):
+        begun.append(self)
+        return begin(self, context)
+
+    monkeypatch.setattr(DraftModelDrafter, "begin", noting_begin)
+    prompts = _prompts(tokenizer)[:3]
+    decoder = BatchedSpeculativeDecoder(model, "draft-model:model=tiny", lambda: ConstantPolicy(k=3))
+    results = decoder.generate_many(prompts, 12)
+    assert loads == ["tiny"]
+    assert len({id(d) for d in begun}) == 3 and all(d.model is draft for d in begun)
+    for prompt, result in zip(prompts, results, strict=True):
+        single = SpeculativeDecoder(model, DraftModelDrafter(draft), ConstantPolicy(k=3)).generate(prompt, 12)
+        assert result.tokens == single.tokens
+
+
+def test_cost_aware_rows_share_the_verification_cost_model(llama):
+    model, tokenizer = llama
+    decoder = BatchedSpeculativeDecoder(model, "copy", "cost-aware")
+    handles = [decoder.submit(p, 8) for p in _prompts(tokenizer)[:3]]
+    decoder.step()
+    policies = [row.policy for row in decoder._rows]
+    assert len(policies) == 3 and len({id(p) for p in policies}) == 3
+    assert len({id(p.cost) for p in policies}) == 1
+    while decoder.active:
+        decoder.step()
+    for prompt, handle in zip(_prompts(tokenizer)[:3], handles, strict=True):
+        assert handle.tokens == _single(model, prompt, 8).tokens
