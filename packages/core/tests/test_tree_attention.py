@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from crossedge.core.contracts.drafter import Draft, DrafterError, TargetCacheView, tree_attention
-from crossedge.core.testing import tiny_causal_lm
+from crossedge.core.testing import tiny_causal_lm, tiny_windowed_lm
 
 # Two subtrees under the context: 0 -> (2 -> 5, 3), 1 -> 4 -> 6; node 4's path (1, 4) skips node 0's subtree.
 TOKENS = [11, 12, 13, 14, 15, 16, 17]
@@ -20,41 +20,11 @@ def _llama(attn="sdpa"):
 
 
 def _mistral():
-    from transformers import AutoModelForCausalLM, MistralConfig
-
-    config = MistralConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=6,
-        max_position_embeddings=512,
-        initializer_range=0.15,
-    )
-    torch.manual_seed(4)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_windowed_lm("mistral", window=6, seed=4)
 
 
 def _gemma3():
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=5,
-        max_position_embeddings=512,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        initializer_range=0.15,
-    )
-    torch.manual_seed(5)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_windowed_lm("gemma3", window=5, seed=5)
 
 
 MODELS = {

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from crossedge.core import registered
+from crossedge.core.testing import tiny_windowed_lm
 from crossedge.specdec import (
     BatchedSpeculativeDecoder,
     ConstantPolicy,
@@ -182,45 +183,12 @@ def test_int8_quantized_rows_match_single_decoding(llama):
 
 def _mistral_sliding():
     """A tiny random Mistral with an 8-token sliding window (as test_engine's)."""
-    from transformers import AutoModelForCausalLM, MistralConfig
-
-    config = MistralConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        max_position_embeddings=512,
-        bos_token_id=257,
-        eos_token_id=258,
-        pad_token_id=256,
-        initializer_range=0.15,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_windowed_lm("mistral", window=8, seed=0)
 
 
 def _gemma3_mixed():
     """A tiny random Gemma 3 whose layers mix a 5-token sliding window and full attention."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=5,
-        max_position_embeddings=512,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        initializer_range=0.15,
-    )
-    torch.manual_seed(5)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_windowed_lm("gemma3", window=5, seed=5)
 
 
 def _llama_eager():

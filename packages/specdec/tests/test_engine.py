@@ -3,6 +3,7 @@ import torch
 
 from crossedge.core import CrossedgeError
 from crossedge.core.conformance.policy import DraftLengthPolicyConformance
+from crossedge.core.testing import tiny_windowed_lm
 from crossedge.specdec import (
     ConstantPolicy,
     CopyDrafter,
@@ -206,26 +207,7 @@ def test_cost_aware_probes_after_a_zero_streak():
 
 def sliding_window_model(seed):
     """A tiny random Mistral with an 8-token sliding window."""
-    from transformers import AutoModelForCausalLM, MistralConfig
-
-    config = MistralConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        max_position_embeddings=512,
-        bos_token_id=257,
-        eos_token_id=258,
-        pad_token_id=256,
-        initializer_range=0.15,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config).eval()
-    return model
+    return tiny_windowed_lm("mistral", window=8, seed=seed)
 
 
 def test_sliding_window_cache_rolls_back_past_the_window():

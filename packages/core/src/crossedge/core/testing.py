@@ -89,6 +89,40 @@ def tiny_causal_lm(arch: str = "llama", *, seed: int = 0, **config_kwargs: Any) 
     return model, byte_tokenizer()
 
 
+def tiny_windowed_lm(kind: str = "mistral", *, window: int = 8, seed: int = 0) -> Any:
+    """A tiny random model with sliding-window attention, eval mode, fp32.
+
+    ``kind="mistral"``: every layer slides over ``window`` tokens (2 layers);
+    ``kind="gemma3"``: sliding, full and sliding layers (3), as gemma3 mixes them.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, MistralConfig
+
+    shared = {
+        "vocab_size": 259,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": window,
+        "max_position_embeddings": 512,
+        "bos_token_id": 257,
+        "eos_token_id": 258,
+        "pad_token_id": 256,
+        "initializer_range": 0.15,
+    }
+    if kind == "mistral":
+        config = MistralConfig(num_hidden_layers=2, **shared)
+    elif kind == "gemma3":
+        layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+        config = Gemma3TextConfig(num_hidden_layers=3, head_dim=8, layer_types=layer_types, **shared)
+    else:
+        raise ValueError(f"tiny_windowed_lm knows 'mistral' and 'gemma3', not {kind!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()
+
+
 def save_tiny_causal_lm(folder: Path | str, arch: str = "llama", *, seed: int = 0, **config_kwargs: Any) -> Path:
     """Write a tiny model as a safetensors model folder that ``from_pretrained`` reads."""
     model, tokenizer = tiny_causal_lm(arch, seed=seed, **config_kwargs)

@@ -73,11 +73,12 @@ from .engine import (
     RunStats,
     _eos_ids,
     _prompt_list,
+    check_request,
     clock,
     propose_draft,
     record_outcome,
 )
-from .errors import PromptTooLongError, SpecdecError
+from .errors import SpecdecError
 from .policies import VerificationCostModel, build_policy
 from .sampling import RunSampler, SamplingConfig, check_finite, process_logits, sample, verify_tree_sampled
 
@@ -276,15 +277,7 @@ class BatchedSpeculativeDecoder:
     def submit(self, input_ids: Any, max_new_tokens: int, sampling: SamplingConfig | None = None) -> RowHandle:
         """Queue a request; it joins the batch at the next :meth:`step` that has room for it."""
         prompt = _prompt_list(input_ids)
-        if not prompt:
-            raise SpecdecError("empty prompt: give at least one token (a BOS token will do)")
-        if max_new_tokens is None or max_new_tokens <= 0:
-            raise SpecdecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if self.window is not None and len(prompt) >= self.window:
-            raise PromptTooLongError(
-                f"prompt has {len(prompt)} tokens but the model's context window is {self.window}: "
-                f"shorten the prompt to at most {self.window - 1} tokens"
-            )
+        check_request(prompt, max_new_tokens, self.window)
         handle = RowHandle(prompt, int(max_new_tokens), sampling or SamplingConfig())
         if self.memory_budget is not None:
             need = self._final_length(handle) * self.kv_bytes_per_token

@@ -185,6 +185,19 @@ def _prompt_list(input_ids: Any) -> list[int]:
     return [int(t) for t in input_ids]
 
 
+def check_request(prompt: Sequence[int], max_new_tokens: int | None, window: int | None) -> None:
+    """Refuse, in one line, an empty prompt, no new tokens, or a prompt that fills the context window."""
+    if not prompt:
+        raise SpecdecError("empty prompt: give at least one token (a BOS token will do)")
+    if max_new_tokens is None or max_new_tokens <= 0:
+        raise SpecdecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if window is not None and len(prompt) >= window:
+        raise PromptTooLongError(
+            f"prompt has {len(prompt)} tokens but the model's context window is {window}: "
+            f"shorten the prompt to at most {window - 1} tokens"
+        )
+
+
 def record_outcome(policy: DraftLengthPolicy, stats: RunStats, drafter: Drafter, draft: Draft, accepted: int) -> None:
     """Tell the statistics, the policy and the drafter how a verified draft fared (chains and trees)."""
     depth = max(draft.depths())
@@ -265,15 +278,7 @@ class SpeculativeDecoder:
     def stream(self, input_ids: Any, max_new_tokens: int, sampling: SamplingConfig | None = None) -> TokenStream:
         """Start generating; iterate the returned stream to receive tokens as they are accepted."""
         prompt = _prompt_list(input_ids)
-        if not prompt:
-            raise SpecdecError("empty prompt: give at least one token (a BOS token will do)")
-        if max_new_tokens is None or max_new_tokens <= 0:
-            raise SpecdecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if self.window is not None and len(prompt) >= self.window:
-            raise PromptTooLongError(
-                f"prompt has {len(prompt)} tokens but the model's context window is {self.window}: "
-                f"shorten the prompt to at most {self.window - 1} tokens"
-            )
+        check_request(prompt, max_new_tokens, self.window)
         sampling = sampling or SamplingConfig()
         stats = RunStats(prompt_tokens=len(prompt))
         limit = max_new_tokens
