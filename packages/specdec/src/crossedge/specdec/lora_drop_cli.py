@@ -13,7 +13,7 @@ from crossedge.core.bench import format_table
     "--drop",
     default="block",
     show_default=True,
-    help="Droppable layers (0-based): 'block' (num_layers // 4 ending below the last), 'block:count=C,start=S' "
+    help="Droppable layers (0-based): 'block' (num_layers // 4 in the middle), 'block:count=C,start=S' "
     "or 'layers:ids=3+5+7'.",
 )
 @click.option("--rank", default=8, show_default=True, type=click.IntRange(min=1), help="LoRA rank.")

@@ -1,7 +1,7 @@
 """LoRA-Drop: decode with some decoder layers dropped on most steps, LoRA adapters on the kept ones.
 
-A *drop pattern* names the droppable layers (by default a contiguous block of late layers
-below the last one; see :mod:`.model`). On a dropped step those layers are bypassed (their
+A *drop pattern* names the droppable layers (by default a contiguous block of middle
+layers; see :mod:`.model`). On a dropped step those layers are bypassed (their
 output is their input) and write no KV for that position; the kept layers run with
 low-rank adapters trained to make up for the missing layers. Every ``refresh`` steps a
 full step runs the unchanged model (all layers, no adapters), so the dropped layers' KV

@@ -2,14 +2,16 @@
 
 Drop patterns (the one spec grammar; layers are numbered from 0)::
 
-    block                     the default: a contiguous block of num_layers // 4 layers ending
-                              below the last layer (SmolLM2-135M, 30 layers: 22..28)
+    block                     the default: a contiguous block of num_layers // 4 layers in the
+                              middle (SmolLM2-135M, 30 layers: 11..17)
     block:count=8,start=14    an explicit block
     layers:ids=3+5+7          an explicit list
 
-Why a late block by default: layer-skipping work on Llama-family models (LoRA-Drop, and the
-layer-skip drafters before it) finds the first layers and the last one essential and the
-late-middle ones the most redundant; measure other patterns with ``train-lora-drop --drop``.
+Why a middle block by default: layer-skipping work on Llama-family models finds the first
+and last layers essential. Measured on SmolLM2-135M (4 held-out corpus cuts, 32 greedy
+tokens each, no adapters, no refresh), teacher-forced top-1 agreement with the full model
+was 0.71 dropping 7 layers from 11, 0.63 from 8, 0.41 from 14 and 0.08 from 20 (22..28
+scored 0.03 on one chat prompt); measure other patterns with ``train-lora-drop --drop``.
 
 The adapters never touch the target's modules. Each kept layer gets a *view*: a shallow
 copy of the decoder layer (and of its attention and MLP) that shares every parameter and
@@ -50,7 +52,7 @@ PROJECTIONS = (
 
 @dataclass(frozen=True)
 class BlockDrop:
-    """``count`` contiguous layers from ``start``; by default num_layers // 4 layers ending below the last."""
+    """``count`` contiguous layers from ``start``; by default num_layers // 4 layers in the middle."""
 
     count: int | None = None
     start: int | None = None
@@ -58,7 +60,7 @@ class BlockDrop:
     def layers(self, num_layers: int) -> tuple[int, ...]:
         """The dropped layer indices for a model of ``num_layers`` layers."""
         count = self.count if self.count is not None else max(1, num_layers // 4)
-        start = self.start if self.start is not None else num_layers - 1 - count
+        start = self.start if self.start is not None else (num_layers - count) // 2
         return tuple(range(start, start + count))
 
 
