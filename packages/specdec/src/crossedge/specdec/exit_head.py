@@ -92,7 +92,7 @@ class ExitHead(nn.Module):
         position_embeddings = inner.rotary_emb(x, position_ids=position_ids)
         mask = None
         if cache is not None and x.shape[1] > 1 and cache.get_seq_length() > 0:
-            mask = _causal_mask_with_past(x.shape[1], cache.get_seq_length(), x.dtype, x.device)
+            mask = causal_mask_with_past(x.shape[1], cache.get_seq_length(), x.dtype, x.device)
         out = self.layer(
             x,
             attention_mask=mask,
@@ -110,7 +110,8 @@ class ExitHead(nn.Module):
         return self.model.lm_head(self.hidden(exit_hidden, input_ids, position_ids, cache))
 
 
-def _causal_mask_with_past(q_len: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def causal_mask_with_past(q_len: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive (1, 1, q_len, past + q_len) mask: each query sees the past and the queries up to itself."""
     mask = torch.full((q_len, past + q_len), torch.finfo(dtype).min, dtype=dtype, device=device)
     mask = torch.triu(mask, diagonal=past + 1)
     return mask[None, None]
@@ -389,6 +390,54 @@ def safetensors_marker(path: Path) -> str | None:
             return (f.metadata() or {}).get("crossedge")
     except (OSError, SafetensorError):
         return None
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and float32 bytes of a state dict (what saved weights are checked against)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_marked_safetensors(
+    path: Path,
+    *,
+    marker: str,
+    version: str,
+    what: str,
+    command: str,
+    error: type[CrossedgeError],
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file crossedge wrote with ``marker``; refused in one line when missing, damaged,
+    foreign, of another format version, or not matching its ``weights_sha256``.
+
+    ``what`` names the contents in messages ("Medusa heads"); ``command`` is the one that writes them.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}: train {what} with '{command} --out {path.parent}'")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (OSError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"cannot read {path} ({reason}); it is damaged: train the {what} again") from exc
+    if meta.get("crossedge") != marker:
+        raise error(f"{path} was not written by '{command}'; train {what} there")
+    if meta.get("format_version") != version:
+        raise error(
+            f"{path} holds {what} format {meta.get('format_version')!r}; this crossedge reads {version}: "
+            f"train the {what} again"
+        )
+    if meta.get("weights_sha256") != weights_digest(state):
+        raise error(f"the weights in {path} do not match their checksum; it is damaged: train the {what} again")
+    return meta, state
 
 
 def claim_folder(

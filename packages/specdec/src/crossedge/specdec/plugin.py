@@ -18,6 +18,7 @@ def register_drafters(register):
         "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
     )
     register("crossedge.specdec.heads.drafter:MedusaDrafter", name="medusa")
+    register("crossedge.specdec.lora_drop.drafter:LoraDropDrafter", name="lora-drop", aliases=("loradrop",))
 
 
 @hookimpl
@@ -37,7 +38,9 @@ def register_commands(cli):
     from .cli import specdec
     from .exit_cli import train_exit
     from .heads_cli import train_heads
+    from .lora_drop_cli import train_lora_drop
 
     specdec.add_command(train_exit)
     specdec.add_command(train_heads)
+    specdec.add_command(train_lora_drop)
     cli.add_command(specdec)

@@ -49,10 +49,12 @@ from ..exit_head import (
     distillation_loss,
     model_folder,
     optimize,
+    read_marked_safetensors,
     safetensors_marker,
     self_generated_sequences,
     teacher_targets,
     training_prompts,
+    weights_digest,
 )
 from . import HeadsError
 from .tree import prior_rank_accuracy
@@ -319,14 +321,6 @@ def _written_medusa(path: Path) -> bool:
     return path.name == WEIGHTS_NAME and safetensors_marker(path) == MARKER
 
 
-def _weights_digest(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def save_medusa_heads(
     heads: MedusaHeads, folder: Path | str, *, model_name: str, result: HeadsTrainResult | None = None
 ) -> Path:
@@ -349,7 +343,7 @@ def save_medusa_heads(
         "hidden_size": str(config.hidden_size),
         "heads": str(heads.heads),
         "lm_head_sha256": lm_head_identity(heads.model),
-        "weights_sha256": _weights_digest(state),
+        "weights_sha256": weights_digest(state),
         "rank_accuracy": json.dumps(heads.rank_accuracy),
         "training": json.dumps(training),
     }
@@ -360,30 +354,17 @@ def save_medusa_heads(
 
 def read_medusa_file(folder: Path | str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of saved heads; a missing, damaged or foreign file is refused in one line."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(folder) / WEIGHTS_NAME
-    if not path.is_file():
-        raise HeadsError(
-            f"{folder} has no {WEIGHTS_NAME}: train heads with 'crossedge specdec train-heads --model NAME "
-            f"--kind medusa --out {folder}'"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (OSError, SafetensorError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HeadsError(f"cannot read {path} ({reason}); it is damaged: train the heads again") from exc
-    if meta.get("crossedge") != MARKER:
-        raise HeadsError(f"{path} was not written by 'crossedge specdec train-heads --kind medusa'; train heads there")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise HeadsError(
-            f"{path} holds Medusa heads format {meta.get('format_version')!r}; this crossedge reads {FORMAT_VERSION}: "
-            f"train the heads again"
-        )
-    if set(state) != {"weight", "bias"} or meta.get("weights_sha256") != _weights_digest(state):
-        raise HeadsError(f"the weights in {path} do not match their checksum; it is damaged: train the heads again")
+    meta, state = read_marked_safetensors(
+        path,
+        marker=MARKER,
+        version=FORMAT_VERSION,
+        what="Medusa heads",
+        command="crossedge specdec train-heads --model NAME --kind medusa",
+        error=HeadsError,
+    )
+    if set(state) != {"weight", "bias"}:
+        raise HeadsError(f"{path} holds {sorted(state)}, not Medusa heads' weight and bias: train the heads again")
     return meta, state
 
 
