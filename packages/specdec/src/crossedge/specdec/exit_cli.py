@@ -7,8 +7,18 @@ import click
 from crossedge.core.bench import format_table
 
 
-def distillation_options(what: str, *, lr: float, minutes: str):
-    """The output, data and training options every self-distillation command shares."""
+def distillation_options(
+    what: str,
+    *,
+    lr: float,
+    minutes: str,
+    prompts: int = 96,
+    prompt_tokens: int = 64,
+    new_tokens: int = 64,
+    batch_size: int | None = None,
+):
+    """The output, data and training options every self-distillation command shares
+    (``--batch-size`` only where ``batch_size`` is given)."""
     options = [
         click.option(
             "--out",
@@ -19,14 +29,19 @@ def distillation_options(what: str, *, lr: float, minutes: str):
         ),
         click.option(
             "--prompts",
-            default=96,
+            default=prompts,
             show_default=True,
             type=click.IntRange(min=8),
             help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
         ),
-        click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(min=8)),
-        click.option("--new-tokens", default=64, show_default=True, type=click.IntRange(min=8)),
+        click.option("--prompt-tokens", default=prompt_tokens, show_default=True, type=click.IntRange(min=8)),
+        click.option("--new-tokens", default=new_tokens, show_default=True, type=click.IntRange(min=8)),
         click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1)),
+        *(
+            []
+            if batch_size is None
+            else [click.option("--batch-size", default=batch_size, show_default=True, type=click.IntRange(min=1))]
+        ),
         click.option("--lr", default=lr, show_default=True, type=float),
         click.option("--max-minutes", default=20.0, show_default=True, type=float, help=minutes),
         click.option("--seed", default=0, show_default=True, type=int),

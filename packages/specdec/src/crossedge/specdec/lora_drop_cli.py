@@ -6,6 +6,8 @@ import click
 
 from crossedge.core.bench import format_table
 
+from .exit_cli import distillation_options
+
 
 @click.command(name="train-lora-drop")
 @click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
@@ -24,27 +26,15 @@ from crossedge.core.bench import format_table
     type=click.IntRange(min=0),
     help="Train for a full step every this many steps (0: never).",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for the adapters (default: beside the model cache, where the drafter looks); never one holding "
-    "files crossedge did not write.",
+@distillation_options(
+    "the adapters",
+    lr=1e-3,
+    minutes="Stop training after this.",
+    prompts=64,
+    prompt_tokens=48,
+    new_tokens=48,
+    batch_size=4,
 )
-@click.option(
-    "--prompts",
-    default=64,
-    show_default=True,
-    type=click.IntRange(min=8),
-    help="Prompts cut from the bundled corpora; the model's own continuations are the training data.",
-)
-@click.option("--prompt-tokens", default=48, show_default=True, type=click.IntRange(min=8))
-@click.option("--new-tokens", default=48, show_default=True, type=click.IntRange(min=8))
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--max-minutes", default=20.0, show_default=True, type=float, help="Stop training after this.")
-@click.option("--seed", default=0, show_default=True, type=int)
 def train_lora_drop(
     model_name, drop, rank, refresh, out, prompts, prompt_tokens, new_tokens, epochs, batch_size, lr, max_minutes, seed
 ):
