@@ -133,6 +133,8 @@ def test_copy_maps_to_ngram_with_constant_k():
     assert export.export_config("copy", "vllm")["speculative_config"]["num_speculative_tokens"] == 5
     ngram = export.export_config("prompt-lookup@constant:k=4", "sglang")["server_args"]
     assert ngram["speculative_algorithm"] == "NGRAM" and ngram["speculative_num_draft_tokens"] == 5
+    capped = export.export_config("copy:max_copy=2@constant:k=8", "sglang")["server_args"]
+    assert capped["speculative_num_draft_tokens"] == 3
 
 
 def test_history_maps_to_suffix_and_draft_model_to_standalone():
@@ -176,6 +178,8 @@ def test_from_bench_takes_fastest_matching_method(tmp_path):
     assert data["speculative_config"]["num_speculative_tokens"] == 4
     with pytest.raises(SpecdecError, match="no measured method"):
         export.num_tokens_from_bench(results, "draft-model:model=x")
+    with pytest.raises(SpecdecError, match="no measured method"):
+        export.num_tokens_from_bench(results, "copy:min_match=3")
 
 
 def test_write_refuses_foreign_files_and_replaces_its_own(tmp_path):

@@ -61,24 +61,29 @@ def _names(chain: Chain) -> list[str]:
     return [_ALIASES.get(s.name, s.name) for s in chain.specs]
 
 
+def _drafters(chain: Chain) -> list[tuple[str, dict[str, str]]]:
+    """The chain's drafters with their options, policy left out: what a bench method must share to count."""
+    return [(_ALIASES.get(s.name, s.name), {k: str(v) for k, v in s.options.items()}) for s in chain.specs]
+
+
 def num_tokens_from_bench(path: str | Path, drafter: str) -> int:
-    """Draft length from a ``specdec bench --json`` file: ceil of the fastest matching method's mean accepted length."""
+    """Draft length from a ``specdec bench --json`` file: ceil of the fastest method with the same drafters."""
     try:
         summary = json.loads(Path(path).read_text())["summary"]
         overall = summary["overall"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SpecdecError(f"--from-bench {path}: not a 'specdec bench --json' results file ({exc})") from None
-    wanted = _names(parse_chain(drafter, kind="drafter"))
+    wanted = _drafters(parse_chain(drafter, kind="drafter"))
     measured = []
     for method, cell in overall.items():
         try:
-            names = _names(parse_chain(method, kind="drafter"))
+            found = _drafters(parse_chain(method, kind="drafter"))
         except Exception:  # baselines and hf-* methods are not drafter specs
             continue
-        if names == wanted and cell.get("mean_accepted") and cell.get("speedup") is not None:
+        if found == wanted and cell.get("mean_accepted") and cell.get("speedup") is not None:
             measured.append((cell["speedup"], cell["mean_accepted"], method))
     if not measured:
-        raise SpecdecError(f"--from-bench {path}: no measured method with drafter {','.join(wanted)}")
+        raise SpecdecError(f"--from-bench {path}: no measured method with the drafters of {drafter!r} (policy aside)")
     _, accepted, _ = max(measured)
     # mean accepted counts tokens per target forward (the bonus token too): a draft this long covers it.
     return max(1, math.ceil(accepted))
@@ -132,6 +137,7 @@ def _sglang(chain: Chain, k: int) -> tuple[dict[str, Any], list[str]]:
     names = _names(chain)
     first = chain.specs[0]
     if names in (["copy"], ["history"], ["copy", "history"]):
+        k = min(k, int(first.options.get("max_copy", 16)))
         # breadth 1 keeps SGLang's draft a chain, as ours is; the draft tokens count the verified root too.
         args = {
             "speculative_algorithm": "NGRAM",
