@@ -8,7 +8,7 @@ from crossedge.specdec import export
 from crossedge.specdec.errors import SpecdecError
 
 # Field names of vLLM's SpeculativeConfig, transcribed from vllm-project/vllm vllm/config/speculative.py
-# (the stored copy at commit 002e77c1f0ef, read as the source of the pinned vllm 0.33.0). Names only.
+# at commit 002e77c1f0ef (a recent main, taken for the pinned vllm 0.33.0; not checked against the tag). Names only.
 VLLM_SPECULATIVE_CONFIG_FIELDS = {
     "enforce_eager",
     "num_speculative_tokens",
@@ -61,8 +61,8 @@ VLLM_METHODS = {
 }
 
 # ServerArgs fields of the speculative sections, transcribed from sgl-project/sglang
-# python/sglang/srt/server_args.py (the stored copy at commit 001067fffe33, read as the source of the pinned
-# sglang 0.5.23), plus model_path. Names only; the flag is "--" plus the name with dashes.
+# python/sglang/srt/server_args.py at commit 001067fffe33 (a recent main, taken for the pinned sglang 0.5.23; not
+# checked against the tag), plus model_path. Names only; the flag is "--" plus the name with dashes.
 SGLANG_SERVER_ARGS = {
     "model_path",
     "speculative_algorithm",
