@@ -411,3 +411,29 @@ def policies_command() -> None:
     for entry in get_registry("draft_policy").entries():
         aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
         click.echo(f"{entry.name:<14} {entry.obj.description}{aliases} from {entry.plugin}")
+
+
+@specdec.command(name="export")
+@click.option("--drafter", "drafter_spec", required=True, help="Drafter spec, optionally SPEC@POLICY (one chain).")
+@click.option("--format", "fmt", type=click.Choice(["vllm", "sglang"]), required=True, help="Serving engine.")
+@click.option("--model", "model_name", default=None, help="Target model name for the engine (default: MODEL).")
+@click.option(
+    "--from-bench",
+    "from_bench",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A 'specdec bench --json' file: draft length from the fastest matching method's mean accepted length.",
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write JSON here (else stdout).")
+def export_command(
+    drafter_spec: str, fmt: str, model_name: str | None, from_bench: str | None, out_path: str | None
+) -> None:
+    """Write the vLLM or SGLang serving config that carries a drafter choice (pinned engine versions)."""
+    from .export import export_config, write_export
+
+    data = export_config(drafter_spec, fmt, model=model_name, from_bench=from_bench)
+    if out_path is None:
+        echo_json(data)
+        return
+    write_export(out_path, data)
+    click.echo(f"wrote {out_path}; run: {data['command']}", err=True)
