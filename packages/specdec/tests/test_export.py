@@ -3,6 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from crossedge.core import CrossedgeError
 from crossedge.core.cli import build_cli
 from crossedge.specdec import export
 from crossedge.specdec.errors import SpecdecError
@@ -155,12 +156,12 @@ def test_history_maps_to_suffix_and_draft_model_to_standalone():
     [
         ("medusa", "not in"),
         ("cross-vocab:model=x", "tokenizer"),
-        ("nonesuch", "has no"),
+        ("nonesuch", "unknown drafter 'nonesuch'"),
         ("draft-model", "model=NAME"),
     ],
 )
 def test_unmapped_drafters_refused(drafter, fmt, message):
-    with pytest.raises(SpecdecError, match=message):
+    with pytest.raises(CrossedgeError, match=message):
         export.export_config(drafter, fmt)
 
 

@@ -44,7 +44,13 @@ SGLANG_KEYS = (
     "speculative_ngram_max_bfs_breadth",
 )
 
-_ALIASES = {"prompt-lookup": "copy", "copyspec": "copy", "lookup-cache": "history", "draft": "draft-model"}
+
+def _canonical(name: str) -> str:
+    """A drafter's registered name for a name or alias (the drafter registry is the one table of aliases)."""
+    from crossedge.core import get_registry
+
+    return get_registry("drafter").entry(name).name
+
 
 #: Drafters with no honest mapping, and why (one line each).
 _UNMAPPED = {
@@ -58,12 +64,12 @@ _UNMAPPED = {
 
 
 def _names(chain: Chain) -> list[str]:
-    return [_ALIASES.get(s.name, s.name) for s in chain.specs]
+    return [_canonical(s.name) for s in chain.specs]
 
 
 def _drafters(chain: Chain) -> list[tuple[str, dict[str, str]]]:
     """The chain's drafters with their options, policy left out: what a bench method must share to count."""
-    return [(_ALIASES.get(s.name, s.name), {k: str(v) for k, v in s.options.items()}) for s in chain.specs]
+    return [(_canonical(s.name), {k: str(v) for k, v in s.options.items()}) for s in chain.specs]
 
 
 def num_tokens_from_bench(path: str | Path, drafter: str) -> int:
