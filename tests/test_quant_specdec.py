@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from crossedge.quant import load_quantized, quantize_, save_quantized
+from crossedge.specdec import BatchedSpeculativeDecoder, ConstantPolicy, Draft, Drafter
 from crossedge.specdec.drafters import CopyDrafter, DraftModelDrafter
 from crossedge.specdec.engine import SpeculativeDecoder
 from crossedge.specdec.testing import CONFORMANCE_PROMPTS, greedy_reference, tiny_target
@@ -88,3 +89,65 @@ def test_quantized_smollm2_under_copy_drafting_is_its_own_greedy(spec):
         result = SpeculativeDecoder(model, [CopyDrafter()], "constant:k=5").generate(ids, 40)
         assert result.tokens == plain, prompt
     assert result.stats.target_forwards < len(plain)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_target("llama")
+
+
+def test_int8_quantized_rows_match_single_decoding(llama):
+    model, tokenizer = llama
+    prompts = [tokenizer(text).input_ids for text in CONFORMANCE_PROMPTS[:4]]
+    quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
+    assert quantized.config._attn_implementation == "crossedge_row_invariant"
+    decoder = BatchedSpeculativeDecoder(quantized, "copy", lambda: ConstantPolicy(k=4))
+    results = decoder.generate_many(prompts, 20)
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.tokens == SpeculativeDecoder(quantized).generate(prompt, 20).tokens
+
+
+class FixedDraft(Drafter):
+    """Proposes a fixed chain whose length depends on the row (the prompt's length)."""
+
+    name = "fixed"
+    cheap = True
+
+    def propose(self, context_ids, k):
+        return Draft([7, 8, 9][: 1 + len(context_ids) % 3][:k])
+
+
+def test_int8_batched_verification_rows_are_single_steps_bit_for_bit(llama):
+    """Row-invariant attention loops the rows of every batch element, so a padded, ragged batched
+    verification gives each row the logits of one-token decoding steps, bit for bit."""
+    import torch
+    from transformers import DynamicCache
+
+    model, _ = llama
+    quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
+    prompts = [[5, 17, 99, 3, 42, 8, 61, 7, 250], [12, 90, 33, 4, 1], [66, 67, 68, 69, 70, 71, 72]]
+    blocks = []
+    forward = quantized.forward
+
+    def recording(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if kwargs["input_ids"].shape[0] > 1:
+            blocks.append((kwargs["input_ids"].clone(), out.logits.clone()))
+        return out
+
+    quantized.forward = recording
+    decoder = BatchedSpeculativeDecoder(quantized, FixedDraft, lambda: ConstantPolicy(k=3), eos_token_id=[])
+    handles = [decoder.submit(p, 6) for p in prompts]
+    decoder.step()
+    quantized.forward = forward
+    (ids, logits) = blocks[0]
+    widths = [1 + len([7, 8, 9][: 1 + (len(p) + 1) % 3]) for p in prompts]
+    assert len(set(widths)) > 1  # ragged: some rows are padded
+    with torch.inference_mode():
+        for b, (prompt, handle, width) in enumerate(zip(prompts, handles, widths, strict=True)):
+            cache = DynamicCache(config=quantized.config)
+            quantized(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
+            assert ids[b, 0] == handle.tokens[0]
+            for i in range(width):
+                step = quantized(input_ids=ids[b : b + 1, i : i + 1], cache=cache, use_cache=True).logits[0, -1]
+                assert torch.equal(step, logits[b, i]), f"row {b} query {i}"

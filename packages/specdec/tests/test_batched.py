@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from crossedge.core import registered
 from crossedge.core.testing import tiny_windowed_lm
 from crossedge.specdec import (
     BatchedSpeculativeDecoder,
@@ -164,23 +163,6 @@ def test_sampling_per_row_draws_what_a_single_run_draws(llama):
         assert handle.tokens == single.generate(prompt, 20, config).tokens
 
 
-def test_int8_quantized_rows_match_single_decoding(llama):
-    import copy
-
-    import crossedge.quant.plugin as plugin
-    from crossedge.quant import quantize_
-
-    model, tokenizer = llama
-    prompts = _prompts(tokenizer)[:4]
-    with registered(plugin, name="crossedge-quant-batched-test"):
-        quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
-    assert quantized.config._attn_implementation == "crossedge_row_invariant"
-    decoder = BatchedSpeculativeDecoder(quantized, "copy", lambda: ConstantPolicy(k=4))
-    results = decoder.generate_many(prompts, 20)
-    for prompt, result in zip(prompts, results, strict=True):
-        assert result.tokens == _single(quantized, prompt, 20).tokens
-
-
 def _mistral_sliding():
     """A tiny random Mistral with an 8-token sliding window (as test_engine's)."""
     return tiny_windowed_lm("mistral", window=8, seed=0)
@@ -238,57 +220,6 @@ def test_refusals(llama):
         decoder.submit([], 4)
     with pytest.raises(SpecdecError, match="max_new_tokens"):
         decoder.submit([1, 2], 0)
-
-
-class FixedDraft(Drafter):
-    """Proposes a fixed chain whose length depends on the row (the prompt's length)."""
-
-    name = "fixed"
-    cheap = True
-
-    def propose(self, context_ids, k):
-        return Draft([7, 8, 9][: 1 + len(context_ids) % 3][:k])
-
-
-def test_int8_batched_verification_rows_are_single_steps_bit_for_bit(llama):
-    """Row-invariant attention loops the rows of every batch element, so a padded, ragged batched
-    verification gives each row the logits of one-token decoding steps, bit for bit."""
-    import copy
-
-    from transformers import DynamicCache
-
-    import crossedge.quant.plugin as plugin
-    from crossedge.quant import quantize_
-
-    model, _ = llama
-    with registered(plugin, name="crossedge-quant-batched-test"):
-        quantized = quantize_(copy.deepcopy(model), "rtn:bits=8,keep_lm_head=false")
-    prompts = [[5, 17, 99, 3, 42, 8, 61, 7, 250], [12, 90, 33, 4, 1], [66, 67, 68, 69, 70, 71, 72]]
-    blocks = []
-    forward = quantized.forward
-
-    def recording(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        if kwargs["input_ids"].shape[0] > 1:
-            blocks.append((kwargs["input_ids"].clone(), out.logits.clone()))
-        return out
-
-    quantized.forward = recording
-    decoder = BatchedSpeculativeDecoder(quantized, FixedDraft, lambda: ConstantPolicy(k=3), eos_token_id=[])
-    handles = [decoder.submit(p, 6) for p in prompts]
-    decoder.step()
-    quantized.forward = forward
-    (ids, logits) = blocks[0]
-    widths = [1 + len([7, 8, 9][: 1 + (len(p) + 1) % 3]) for p in prompts]
-    assert len(set(widths)) > 1  # ragged: some rows are padded
-    with torch.inference_mode():
-        for b, (prompt, handle, width) in enumerate(zip(prompts, handles, widths, strict=True)):
-            cache = DynamicCache(config=quantized.config)
-            quantized(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
-            assert ids[b, 0] == handle.tokens[0]
-            for i in range(width):
-                step = quantized(input_ids=ids[b : b + 1, i : i + 1], cache=cache, use_cache=True).logits[0, -1]
-                assert torch.equal(step, logits[b, i]), f"row {b} query {i}"
 
 
 def test_rows_get_their_own_drafters_sharing_the_draft_model(llama, monkeypatch):
