@@ -20,7 +20,7 @@ import torch
 
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter
 
-from .errors import SpecdecError
+from .errors import SpecdecError, check_built_for
 from .exit_head import ExitHead, ExitHeadError, decoder_parts, default_head_folder, load_exit_head, target_name
 
 
@@ -62,11 +62,7 @@ class EarlyExitDrafter(Drafter):
         """Load (or check) the head for ``target`` and find the layers it shares; once per target."""
         try:
             if isinstance(self.head_source, ExitHead):
-                if self.head_source.model is not target:
-                    raise SpecdecError(
-                        "the exit head was built for another model than the engine's target: "
-                        "build it from the target, or pass head=DIR to load it for this target"
-                    )
+                check_built_for(self.head_source.model, target, "exit head was", "head")
                 head = self.head_source
             else:
                 if self.head_source is not None:

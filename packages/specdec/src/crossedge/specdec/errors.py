@@ -16,3 +16,12 @@ class PromptTooLongError(SpecdecError):
 
 class NonFiniteLogitsError(SpecdecError, CoreNonFiniteLogitsError):
     """The model produced NaN or infinite logits, so no token can be chosen."""
+
+
+def check_built_for(model: object, target: object, what: str, option: str) -> None:
+    """Refuse, in one line, trained drafting parts (``what``) built from another model than the target."""
+    if model is not target:
+        raise SpecdecError(
+            f"the {what} built for another model than the engine's target: build from the target, "
+            f"or pass {option}=DIR to load for this target"
+        )

@@ -22,7 +22,7 @@ import torch
 
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, check_finite
 
-from ..errors import SpecdecError
+from ..errors import SpecdecError, check_built_for
 from ..exit_head import target_name
 from . import HeadsError
 from .medusa import MedusaHeads, default_medusa_folder, load_medusa_heads
@@ -59,11 +59,7 @@ class MedusaDrafter(Drafter):
     def _attach(self, target: Any) -> None:
         """Load (or check) the heads for ``target`` and build the tree; once per target."""
         if isinstance(self.heads_source, MedusaHeads):
-            if self.heads_source.model is not target:
-                raise SpecdecError(
-                    "the Medusa heads were built for another model than the engine's target: build them from the "
-                    "target, or pass heads=DIR to load them for this target"
-                )
+            check_built_for(self.heads_source.model, target, "Medusa heads were", "heads")
             heads = self.heads_source
         else:
             folder = (

@@ -22,7 +22,7 @@ import torch
 
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter
 
-from ..errors import SpecdecError
+from ..errors import SpecdecError, check_built_for
 from ..exit_head import target_name
 from . import LoraDropError, is_full_step
 from .model import LoraDrop
@@ -64,11 +64,7 @@ class LoraDropDrafter(Drafter):
 
         try:
             if isinstance(self.source, LoraDrop):
-                if self.source.model is not target:
-                    raise SpecdecError(
-                        "the LoRA-Drop adapters were built for another model than the engine's target: build them "
-                        "from the target, or pass adapters=DIR to load them for this target"
-                    )
+                check_built_for(self.source.model, target, "LoRA-Drop adapters were", "adapters")
                 drop = self.source
             elif self.pattern is not None:
                 drop = LoraDrop(target, self.pattern, self.rank).eval()  # zero adapters: plain layer skipping
