@@ -77,6 +77,7 @@ from .engine import (
     clock,
     propose_draft,
     record_outcome,
+    rider_of,
 )
 from .errors import SpecdecError
 from .policies import VerificationCostModel, build_policy
@@ -397,6 +398,12 @@ class BatchedSpeculativeDecoder:
         sampling = handle.sampling
         generator = None if sampling.greedy else sampling.generator()
         drafters, policy = self._build_drafters()
+        riding = rider_of(drafters)
+        if riding is not None:
+            raise DrafterError(
+                f"batched decoding does not append a drafter's riders to its verification forwards ({riding.name}): "
+                f"use {riding.name} with SpeculativeDecoder (one sequence)"
+            )
         view = _RowCacheView()
         context = DraftContext(
             target=model,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, TargetCacheView
+from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, Riders, TargetCacheView
 from crossedge.core.contracts.policy import DraftLengthPolicy
 
 from .drafters import build_chain
@@ -208,6 +208,15 @@ def record_outcome(policy: DraftLengthPolicy, stats: RunStats, drafter: Drafter,
     drafter.feedback(accepted)
 
 
+def rider_of(drafters: Sequence[Drafter]) -> Drafter | None:
+    """The one drafter of a chain that hangs riders on verification forwards (PPD), or ``None``."""
+    riding = [d for d in drafters if type(d).ride is not Drafter.ride]
+    if len(riding) > 1:
+        names = ", ".join(d.name for d in riding)
+        raise SpecdecError(f"only one drafter of a chain may ride the verification forward, got {names}: keep one")
+    return riding[0] if riding else None
+
+
 def propose_draft(
     drafters: Sequence[Drafter], policy: DraftLengthPolicy, context: list[int], budget: int, stats: RunStats
 ) -> tuple[Draft | None, Drafter | None]:
@@ -323,6 +332,7 @@ class SpeculativeDecoder:
             drafter.begin(draft_context)
         for drafter in self.drafters:
             stats.drafters.setdefault(drafter.name, DrafterStats())
+        self._rider = rider_of(self.drafters)
         context = list(prompt)
         eos = self.eos
         started = clock()
@@ -364,10 +374,12 @@ class SpeculativeDecoder:
                 )
             stats.target_forwards += 1
 
-    def _forward(self, model: Any, feed: list[int], keep: int, parents: list[int] | None = None) -> torch.Tensor:
-        """One target forward over ``feed`` (a tree after its first token when ``parents`` is given) on this
-        generation's cache, through the drafters' cache view."""
-        logits = self._view.forward(model, feed, keep, parents).logits[0]
+    def _forward(
+        self, model: Any, feed: list[int], keep: int, parents: list[int] | None = None, riders: Riders | None = None
+    ) -> torch.Tensor:
+        """One target forward over ``feed`` (a tree after its first token when ``parents`` is given, with the
+        riders' rows after the kept ones) on this generation's cache, through the drafters' cache view."""
+        logits = self._view.forward(model, feed, keep, parents, riders).logits[0]
         check_finite(logits, "the target model")
         return logits
 
@@ -400,8 +412,11 @@ class SpeculativeDecoder:
     ) -> list[int]:
         """One draft-and-verify step; returns the tokens to emit (accepted drafts + one target token)."""
         draft, drafter = (None, None) if budget <= 0 or not self.drafters else self._draft(context, budget, stats)
-        if draft is not None and draft.is_tree:
-            return self._step_tree(model, cache, last, draft, drafter, sampling, generator, stats)
+        riders = None
+        if self._rider is not None:
+            riders = self._rider.ride(context, draft if draft is not None else Draft([]))
+        if (draft is not None and draft.is_tree) or riders is not None:
+            return self._step_tree(model, cache, last, draft, drafter, sampling, generator, stats, riders)
         drafted = draft.tokens if draft is not None else []
         k = len(drafted)
         start = clock()
@@ -433,20 +448,30 @@ class SpeculativeDecoder:
         sampling: SamplingConfig,
         generator: torch.Generator | None,
         stats: RunStats,
+        riders: Riders | None = None,
     ) -> list[int]:
-        """Verify a token tree in one forward, keep the longest accepted path and its cache."""
+        """Verify a token tree (or a chain carrying riders) in one forward, keep the longest accepted path and
+        its cache; riders' logits go back to the drafter that hung them."""
+        draft = draft if draft is not None else Draft([])
         tokens = draft.tokens
         nodes = len(tokens)
+        extra = len(riders) if riders is not None else 0
         start = clock()
-        logits = self._forward(model, [last, *tokens], nodes + 1, draft.parent_list())
+        logits = self._forward(model, [last, *tokens], nodes + 1, draft.parent_list(), riders)
+        logits, rider_logits = logits[: nodes + 1], logits[nodes + 1 :]
         if sampling.greedy:
             path, next_token = draft.greedy_path(logits.argmax(dim=-1).tolist())
-        else:
+        elif nodes:
             path, next_token = verify_tree_sampled(process_logits(logits, sampling), draft, generator)
+        else:
+            path, next_token = [], self._pick(logits[0], sampling, generator)
         self.policy.observe_verification(nodes, clock() - start)
         # Keep the fed last token and the path; a tree's rejected branches may sit between path nodes.
-        self._view.keep_fed(nodes + 1, [0, *(node + 1 for node in path)])
+        self._view.keep_fed(nodes + 1 + extra, [0, *(node + 1 for node in path)])
         if self._trim_always:
             cache.crop(0)
-        record_outcome(self.policy, stats, drafter, draft, len(path))
+        if riders is not None:
+            self._rider.rode(rider_logits, path)
+        if nodes:
+            record_outcome(self.policy, stats, drafter, draft, len(path))
         return [*(tokens[node] for node in path), next_token]

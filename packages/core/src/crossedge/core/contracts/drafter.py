@@ -12,6 +12,14 @@ is refused), capability flags as class attributes, and four calls from the engin
 * ``feedback(num_accepted)`` after the target verified a draft;
 * ``end(context_ids)`` when a generation finished.
 
+A drafter whose guesses come out of the target's own verification forward (PPD's
+prompt tokens) also implements ``ride(context_ids, draft)``, returning :class:`Riders`:
+extra input positions, given as embeddings, that the engine appends to the next
+verification forward as leaves of the draft tree (they attend to the cache and their
+ancestors, and nothing attends to them, so the draft's logits do not change), and
+``rode(logits, path)``, which hands back their logits and the accepted path. Their keys
+and values never stay in the cache.
+
 The engine times every ``propose`` call itself and reports that time (per drafter in the
 run statistics, and to the draft-length policy); drafters do not keep their own clocks.
 Torch is imported inside functions so that importing this module stays cheap.
@@ -154,6 +162,30 @@ class Draft:
         return Draft(self.tokens[:k], probs, self.bucket, parents, scores)
 
 
+@dataclass
+class Riders:
+    """Positions a drafter hangs on a verification forward that are not tokens (see :meth:`Drafter.ride`).
+
+    ``parents[i]`` is rider ``i``'s parent among the fed positions after the last context
+    token: -1 for that token, ``0 .. k-1`` for the draft's nodes, ``k + j`` for rider ``j``
+    (an earlier one), so riders may form chains.
+    """
+
+    #: (riders, hidden): input embeddings, in the space of the target's input embedding layer.
+    embeddings: torch.Tensor
+    parents: list[int]
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.parents):
+            raise DrafterError(
+                f"riders need one embedding row per parent, got {tuple(self.embeddings.shape)} for "
+                f"{len(self.parents)} parents"
+            )
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+
 class Sampler:
     """How the current run picks tokens; drafters draw through it so their ``q`` matches the target's ``p``.
 
@@ -252,7 +284,14 @@ class TargetCacheView:
         """Layers whose hidden states a drafter asked for; the engine then runs forwards with them."""
         return frozenset(self._wanted)
 
-    def forward(self, model: Any, feed: Sequence[int], keep: int, parents: Sequence[int] | None = None) -> Any:
+    def forward(
+        self,
+        model: Any,
+        feed: Sequence[int],
+        keep: int,
+        parents: Sequence[int] | None = None,
+        riders: Riders | None = None,
+    ) -> Any:
         """One target forward over ``feed`` on the viewed cache, recording the wanted hidden states.
 
         Engines call this for every target forward, so what a drafter sees through the view
@@ -260,20 +299,32 @@ class TargetCacheView:
         last ``keep`` positions). With ``parents`` (a :class:`Draft` tree's, one per token
         after ``feed[0]``), the tokens after the first are a tree: each attends to the cache
         and its ancestors only and sits at the position of its depth (see
-        :func:`tree_attention`); :meth:`keep_fed` then keeps the accepted path.
+        :func:`tree_attention`); :meth:`keep_fed` then keeps the accepted path. ``riders``
+        are appended after the fed tokens as further leaves of that tree; their logits are
+        the last ``len(riders)`` rows of the output, after the ``keep`` kept ones, and
+        :meth:`keep_fed` must then drop them.
         """
         import torch
 
         start = self.length
         wanted = bool(self._wanted)
-        extra = {}
+        ids = torch.tensor([list(feed)])
+        extra: dict[str, Any] = {"input_ids": ids}
+        if parents is not None and len(parents) != len(feed) - 1:
+            raise DrafterError(f"a tree forward feeds {len(feed)} tokens but got {len(parents)} parents")
+        if riders is not None and len(riders):
+            chain = list(parents) if parents is not None else list(range(-1, len(feed) - 2))
+            parents = [*chain, *riders.parents]
+            for i, parent in enumerate(riders.parents):
+                if not -1 <= parent < len(chain) + i:
+                    raise DrafterError(f"rider {i} has parent {parent}: it must be -1, a draft node or an earlier one")
+            embeddings = model.get_input_embeddings()(ids)
+            extra = {"inputs_embeds": torch.cat([embeddings, riders.embeddings.to(embeddings.dtype)[None]], dim=1)}
+            keep += len(riders)
         if parents is not None:
-            if len(parents) != len(feed) - 1:
-                raise DrafterError(f"a tree forward feeds {len(feed)} tokens but got {len(parents)} parents")
             positions, mask = tree_attention(model, self._cache, parents)
-            extra = {"position_ids": positions, "attention_mask": mask}
+            extra.update(position_ids=positions, attention_mask=mask)
         out = model(
-            input_ids=torch.tensor([list(feed)]),
             cache=self._cache,
             use_cache=True,
             logits_to_keep=keep,
@@ -419,6 +470,13 @@ class Drafter:
 
     def feedback(self, num_accepted: int) -> None:
         """How many tokens of the last proposal the target accepted (``propose`` order)."""
+
+    def ride(self, context_ids: Sequence[int], draft: Draft) -> Riders | None:
+        """Positions to append to the verification forward of ``draft`` (possibly empty) after ``context_ids``."""
+        return None
+
+    def rode(self, logits: torch.Tensor, path: Sequence[int]) -> None:
+        """The riders' logits (riders x vocab) from that forward and the accepted draft nodes (root first)."""
 
     def end(self, context_ids: Sequence[int]) -> None:
         """A generation finished with ``context_ids`` (prompt plus output); not called when a stream is abandoned."""
