@@ -287,8 +287,13 @@ def test_train_heads_trains_saves_and_refuses_what_it_must(run, tiny_folder, tmp
     assert result.exit_code == 0, result.output
     assert "top1" in result.output and "+3" in result.output and str(out) in result.output
     assert (out / "medusa_heads.safetensors").is_file()
-    refused = run("specdec", "train-heads", "--model", tiny_folder, "--kind", "clover")
-    assert refused.exit_code == 2 and "'clover' heads are not built yet; choose from: medusa" in refused.output
+    refused = run("specdec", "train-heads", "--model", tiny_folder, "--kind", "eagle")
+    assert (
+        refused.exit_code == 2
+        and "'eagle' is not one of 'medusa', 'hidden-transfer', 'clover', 'ppd'" in refused.output
+    )
+    refused = run("specdec", "train-heads", "--model", tiny_folder, "--kind", "medusa", "--window", "8")
+    assert refused.exit_code == 1 and "--window is an option of --kind clover, not of medusa" in refused.output
     (out / "mine.txt").write_text("keep")
     refused = run(*train, *small)
     assert refused.exit_code == 1 and "mine.txt that crossedge did not write" in refused.output

@@ -1,4 +1,7 @@
-"""Medusa heads: offsets, training, save/load and its refusals, the sparse tree, and the drafter."""
+"""Trained draft heads: Medusa's offsets, training, save/load and refusals, the sparse tree and the drafter.
+
+The other kinds (hidden-transfer, clover, ppd) are in test_head_kinds.py.
+"""
 
 import pytest
 import torch
@@ -9,17 +12,17 @@ from crossedge.specdec.engine import SpeculativeDecoder
 from crossedge.specdec.errors import SpecdecError
 from crossedge.specdec.exit_head import TrainConfig, self_generated_sequences, training_prompts
 from crossedge.specdec.heads import HeadsError, check_kind, train_heads
-from crossedge.specdec.heads.drafter import MedusaDrafter
-from crossedge.specdec.heads.medusa import (
-    WEIGHTS_NAME,
-    MedusaHeads,
+from crossedge.specdec.heads.base import (
     collect_head_data,
     final_state_is_normed,
+    fit_heads,
     head_targets,
-    load_medusa_heads,
-    save_medusa_heads,
-    train_medusa_heads,
+    load_heads,
+    save_heads,
+    weights_name,
 )
+from crossedge.specdec.heads.drafter import MedusaDrafter
+from crossedge.specdec.heads.medusa import MedusaHeads
 from crossedge.specdec.heads.tree import chain, prior_rank_accuracy, sparse_tree, tree_parents
 from crossedge.specdec.sampling import RunSampler, SamplingConfig
 from crossedge.specdec.testing import CONFORMANCE_PROMPTS, DrafterConformance, greedy_reference, tiny_target
@@ -29,6 +32,15 @@ TEXTS = [
     "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
 ]
 PROMPT_TOKENS = 12
+WEIGHTS_NAME = weights_name("medusa")
+
+
+def save_medusa_heads(heads, folder, **kwargs):
+    return save_heads(heads, folder, **kwargs)
+
+
+def load_medusa_heads(model, folder):
+    return load_heads(MedusaHeads, model, folder)
 
 
 def random_heads(model, heads=3, seed=0, scale=0.3):
@@ -50,7 +62,7 @@ def data(tiny):
     model, tokenizer = tiny
     prompts = training_prompts(tokenizer, TEXTS, 12, PROMPT_TOKENS)
     sequences = self_generated_sequences(model, prompts, 12, progress=False)
-    return collect_head_data(model, sequences, top_k=4, progress=False), prompts.shape[1] - 1
+    return collect_head_data(model, sequences, (3,), top_k=4, progress=False), prompts.shape[1] - 1
 
 
 def test_the_recorded_last_state_is_after_the_final_norm_and_untrained_heads_are_the_lm_head(tiny):
@@ -85,9 +97,8 @@ def test_training_lowers_the_loss_and_changes_only_the_heads(tiny, data):
     data, start = data
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train, held = data.split(3)
-    medusa, result = train_medusa_heads(
-        model, train, start, 2, TrainConfig(epochs=8, batch_size=3, lr=1e-2), heldout=held, progress=False
-    )
+    medusa = MedusaHeads(model, 2)
+    result = fit_heads(medusa, train, start, TrainConfig(epochs=8, batch_size=3, lr=1e-2), heldout=held, progress=False)
     assert result.steps == 24
     assert sum(result.history[-3:]) / 3 < sum(result.history[:3]) / 3
     assert len(result.top1) == len(result.topk) == len(result.untrained_top1) == 2
@@ -97,7 +108,7 @@ def test_training_lowers_the_loss_and_changes_only_the_heads(tiny, data):
         assert torch.equal(value, before[key]), key
     assert medusa.model is model
     with pytest.raises(HeadsError, match="generate more than 12 new tokens"):
-        train_medusa_heads(model, train, start, 12, progress=False)
+        fit_heads(MedusaHeads(model, 12), train, start, progress=False)
 
 
 def test_save_load_round_trip_is_exact(tiny, tmp_path):
@@ -265,7 +276,7 @@ def test_drafter_options_and_folders(tiny, tmp_path, monkeypatch):
     folder = save_medusa_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
     drafter = MedusaDrafter(heads=str(folder))
     SpeculativeDecoder(model, drafter, "constant:k=4").generate(input_ids, 6)
-    assert drafter.heads.heads == 3
+    assert drafter.heads.depth == 3
     monkeypatch.setenv("CROSSEDGE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SpecdecError, match="train-heads"):
         SpeculativeDecoder(model, MedusaDrafter(), "constant:k=2").generate(input_ids, 3)
@@ -307,9 +318,9 @@ def test_sampling_with_medusa_runs():
 
 def test_kinds_and_train_heads_end_to_end(tiny, tmp_path):
     model, tokenizer = tiny
-    assert check_kind("medusa") == "medusa"
-    with pytest.raises(HeadsError, match="'clover' heads are not built yet; the kinds built are: medusa"):
-        check_kind("clover")
+    assert check_kind("medusa") == "medusa" and check_kind("clover") == "clover"
+    with pytest.raises(HeadsError, match="the kinds built are: medusa, hidden-transfer, clover, ppd"):
+        check_kind("eagle")
     with pytest.raises(HeadsError, match="unknown head kind 'eagle'"):
         train_heads(model, tokenizer, "tiny", "eagle")
     result = train_heads(

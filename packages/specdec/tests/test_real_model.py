@@ -100,12 +100,13 @@ def test_early_exit_drafting_is_greedy_identical_on_smollm2(smollm2_reference):
 @pytest.mark.model
 @pytest.mark.parametrize("tree", ["sparse", "chain"])
 def test_medusa_drafting_is_greedy_identical_on_smollm2(smollm2_reference, tmp_path, tree):
+    from crossedge.specdec.heads.base import save_heads
     from crossedge.specdec.heads.drafter import MedusaDrafter
-    from crossedge.specdec.heads.medusa import MedusaHeads, save_medusa_heads
+    from crossedge.specdec.heads.medusa import MedusaHeads
 
     model, input_ids, reference = smollm2_reference
     # Untrained heads guess what the LM head guesses from h[n-2]: drafts that are sometimes right.
-    folder = save_medusa_heads(MedusaHeads(model, 3), tmp_path / "heads", model_name="smollm2-135m")
+    folder = save_heads(MedusaHeads(model, 3), tmp_path / "heads", model_name="smollm2-135m")
     drafter = MedusaDrafter(heads=str(folder), tree=tree)
     result = SpeculativeDecoder(model, drafter, "constant:k=8").generate(input_ids, 32)
     assert result.tokens == reference

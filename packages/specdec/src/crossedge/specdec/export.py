@@ -54,8 +54,11 @@ def _canonical(name: str) -> str:
 
 #: Drafters with no honest mapping, and why (one line each).
 _UNMAPPED = {
-    "medusa": "crossedge's Medusa heads are not in {engine}'s checkpoint format and no converter exists; "
-    "train heads for {engine} or export draft-model/copy instead",
+    **{
+        kind: f"crossedge's {kind} heads are not in {{engine}}'s checkpoint format and no converter exists; "
+        "train heads for {engine} or export draft-model/copy instead"
+        for kind in ("medusa", "hidden-transfer", "clover", "ppd")
+    },
     "cross-vocab": "{engine} is not given crossedge's text bridge between tokenizers; use draft-model:model=NAME "
     "with a draft model that shares the target's tokenizer",
     "early-exit": "{engine} has no self-speculative early-exit drafting for ordinary checkpoints",

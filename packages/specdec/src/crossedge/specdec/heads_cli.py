@@ -1,4 +1,4 @@
-"""``crossedge specdec train-heads``: self-distil draft heads (Medusa so far) for a target model."""
+"""``crossedge specdec train-heads``: self-distil draft heads (medusa, hidden-transfer, clover, ppd) for a target."""
 
 from __future__ import annotations
 
@@ -7,22 +7,20 @@ import click
 from crossedge.core.bench import format_table
 
 from .exit_cli import distillation_options
-from .heads import HEAD_KINDS, PLANNED_KINDS
-
-
-class HeadKind(click.Choice):
-    """The built head kinds; a kind that is planned but not built is refused as such, in one line."""
-
-    def convert(self, value, param, ctx):
-        if value in PLANNED_KINDS:
-            self.fail(f"{value!r} heads are not built yet; choose from: {', '.join(self.choices)}", param, ctx)
-        return super().convert(value, param, ctx)
+from .heads import HEAD_KINDS
 
 
 @click.command(name="train-heads")
 @click.option("--model", "model_name", required=True, help="Target model (name, folder or hub id).")
-@click.option("--kind", type=HeadKind(HEAD_KINDS), default=HEAD_KINDS[0], show_default=True, help="Kind of heads.")
+@click.option("--kind", type=click.Choice(HEAD_KINDS), default=HEAD_KINDS[0], show_default=True, help="Kind of heads.")
 @click.option("--heads", default=3, show_default=True, type=click.IntRange(min=1), help="Heads (draft depth).")
+@click.option(
+    "--layer",
+    type=click.IntRange(min=1),
+    default=None,
+    help="hidden-transfer: the layer whose state is transferred [default: two below the top].",
+)
+@click.option("--window", type=click.IntRange(min=1), default=None, help="clover: context states attended [32].")
 @distillation_options("the heads", lr=1e-3, minutes="Stop training after this.")
 @click.option(
     "--teacher-top-k",
@@ -32,14 +30,33 @@ class HeadKind(click.Choice):
     help="Distil each head to the target's top-k distribution of its token; 1 trains on the target's token alone.",
 )
 def train_heads(
-    model_name, kind, heads, out, prompts, prompt_tokens, new_tokens, epochs, lr, max_minutes, teacher_top_k, seed
+    model_name,
+    kind,
+    heads,
+    layer,
+    window,
+    out,
+    prompts,
+    prompt_tokens,
+    new_tokens,
+    epochs,
+    lr,
+    max_minutes,
+    teacher_top_k,
+    seed,
 ):
-    """Train draft heads by self-distillation and report each head's held-out accuracy."""
-    from crossedge.core import load_model
+    """Train draft heads by self-distillation and report each depth's held-out accuracy."""
+    from crossedge.core import CrossedgeError, load_model
 
     from .exit_head import TrainConfig
     from .heads import train_heads as train
 
+    options = {}
+    for name, value, owner in (("layer", layer, "hidden-transfer"), ("window", window, "clover")):
+        if value is not None and kind != owner:
+            raise CrossedgeError(f"--{name} is an option of --kind {owner}, not of {kind}: leave it out")
+        if value is not None:
+            options[name] = value
     loaded = load_model(model_name)
     result = train(
         loaded.model,
@@ -48,6 +65,7 @@ def train_heads(
         kind,
         heads=heads,
         out=out,
+        options=options,
         prompts=prompts,
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
@@ -57,7 +75,7 @@ def train_heads(
     )
     rows = [
         {
-            "head": k,
+            "depth": k + 1,
             "offset": f"+{k + 2}",
             "top1_untrained": result.untrained_top1[k],
             "top1": result.top1[k],
@@ -68,5 +86,5 @@ def train_heads(
     click.echo(format_table(rows, list(rows[0])))
     click.echo(
         f"{result.kind} heads: {result.steps} steps in {result.seconds:.1f} s (data {result.data_seconds:.1f} s), "
-        f"final loss {result.final_loss:.3f}; saved in {result.folder}"
+        f"final loss {result.final_loss:.3f}; {result.trainable_parameters} parameters saved in {result.folder}"
     )

@@ -18,6 +18,9 @@ def register_drafters(register):
         "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
     )
     register("crossedge.specdec.heads.drafter:MedusaDrafter", name="medusa")
+    register("crossedge.specdec.heads.drafter:HiddenTransferDrafter", name="hidden-transfer")
+    register("crossedge.specdec.heads.drafter:CloverDrafter", name="clover")
+    register("crossedge.specdec.heads.drafter:PPDDrafter", name="ppd", aliases=("parallel-prompt",))
     register("crossedge.specdec.lora_drop.drafter:LoraDropDrafter", name="lora-drop", aliases=("loradrop",))
 
 

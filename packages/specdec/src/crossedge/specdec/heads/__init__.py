@@ -1,26 +1,32 @@
-"""Trained draft heads: small modules on the target's own hidden states that guess tokens further ahead.
+"""Trained draft heads: small modules on the target's own computation that guess tokens further ahead.
 
 Each kind is trained by self-distillation on the target's greedy continuations of prompts
 cut from the bundled corpora (on CPU, the target frozen), saved as safetensors beside the
-model cache, and drafts through its own drafter plugin. Built so far: ``medusa``
-(:mod:`.medusa`, drafter :class:`.drafter.MedusaDrafter`). Importing this package does
-not import torch, so the CLI can list the kinds cheaply.
+model cache, and drafts through its own drafter plugin (:mod:`.drafter`). The kinds:
+``medusa`` (:mod:`.medusa`), ``hidden-transfer`` (:mod:`.hidden_transfer`), ``clover``
+(:mod:`.clover`) and ``ppd`` (:mod:`.ppd`). Importing this package does not import torch,
+so the CLI can list the kinds cheaply.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossedge.core import CrossedgeError
 
 if TYPE_CHECKING:
-    from .medusa import HeadsTrainResult
+    from .base import DraftHeads, HeadsTrainResult
 
-#: Head kinds that can be trained and drafted with.
-HEAD_KINDS = ("medusa",)
-#: Kinds issue 15 asks for that are not built yet: refused by name, never listed as choices.
-PLANNED_KINDS = ("hidden-transfer", "clover", "ppd")
+#: Head kinds that can be trained and drafted with, and the module:class that builds each.
+HEADS = {
+    "medusa": "medusa:MedusaHeads",
+    "hidden-transfer": "hidden_transfer:HiddenTransferHeads",
+    "clover": "clover:CloverHeads",
+    "ppd": "ppd:PromptHeads",
+}
+HEAD_KINDS = tuple(HEADS)
 
 
 class HeadsError(CrossedgeError):
@@ -29,12 +35,15 @@ class HeadsError(CrossedgeError):
 
 def check_kind(kind: str) -> str:
     """``kind`` when it is built; a one-line :class:`HeadsError` otherwise."""
-    if kind in HEAD_KINDS:
+    if kind in HEADS:
         return kind
-    built = ", ".join(HEAD_KINDS)
-    if kind in PLANNED_KINDS:
-        raise HeadsError(f"{kind!r} heads are not built yet; the kinds built are: {built}")
-    raise HeadsError(f"unknown head kind {kind!r}; the kinds built are: {built}")
+    raise HeadsError(f"unknown head kind {kind!r}; the kinds built are: {', '.join(HEAD_KINDS)}")
+
+
+def heads_class(kind: str) -> type[DraftHeads]:
+    """The :class:`.base.DraftHeads` subclass of ``kind``."""
+    module, name = HEADS[check_kind(kind)].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def train_heads(
@@ -45,13 +54,16 @@ def train_heads(
     *,
     heads: int = 3,
     out: Path | str | None = None,
-    **options: Any,
+    options: dict[str, Any] | None = None,
+    **training: Any,
 ) -> HeadsTrainResult:
-    """Train draft heads of ``kind`` by self-distillation and save them (see :func:`.medusa.train_medusa`).
+    """Train draft heads of ``kind`` by self-distillation and save them (see :func:`.base.train_kind`).
 
-    Returns per-head top-1 and top-k accuracy on held-out sequences and the training seconds.
+    ``options`` are the kind's own constructor keywords (``layer`` for hidden-transfer,
+    ``window`` for clover, ``prompts`` for ppd). Returns per-depth top-1 and top-k accuracy
+    on held-out sequences and the training seconds.
     """
-    check_kind(kind)
-    from .medusa import train_medusa
+    cls = heads_class(kind)
+    from .base import train_kind
 
-    return train_medusa(model, tokenizer, model_name, heads=heads, out=out, **options)
+    return train_kind(cls, model, tokenizer, model_name, depth=heads, out=out, options=options or {}, **training)
