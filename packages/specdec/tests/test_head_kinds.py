@@ -18,7 +18,7 @@ from crossedge.specdec.heads.drafter import CloverDrafter, HiddenTransferDrafter
 from crossedge.specdec.heads.hidden_transfer import HiddenTransferHeads
 from crossedge.specdec.heads.ppd import PromptHeads
 from crossedge.specdec.sampling import RunSampler, SamplingConfig
-from crossedge.specdec.testing import CONFORMANCE_PROMPTS, greedy_reference, tiny_target
+from crossedge.specdec.testing import CONFORMANCE_PROMPTS, add_noise, greedy_reference, tiny_target
 
 TEXTS = [
     "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
@@ -33,12 +33,7 @@ PROMPT_TOKENS = 12
 
 
 def random_heads(kind, model, depth=3, seed=0, scale=0.2, **options):
-    heads = KINDS[kind][0](model, depth, **options)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in heads.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * scale)
-    return heads.eval()
+    return add_noise(KINDS[kind][0](model, depth, **options), scale, seed)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from crossedge.specdec.heads.drafter import MedusaDrafter
 from crossedge.specdec.heads.medusa import MedusaHeads
 from crossedge.specdec.heads.tree import chain, prior_rank_accuracy, sparse_tree, tree_parents
 from crossedge.specdec.sampling import RunSampler, SamplingConfig
-from crossedge.specdec.testing import CONFORMANCE_PROMPTS, DrafterConformance, greedy_reference, tiny_target
+from crossedge.specdec.testing import CONFORMANCE_PROMPTS, DrafterConformance, add_noise, greedy_reference, tiny_target
 
 TEXTS = [
     "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
@@ -35,21 +35,12 @@ PROMPT_TOKENS = 12
 WEIGHTS_NAME = weights_name("medusa")
 
 
-def save_medusa_heads(heads, folder, **kwargs):
-    return save_heads(heads, folder, **kwargs)
-
-
 def load_medusa_heads(model, folder):
     return load_heads(MedusaHeads, model, folder)
 
 
 def random_heads(model, heads=3, seed=0, scale=0.3):
-    medusa = MedusaHeads(model, heads)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in medusa.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * scale)
-    return medusa.eval()
+    return add_noise(MedusaHeads(model, heads), scale, seed)
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +106,14 @@ def test_save_load_round_trip_is_exact(tiny, tmp_path):
     model, _ = tiny
     medusa = random_heads(model)
     medusa.rank_accuracy = [[0.5, 0.25], [0.3, 0.1], [0.2, 0.05]]
-    folder = save_medusa_heads(medusa, tmp_path / "heads", model_name="tiny")
+    folder = save_heads(medusa, tmp_path / "heads", model_name="tiny")
     loaded = load_medusa_heads(model, folder)
     assert torch.equal(loaded.weight, medusa.weight) and torch.equal(loaded.bias, medusa.bias)
     assert loaded.rank_accuracy == medusa.rank_accuracy
     state = torch.randn(4, 32)
     with torch.no_grad():
         assert torch.equal(loaded(state), medusa(state))
-    save_medusa_heads(loaded, folder, model_name="tiny")  # heads crossedge wrote may be replaced
+    save_heads(loaded, folder, model_name="tiny")  # heads crossedge wrote may be replaced
 
 
 def one_line(caught):
@@ -133,7 +124,7 @@ def one_line(caught):
 
 def test_load_refuses_another_models_heads_and_a_damaged_file(tiny, tmp_path):
     model, _ = tiny
-    folder = save_medusa_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
+    folder = save_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
     same_shape, _ = tiny_causal_lm("llama", layers=3, hidden=32, seed=7, initializer_range=0.15)
     with pytest.raises(HeadsError, match="whose LM head differs") as caught:
         load_medusa_heads(same_shape, folder)
@@ -165,12 +156,12 @@ def test_saving_refuses_a_folder_holding_foreign_files(tiny, tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
     with pytest.raises(HeadsError, match="notes.txt that crossedge did not write") as caught:
-        save_medusa_heads(random_heads(model), folder, model_name="tiny")
+        save_heads(random_heads(model), folder, model_name="tiny")
     one_line(caught)
     (folder / "notes.txt").unlink()
     (folder / WEIGHTS_NAME).write_bytes(b"someone else's file")
     with pytest.raises(HeadsError, match="did not write"):
-        save_medusa_heads(random_heads(model), folder, model_name="tiny")
+        save_heads(random_heads(model), folder, model_name="tiny")
     assert (folder / WEIGHTS_NAME).read_bytes() == b"someone else's file"
 
 
@@ -273,7 +264,7 @@ def test_drafter_options_and_folders(tiny, tmp_path, monkeypatch):
         MedusaDrafter(tree="bushy")
     with pytest.raises(SpecdecError, match="at least 1"):
         MedusaDrafter(top_k=0)
-    folder = save_medusa_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
+    folder = save_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
     drafter = MedusaDrafter(heads=str(folder))
     SpeculativeDecoder(model, drafter, "constant:k=4").generate(input_ids, 6)
     assert drafter.heads.depth == 3

@@ -440,6 +440,23 @@ def read_marked_safetensors(
     return meta, state
 
 
+def refuse_other_config(
+    meta: dict[str, str], model: Any, *, what: str, folder: Path | str, again: str, error: type[CrossedgeError]
+) -> None:
+    """Refuse a saved file whose ``vocab_size``, ``hidden_size`` or ``num_hidden_layers`` differ from ``model``'s.
+
+    ``what`` names the contents ("medusa heads"); ``again`` says what to do ("train heads for it with ...").
+    """
+    trained_for = meta.get("model", "?")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        value = getattr(model.config, key, None)
+        if meta.get(key) != str(value):
+            raise error(
+                f"the {what} in {folder} were trained for {trained_for!r} with {key}={meta.get(key)}, this model "
+                f"has {value}: {again}"
+            )
+
+
 def claim_folder(
     folder: Path | str, ours: Callable[[Path], bool], *, what: str, error: type[CrossedgeError] = ExitHeadError
 ) -> Path:

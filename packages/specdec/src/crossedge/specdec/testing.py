@@ -43,17 +43,20 @@ POLICIES = {
 }
 
 
+def add_noise(module: Any, scale: float, seed: int = 0) -> Any:
+    """``module`` in eval mode after adding seeded Gaussian noise of std ``scale`` to every parameter in place."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * scale)
+    return module.eval()
+
+
 def noisy_copy(model: Any, scale: float = 0.02, seed: int = 0) -> Any:
     """A draft model: the same architecture and weights plus Gaussian noise, so it agrees often but not always."""
     import copy
 
-    draft = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in draft.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * scale)
-    draft.eval()
-    return draft
+    return add_noise(copy.deepcopy(model), scale, seed)
 
 
 def permuted_byte_tokenizer(seed: int = 0) -> tuple[Any, list[int]]:

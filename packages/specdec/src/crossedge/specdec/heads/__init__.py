@@ -60,7 +60,7 @@ def train_heads(
     """Train draft heads of ``kind`` by self-distillation and save them (see :func:`.base.train_kind`).
 
     ``options`` are the kind's own constructor keywords (``layer`` for hidden-transfer,
-    ``window`` for clover, ``prompts`` for ppd). Returns per-depth top-1 and top-k accuracy
+    ``window`` for clover; medusa and ppd have none). Returns per-depth top-1 and top-k accuracy
     on held-out sequences and the training seconds.
     """
     cls = heads_class(kind)

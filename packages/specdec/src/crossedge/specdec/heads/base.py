@@ -39,6 +39,7 @@ from ..exit_head import (
     model_folder,
     optimize,
     read_marked_safetensors,
+    refuse_other_config,
     safetensors_marker,
     teacher_targets,
     weights_digest,
@@ -412,14 +413,8 @@ def load_heads(cls: type[DraftHeads], model: nn.Module, folder: Path | str) -> D
     meta, state = read_heads_file(kind, folder)
     path = Path(folder) / weights_name(kind)
     trained_for = meta.get("model", "?")
-    config = model.config
     again = f"train heads for it with '{_command(kind)}'"
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if meta.get(key) != str(getattr(config, key)):
-            raise HeadsError(
-                f"the {kind} heads in {folder} were trained for {trained_for!r} with {key}={meta.get(key)}, this "
-                f"model has {getattr(config, key)}: {again}"
-            )
+    refuse_other_config(meta, model, what=f"{kind} heads", folder=folder, again=again, error=HeadsError)
     if meta.get("lm_head_sha256") != lm_head_identity(model):
         raise HeadsError(
             f"the {kind} heads in {folder} were trained for {trained_for!r}, whose LM head differs from this "

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..exit_head import ExitData, decoder_parts
 from . import HeadsError
-from .base import DraftHeads, final_state_is_normed
+from .base import DraftHeads, additive, final_state_is_normed
 
 
 def _linear(hidden: int, dtype: torch.dtype, zero: bool = False) -> nn.Linear:
@@ -45,8 +45,7 @@ def band_mask(queries: int, keys: int, window: int, dtype: torch.dtype) -> torch
     keys ending at its own position."""
     at = torch.arange(keys - queries, keys).unsqueeze(1)
     key = torch.arange(keys).unsqueeze(0)
-    allowed = (key <= at) & (key > at - window)
-    return torch.zeros(queries, keys, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return additive((key <= at) & (key > at - window), dtype)
 
 
 class CloverHeads(DraftHeads):

@@ -33,6 +33,7 @@ from ..exit_head import (
     model_folder,
     optimize,
     read_marked_safetensors,
+    refuse_other_config,
     safetensors_marker,
     self_generated_sequences,
     training_prompts,
@@ -295,17 +296,12 @@ def load_adapters(model: nn.Module, folder: Path | str) -> tuple[LoraDrop, int]:
         path, marker=MARKER, version=FORMAT_VERSION, what="LoRA-Drop adapters", command=COMMAND, error=LoraDropError
     )
     trained_for = meta.get("model", "?")
-    config = model.config
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if meta.get(key) != str(getattr(config, key, None)):
-            raise LoraDropError(
-                f"the LoRA-Drop adapters in {folder} were trained for {trained_for!r} with {key}={meta.get(key)}, "
-                f"this model has {getattr(config, key, None)}: train adapters for it with '{COMMAND}'"
-            )
+    again = f"train adapters for it with '{COMMAND}'"
+    refuse_other_config(meta, model, what="LoRA-Drop adapters", folder=folder, again=again, error=LoraDropError)
     if meta.get("model_sha256") != decoder_identity(model):
         raise LoraDropError(
             f"the LoRA-Drop adapters in {folder} were trained for {trained_for!r}, whose weights differ from this "
-            f"model's: train adapters for it with '{COMMAND}'"
+            f"model's: {again}"
         )
     try:
         drop = LoraDrop(model, json.loads(meta["dropped"]), int(meta["rank"]), float(meta["alpha"]))
