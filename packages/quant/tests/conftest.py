@@ -69,3 +69,9 @@ def cnn():
     """A seeded small CNN in eval mode."""
     torch.manual_seed(0)
     return SmallCNN().eval()
+
+
+@pytest.fixture(autouse=True)
+def _measurements(tmp_path, monkeypatch):
+    """Kernel choices and verification costs a test times are its own (never the user's cache)."""
+    monkeypatch.setenv("CROSSEDGE_MEASUREMENTS", str(tmp_path / "measurements"))

@@ -68,3 +68,13 @@ class TestGPTQInt8(QuantizerConformance):
 class TestMixed(QuantizerConformance):
     spec = "mixed:group_size=32,budget_fraction=0.2"
     tolerance = 0.1
+
+
+class TestInt8Preset(QuantizerConformance):
+    spec = "int8:repeats=2,keep_lm_head=true"  # the suite checks a kept head; test_presets the default
+    tolerance = 0.03
+
+
+class TestInt4Preset(QuantizerConformance):
+    spec = "int4:group_size=32,repeats=2,keep_lm_head=true"
+    tolerance = 0.1
