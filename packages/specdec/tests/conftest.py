@@ -27,3 +27,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _measurements(tmp_path, monkeypatch):
+    """Kernel choices and verification costs a test times are its own (never the user's cache)."""
+    monkeypatch.setenv("CROSSEDGE_MEASUREMENTS", str(tmp_path / "measurements"))

@@ -145,8 +145,13 @@ def build_methods(
     notes: list[str] | None = None,
     compare_llamacpp: str | None = None,
     threads: int = 2,
+    calibration_cache: str = "use",
 ) -> dict[str, Method]:
-    """The baseline, one method per drafter spec, and transformers' and llama.cpp's methods when asked."""
+    """The baseline, one method per drafter spec, and transformers' and llama.cpp's methods when asked.
+
+    ``calibration_cache`` is each decoder's (:class:`SpeculativeDecoder`): with ``refresh`` only the
+    first method times the costs again, and the others read what it stored.
+    """
     vanilla = SpeculativeDecoder(model, None)
     methods: dict[str, Method] = {BASELINE: decoder_method(vanilla)}
     draft_model = hf_assistant
@@ -155,7 +160,8 @@ def build_methods(
             raise SpecdecError(f"drafter spec {spec!r} is given twice")
         # "SPEC@POLICY" gives one method its own draft-length policy, so policies can be compared in one run;
         # the decoder reads the '@' itself, and ``policy`` serves the specs that name none.
-        decoder = SpeculativeDecoder(model, spec, policy, tokenizer=tokenizer)
+        decoder = SpeculativeDecoder(model, spec, policy, tokenizer=tokenizer, calibration_cache=calibration_cache)
+        calibration_cache = "use" if calibration_cache == "refresh" else calibration_cache
         methods[spec] = decoder_method(decoder)
         for drafter in decoder.drafters:
             if draft_model is None and type(drafter) is DraftModelDrafter:

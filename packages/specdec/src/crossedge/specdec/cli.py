@@ -34,8 +34,19 @@ quant_option = click.option(
     "--quant",
     "quant_spec",
     default=None,
-    help="Quantize the target after loading, e.g. 'rtn' or 'rtn:bits=4,group_size=64' (docs/specs.md); methods "
+    help="Quantize the target after loading: 'int8' or 'int4' (kernels chosen by timing this machine), or a "
+    "method spec such as 'rtn:bits=4,group_size=64' (docs/specs.md); methods "
     "that need calibration: run 'crossedge quant run' and pass its folder as --model. Drafters' models stay fp32.",
+)
+
+
+calibration_option = click.option(
+    "--calibration-cache",
+    type=click.Choice(["use", "refresh", "off"]),
+    default="use",
+    show_default=True,
+    help="The cost-aware policy's timings of this decoder on this machine: read and extend the stored "
+    "ones, time them all again (after a change the fingerprint cannot see), or neither read nor write.",
 )
 
 
@@ -110,6 +121,7 @@ def _format_stats(stats: Any, policy: Any = None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON after the text.")
 @backend_option
 @quant_option
+@calibration_option
 @click.argument("prompt")
 def generate(
     model_name: str,
@@ -124,6 +136,7 @@ def generate(
     as_json: bool,
     backend_name: str,
     quant_spec: str | None,
+    calibration_cache: str,
     prompt: str,
 ) -> None:
     """Stream a model's answer to PROMPT with speculative decoding, then print the statistics."""
@@ -136,7 +149,7 @@ def generate(
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stack = _check_target(model_name, quant_spec, backend_name, [drafter_spec], policy, "specdec generate")
     model, tokenizer = _build(stack)
-    decoder = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
+    decoder = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer, calibration_cache=calibration_cache)
     input_ids = encode_prompt(tokenizer, prompt)
     with pinned_threads(thread_count):
         stream = decoder.stream(input_ids, max_new_tokens, sampling)
@@ -189,6 +202,7 @@ def generate(
 )
 @backend_option
 @quant_option
+@calibration_option
 @click.option("--task", "tasks", multiple=True, help="Only prompts of this task (repeatable).")
 def bench(
     model_name: str,
@@ -205,6 +219,7 @@ def bench(
     json_path: str | None,
     backend_name: str,
     quant_spec: str | None,
+    calibration_cache: str,
     tasks: tuple[str, ...],
 ) -> None:
     """Benchmark drafters against vanilla decoding on a prompt suite, per task and overall."""
@@ -246,6 +261,7 @@ def bench(
         tokenizer=tokenizer,
         compare_llamacpp=llamacpp_gguf,
         threads=thread_count,
+        calibration_cache=calibration_cache,
     )
     for note in notes:
         click.secho(note, fg="yellow", err=True)
@@ -291,6 +307,7 @@ DEMO_PROMPTS = (("code-editing", 0), ("redundant-turn", 0), ("summarization", 0)
 @click.option("--threads", "thread_count", type=int, default=2, show_default=True)
 @backend_option
 @quant_option
+@calibration_option
 def demo(
     model_name: str,
     drafter_spec: str,
@@ -299,6 +316,7 @@ def demo(
     thread_count: int,
     backend_name: str,
     quant_spec: str | None,
+    calibration_cache: str,
 ) -> None:
     """Vanilla against speculative decoding, side by side, with speedup and identity check."""
     from .bench import encode_chat
@@ -316,7 +334,9 @@ def demo(
     for prompt in suite:
         by_task.setdefault(prompt.task, []).append(prompt)
     vanilla = SpeculativeDecoder(model, None)
-    speculative = SpeculativeDecoder(model, drafter_spec, policy, tokenizer=tokenizer)
+    speculative = SpeculativeDecoder(
+        model, drafter_spec, policy, tokenizer=tokenizer, calibration_cache=calibration_cache
+    )
     all_identical = True
     speedups = []
     with pinned_threads(thread_count):

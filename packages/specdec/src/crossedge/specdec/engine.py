@@ -31,6 +31,7 @@ import torch
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, Riders, TargetCacheView
 from crossedge.core.contracts.policy import DraftLengthPolicy
 
+from .calibration import StoredVerificationCosts
 from .drafters import build_chain
 from .errors import PromptTooLongError, SpecdecError
 from .policies import build_policy
@@ -257,7 +258,9 @@ class SpeculativeDecoder:
     its spec (``"constant:k=5"``, ``"heuristic"``, ``"cost-aware"``); a ``@policy`` in the
     drafter spec takes precedence, so ``policy`` is the default for specs naming none.
     The policy keeps what it learned across calls, so a decoder reused over many prompts
-    keeps its latency model.
+    keeps its latency model. ``calibration_cache`` (``use``, ``refresh`` or ``off``) says
+    whether the policy's calibration timings come from, and go to, this machine's stored
+    costs for this decoder (:mod:`crossedge.specdec.calibration`).
     """
 
     def __init__(
@@ -268,8 +271,11 @@ class SpeculativeDecoder:
         *,
         eos_token_id: int | Sequence[int] | None = None,
         tokenizer: Any = None,
+        calibration_cache: str = "use",
     ):
         self.model = model
+        #: The policy's calibration timings, kept on disk per decoder and machine (see :mod:`.calibration`).
+        self.stored_costs = StoredVerificationCosts(model, calibration_cache)
         self.tokenizer = tokenizer
         if isinstance(drafters, str):
             drafters, own_policy = build_chain(drafters)
@@ -344,7 +350,9 @@ class SpeculativeDecoder:
             if self.drafters and self.policy.wants_calibration():
                 # Calibration feeds k + 1 tokens after the prompt: never past the last position.
                 room = None if self.window is None else self.window - len(prompt) - 1
-                self.policy.calibrate(lambda k: self._time_verification(model, cache, token, k), room)
+                live = lambda k: self._time_verification(model, cache, token, k)  # noqa: E731
+                self.policy.calibrate(self.stored_costs.measure(live), room)
+                self.stored_costs.save()
 
         pending = [token]
         emitted = 0
