@@ -404,6 +404,12 @@ class BatchedSpeculativeDecoder:
                 f"batched decoding does not append a drafter's riders to its verification forwards ({riding.name}): "
                 f"use {riding.name} with SpeculativeDecoder (one sequence)"
             )
+        concurrent = [d.name for d in drafters if type(d).verifying is not Drafter.verifying]
+        if concurrent:
+            raise DrafterError(
+                f"batched decoding does not draft while it verifies ({', '.join(concurrent)}): a batch already "
+                f"keeps the cores busy; use {concurrent[0]} with SpeculativeDecoder (one sequence)"
+            )
         view = _RowCacheView()
         context = DraftContext(
             target=model,

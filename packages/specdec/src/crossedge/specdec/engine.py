@@ -339,6 +339,7 @@ class SpeculativeDecoder:
         for drafter in self.drafters:
             stats.drafters.setdefault(drafter.name, DrafterStats())
         self._rider = rider_of(self.drafters)
+        self._concurrent = [d for d in self.drafters if type(d).verifying is not Drafter.verifying]
         context = list(prompt)
         eos = self.eos
         started = clock()
@@ -421,6 +422,8 @@ class SpeculativeDecoder:
         """One draft-and-verify step; returns the tokens to emit (accepted drafts + one target token)."""
         draft, drafter = (None, None) if budget <= 0 or not self.drafters else self._draft(context, budget, stats)
         riders = None
+        for concurrent in self._concurrent:
+            concurrent.verifying(context, draft if draft is not None else Draft([]))
         if self._rider is not None:
             riders = self._rider.ride(context, draft if draft is not None else Draft([]))
         if (draft is not None and draft.is_tree) or riders is not None:

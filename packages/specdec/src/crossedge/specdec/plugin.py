@@ -14,6 +14,7 @@ def register_drafters(register):
     register("crossedge.specdec.drafters:HistoryDrafter", name="history", aliases=("lookup-cache",))
     register("crossedge.specdec.drafters:DraftModelDrafter", name="draft-model", aliases=("draft",))
     register("crossedge.specdec.drafters:CrossVocabDrafter", name="cross-vocab", aliases=("universal",))
+    register("crossedge.specdec.mirror:MirrorDrafter", name="mirror", aliases=("mirror-sd",))
     register(
         "crossedge.specdec.early_exit:EarlyExitDrafter", name="early-exit", aliases=("self-speculative", "layerskip")
     )

@@ -471,6 +471,14 @@ class Drafter:
     def feedback(self, num_accepted: int) -> None:
         """How many tokens of the last proposal the target accepted (``propose`` order)."""
 
+    def verifying(self, context_ids: Sequence[int], draft: Draft) -> None:
+        """The target is about to verify ``draft`` (any drafter's, possibly empty) after ``context_ids``.
+
+        A drafter that works while the target verifies (Mirror-SD: its next proposal) starts
+        here, on its own thread; until its next ``propose``, ``begin`` or ``end`` it must not
+        touch the target, the target's cache or the sampler. Called before every verification.
+        """
+
     def ride(self, context_ids: Sequence[int], draft: Draft) -> Riders | None:
         """Positions to append to the verification forward of ``draft`` (possibly empty) after ``context_ids``."""
         return None
