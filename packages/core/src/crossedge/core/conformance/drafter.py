@@ -143,6 +143,8 @@ def reference_generate(
             # A chain is fed plainly; a tree gets its ancestor mask. Either way the accepted
             # path's cache is kept and the rest dropped.
             parents = draft.parent_list() if draft.is_tree else None
+            for drafter in chain:
+                drafter.verifying(ids, draft)
             logits = forward([ids[-1], *draft.tokens], len(draft) + 1, parents)
             path, next_token = draft.greedy_path(logits.argmax(dim=-1).tolist())
             view.keep_fed(len(draft) + 1, [0, *(node + 1 for node in path)])
