@@ -96,3 +96,11 @@ def test_llamacpp_methods_are_judged_against_llamacpps_own_greedy(monkeypatch, g
     ids = tuple(encode_chat(tokenizer, [{"role": "user", "content": "Say hi."}])[0].tolist())
     assert [c[0] for c in fed[-2:]] == [ids, ids]
     assert calls.count("reset") == len(fed)
+
+
+def test_other_tools_differences_are_not_reported_as_crossedge_defects():
+    from crossedge.specdec.bench import split_differing
+
+    ours, theirs = split_differing(["copy@math/a", "llamacpp-prompt-lookup@math/a", "hf-prompt-lookup@qa/b"])
+    assert ours == ["copy@math/a"]
+    assert theirs == ["llamacpp-prompt-lookup@math/a", "hf-prompt-lookup@qa/b"]

@@ -275,9 +275,19 @@ def first_difference(turns: Sequence[Sequence[int]], baseline: Sequence[Sequence
     return None
 
 
+#: Methods of other tools (transformers' generate, llama.cpp): their differences are theirs, not crossedge's.
+OTHER_TOOLS = ("hf-", "llamacpp-")
+
+
 def differing_runs(runs: Sequence[dict[str, Any]]) -> list[str]:
     """``method@task/prompt_id`` of every run whose tokens differ from the baseline's."""
     return [f"{r['method']}@{r['task']}/{r['prompt_id']}" for r in runs if not r["identical_to_baseline"]]
+
+
+def split_differing(differing: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(crossedge's differing runs, other tools' differing runs) from :func:`differing_runs`."""
+    theirs = [d for d in differing if d.startswith(OTHER_TOOLS)]
+    return [d for d in differing if d not in theirs], theirs
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

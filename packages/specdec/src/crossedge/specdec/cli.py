@@ -284,9 +284,17 @@ def bench(
         "differing_runs": differing,
     }
     click.echo(runner.format_summary(summary))
-    if differing:
+    ours, theirs = runner.split_differing(differing)
+    if ours:
         click.secho(
-            f"{len(differing)} runs differ from their baseline (a defect: report it): " + ", ".join(differing[:8]),
+            f"{len(ours)} runs differ from their baseline (a defect: report it): " + ", ".join(ours[:8]),
+            fg="yellow",
+            err=True,
+        )
+    if theirs:
+        click.secho(
+            f"{len(theirs)} runs of other tools differ from that tool's own greedy output (their behaviour, "
+            "not a crossedge defect): " + ", ".join(theirs[:8]),
             fg="yellow",
             err=True,
         )

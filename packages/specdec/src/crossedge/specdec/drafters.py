@@ -187,6 +187,16 @@ def _match_bucket(match: int) -> str:
     return "m9+"
 
 
+def output_size(model: Any) -> int:
+    """Rows of a causal LM's logits, whatever its head became (repacked by a backend, quantized)."""
+    head = model.get_output_embeddings()
+    size = getattr(head, "out_features", None)
+    if size is None:
+        weight = getattr(head, "weight", None)
+        size = weight.shape[0] if isinstance(weight, torch.Tensor) else model.config.vocab_size
+    return int(size)
+
+
 class DraftModelDrafter(Drafter):
     """A smaller causal LM with the same tokenizer drafting autoregressively with its own rolled-back KV cache."""
 
@@ -212,8 +222,7 @@ class DraftModelDrafter(Drafter):
 
     def _check_target(self, target: Any) -> None:
         """Refuse a target whose vocabulary differs from the draft model's."""
-        target_vocab = target.get_output_embeddings().weight.shape[0]
-        draft_vocab = self.model.get_output_embeddings().weight.shape[0]
+        target_vocab, draft_vocab = output_size(target), output_size(self.model)
         if target_vocab != draft_vocab:
             raise SpecdecError(
                 f"draft model vocabulary ({draft_vocab}) differs from the target's ({target_vocab}); "

@@ -67,16 +67,22 @@ def final_state_is_normed(model: nn.Module) -> bool:
     return bool(direct <= renormed)
 
 
+def float_head_weight(model: nn.Module) -> torch.Tensor | None:
+    """The LM head's float weight; the tied input embedding's where a backend repacked the head; else None."""
+    weight = getattr(model.get_output_embeddings(), "weight", None)
+    if not isinstance(weight, torch.Tensor) and getattr(model.config, "tie_word_embeddings", False):
+        weight = getattr(model.get_input_embeddings(), "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.is_floating_point() else None
+
+
 def lm_head_identity(model: nn.Module) -> str:
     """sha256 of the LM head's weights rounded to bfloat16 (float32 and bfloat16 loads of one checkpoint agree).
 
     A head whose weight a backend repacked (``torch-onednn``) is identified by the input
     embedding it is tied to, which holds the same weights.
     """
-    weight = getattr(model.get_output_embeddings(), "weight", None)
-    if not isinstance(weight, torch.Tensor) and getattr(model.config, "tie_word_embeddings", False):
-        weight = getattr(model.get_input_embeddings(), "weight", None)
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+    weight = float_head_weight(model)
+    if weight is None:
         raise HeadsError(
             f"the LM head of {type(model).__name__} has no floating-point weight; draft heads need the target's "
             f"float LM head (quantize it after loading the heads, or keep the LM head in float)"

@@ -39,6 +39,7 @@ from ..exit_head import (
     training_prompts,
     weights_digest,
 )
+from ..heads.base import float_head_weight
 from . import LoraDropError, full_positions
 from .model import LoraDrop, decoder_parts_of
 
@@ -238,7 +239,13 @@ def decoder_identity(model: nn.Module) -> str:
     """sha256 of the LM head and every layer's norm weights, rounded to bfloat16 (a cheap fingerprint of a model)."""
     _, layers, norm, _ = decoder_parts_of(model)
     digest = hashlib.sha256()
-    tensors = [model.get_output_embeddings().weight, norm.weight]
+    head = float_head_weight(model)
+    if head is None:
+        raise LoraDropError(
+            f"the LM head of {type(model).__name__} has no floating-point weight; LoRA-Drop adapters check the "
+            f"target's float LM head (load the adapters before quantizing, or keep the LM head in float)"
+        )
+    tensors = [head, norm.weight]
     for layer in layers:
         tensors.extend(p for name, p in layer.named_parameters() if "norm" in name)
     for tensor in tensors:
