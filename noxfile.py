@@ -66,7 +66,8 @@ def tests(session: nox.Session, target: str) -> None:
     if target not in _selected(TEST_TARGETS):
         session.skip(f"{target} is not in PACKAGES={os.environ.get('PACKAGES')}")
     # Kernel choices and verification costs timed by tests stay with the tests, out of the user's cache.
-    session.env["CROSSEDGE_MEASUREMENTS"] = str(Path(session.create_tmp()) / "measurements")
+    # (Beside the session's virtualenv: session.create_tmp() would also move TMPDIR under .nox/.)
+    session.env["CROSSEDGE_MEASUREMENTS"] = str(Path(session.virtualenv.location) / "measurements")
     if target == "integration":
         _install_everything(session)
         session.run("pytest", str(ROOT / "tests"), *session.posargs)

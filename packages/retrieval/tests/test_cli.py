@@ -61,6 +61,15 @@ def test_text_chunks_split_at_headings(tmp_path):
     assert {c.path for c in chunk_paths([tmp_path])} == {"pkg/config.py", "notes.md"}  # the png is skipped
 
 
+def test_a_collection_under_a_skipped_folder_name_is_still_read(tmp_path):
+    """Skipped names (build/, .nox/, venv/) count only below the folder given, not above it."""
+    root = tmp_path / "build" / ".nox" / "project"
+    make_folder(root)
+    (root / "build").mkdir()
+    (root / "build" / "generated.py").write_text("def generated():\n    return 1\n")
+    assert {c.path for c in chunk_paths([root])} == {"pkg/config.py", "notes.md"}
+
+
 def test_index_and_search_commands(tmp_path, cli, plugin):
     make_folder(tmp_path / "src")
     model, tok = tiny_bert(seed=0)

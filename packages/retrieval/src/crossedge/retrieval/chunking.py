@@ -38,7 +38,9 @@ def iter_files(paths: Sequence[Path | str]) -> list[Path]:
         path = Path(raw)
         candidates: Iterable[Path] = [path] if path.is_file() else sorted(path.rglob("*"))
         for file in candidates:
-            if not file.is_file() or any(part in SKIP_DIRS for part in file.parts):
+            # Only folders below the one given are skipped: a collection may itself live under build/ or .nox/.
+            inside = file.relative_to(path).parts if path.is_dir() else ()
+            if not file.is_file() or any(part in SKIP_DIRS for part in inside):
                 continue
             if file.suffix.lower() not in TEXT_SUFFIXES | CODE_SUFFIXES:
                 continue
