@@ -13,6 +13,7 @@ count simply misses. A file that cannot be read is reported once and measured ag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,19 +37,26 @@ def measurements_dir() -> Path:
     return Path(explicit).expanduser() if explicit else cache_dir() / "measurements"
 
 
-def machine() -> dict[str, Any]:
-    """What makes a timing on this process differ from one elsewhere: CPU, its kernel flags, threads, torch."""
+@functools.cache
+def _processor() -> tuple[tuple[str, Any], ...]:
+    """The facts that cannot change while the process runs (read from /proc/cpuinfo once)."""
     import torch
 
     from .bench import cpu_flags, cpu_model
 
-    return {
-        "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+    return (
+        ("cpu", cpu_model()),
+        ("cpu_flags", cpu_flags()),
+        ("capability", torch.backends.cpu.get_cpu_capability()),
+        ("torch", torch.__version__),
+    )
+
+
+def machine() -> dict[str, Any]:
+    """What makes a timing on this process differ from one elsewhere: CPU, its kernel flags, threads, torch."""
+    import torch
+
+    return {**dict(_processor()), "threads": torch.get_num_threads()}
 
 
 def module_fingerprint(module: Any) -> str:
@@ -85,12 +93,15 @@ class MeasurementCache:
 
     def path(self, key: dict[str, Any]) -> Path:
         """The file that holds (or would hold) the measurement under ``key``."""
-        text = json.dumps(self.full_key(key), sort_keys=True, default=str)
-        return self.root / self.kind / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+        return self._path(json.dumps(self.full_key(key), sort_keys=True, default=str))
+
+    def _path(self, full_key_text: str) -> Path:
+        return self.root / self.kind / f"{hashlib.sha256(full_key_text.encode()).hexdigest()[:32]}.json"
 
     def get(self, key: dict[str, Any]) -> Any | None:
         """The stored value, or None when nothing (readable) is stored under ``key``."""
-        path = self.path(key)
+        text = json.dumps(self.full_key(key), sort_keys=True, default=str)
+        path = self._path(text)
         try:
             data = json.loads(path.read_text())
         except (FileNotFoundError, NotADirectoryError):
@@ -98,8 +109,7 @@ class MeasurementCache:
         except (OSError, ValueError) as error:
             warnings.warn(f"ignoring unreadable measurement file {path} ({error}); measuring again", stacklevel=2)
             return None
-        expected = json.loads(json.dumps(self.full_key(key), sort_keys=True, default=str))
-        if not isinstance(data, dict) or data.get("key") != expected or "value" not in data:
+        if not isinstance(data, dict) or data.get("key") != json.loads(text) or "value" not in data:
             warnings.warn(
                 f"ignoring measurement file {path}: it is not the one for this key; measuring again", stacklevel=2
             )

@@ -75,6 +75,7 @@ from .engine import (
     _prompt_list,
     check_request,
     clock,
+    concurrent_drafters,
     propose_draft,
     record_outcome,
     rider_of,
@@ -404,7 +405,7 @@ class BatchedSpeculativeDecoder:
                 f"batched decoding does not append a drafter's riders to its verification forwards ({riding.name}): "
                 f"use {riding.name} with SpeculativeDecoder (one sequence)"
             )
-        concurrent = [d.name for d in drafters if type(d).verifying is not Drafter.verifying]
+        concurrent = [d.name for d in concurrent_drafters(drafters)]
         if concurrent:
             raise DrafterError(
                 f"batched decoding does not draft while it verifies ({', '.join(concurrent)}): a batch already "

@@ -47,9 +47,10 @@ class StoredVerificationCosts:
         stored = self._store.get(self._key) if self.mode == "use" else None
         if isinstance(stored, dict):
             try:
-                self.known = {int(k): float(v) for k, v in stored.items() if math.isfinite(float(v)) and float(v) > 0}
+                table = {int(k): float(v) for k, v in stored.items()}
             except (TypeError, ValueError):
-                self.known = {}
+                table = {}
+            self.known = {k: v for k, v in table.items() if math.isfinite(v) and v > 0}
 
     def measure(self, live: Callable[[int], float]) -> Callable[[int], float]:
         """``live`` answered from the stored costs where they have the length, else timed and recorded."""

@@ -218,6 +218,11 @@ def rider_of(drafters: Sequence[Drafter]) -> Drafter | None:
     return riding[0] if riding else None
 
 
+def concurrent_drafters(drafters: Sequence[Drafter]) -> list[Drafter]:
+    """The drafters of a chain that work while the target verifies (they implement ``verifying``)."""
+    return [d for d in drafters if type(d).verifying is not Drafter.verifying]
+
+
 def propose_draft(
     drafters: Sequence[Drafter], policy: DraftLengthPolicy, context: list[int], budget: int, stats: RunStats
 ) -> tuple[Draft | None, Drafter | None]:
@@ -339,7 +344,7 @@ class SpeculativeDecoder:
         for drafter in self.drafters:
             stats.drafters.setdefault(drafter.name, DrafterStats())
         self._rider = rider_of(self.drafters)
-        self._concurrent = [d for d in self.drafters if type(d).verifying is not Drafter.verifying]
+        self._concurrent = concurrent_drafters(self.drafters)
         context = list(prompt)
         eos = self.eos
         started = clock()
