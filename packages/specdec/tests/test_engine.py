@@ -409,3 +409,75 @@ def test_cost_aware_sizes_a_scored_draft_from_t_of_n_and_rescales_the_scores():
     assert policy.choose_nodes("medusa", "", scores, 8) < 4
     # The default policy contract ignores scores.
     assert ConstantPolicy(k=3).choose_nodes("medusa", "", scores, 8) == 3
+
+
+def test_cost_aware_stops_asking_a_scored_drafter_whose_drafting_costs_more_than_it_saves():
+    policy = CostAwarePolicy(max_k=8, calibrate=False, probe_every=4)
+    for n in range(9):
+        policy.observe_verification(n, 1.0 + 0.05 * n)
+    scores = [0.5, 0.3, 0.1]
+    # Cheap drafting: 1.9 expected tokens for t(3) = 1.15 plus 0.1 s of drafting pays, so it keeps being asked.
+    policy.observe_drafting("clover", 3, 0.1)
+    assert policy.should_propose("clover", 8)
+    assert policy.choose_nodes("clover", "", scores, 8) == 3
+    assert policy.should_propose("clover", 8)
+    # Drafting that costs more than a target step: the same draft now loses to plain decoding.
+    for _ in range(20):
+        policy.observe_drafting("clover", 3, 1.5)
+        policy.choose_nodes("clover", "", scores, 8)
+    assert policy.draft_gain["clover"] < 1.0
+    answers = []
+    for _ in range(12):
+        answers.append(policy.should_propose("clover", 8))
+        if answers[-1]:  # a probe that still does not pay doubles the wait before the next
+            policy.choose_nodes("clover", "", scores, 8)
+    assert [i for i, asked in enumerate(answers) if asked] == [3, 11]
+    # A probe whose draft pays again (the text became predictable) resumes drafting at once.
+    while not policy.should_propose("clover", 8):
+        pass
+    policy.choose_nodes("clover", "", [0.99] * 8, 8)
+    assert policy.draft_gain["clover"] >= 1.0
+    assert all(policy.should_propose("clover", 8) for _ in range(5))
+    assert not policy.should_propose("clover", 0)
+    # Policies that keep no costs always ask.
+    assert ConstantPolicy(k=3).should_propose("clover", 8)
+
+
+def test_a_scored_drafter_too_slow_to_pay_is_skipped_and_the_output_is_unchanged(llama, monkeypatch):
+    from crossedge.specdec import engine
+
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.01  # every measured interval lasts 10 ms on the engine's clock ...
+        return now[0]
+
+    monkeypatch.setattr(engine, "clock", tick)
+
+    class ScoredOracle(OracleDrafter):
+        name = "scored-oracle"
+        delay = 0.0
+        calls = 0
+
+        def propose(self, context_ids, k):
+            self.calls += 1
+            now[0] += self.delay  # ... and a proposal this much more
+            draft = super().propose(context_ids, k)
+            return Draft(draft.tokens, scores=[0.9**i for i in range(1, len(draft) + 1)])
+
+    model, tokenizer = llama
+    input_ids = _ids(tokenizer)
+    continuation = greedy_reference(model, input_ids, 40)
+    runs = {}
+    for delay in (0.0, 1.0):
+        drafter = ScoredOracle(input_ids.shape[1], continuation, wrong_at=range(3, 40, 4))
+        drafter.delay = delay
+        result = SpeculativeDecoder(model, drafter, CostAwarePolicy(calibrate=False, probe_every=4)).generate(
+            input_ids, 40
+        )
+        assert result.tokens == continuation
+        runs[delay] = (drafter.calls, result.stats.target_forwards)
+    fast_calls, fast_forwards = runs[0.0]
+    slow_calls, slow_forwards = runs[1.0]
+    assert fast_calls >= fast_forwards - 1  # a drafter that pays is asked before every verification
+    assert slow_calls <= slow_forwards // 3  # one that does not is asked only to probe

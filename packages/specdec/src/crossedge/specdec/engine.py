@@ -232,6 +232,8 @@ def propose_draft(
         start = clock()
         if drafter.cheap:
             cap = min(budget, policy.max_k)
+            if not policy.should_propose(drafter.name, cap):
+                continue
             proposal = drafter.propose(context, cap)
             room = min(len(proposal), cap)
             if proposal.scores is not None:

@@ -201,6 +201,15 @@ class CostAwarePolicy(DraftLengthPolicy):
         self.node_totals: dict[tuple[str, str], tuple[float, float]] = {}
         self.score_scale: dict[tuple[str, str], float] = {}
         self.decay = 0.98
+        #: Per cheap drafter: seconds per ``propose`` call (smoothed), whatever it proposed.
+        self.draft_seconds_per_call: dict[str, float] = {}
+        #: Per scored drafter: tokens per second with its chosen draft, its drafting included, over
+        #: plain decoding's (smoothed). Below 1 the drafter is not asked, except to probe, with
+        #: the same doubling wait as zero-length probes.
+        self.draft_gain: dict[str, float] = {}
+        self.skip_streak: dict[str, int] = defaultdict(int)
+        self.skip_interval: dict[str, int] = {}
+        self.skip_probing: set[str] = set()
 
     def _model(self, drafter: str, bucket: str) -> AcceptanceModel:
         key = (drafter, bucket)
@@ -244,17 +253,50 @@ class CostAwarePolicy(DraftLengthPolicy):
         at one depth exclude each other, so ``n`` nodes are expected to yield ``1 + c * sum``
         of their scores (the target's own token included); ``c`` rescales the drafter's
         estimates by what verification actually accepted (:meth:`observe_nodes`). Drafting
-        is already paid for when this is asked, so only the measured t(n) counts.
+        is already paid for when this is asked, so only the measured t(n) counts here; whether
+        the drafting pays for itself is kept for :meth:`should_propose`.
         """
         scale = self.score_scale.get((drafter, bucket), 1.0)
-        best_n, best = 0, 1.0 / self.cost(0)
+        plain = 1.0 / self.cost(0)
+        best_n, best, best_expected = 0, plain, 1.0
         expected = 1.0
         for n, score in enumerate(scores[: min(max_k, self.max_k)], start=1):
             expected += scale * max(0.0, float(score))
             value = expected / self.cost(n)
             if value > best:
-                best_n, best = n, value
+                best_n, best, best_expected = n, value, expected
+        drafting = self.draft_seconds_per_call.get(drafter)
+        if drafting is not None:  # the first proposal's time is not known yet
+            self._observe_gain(drafter, best_expected / (self.cost(best_n) + drafting) / plain)
         return best_n
+
+    def _observe_gain(self, drafter: str, gain: float) -> None:
+        old = self.draft_gain.get(drafter)
+        # A probe is the first look at the drafter in a while: it replaces the stale estimate.
+        if old is None or drafter in self.skip_probing:
+            self.skip_probing.discard(drafter)
+            self.draft_gain[drafter] = gain
+        else:
+            self.draft_gain[drafter] = 0.8 * old + 0.2 * gain
+        if self.draft_gain[drafter] >= 1.0:
+            self.skip_interval.pop(drafter, None)
+
+    def should_propose(self, drafter: str, max_k: int) -> bool:
+        """False while a scored drafter's drafting has cost more than its drafts saved, but for probes."""
+        if max_k <= 0:
+            return False
+        gain = self.draft_gain.get(drafter)
+        if gain is None or gain >= 1.0:
+            self.skip_streak[drafter] = 0
+            return True
+        self.skip_streak[drafter] += 1
+        interval = self.skip_interval.get(drafter, self.probe_every)
+        if self.skip_streak[drafter] < interval:
+            return False
+        self.skip_streak[drafter] = 0
+        self.skip_interval[drafter] = min(16 * self.probe_every, 2 * interval)
+        self.skip_probing.add(drafter)
+        return True
 
     def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
         predicted, actual = self.node_totals.get((drafter, bucket), (0.0, 0.0))
@@ -298,6 +340,8 @@ class CostAwarePolicy(DraftLengthPolicy):
         self.calibrated = top >= self.max_k
 
     def observe_drafting(self, drafter: str, drafted: int, seconds: float) -> None:
+        old = self.draft_seconds_per_call.get(drafter)
+        self.draft_seconds_per_call[drafter] = seconds if old is None else 0.8 * old + 0.2 * seconds
         if drafted <= 0:
             return
         per_token = seconds / drafted
@@ -312,6 +356,7 @@ class CostAwarePolicy(DraftLengthPolicy):
                 for (d, b), m in sorted(self.acceptance.items())
             },
             "score_scale": {f"{d}/{b}" if b else d: round(v, 3) for (d, b), v in sorted(self.score_scale.items())},
+            "draft_gain": {d: round(v, 3) for d, v in sorted(self.draft_gain.items())},
         }
 
 

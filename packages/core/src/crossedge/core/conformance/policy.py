@@ -9,7 +9,7 @@ A new policy gets its tests by declaring one class::
             return MyPolicy()
 
 The suite needs no model: it drives the policy with made-up acceptances and timings the
-way an engine does and checks that every choice stays in ``[0, max_k]``, that calibration
+way an engine does and checks that every choice (scored drafts too) stays in ``[0, max_k]``, that calibration
 never asks for a verification longer than the room it was given, that ``describe`` is
 plain data, and that an unknown option is refused. Importing this module needs pytest.
 """
@@ -59,6 +59,26 @@ class DraftLengthPolicyConformance:
         for offered, k in self._drive(policy, 300, seed=0):
             assert isinstance(k, int) and not isinstance(k, bool), k
             assert 0 <= k <= min(offered, policy.max_k), (offered, k, policy.max_k)
+
+    def test_scored_drafts_stay_within_what_was_offered(self) -> None:
+        """``should_propose`` answers a bool and ``choose_nodes`` at most the nodes offered, however drafting goes."""
+        policy = self.make_policy()
+        rng = random.Random(1)
+        for _ in range(300):
+            offered = rng.randint(0, 24)
+            asked = policy.should_propose("a", offered)
+            assert isinstance(asked, bool), asked
+            if not asked:
+                policy.observe_verification(0, 0.01)
+                continue
+            scores = sorted((rng.random() for _ in range(offered)), reverse=True)
+            n = policy.choose_nodes("a", "", scores, offered)
+            assert isinstance(n, int) and not isinstance(n, bool), n
+            assert 0 <= n <= min(offered, policy.max_k), (offered, n, policy.max_k)
+            # Drafting sometimes costs far more than it can save, so a policy that gates proposals does.
+            policy.observe_drafting("a", n, rng.choice([1e-4, 0.05]))
+            policy.observe_verification(n, 0.01 + 0.002 * n)
+            policy.observe_nodes("a", "", scores[:n], rng.randint(0, n))
 
     def test_calibration_stays_inside_the_room_given(self) -> None:
         """``calibrate(measure, max_k)`` never times a verification longer than ``max_k``."""

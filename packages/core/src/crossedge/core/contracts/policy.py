@@ -2,9 +2,10 @@
 
 A policy registers its class through ``register_draft_policies``; options are its
 ``__init__`` keyword arguments. The engine asks :meth:`DraftLengthPolicy.choose` before
-each draft and reports what happened through the ``observe`` methods: acceptance, the
-target's verification time, and each drafter's drafting time (which the engine measures
-around every ``propose`` call). A policy keeps what it learned across generations.
+each draft (and :meth:`DraftLengthPolicy.should_propose` before asking a cheap drafter)
+and reports what happened through the ``observe`` methods: acceptance, the target's
+verification time, and each drafter's drafting time (which the engine measures around
+every ``propose`` call). A policy keeps what it learned across generations.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class DraftLengthPolicy:
         nodes, or a chain's positions). Called for cheap drafters whose drafts carry scores; the
         default ignores the scores and asks :meth:`choose`."""
         return self.choose(drafter, bucket, max_k)
+
+    def should_propose(self, drafter: str, max_k: int) -> bool:
+        """Whether to ask cheap drafter ``drafter`` for a proposal now. A cheap drafter is asked for
+        its largest draft and cut afterwards (:meth:`choose` / :meth:`choose_nodes`), so its drafting
+        time is spent before the policy sees the draft; a policy that has learned that the drafting
+        costs more than it saves answers false and the engine moves on to the next drafter. The
+        default always asks."""
+        return True
 
     def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
         """A draft whose verified nodes had ``scores`` had ``accepted`` tokens accepted."""
