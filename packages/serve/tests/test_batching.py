@@ -110,11 +110,3 @@ def test_a_memory_budget_throttles_admissions_and_keeps_answers(tiny_folder, sin
         running.stop()
     assert plain == singles and streamed == singles
     assert metrics["crossedge_serve_batch_throttled_total"] >= 1
-
-
-def test_the_history_drafter_is_refused_in_a_batch(tiny_folder):
-    from crossedge.core.errors import CrossedgeError
-    from crossedge.serve.service import load_served_model
-
-    with pytest.raises(CrossedgeError, match="--max-batch 1"):
-        load_served_model(tiny_folder, drafter="history", max_batch=2)

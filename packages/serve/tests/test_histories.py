@@ -27,9 +27,9 @@ def ask(server, prompt, *, user=None, key=None):
     return answer["choices"][0]["message"]["content"], usage["completion_tokens"], usage["prompt_tokens"], forwards
 
 
-@pytest.fixture(scope="module")
-def history_server(tiny_folder, server):  # `server` sets up the cache folder
-    running = start_server(tiny_folder, **OPTIONS)
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-at-a-time", "batched"])
+def history_server(tiny_folder, server, request):  # `server` sets up the cache folder
+    running = start_server(tiny_folder, max_batch=request.param, **OPTIONS)
     try:
         yield running
     finally:

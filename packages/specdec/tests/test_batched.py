@@ -266,3 +266,33 @@ def test_cost_aware_rows_share_the_verification_cost_model(llama):
         decoder.step()
     for prompt, handle in zip(_prompts(tokenizer)[:3], handles, strict=True):
         assert handle.tokens == _single(model, prompt, 8).tokens
+
+
+def test_rows_share_the_decoders_history_and_a_callers_own_history_drafter(llama):
+    from crossedge.specdec import HistoryDrafter
+
+    model, tokenizer = llama
+    prompt = tokenizer(TEXTS[2]).input_ids
+    alone = _single(model, prompt, 24).tokens
+    decoder = BatchedSpeculativeDecoder(model, "history", lambda: ConstantPolicy(k=4))
+    # Side by side, neither row has anything to draft from yet ...
+    first = decoder.generate_many([prompt, prompt], 24)
+    assert all(r.tokens == alone and r.stats.drafters["history"].drafted == 0 for r in first)
+    # ... but both remembered into the decoder's one history, and the next request drafts from it.
+    (again,) = decoder.generate_many([prompt], 24)
+    assert again.tokens == alone and again.stats.drafters["history"].accepted >= 16
+    # A caller's own drafter (one user's history) serves, and learns from, only the rows it is passed to.
+    mine = HistoryDrafter()
+    handle = decoder.submit(prompt, 24, own_drafters={0: mine})
+    other = decoder.submit(prompt, 24)
+    while decoder.active:
+        decoder.step()
+    assert handle.tokens == alone and handle.result().stats.drafters["history"].drafted == 0
+    assert other.tokens == alone and other.result().stats.drafters["history"].accepted >= 16
+    assert mine.index.tokens == list(prompt) + alone
+    with pytest.raises(SpecdecError, match="place 0 does not match the chain"):
+        decoder.submit(prompt, 4, own_drafters={0: CopyDrafter()})
+    with pytest.raises(SpecdecError, match="place 3"):
+        decoder.submit(prompt, 4, own_drafters={3: HistoryDrafter()})
+    with pytest.raises(SpecdecError, match="spec string"):
+        BatchedSpeculativeDecoder(model, lambda: HistoryDrafter()).submit(prompt, 4, own_drafters={0: mine})

@@ -208,6 +208,24 @@ def test_history_drafter_keeps_runs_apart_and_bounded():
         HistoryDrafter(max_copy=0)
 
 
+def test_history_drafters_sharing_one_history_draft_from_what_either_remembers():
+    from crossedge.specdec.drafters import DraftContext
+
+    history = HistoryDrafter(min_match=1)
+    twin = history.sharing()
+    for drafter in (history, twin):
+        drafter.begin(DraftContext(target=None))
+    assert twin.propose([7, 8], 3).tokens == []
+    # The history grew while the twin was matching against it: the twin starts its match again.
+    history.remember([7, 8, 9, 10])
+    assert twin.index is history.index
+    assert twin.propose([7, 8], 3).tokens == [9, 10]
+    twin.end([1, 2, 3])
+    assert history.propose([5, 1], 3).tokens == [2, 3]
+    # Each keeps its own place in its own sequence.
+    assert twin.propose([7], 3).tokens == [8, 9, 10]
+
+
 def test_vocab_bridge_learns_aligned_ngrams_and_translates_drafts():
     from crossedge.specdec.drafters import VocabBridge
 

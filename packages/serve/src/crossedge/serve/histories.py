@@ -4,8 +4,10 @@ specdec's :class:`~crossedge.specdec.drafters.HistoryDrafter` remembers every co
 decoded. A server decoding for many people must not let Alice's earlier answers become
 Bob's drafts (they would leak her text into his drafts' timing and acceptance), so the
 server keeps one drafter per user and puts the user's own into the decoder's chain before
-each request. The worker decodes one request at a time, so the swap needs no lock beyond
-the one guarding the table.
+each request. The one-at-a-time worker swaps them in, which needs no lock beyond the one
+guarding the table; the batched worker hands each row a :meth:`HistoryDrafter.sharing`
+drafter over its user's history instead, so a user's concurrent requests draft from (and add
+to) one history while other users' rows never see it.
 """
 
 from __future__ import annotations
@@ -61,10 +63,8 @@ class UserHistories:
         with self._lock:
             return dict(self._users.get(user, {}))
 
-    def use(self, user: str) -> None:
-        """Put ``user``'s history drafters into the decoder's chain (new, empty ones for a new user)."""
-        if not self._templates:
-            return
+    def _own(self, user: str) -> dict[int, Any]:
+        """``user``'s history drafters (new, empty ones for a new user), marked most recently used."""
         with self._lock:
             own = self._users.get(user)
             if own is None:
@@ -75,5 +75,17 @@ class UserHistories:
                     self.evicted += 1
             else:
                 self._users.move_to_end(user)
-        for i, drafter in own.items():
+            return own
+
+    def use(self, user: str) -> None:
+        """Put ``user``'s history drafters into the decoder's chain (new, empty ones for a new user)."""
+        if not self._templates:
+            return
+        for i, drafter in self._own(user).items():
             self.decoder.drafters[i] = drafter
+
+    def sharing(self, user: str) -> dict[int, Any]:
+        """Drafters over ``user``'s histories for one row of a batch, by place in the chain (empty: no history)."""
+        if not self._templates:
+            return {}
+        return {i: drafter.sharing() for i, drafter in self._own(user).items()}

@@ -248,7 +248,12 @@ class BatchedWorker(Worker):
                 job.emit(Piece(finish_reason="cancelled"))
                 continue
             try:
-                handle = self.decoder.submit(job.prompt_ids, job.max_tokens, self.served.sampling(job.request))
+                handle = self.decoder.submit(
+                    job.prompt_ids,
+                    job.max_tokens,
+                    self.served.sampling(job.request),
+                    own_drafters=self.served.histories.sharing(job.user),
+                )
             except Exception as exc:  # a request the budget can never hold, for one
                 self.metrics.generation_done(0, 0, 0.0, 0, "error")
                 job.emit(Piece(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
@@ -330,15 +335,8 @@ def load_served_model(
     decoder = SpeculativeDecoder(built.model, drafter, policy, tokenizer=built.tokenizer)
     batched = None
     if max_batch > 1 or memory_budget is not None:
-        from crossedge.core.errors import CrossedgeError
         from crossedge.specdec.batched import BatchedSpeculativeDecoder
-        from crossedge.specdec.drafters import HistoryDrafter
 
-        if any(isinstance(d, HistoryDrafter) for d in decoder.drafters):
-            raise CrossedgeError(
-                f"the history drafter keeps one state per user and cannot decode in a batch yet (--drafter {drafter}): "
-                "use --max-batch 1, or a drafter without 'history'"
-            )
         batched = BatchedSpeculativeDecoder(
             built.model, drafter, policy, max_batch=max_batch, memory_budget=memory_budget, tokenizer=built.tokenizer
         )

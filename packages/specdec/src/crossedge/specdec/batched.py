@@ -57,7 +57,7 @@ supported here: their :class:`TargetCacheView` raises a clear error when asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ import torch
 from crossedge.core.contracts.drafter import Draft, DraftContext, Drafter, DrafterError, TargetCacheView
 from crossedge.core.contracts.policy import DraftLengthPolicy
 
-from .drafters import build_chain
+from .drafters import HistoryDrafter, build_chain
 from .engine import (
     DrafterStats,
     GenerationResult,
@@ -131,10 +131,18 @@ class BatchCounters:
 class RowHandle:
     """One submitted request: its tokens so far, whether it is done, and why it stopped."""
 
-    def __init__(self, prompt: list[int], max_new_tokens: int, sampling: SamplingConfig):
+    def __init__(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        own_drafters: Mapping[int, Drafter] | None = None,
+    ):
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
+        #: Drafters the caller keeps for this request, by place in the chain (see ``submit``).
+        self.own_drafters = dict(own_drafters or {})
         self.tokens: list[int] = []
         self.stats = RunStats(prompt_tokens=len(prompt))
         self.done = False
@@ -184,9 +192,15 @@ def _shared(value: Any) -> bool:
 
 
 def row_copy(template: Any) -> Any:
-    """A copy of a drafter (or policy) for one row: its own state, the template's models and tokenizers."""
+    """A copy of a drafter (or policy) for one row: its own state, the template's models and tokenizers.
+
+    A history drafter's copy shares the template's history (:meth:`HistoryDrafter.sharing`), so a
+    batched decoder learns across its requests as a single-sequence one does.
+    """
     import copy
 
+    if isinstance(template, HistoryDrafter):
+        return template.sharing()
     memo = {id(v): v for v in vars(template).values() if _shared(v)}
     return copy.deepcopy(template, memo)
 
@@ -276,11 +290,25 @@ class BatchedSpeculativeDecoder:
 
     # ----------------------------------------------------------------- public
 
-    def submit(self, input_ids: Any, max_new_tokens: int, sampling: SamplingConfig | None = None) -> RowHandle:
-        """Queue a request; it joins the batch at the next :meth:`step` that has room for it."""
+    def submit(
+        self,
+        input_ids: Any,
+        max_new_tokens: int,
+        sampling: SamplingConfig | None = None,
+        *,
+        own_drafters: Mapping[int, Drafter] | None = None,
+    ) -> RowHandle:
+        """Queue a request; it joins the batch at the next :meth:`step` that has room for it.
+
+        ``own_drafters`` replaces, by place in the chain, the row's copies of the spec's drafters
+        with instances the caller keeps (a server passes each user's own history drafter, so one
+        user's text never shapes another's drafts); each must be of its place's kind.
+        """
         prompt = _prompt_list(input_ids)
         check_request(prompt, max_new_tokens, self.window)
-        handle = RowHandle(prompt, int(max_new_tokens), sampling or SamplingConfig())
+        if own_drafters:
+            self._check_own(own_drafters)
+        handle = RowHandle(prompt, int(max_new_tokens), sampling or SamplingConfig(), own_drafters)
         if self.memory_budget is not None:
             need = self._final_length(handle) * self.kv_bytes_per_token
             if need > self.memory_budget:
@@ -362,6 +390,21 @@ class BatchedSpeculativeDecoder:
             self._waiting.pop(0)
             self._start(handle, out)
 
+    def _check_own(self, own_drafters: Mapping[int, Drafter]) -> None:
+        """Refuse own drafters that are not of the kind at their place in the spec's chain."""
+        if not isinstance(self.drafters, str):
+            raise SpecdecError("own_drafters replaces drafters of a spec chain: build the decoder from a spec string")
+        if self._templates is None:
+            self._templates = build_chain(self.drafters)
+        templates = self._templates[0]
+        for place, own in own_drafters.items():
+            if not 0 <= place < len(templates) or type(own) is not type(templates[place]):
+                kinds = ", ".join(f"{i}: {d.name}" for i, d in enumerate(templates)) or "none"
+                raise SpecdecError(
+                    f"own drafter {getattr(own, 'name', own)!r} at place {place} does not match the chain ({kinds}): "
+                    "pass a drafter of the kind at that place"
+                )
+
     def _build_drafters(self) -> tuple[list[Drafter], DraftLengthPolicy]:
         policy_spec: Any = self.policy
         if self.drafters is None:
@@ -399,6 +442,8 @@ class BatchedSpeculativeDecoder:
         sampling = handle.sampling
         generator = None if sampling.greedy else sampling.generator()
         drafters, policy = self._build_drafters()
+        for place, own in handle.own_drafters.items():
+            drafters[place] = own
         riding = rider_of(drafters)
         if riding is not None:
             raise DrafterError(

@@ -116,6 +116,8 @@ class HistoryDrafter(Drafter):
     so no match spans two runs); while decoding, a matcher streams the current context
     through it and proposes what followed the longest match. Chain it after ``copy``
     (``copy,history``) so the current text is tried first. Buckets are prefixed ``h``.
+    Sequences decoding side by side (rows of a batch) each take a :meth:`sharing` drafter:
+    their own matcher over one shared history, so what any of them finishes, all draft from.
     """
 
     name = "history"
@@ -132,33 +134,53 @@ class HistoryDrafter(Drafter):
         self.max_copy = int(max_copy)
         self.min_match = int(min_match)
         self.max_tokens = int(max_tokens)
-        self.index = SuffixIndex()
-        self.matcher = SuffixMatcher(self.index)
+        self.memory = _HistoryMemory()
+        self._restart()
+
+    @property
+    def index(self) -> SuffixIndex:
+        """The suffix automaton over every remembered sequence (shared with :meth:`sharing` drafters)."""
+        return self.memory.index
+
+    def sharing(self) -> HistoryDrafter:
+        """A drafter for a sequence decoding beside this one's: its own matcher, this drafter's history."""
+        import copy
+
+        twin = copy.copy(self)
+        twin._restart()
+        return twin
+
+    def _restart(self) -> None:
+        """Match from scratch against the history as it is now."""
+        self.matcher = SuffixMatcher(self.memory.index)
+        self.seen_version = self.memory.version
         self.fed: list[int] = []
 
     def remember(self, tokens: Sequence[int]) -> None:
         """Add one finished sequence to the history (the oldest half is dropped past ``max_tokens``)."""
         if not len(tokens):
             return
-        if len(self.index) + len(tokens) + 1 > self.max_tokens:
-            kept = self.index.tokens[-(self.max_tokens // 2) :]
-            self.index = SuffixIndex(kept[kept.index(self.SEPARATOR) + 1 :] if self.SEPARATOR in kept else [])
-            self.matcher = SuffixMatcher(self.index)
-        if len(self.index):
-            self.index.append(self.SEPARATOR)
-        self.index.extend(list(tokens)[-(self.max_tokens // 2) :])
+        memory = self.memory
+        if len(memory.index) + len(tokens) + 1 > self.max_tokens:
+            kept = memory.index.tokens[-(self.max_tokens // 2) :]
+            memory.index = SuffixIndex(kept[kept.index(self.SEPARATOR) + 1 :] if self.SEPARATOR in kept else [])
+        if len(memory.index):
+            memory.index.append(self.SEPARATOR)
+        memory.index.extend(list(tokens)[-(self.max_tokens // 2) :])
+        # A matcher must not stream over an index that grew under it: every drafter sharing it restarts.
+        memory.version += 1
 
     def begin(self, context: DraftContext) -> None:
         super().begin(context)
-        self.matcher.reset()
-        self.fed = []
+        self._restart()
 
     def end(self, context_ids: Sequence[int]) -> None:
         self.remember(context_ids)
-        self.matcher.reset()
-        self.fed = []
+        self._restart()
 
     def _sync(self, context_ids: Sequence[int]) -> None:
+        if self.seen_version != self.memory.version:
+            self._restart()
         fed = len(self.fed)
         if fed > len(context_ids) or (fed and context_ids[fed - 1] != self.fed[-1]):
             self.matcher.reset()
@@ -175,6 +197,17 @@ class HistoryDrafter(Drafter):
             return Draft([], None, "h" + _match_bucket(match))
         tokens = self.matcher.continuation(min(k, self.max_copy), stop=self.SEPARATOR)
         return Draft(tokens, None, "h" + _match_bucket(match))
+
+
+class _HistoryMemory:
+    """What a history drafter remembered, held apart so that drafters decoding side by side share it."""
+
+    __slots__ = ("index", "version")
+
+    def __init__(self) -> None:
+        self.index = SuffixIndex()
+        #: Counts changes to ``index``; a drafter whose matcher saw an older version restarts it.
+        self.version = 0
 
 
 def _match_bucket(match: int) -> str:
