@@ -48,6 +48,24 @@ def test_the_thread_count_is_part_of_the_key(store):
     assert store.get({"model": "x"}) == 1.5
 
 
+def test_a_capped_onednn_instruction_set_is_part_of_the_key(store, monkeypatch):
+    import os
+
+    from crossedge.core import measurements
+
+    store.put({"model": "x"}, 1.5)
+    cap = "SSE41" if os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2" else "AVX2"
+    try:
+        with monkeypatch.context() as env:
+            env.setenv("ONEDNN_MAX_CPU_ISA", cap)
+            measurements._processor.cache_clear()
+            assert machine()["onednn_max_isa"] == cap
+            assert store.get({"model": "x"}) is None
+    finally:
+        measurements._processor.cache_clear()
+    assert store.get({"model": "x"}) == 1.5
+
+
 def test_a_corrupted_file_is_measured_again_with_a_warning(store):
     path = store.put({"model": "x"}, [1, 2])
     path.write_text("{not json")

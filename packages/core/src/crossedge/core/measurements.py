@@ -48,6 +48,8 @@ def _processor() -> tuple[tuple[str, Any], ...]:
         ("cpu", cpu_model()),
         ("cpu_flags", cpu_flags()),
         ("capability", torch.backends.cpu.get_cpu_capability()),
+        # oneDNN's own cap on the instructions it uses (ATEN_CPU_CAPABILITY, above, is PyTorch's).
+        ("onednn_max_isa", os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"),
         ("torch", torch.__version__),
     )
 
