@@ -140,19 +140,32 @@ def threads(count: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+def instruction_caps(capability: str | None = None) -> dict[str, str | None]:
+    """The instruction sets the kernels may use: PyTorch's (``ATEN_CPU_CAPABILITY`` lowers it) and
+    oneDNN's cap (``ONEDNN_MAX_CPU_ISA``, ``all`` when unset). Both can hide flags the CPU has."""
+    if capability is None:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"
+    return {"torch_cpu_capability": capability, "onednn_max_isa": onednn}
+
+
 def environment() -> dict[str, Any]:
     """Facts that make a timing interpretable: threads, versions, CPU."""
     try:
         import torch
 
         torch_version, thread_count = torch.__version__, torch.get_num_threads()
+        capability = torch.backends.cpu.get_cpu_capability()
     except ImportError:  # pragma: no cover - torch is a core dependency
-        torch_version, thread_count = None, os.cpu_count() or 1
+        torch_version, thread_count, capability = None, os.cpu_count() or 1, None
     return {
         "threads": thread_count,
         "cpu_count": os.cpu_count(),
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        **instruction_caps(capability),
         "python": platform.python_version(),
         "torch": torch_version,
         "platform": platform.platform(),

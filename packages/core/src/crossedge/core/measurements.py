@@ -42,14 +42,13 @@ def _processor() -> tuple[tuple[str, Any], ...]:
     """The facts that cannot change while the process runs (read from /proc/cpuinfo once)."""
     import torch
 
-    from .bench import cpu_flags, cpu_model
+    from .bench import cpu_flags, cpu_model, instruction_caps
 
     return (
         ("cpu", cpu_model()),
         ("cpu_flags", cpu_flags()),
-        ("capability", torch.backends.cpu.get_cpu_capability()),
-        # oneDNN's own cap on the instructions it uses (ATEN_CPU_CAPABILITY, above, is PyTorch's).
-        ("onednn_max_isa", os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"),
+        # ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA change the kernels a CPU runs without changing its flags.
+        *instruction_caps().items(),
         ("torch", torch.__version__),
     )
 

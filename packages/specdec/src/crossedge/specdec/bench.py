@@ -245,12 +245,16 @@ def run_benchmark(
 
 def kernel_lines(model: Any) -> list[str]:
     """The CPU's kernel flags and the kernel each kind of linear layer runs, grouped, for the terminal."""
-    from crossedge.core.bench import cpu_flags, layer_kernels
+    from crossedge.core.bench import cpu_flags, instruction_caps, layer_kernels
 
     by_kernel: dict[str, list[str]] = {}
     for kind, kernel in layer_kernels(model).items():
         by_kernel.setdefault(kernel, []).append(kind)
-    lines = [f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}"]
+    caps = instruction_caps()
+    lines = [
+        f"CPU flags: {' '.join(cpu_flags()) or 'unknown'} (torch kernels: {caps['torch_cpu_capability']}, "
+        f"oneDNN cap: {caps['onednn_max_isa']})"
+    ]
     lines += [f"  {', '.join(kinds)}: {kernel}" for kernel, kinds in by_kernel.items()]
     return lines
 
