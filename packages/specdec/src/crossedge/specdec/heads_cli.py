@@ -21,6 +21,13 @@ from .heads import HEAD_KINDS
     help="hidden-transfer: the layer whose state is transferred [default: two below the top].",
 )
 @click.option("--window", type=click.IntRange(min=1), default=None, help="clover: context states attended [32].")
+@click.option(
+    "--vocab",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Guess only among this many tokens (those the target generates most, then the corpora's most frequent): "
+    "training and drafting skip the rest of the LM head [default: the whole vocabulary; not for ppd].",
+)
 @distillation_options("the heads", lr=1e-3, minutes="Stop training after this.")
 @click.option(
     "--teacher-top-k",
@@ -35,6 +42,7 @@ def train_heads(
     heads,
     layer,
     window,
+    vocab,
     out,
     prompts,
     prompt_tokens,
@@ -57,6 +65,12 @@ def train_heads(
             raise CrossedgeError(f"--{name} is an option of --kind {owner}, not of {kind}: leave it out")
         if value is not None:
             options[name] = value
+    if vocab is not None:
+        if kind == "ppd":
+            raise CrossedgeError(
+                "--vocab is not an option of --kind ppd, whose guesses come out of the target's own LM head"
+            )
+        options["vocab"] = vocab
     loaded = load_model(model_name)
     result = train(
         loaded.model,

@@ -139,7 +139,17 @@ class DraftHeads(nn.Module):
     #: True when a node's children depend on the node's token (the tree grows depth by depth).
     regressive: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, depth: int, *, rank_accuracy: list[list[float]] | None = None):
+    #: False for kinds whose guesses come out of the target's own forward (PPD), which no subset can make cheaper.
+    reduced_vocab: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        depth: int,
+        *,
+        rank_accuracy: list[list[float]] | None = None,
+        vocab: int | None = None,
+    ):
         super().__init__()
         if depth < 1:
             raise HeadsError(f"{self.kind} heads need a draft depth of at least 1, got {depth}")
@@ -148,6 +158,17 @@ class DraftHeads(nn.Module):
         #: rank_accuracy[d][r]: how often the rank-r guess at depth d + 1 was right on held-out data.
         self.rank_accuracy = rank_accuracy or prior_rank_accuracy(depth, MEASURED_RANKS)
         self._shared = {"model": model}
+        self.vocab = None if vocab is None else int(vocab)
+        if vocab is not None:
+            size = model.config.vocab_size
+            if not self.reduced_vocab:
+                raise HeadsError(
+                    f"{self.kind} heads guess through the target's own forward and LM head: leave out vocab"
+                )
+            if not 1 <= self.vocab <= size:
+                raise HeadsError(f"{self.kind} heads' vocab must be between 1 and {size} tokens, got {vocab}")
+            # The token ids the heads may guess, filled by training (choose_vocab) or by loading.
+            self.register_buffer("vocab_ids", torch.arange(self.vocab))
 
     @property
     def model(self) -> nn.Module:
@@ -161,7 +182,87 @@ class DraftHeads(nn.Module):
 
     def options(self) -> dict[str, Any]:
         """Constructor keywords besides ``depth`` that rebuild these heads (saved with the weights)."""
-        return {}
+        return {} if self.vocab is None else {"vocab": self.vocab}
+
+    # -- the vocabulary the heads guess from -----------------------------------
+
+    def set_vocab(self, ids: torch.Tensor) -> None:
+        """Restrict the heads' guesses to the token ``ids`` (``vocab`` distinct ids of the target's vocabulary).
+
+        The only way to change ``vocab_ids``: the LM head rows built from them are kept until the next call.
+        """
+        size = self.model.config.vocab_size
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        if self.vocab is None or ids.numel() != self.vocab or ids.unique().numel() != ids.numel():
+            raise HeadsError(f"{self.kind} heads need {self.vocab} distinct token ids, got {ids.numel()}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+            raise HeadsError(f"{self.kind} heads' token ids must lie in 0..{size - 1}")
+        with torch.no_grad():
+            self.vocab_ids.copy_(ids)
+        self._shared.pop("subset", None)  # rebuilt from the new ids at the next use
+        self._shared.pop("packed", None)
+
+    def _subset(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(LM head rows, their bias, full-vocabulary index of each id or -1) for ``vocab_ids``, built once."""
+        cached = self._shared.get("subset")
+        if cached is not None:
+            return cached
+        weight = float_head_weight(self.model)
+        if weight is None:
+            raise HeadsError(
+                f"{self.kind} heads with a reduced vocab read the target's float LM head, and this model has none: "
+                f"keep the LM head in float"
+            )
+        ids = self.vocab_ids
+        bias = getattr(self.model.get_output_embeddings(), "bias", None)
+        # Normal tensors even when first built under inference mode, so training can use them later.
+        with torch.inference_mode(False), torch.no_grad():
+            index = torch.full((self.model.config.vocab_size,), -1, dtype=torch.long)
+            index[ids] = torch.arange(ids.numel())
+            rows = weight.detach()[ids].to(self.dtype).contiguous()
+            parts = (rows, None if not isinstance(bias, torch.Tensor) else bias.detach()[ids].to(self.dtype), index)
+            # Drafting multiplies a few rows at a time, where oneDNN on a prepacked weight is several times
+            # faster than the plain product (see crossedge.ondevice's PackedLinear); training takes the plain one.
+            packed = None
+            if torch.backends.mkldnn.is_available() and rows.dtype in (torch.float32, torch.bfloat16):
+                packed = torch.ops.mkldnn._reorder_linear_weight(rows, None)
+        self._shared["subset"] = parts
+        self._shared["packed"] = packed
+        return parts
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of LM-head inputs ``hidden``: over the whole vocabulary, or over ``vocab_ids`` in their order."""
+        if self.vocab is None:
+            return self.model.get_output_embeddings()(hidden)
+        weight, bias, _ = self._subset()
+        packed = self._shared["packed"]
+        if packed is not None and not torch.is_grad_enabled():
+            x = hidden.to(weight.dtype).contiguous()
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+
+    def token_ids(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token ids of positions in :meth:`project`'s last dimension."""
+        return indices if self.vocab is None else self.vocab_ids[indices]
+
+    def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`project`'s logits spread over the whole vocabulary, ``-inf`` outside the heads' tokens."""
+        if self.vocab is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.model.config.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.vocab_ids, logits)
+
+    def targets(self, ids: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher (ids, probs) as positions of :meth:`project`'s output: tokens outside the heads' vocabulary are
+        dropped and the rest renormalised (an anchor whose whole top-k lies outside teaches nothing)."""
+        if self.vocab is None:
+            return ids, probs
+        _, _, index = self._subset()
+        where = index[ids]
+        inside = where >= 0
+        kept = probs * inside
+        kept = kept / kept.sum(-1, keepdim=True).clamp(min=1e-12)
+        return where.clamp(min=0), kept
 
     def layers_read(self) -> tuple[int, ...]:
         """Layers whose hidden states training collects and drafting reads through the cache view."""
@@ -240,6 +341,7 @@ def heads_loss(heads: DraftHeads, data: ExitData, rows: Any, start: int) -> torc
     losses = []
     for k in range(heads.depth):
         ids, probs, count = head_targets(data, rows, start, k)
+        ids, probs = heads.targets(ids, probs)
         losses.append(distillation_loss(logits[:, :count, k], ids, probs))
     return torch.stack(losses).mean()
 
@@ -252,13 +354,13 @@ def rank_accuracy(
 
     Regressive kinds are measured teacher-forced (each depth given the target's own tokens before it).
     """
-    ranks = min(ranks, heads.model.config.vocab_size)
+    ranks = min(ranks, heads.vocab or heads.model.config.vocab_size)
     hits = torch.zeros(heads.depth, ranks)
     counts = torch.zeros(heads.depth)
     n = data.input_ids.shape[0]
     for b in range(0, n, batch_size):
         rows = slice(b, b + batch_size)
-        guesses = heads.training_logits(data, rows, start).topk(ranks, dim=-1).indices
+        guesses = heads.token_ids(heads.training_logits(data, rows, start).topk(ranks, dim=-1).indices)
         for k in range(heads.depth):
             ids, _, count = head_targets(data, rows, start, k)
             hits[k] += (guesses[:, :count, k] == ids[..., :1]).flatten(0, 1).sum(0).float()
@@ -439,7 +541,42 @@ def load_heads(cls: type[DraftHeads], model: nn.Module, folder: Path | str) -> D
         raise HeadsError(f"{path} does not hold {kind} heads of this shape (found {sorted(found)}): train them again")
     with torch.no_grad():
         heads.load_state_dict(state)
+    if heads.vocab is not None:
+        try:
+            heads.set_vocab(state["vocab_ids"])
+        except HeadsError as exc:
+            raise HeadsError(f"the token ids in {path} are damaged ({exc}); train the heads again") from exc
     return heads.eval()
+
+
+def choose_vocab(
+    size: int, data: ExitData, generated_from: int, tokenizer: Any, texts: list[str] | None, model: nn.Module
+) -> torch.Tensor:
+    """The ``size`` token ids reduced-vocabulary heads guess from, most useful first.
+
+    First the tokens the target generated itself in the training rows (columns from
+    ``generated_from`` on) and the teacher's top-1 at every training position, by count; then
+    the most frequent tokens of the prompts and of ``texts`` (the bundled corpora when
+    ``None``); the end-of-sequence ids are always in. Held-out rows are not looked at, so
+    their measured accuracy counts the misses a reduced vocabulary causes.
+    """
+    from ..exit_head import corpus_texts
+
+    vocab_size = model.config.vocab_size
+    own = torch.bincount(data.input_ids[:, generated_from:].flatten(), minlength=vocab_size).double()
+    own += torch.bincount(data.top_ids[..., 0].flatten(), minlength=vocab_size).double()
+    seen = torch.bincount(data.input_ids[:, :generated_from].flatten(), minlength=vocab_size).double()
+    for text in texts if texts is not None else corpus_texts():
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if ids:
+            seen += torch.bincount(torch.tensor(ids).clamp(max=vocab_size - 1), minlength=vocab_size).double()
+    # Own counts rank above any corpus count; the corpus orders the rest and breaks ties.
+    score = own * (seen.sum() + 1) + seen
+    eos = model.generation_config.eos_token_id
+    for token in [eos] if isinstance(eos, int) else list(eos or []):
+        if 0 <= int(token) < vocab_size:
+            score[int(token)] = float("inf")
+    return score.argsort(descending=True, stable=True)[:size]
 
 
 def train_kind(
@@ -477,10 +614,13 @@ def train_kind(
     torch.manual_seed(config.seed)
     heads = cls(model, depth, **(options or {}))
     began = time.perf_counter()
-    prompt_ids = training_prompts(tokenizer, texts if texts is not None else corpus_texts(), prompts, prompt_tokens)
+    texts = texts if texts is not None else corpus_texts()
+    prompt_ids = training_prompts(tokenizer, texts, prompts, prompt_tokens)
     sequences = self_generated_sequences(model, prompt_ids, new_tokens, progress=progress)
     data = collect_head_data(model, sequences, heads.layers_read(), top_k=teacher_top_k, progress=progress)
     train, held = data.split(holdout)
+    if heads.vocab is not None:
+        heads.set_vocab(choose_vocab(heads.vocab, train, prompt_ids.shape[1], tokenizer, texts, model))
     data_seconds = time.perf_counter() - began
     # Position prompt_len - 1 is the first whose next token the target generated itself.
     result = fit_heads(heads, train, prompt_ids.shape[1] - 1, config, heldout=held, top_k=top_k, progress=progress)

@@ -61,8 +61,9 @@ class CloverHeads(DraftHeads):
         *,
         window: int = 32,
         rank_accuracy: list[list[float]] | None = None,
+        vocab: int | None = None,
     ):
-        super().__init__(model, depth, rank_accuracy=rank_accuracy)
+        super().__init__(model, depth, rank_accuracy=rank_accuracy, vocab=vocab)
         if window < 1:
             raise HeadsError(f"clover window must be at least 1, got {window}")
         self.window = int(window)
@@ -78,7 +79,7 @@ class CloverHeads(DraftHeads):
         self.apply_norm = not final_state_is_normed(model)
 
     def options(self) -> dict[str, Any]:
-        return {"window": self.window}
+        return {**super().options(), "window": self.window}
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Multi-head attention of (b, q, hidden) queries over (b, k, hidden) keys and values."""
@@ -109,7 +110,7 @@ class CloverHeads(DraftHeads):
         if self.apply_norm:
             _, _, norm, _ = decoder_parts(self.model)
             out = norm(g)
-        return self.model.get_output_embeddings()(out), g
+        return self.project(out), g
 
     def training_logits(self, data: ExitData, rows: Any, start: int) -> torch.Tensor:
         states = data.hidden[self.model.config.num_hidden_layers][rows].to(self.dtype)

@@ -80,7 +80,9 @@ class HeadsDrafter(Drafter):
         if self.tree == "chain":
             self.paths = chain(heads.depth)
         else:
-            self.paths = sparse_tree(heads.rank_accuracy, MAX_NODES, max_rank=self.top_k)
+            # Heads with a reduced vocabulary have no more ranks than tokens.
+            ranks = min(self.top_k or MAX_NODES, heads.vocab or MAX_NODES)
+            self.paths = sparse_tree(heads.rank_accuracy, MAX_NODES, max_rank=ranks)
         self.scores = {path: path_score(heads.rank_accuracy, path) for path in self.paths}
         self.heads, self.target = heads, target
 
@@ -129,10 +131,10 @@ class HeadsDrafter(Drafter):
             for row, parent in enumerate(above):
                 kids = [i for i in here if parents[i] == parent]
                 if greedy:
-                    ranked = logits[row].topk(1 + max(paths[i][-1] for i in kids)).indices.tolist()
-                    picks = [ranked[paths[i][-1]] for i in kids]
+                    ranked = self.heads.token_ids(logits[row].topk(1 + max(paths[i][-1] for i in kids)).indices)
+                    picks = [int(ranked[paths[i][-1]]) for i in kids]
                 else:
-                    q = self.sampler.probabilities(logits[row])
+                    q = self.sampler.probabilities(self.heads.full_logits(logits[row]))
                     generator = self.sampler.generator
                     picks = torch.multinomial(q, len(kids), replacement=True, generator=generator).tolist()
                 for i, token in zip(kids, picks, strict=True):

@@ -41,8 +41,9 @@ class HiddenTransferHeads(ParallelHeads):
         *,
         layer: int | None = None,
         rank_accuracy: list[list[float]] | None = None,
+        vocab: int | None = None,
     ):
-        super().__init__(model, depth, rank_accuracy=rank_accuracy)
+        super().__init__(model, depth, rank_accuracy=rank_accuracy, vocab=vocab)
         refuse_sliding_windows(model, self.kind)
         layers = model.config.num_hidden_layers
         layer = max(1, layers - 2) if layer is None else int(layer)
@@ -55,7 +56,7 @@ class HiddenTransferHeads(ParallelHeads):
         self.bias = nn.Parameter(torch.zeros(depth, hidden, dtype=model.dtype))
 
     def options(self) -> dict[str, Any]:
-        return {"layer": self.layer}
+        return {**super().options(), "layer": self.layer}
 
     def layers_read(self) -> tuple[int, ...]:
         return (self.layer,)
@@ -67,7 +68,7 @@ class HiddenTransferHeads(ParallelHeads):
     def refine(
         self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any = None
     ) -> torch.Tensor:
-        """Run the target's layers from ``self.layer`` up on ``hidden`` and return logits (batch, seq, vocab)."""
+        """The target's layers from ``self.layer`` up run on ``hidden``; returns the normed states (b, seq, hidden)."""
         inner, layers, norm, _ = decoder_parts(self.model)
         embeddings = inner.rotary_emb(hidden, positions)
         for block in layers[self.layer :]:
@@ -79,7 +80,7 @@ class HiddenTransferHeads(ParallelHeads):
                 cache=cache,
                 use_cache=cache is not None,
             )
-        return self.model.get_output_embeddings()(norm(hidden))
+        return norm(hidden)
 
     def training_logits(self, data: ExitData, rows: Any, start: int) -> torch.Tensor:
         real = data.hidden[self.layer][rows].to(self.dtype)  # (b, T, hidden)
@@ -87,8 +88,8 @@ class HiddenTransferHeads(ParallelHeads):
         anchors = length - 1 - start
         pseudo = self.pseudo(real[:, start : length - 1]).reshape(b, anchors * self.depth, hidden)
         positions, allowed, _ = anchored_chains(length, start, self.depth)
-        logits = self.refine(torch.cat([real, pseudo], dim=1), positions, additive(allowed, self.dtype)[None, None])
-        return logits[:, length:].reshape(b, anchors, self.depth, -1)
+        refined = self.refine(torch.cat([real, pseudo], dim=1), positions, additive(allowed, self.dtype)[None, None])
+        return self.project(refined[:, length:]).reshape(b, anchors, self.depth, -1)
 
     def draft_logits(self, view: Any, context_ids: list[int]) -> torch.Tensor | None:
         n = len(context_ids)
@@ -99,5 +100,5 @@ class HiddenTransferHeads(ParallelHeads):
         positions = torch.arange(n - 1, n - 1 + self.depth).unsqueeze(0)
         mask = causal_mask_with_past(self.depth, n - 1, self.dtype, pseudo.device)
         with view.scratch() as cache:
-            logits = self.refine(pseudo, positions, mask, cache)
-        return logits[0].float()
+            refined = self.refine(pseudo, positions, mask, cache)
+        return self.project(refined[0]).float()

@@ -1,8 +1,9 @@
 """Medusa heads: residual blocks on the target's last hidden state, each guessing a token further ahead.
 
 Head ``k`` (0-based) is ``h + SiLU(W_k h + b_k)`` followed by the target's own LM head
-(shared, frozen, never copied). ``W_k`` and ``b_k`` start at zero, so an untrained head
-predicts exactly what the LM head predicts from ``h``.
+(shared, frozen, never copied; with ``vocab``, only its rows of the heads' tokens). ``W_k``
+and ``b_k`` start at zero, so an untrained head predicts exactly what the LM head predicts
+from ``h``.
 
 Which hidden state. The heads read the state the engine records for the drafter through
 :class:`~crossedge.core.contracts.drafter.TargetCacheView` at layer
@@ -31,8 +32,15 @@ class MedusaHeads(ParallelHeads):
 
     kind = "medusa"
 
-    def __init__(self, model: nn.Module, depth: int = 3, *, rank_accuracy: list[list[float]] | None = None):
-        super().__init__(model, depth, rank_accuracy=rank_accuracy)
+    def __init__(
+        self,
+        model: nn.Module,
+        depth: int = 3,
+        *,
+        rank_accuracy: list[list[float]] | None = None,
+        vocab: int | None = None,
+    ):
+        super().__init__(model, depth, rank_accuracy=rank_accuracy, vocab=vocab)
         hidden = model.config.hidden_size
         dtype = model.dtype  # the LM head may be repacked by a backend, with no .weight
         self.weight = nn.Parameter(torch.zeros(depth, hidden, hidden, dtype=dtype))
@@ -50,7 +58,7 @@ class MedusaHeads(ParallelHeads):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """(..., depth, vocab) logits: head ``k``'s guess of the token ``k + 2`` places after ``state``'s."""
-        return self.model.get_output_embeddings()(self.hidden(state))
+        return self.project(self.hidden(state))
 
     def training_logits(self, data: ExitData, rows: Any, start: int) -> torch.Tensor:
         states = data.hidden[self.model.config.num_hidden_layers][rows, start:-1]

@@ -36,9 +36,17 @@ class PromptHeads(ParallelHeads):
     """``depth`` trained prompt embeddings whose outputs in the target's forward guess the tokens after the next."""
 
     kind = "ppd"
+    reduced_vocab = False
 
-    def __init__(self, model: nn.Module, depth: int = 3, *, rank_accuracy: list[list[float]] | None = None):
-        super().__init__(model, depth, rank_accuracy=rank_accuracy)
+    def __init__(
+        self,
+        model: nn.Module,
+        depth: int = 3,
+        *,
+        rank_accuracy: list[list[float]] | None = None,
+        vocab: int | None = None,
+    ):
+        super().__init__(model, depth, rank_accuracy=rank_accuracy, vocab=vocab)  # refuses a vocab
         refuse_sliding_windows(model, self.kind)
         table = model.get_input_embeddings()
         with torch.no_grad():
