@@ -33,3 +33,25 @@ def _one_thread():
 def _measurements(tmp_path, monkeypatch):
     """Kernel choices and verification costs a test times are its own (never the user's cache)."""
     monkeypatch.setenv("CROSSEDGE_MEASUREMENTS", str(tmp_path / "measurements"))
+
+
+@pytest.fixture(scope="session")
+def heads_tiny():
+    """The tiny Llama (and tokenizer) the draft-head tests train on; tests must leave it unchanged."""
+    from crossedge.core.testing import tiny_causal_lm
+
+    return tiny_causal_lm("llama", layers=3, hidden=32, seed=1, initializer_range=0.15)
+
+
+@pytest.fixture(scope="session")
+def heads_data(heads_tiny):
+    """(data, anchor start): 10 prompts, 10 generated tokens, states of the top layer and two below, top-4."""
+    from crossedge.specdec.exit_head import self_generated_sequences, training_prompts
+    from crossedge.specdec.heads.base import collect_head_data
+    from crossedge.specdec.testing import HEAD_PROMPT_TOKENS, HEAD_TEXTS
+
+    model, tokenizer = heads_tiny
+    prompts = training_prompts(tokenizer, HEAD_TEXTS, 10, HEAD_PROMPT_TOKENS)
+    sequences = self_generated_sequences(model, prompts, 10, progress=False)
+    layers = (model.config.num_hidden_layers, model.config.num_hidden_layers - 2)
+    return collect_head_data(model, sequences, layers, top_k=4, progress=False), prompts.shape[1] - 1

@@ -10,50 +10,33 @@ from crossedge.core.testing import tiny_causal_lm, tiny_windowed_lm
 from crossedge.specdec import BatchedSpeculativeDecoder, ConstantPolicy
 from crossedge.specdec.engine import SpeculativeDecoder
 from crossedge.specdec.errors import SpecdecError
-from crossedge.specdec.exit_head import TrainConfig, self_generated_sequences, training_prompts
+from crossedge.specdec.exit_head import TrainConfig
 from crossedge.specdec.heads import HeadsError, heads_class, train_heads
-from crossedge.specdec.heads.base import collect_head_data, fit_heads, load_heads, save_heads
+from crossedge.specdec.heads.base import fit_heads, load_heads, save_heads
 from crossedge.specdec.heads.clover import CloverHeads
 from crossedge.specdec.heads.drafter import CloverDrafter, HiddenTransferDrafter, MedusaDrafter, PPDDrafter
 from crossedge.specdec.heads.hidden_transfer import HiddenTransferHeads
 from crossedge.specdec.heads.ppd import PromptHeads
 from crossedge.specdec.sampling import RunSampler, SamplingConfig
-from crossedge.specdec.testing import CONFORMANCE_PROMPTS, add_noise, greedy_reference, tiny_target
+from crossedge.specdec.testing import CONFORMANCE_PROMPTS, add_noise, greedy_reference, record_proposals, tiny_target
+from crossedge.specdec.testing import HEAD_PROMPT_TOKENS as PROMPT_TOKENS
+from crossedge.specdec.testing import HEAD_TEXTS as TEXTS
 
-TEXTS = [
-    "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
-    "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
-]
 KINDS = {
     "hidden-transfer": (HiddenTransferHeads, HiddenTransferDrafter),
     "clover": (CloverHeads, CloverDrafter),
     "ppd": (PromptHeads, PPDDrafter),
 }
-PROMPT_TOKENS = 12
 
 
 def random_heads(kind, model, depth=3, seed=0, scale=0.2, **options):
     return add_noise(KINDS[kind][0](model, depth, **options), scale, seed)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_causal_lm("llama", layers=3, hidden=32, seed=1, initializer_range=0.15)
-
-
-@pytest.fixture(scope="module")
-def data(tiny):
-    model, tokenizer = tiny
-    prompts = training_prompts(tokenizer, TEXTS, 10, PROMPT_TOKENS)
-    sequences = self_generated_sequences(model, prompts, 10, progress=False)
-    layers = (model.config.num_hidden_layers, model.config.num_hidden_layers - 2)
-    return collect_head_data(model, sequences, layers, top_k=4, progress=False), prompts.shape[1] - 1
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_a_few_training_steps_lower_the_loss_and_change_only_the_heads(kind, tiny, data):
-    model, _ = tiny
-    data, start = data
+def test_a_few_training_steps_lower_the_loss_and_change_only_the_heads(kind, heads_tiny, heads_data):
+    model, _ = heads_tiny
+    data, start = heads_data
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train, held = data.split(3)
     heads = heads_class(kind)(model, 2)
@@ -78,11 +61,11 @@ def started(model, drafter, prefix, sampling=None):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_drafting_computes_what_training_taught(kind, tiny, data):
+def test_drafting_computes_what_training_taught(kind, heads_tiny, heads_data):
     # Teacher-forced training logits at anchor t must be what drafting computes after the
     # context c[0..t+1] (the cache holding c[0..t]), with each depth fed the target's own token.
-    model, _ = tiny
-    data, start = data
+    model, _ = heads_tiny
+    data, start = heads_data
     heads = random_heads(kind, model)
     sequence = data.input_ids[0].tolist()
     with torch.inference_mode():
@@ -107,8 +90,8 @@ def test_drafting_computes_what_training_taught(kind, tiny, data):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_save_load_round_trip_and_refusals(kind, tiny, tmp_path):
-    model, _ = tiny
+def test_save_load_round_trip_and_refusals(kind, heads_tiny, tmp_path):
+    model, _ = heads_tiny
     options = {"layer": 2} if kind == "hidden-transfer" else {"window": 5} if kind == "clover" else {}
     heads = random_heads(kind, model, **options)
     heads.rank_accuracy = [[0.5, 0.25], [0.3, 0.1], [0.2, 0.05]]
@@ -160,15 +143,7 @@ def test_sampled_trees_are_draws_from_the_heads_processed_distribution(kind):
     input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
     drafter = KINDS[kind][1](heads=random_heads(kind, model, scale=0.05))
     sampling = SamplingConfig(temperature=0.8, top_k=20, seed=3)
-    proposals = []
-    propose = drafter.propose
-
-    def recording(context_ids, k):
-        draft = propose(context_ids, k)
-        proposals.append(draft)
-        return draft
-
-    drafter.propose = recording
+    proposals = record_proposals(drafter)
     result = SpeculativeDecoder(model, drafter, "constant:k=6").generate(input_ids, 16, sampling)
     assert len(result.tokens) == 16 and result.stats.drafters[kind].drafted > 0
     drafts = [d for d in proposals if len(d)]
@@ -184,8 +159,8 @@ def test_sampled_trees_are_draws_from_the_heads_processed_distribution(kind):
                     assert torch.equal(draft.probs[i], draft.probs[j])  # siblings share one q
 
 
-def test_clover_children_depend_on_their_parents_token(tiny):
-    model, tokenizer = tiny
+def test_clover_children_depend_on_their_parents_token(heads_tiny):
+    model, tokenizer = heads_tiny
     heads = random_heads("clover", model, scale=0.3)
     context = tokenizer("the cat sat on the mat", return_tensors="pt").input_ids[0].tolist()
     drafter = CloverDrafter(heads=heads)
@@ -196,8 +171,8 @@ def test_clover_children_depend_on_their_parents_token(tiny):
     assert not torch.allclose(logits[0], logits[1])
 
 
-def test_hidden_transfer_drafting_leaves_the_cache_as_it_was(tiny):
-    model, tokenizer = tiny
+def test_hidden_transfer_drafting_leaves_the_cache_as_it_was(heads_tiny):
+    model, tokenizer = heads_tiny
     context = tokenizer("the cat sat on", return_tensors="pt").input_ids[0].tolist()
     drafter = HiddenTransferDrafter(heads=random_heads("hidden-transfer", model))
     view, _ = started(model, drafter, context[:-1])
@@ -209,8 +184,8 @@ def test_hidden_transfer_drafting_leaves_the_cache_as_it_was(tiny):
         assert torch.equal(layer.keys, keys)
 
 
-def test_riders_leave_the_drafts_logits_and_the_kept_cache_unchanged(tiny):
-    model, tokenizer = tiny
+def test_riders_leave_the_drafts_logits_and_the_kept_cache_unchanged(heads_tiny):
+    model, tokenizer = heads_tiny
     prefix = tokenizer("the cat sat on", return_tensors="pt").input_ids[0].tolist()
     feed, parents = [int(prefix[-1]), 40, 41, 42], [-1, 0, -1]
     heads = random_heads("ppd", model)
@@ -235,8 +210,8 @@ def test_riders_leave_the_drafts_logits_and_the_kept_cache_unchanged(tiny):
         view.forward(model, feed, 1, parents, Riders(riders.embeddings[:1], [5]))
 
 
-def test_ppd_proposes_nothing_before_a_forward_carried_its_prompts(tiny):
-    model, tokenizer = tiny
+def test_ppd_proposes_nothing_before_a_forward_carried_its_prompts(heads_tiny):
+    model, tokenizer = heads_tiny
     context = tokenizer("the cat sat on", return_tensors="pt").input_ids[0].tolist()
     drafter = PPDDrafter(heads=random_heads("ppd", model))
     started(model, drafter, context[:-1])
@@ -278,8 +253,8 @@ def test_refusals_sliding_windows_batches_and_two_riders():
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_train_heads_end_to_end_then_draft_from_the_folder(kind, tiny, tmp_path):
-    model, tokenizer = tiny
+def test_train_heads_end_to_end_then_draft_from_the_folder(kind, heads_tiny, tmp_path):
+    model, tokenizer = heads_tiny
     result = train_heads(
         model,
         tokenizer,

@@ -26,12 +26,9 @@ from crossedge.specdec.heads.medusa import MedusaHeads
 from crossedge.specdec.heads.tree import chain, prior_rank_accuracy, sparse_tree, tree_parents
 from crossedge.specdec.sampling import RunSampler, SamplingConfig
 from crossedge.specdec.testing import CONFORMANCE_PROMPTS, DrafterConformance, add_noise, greedy_reference, tiny_target
+from crossedge.specdec.testing import HEAD_PROMPT_TOKENS as PROMPT_TOKENS
+from crossedge.specdec.testing import HEAD_TEXTS as TEXTS
 
-TEXTS = [
-    "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
-    "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
-]
-PROMPT_TOKENS = 12
 WEIGHTS_NAME = weights_name("medusa")
 
 
@@ -44,20 +41,15 @@ def random_heads(model, heads=3, seed=0, scale=0.3):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_causal_lm("llama", layers=3, hidden=32, seed=1, initializer_range=0.15)
-
-
-@pytest.fixture(scope="module")
-def data(tiny):
-    model, tokenizer = tiny
+def data(heads_tiny):
+    model, tokenizer = heads_tiny
     prompts = training_prompts(tokenizer, TEXTS, 12, PROMPT_TOKENS)
     sequences = self_generated_sequences(model, prompts, 12, progress=False)
     return collect_head_data(model, sequences, (3,), top_k=4, progress=False), prompts.shape[1] - 1
 
 
-def test_the_recorded_last_state_is_after_the_final_norm_and_untrained_heads_are_the_lm_head(tiny):
-    model, _ = tiny
+def test_the_recorded_last_state_is_after_the_final_norm_and_untrained_heads_are_the_lm_head(heads_tiny):
+    model, _ = heads_tiny
     # transformers 5 ties output_hidden_states[-1] to last_hidden_state (after the final norm).
     assert final_state_is_normed(model)
     medusa = MedusaHeads(model, 3)
@@ -83,8 +75,8 @@ def test_head_k_learns_the_targets_own_token_k_plus_2_places_ahead(data):
         assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]))
 
 
-def test_training_lowers_the_loss_and_changes_only_the_heads(tiny, data):
-    model, _ = tiny
+def test_training_lowers_the_loss_and_changes_only_the_heads(heads_tiny, data):
+    model, _ = heads_tiny
     data, start = data
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train, held = data.split(3)
@@ -102,8 +94,8 @@ def test_training_lowers_the_loss_and_changes_only_the_heads(tiny, data):
         fit_heads(MedusaHeads(model, 12), train, start, progress=False)
 
 
-def test_save_load_round_trip_is_exact(tiny, tmp_path):
-    model, _ = tiny
+def test_save_load_round_trip_is_exact(heads_tiny, tmp_path):
+    model, _ = heads_tiny
     medusa = random_heads(model)
     medusa.rank_accuracy = [[0.5, 0.25], [0.3, 0.1], [0.2, 0.05]]
     folder = save_heads(medusa, tmp_path / "heads", model_name="tiny")
@@ -122,8 +114,8 @@ def one_line(caught):
     return message
 
 
-def test_load_refuses_another_models_heads_and_a_damaged_file(tiny, tmp_path):
-    model, _ = tiny
+def test_load_refuses_another_models_heads_and_a_damaged_file(heads_tiny, tmp_path):
+    model, _ = heads_tiny
     folder = save_heads(random_heads(model), tmp_path / "heads", model_name="tiny")
     same_shape, _ = tiny_causal_lm("llama", layers=3, hidden=32, seed=7, initializer_range=0.15)
     with pytest.raises(HeadsError, match="whose LM head differs") as caught:
@@ -150,8 +142,8 @@ def test_load_refuses_another_models_heads_and_a_damaged_file(tiny, tmp_path):
     one_line(caught)
 
 
-def test_saving_refuses_a_folder_holding_foreign_files(tiny, tmp_path):
-    model, _ = tiny
+def test_saving_refuses_a_folder_holding_foreign_files(heads_tiny, tmp_path):
+    model, _ = heads_tiny
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
@@ -205,11 +197,11 @@ def started(model, drafter, prompt, sampling=None):
     return out
 
 
-def test_the_drafter_reads_the_state_before_the_last_token(tiny):
+def test_the_drafter_reads_the_state_before_the_last_token(heads_tiny):
     # Untrained heads guess what the LM head guesses from the state they read: with the state
     # h[n-2] that is the target's own next token after c[n-2], i.e. the last context token
     # itself (offset +1), when that token was the target's greedy choice.
-    model, tokenizer = tiny
+    model, tokenizer = heads_tiny
     prompt = tokenizer("the cat sat", return_tensors="pt").input_ids[0].tolist()
     with torch.inference_mode():
         greedy = int(model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax())
@@ -222,8 +214,8 @@ def test_the_drafter_reads_the_state_before_the_last_token(tiny):
     assert drafter.propose(context[:-1], 3).tokens == []  # the cache must hold all but the last token
 
 
-def test_the_drafter_proposes_a_valid_tree_within_k(tiny):
-    model, tokenizer = tiny
+def test_the_drafter_proposes_a_valid_tree_within_k(heads_tiny):
+    model, tokenizer = heads_tiny
     prompt = tokenizer("the cat sat on", return_tensors="pt").input_ids[0].tolist()
     drafter = MedusaDrafter(heads=random_heads(model), top_k=3)
     started(model, drafter, prompt)
@@ -240,8 +232,8 @@ def test_the_drafter_proposes_a_valid_tree_within_k(tiny):
     assert drafter.propose(prompt, 3).tokens == drafter.propose(prompt, 9).tokens[:3]
 
 
-def test_sampled_nodes_are_draws_from_their_heads_distribution(tiny):
-    model, tokenizer = tiny
+def test_sampled_nodes_are_draws_from_their_heads_distribution(heads_tiny):
+    model, tokenizer = heads_tiny
     prompt = tokenizer("the cat sat on", return_tensors="pt").input_ids[0].tolist()
     drafter = MedusaDrafter(heads=random_heads(model))
     started(model, drafter, prompt, SamplingConfig(temperature=0.8, top_k=20))
@@ -257,8 +249,8 @@ def test_sampled_nodes_are_draws_from_their_heads_distribution(tiny):
         assert (draft.probs[i] > 0).sum() <= 20  # processed as the target's logits are (top_k)
 
 
-def test_drafter_options_and_folders(tiny, tmp_path, monkeypatch):
-    model, tokenizer = tiny
+def test_drafter_options_and_folders(heads_tiny, tmp_path, monkeypatch):
+    model, tokenizer = heads_tiny
     input_ids = tokenizer("hi there", return_tensors="pt").input_ids
     with pytest.raises(SpecdecError, match="sparse, chain"):
         MedusaDrafter(tree="bushy")
@@ -307,8 +299,8 @@ def test_sampling_with_medusa_runs():
     assert result.stats.drafters["medusa"].drafted > 0
 
 
-def test_kinds_and_train_heads_end_to_end(tiny, tmp_path):
-    model, tokenizer = tiny
+def test_kinds_and_train_heads_end_to_end(heads_tiny, tmp_path):
+    model, tokenizer = heads_tiny
     assert check_kind("medusa") == "medusa" and check_kind("clover") == "clover"
     with pytest.raises(HeadsError, match="the kinds built are: medusa, hidden-transfer, clover, ppd"):
         check_kind("eagle")

@@ -4,35 +4,17 @@ drafting only its tokens (greedy and sampled), the choice of the subset, and sav
 import pytest
 import torch
 
-from crossedge.core.testing import tiny_causal_lm
 from crossedge.specdec.engine import SpeculativeDecoder
-from crossedge.specdec.exit_head import TrainConfig, self_generated_sequences, training_prompts
+from crossedge.specdec.exit_head import TrainConfig
 from crossedge.specdec.heads import HeadsError, heads_class, train_heads
-from crossedge.specdec.heads.base import choose_vocab, collect_head_data, fit_heads, load_heads, save_heads
+from crossedge.specdec.heads.base import choose_vocab, fit_heads, load_heads, save_heads
 from crossedge.specdec.heads.drafter import CloverDrafter, HiddenTransferDrafter, MedusaDrafter
 from crossedge.specdec.sampling import SamplingConfig
-from crossedge.specdec.testing import CONFORMANCE_PROMPTS, add_noise, greedy_reference, tiny_target
+from crossedge.specdec.testing import CONFORMANCE_PROMPTS, add_noise, greedy_reference, record_proposals, tiny_target
+from crossedge.specdec.testing import HEAD_PROMPT_TOKENS as PROMPT_TOKENS
+from crossedge.specdec.testing import HEAD_TEXTS as TEXTS
 
-TEXTS = [
-    "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
-    "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
-]
 DRAFTERS = {"medusa": MedusaDrafter, "hidden-transfer": HiddenTransferDrafter, "clover": CloverDrafter}
-PROMPT_TOKENS = 12
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_causal_lm("llama", layers=3, hidden=32, seed=1, initializer_range=0.15)
-
-
-@pytest.fixture(scope="module")
-def data(tiny):
-    model, tokenizer = tiny
-    prompts = training_prompts(tokenizer, TEXTS, 10, PROMPT_TOKENS)
-    sequences = self_generated_sequences(model, prompts, 10, progress=False)
-    layers = (model.config.num_hidden_layers, model.config.num_hidden_layers - 2)
-    return collect_head_data(model, sequences, layers, top_k=4, progress=False), prompts.shape[1] - 1
 
 
 def reduced(kind, model, vocab, seed=0, scale=0.2):
@@ -43,9 +25,9 @@ def reduced(kind, model, vocab, seed=0, scale=0.2):
 
 
 @pytest.mark.parametrize("kind", list(DRAFTERS))
-def test_reduced_logits_are_the_full_heads_logits_at_the_chosen_tokens(kind, tiny, data):
-    model, _ = tiny
-    data, start = data
+def test_reduced_logits_are_the_full_heads_logits_at_the_chosen_tokens(kind, heads_tiny, heads_data):
+    model, _ = heads_tiny
+    data, start = heads_data
     small = reduced(kind, model, 40)
     full = heads_class(kind)(model, 3)
     full.load_state_dict({k: v for k, v in small.state_dict().items() if k != "vocab_ids"})
@@ -62,8 +44,8 @@ def test_reduced_logits_are_the_full_heads_logits_at_the_chosen_tokens(kind, tin
     assert bool((spread[..., outside] == float("-inf")).all())
 
 
-def test_teacher_targets_drop_tokens_outside_and_renormalise(tiny):
-    model, _ = tiny
+def test_teacher_targets_drop_tokens_outside_and_renormalise(heads_tiny):
+    model, _ = heads_tiny
     heads = heads_class("medusa")(model, 2, vocab=3)
     heads.set_vocab(torch.tensor([7, 2, 9]))
     ids = torch.tensor([[9, 5, 7], [4, 5, 6]])
@@ -75,21 +57,21 @@ def test_teacher_targets_drop_tokens_outside_and_renormalise(tiny):
     assert torch.equal(heads.token_ids(torch.tensor([2, 0])), torch.tensor([9, 7]))
 
 
-def test_training_with_a_reduced_vocab_lowers_the_loss_and_ranks_only_its_tokens(tiny, data):
-    model, _ = tiny
-    data, start = data
+def test_training_with_a_reduced_vocab_lowers_the_loss_and_ranks_only_its_tokens(heads_tiny, heads_data):
+    model, _ = heads_tiny
+    data, start = heads_data
     train, held = data.split(3)
     heads = heads_class("medusa")(model, 2, vocab=64)
-    heads.set_vocab(choose_vocab(64, train, start + 1, tiny[1], TEXTS, model))
+    heads.set_vocab(choose_vocab(64, train, start + 1, heads_tiny[1], TEXTS, model))
     result = fit_heads(heads, train, start, TrainConfig(epochs=6, batch_size=4, lr=2e-2), heldout=held, progress=False)
     assert sum(result.history[-2:]) / 2 < sum(result.history[:2]) / 2, result.history
     assert all(len(row) == 10 for row in heads.rank_accuracy)
     assert all(0.0 <= a <= b <= 1.0 for a, b in zip(result.top1, result.topk, strict=True))
 
 
-def test_choose_vocab_puts_the_targets_own_tokens_first_and_keeps_eos(tiny, data):
-    model, tokenizer = tiny
-    data, start = data
+def test_choose_vocab_puts_the_targets_own_tokens_first_and_keeps_eos(heads_tiny, heads_data):
+    model, tokenizer = heads_tiny
+    data, start = heads_data
     generated_from = start + 1
     ids = choose_vocab(30, data, generated_from, tokenizer, TEXTS, model)
     assert ids.numel() == ids.unique().numel() == 30
@@ -109,15 +91,7 @@ def test_greedy_speculation_with_reduced_heads_is_identical_and_drafts_only_thei
     heads = reduced(kind, model, 60, scale=0.05)
     allowed = set(heads.vocab_ids.tolist())
     drafter = DRAFTERS[kind](heads=heads, top_k=3)
-    proposals = []
-    propose = drafter.propose
-
-    def recording(context_ids, k):
-        draft = propose(context_ids, k)
-        proposals.append(draft)
-        return draft
-
-    drafter.propose = recording
+    proposals = record_proposals(drafter)
     for prompt in CONFORMANCE_PROMPTS[:2]:
         input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         result = SpeculativeDecoder(model, drafter, "constant:k=6").generate(input_ids, 20)
@@ -130,15 +104,7 @@ def test_sampled_drafts_from_reduced_heads_have_no_mass_outside_their_tokens():
     model, tokenizer = tiny_target("llama")
     heads = reduced("clover", model, 60, scale=0.05)
     drafter = CloverDrafter(heads=heads)
-    proposals = []
-    propose = drafter.propose
-
-    def recording(context_ids, k):
-        draft = propose(context_ids, k)
-        proposals.append(draft)
-        return draft
-
-    drafter.propose = recording
+    proposals = record_proposals(drafter)
     input_ids = tokenizer(CONFORMANCE_PROMPTS[1], return_tensors="pt").input_ids
     result = SpeculativeDecoder(model, drafter, "constant:k=6").generate(input_ids, 16, SamplingConfig(0.8, seed=3))
     assert len(result.tokens) == 16
@@ -152,8 +118,8 @@ def test_sampled_drafts_from_reduced_heads_have_no_mass_outside_their_tokens():
         assert float(draft.probs[:, outside].abs().max()) == 0.0
 
 
-def test_save_load_keeps_the_vocabulary_and_refusals(tiny, tmp_path):
-    model, _ = tiny
+def test_save_load_keeps_the_vocabulary_and_refusals(heads_tiny, tmp_path):
+    model, _ = heads_tiny
     heads = reduced("hidden-transfer", model, 25)
     folder = save_heads(heads, tmp_path / "ht", model_name="tiny")
     loaded = load_heads(type(heads), model, folder)
@@ -171,8 +137,8 @@ def test_save_load_keeps_the_vocabulary_and_refusals(tiny, tmp_path):
         heads_class("medusa")(model, 2, vocab=2).set_vocab(torch.tensor([1, 300]))
 
 
-def test_train_heads_with_a_vocab_end_to_end(tiny, tmp_path):
-    model, tokenizer = tiny
+def test_train_heads_with_a_vocab_end_to_end(heads_tiny, tmp_path):
+    model, tokenizer = heads_tiny
     result = train_heads(
         model,
         tokenizer,

@@ -36,11 +36,32 @@ __all__ = [
 ]
 
 #: The engine settings the suite runs under: every built-in policy, reference-verifier lengths too.
+#: Texts the draft-head tests cut their training prompts from (their prompts are this many tokens).
+HEAD_TEXTS = [
+    "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
+    "A quantized linear layer stores int8 weights with one scale per output channel, saving memory. " * 6,
+]
+HEAD_PROMPT_TOKENS = 12
+
 POLICIES = {
     "constant-k4": lambda: ConstantPolicy(k=4),
     "heuristic": HeuristicPolicy,
     "cost-aware": CostAwarePolicy,
 }
+
+
+def record_proposals(drafter: Any) -> list[Any]:
+    """A list that every draft ``drafter`` proposes from now on is appended to (its ``propose`` is wrapped)."""
+    proposals: list[Any] = []
+    propose = drafter.propose
+
+    def recording(context_ids: Any, k: int) -> Any:
+        draft = propose(context_ids, k)
+        proposals.append(draft)
+        return draft
+
+    drafter.propose = recording
+    return proposals
 
 
 def add_noise(module: Any, scale: float, seed: int = 0) -> Any:
