@@ -567,9 +567,10 @@ def choose_vocab(
     own += torch.bincount(data.top_ids[..., 0].flatten(), minlength=vocab_size).double()
     seen = torch.bincount(data.input_ids[:, :generated_from].flatten(), minlength=vocab_size).double()
     for text in texts if texts is not None else corpus_texts():
-        ids = tokenizer(text, add_special_tokens=False).input_ids
-        if ids:
-            seen += torch.bincount(torch.tensor(ids).clamp(max=vocab_size - 1), minlength=vocab_size).double()
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+        ids = ids[ids < vocab_size]  # a tokenizer's added tokens beyond the LM head have no logit
+        if ids.numel():
+            seen += torch.bincount(ids, minlength=vocab_size).double()
     # Own counts rank above any corpus count; the corpus orders the rest and breaks ties.
     score = own * (seen.sum() + 1) + seen
     eos = model.generation_config.eos_token_id
