@@ -48,7 +48,7 @@ def main() -> None:
             heads.set_vocab(torch.arange(size))
         calls[size] = proposal(heads, args.kind, hidden)
 
-    def forward() -> None:
+    def forward() -> float:
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         start = time.perf_counter()

@@ -36,6 +36,10 @@ def test_reduced_logits_are_the_full_heads_logits_at_the_chosen_tokens(kind, hea
         theirs = full.training_logits(data, slice(0, 2), start)
     assert ours.shape[-1] == 40
     torch.testing.assert_close(ours, theirs[..., small.vocab_ids], atol=1e-5, rtol=1e-5)
+    # Grad on, rows picked by index as training picks them: training's plain product, not the packed one.
+    trained = small.training_logits(data, torch.tensor([0, 1]), start)
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), ours, atol=1e-5, rtol=1e-5)
     spread = small.full_logits(ours)
     assert spread.shape == theirs.shape
     assert torch.equal(spread[..., small.vocab_ids], ours)

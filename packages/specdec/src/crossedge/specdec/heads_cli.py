@@ -57,6 +57,7 @@ def train_heads(
     from crossedge.core import CrossedgeError, load_model
 
     from .exit_head import TrainConfig
+    from .heads import heads_class
     from .heads import train_heads as train
 
     options = {}
@@ -66,9 +67,9 @@ def train_heads(
         if value is not None:
             options[name] = value
     if vocab is not None:
-        if kind == "ppd":
+        if not heads_class(kind).reduced_vocab:  # refused before the model loads
             raise CrossedgeError(
-                "--vocab is not an option of --kind ppd, whose guesses come out of the target's own LM head"
+                f"--vocab is not an option of --kind {kind}, whose guesses come out of the target's own LM head"
             )
         options["vocab"] = vocab
     loaded = load_model(model_name)

@@ -35,7 +35,6 @@ __all__ = [
     "tiny_target",
 ]
 
-#: The engine settings the suite runs under: every built-in policy, reference-verifier lengths too.
 #: Texts the draft-head tests cut their training prompts from (their prompts are this many tokens).
 HEAD_TEXTS = [
     "Speculative decoding drafts several tokens cheaply and verifies them in one pass of the large model. " * 6,
@@ -43,6 +42,7 @@ HEAD_TEXTS = [
 ]
 HEAD_PROMPT_TOKENS = 12
 
+#: The engine settings the suite runs under: every built-in policy, reference-verifier lengths too.
 POLICIES = {
     "constant-k4": lambda: ConstantPolicy(k=4),
     "heuristic": HeuristicPolicy,

@@ -200,10 +200,10 @@ class DraftHeads(nn.Module):
         with torch.no_grad():
             self.vocab_ids.copy_(ids)
         self._shared.pop("subset", None)  # rebuilt from the new ids at the next use
-        self._shared.pop("packed", None)
 
-    def _subset(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(LM head rows, their bias, full-vocabulary index of each id or -1) for ``vocab_ids``, built once."""
+    def _subset(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Any]:
+        """(LM head rows, their bias, full-vocabulary index of each id or -1, the rows prepacked for oneDNN or
+        ``None``) for ``vocab_ids``, built once."""
         cached = self._shared.get("subset")
         if cached is not None:
             return cached
@@ -220,22 +220,21 @@ class DraftHeads(nn.Module):
             index = torch.full((self.model.config.vocab_size,), -1, dtype=torch.long)
             index[ids] = torch.arange(ids.numel())
             rows = weight.detach()[ids].to(self.dtype).contiguous()
-            parts = (rows, None if not isinstance(bias, torch.Tensor) else bias.detach()[ids].to(self.dtype), index)
             # Drafting multiplies a few rows at a time, where oneDNN on a prepacked weight is several times
             # faster than the plain product (see crossedge.ondevice's PackedLinear); training takes the plain one.
             packed = None
             if torch.backends.mkldnn.is_available() and rows.dtype in (torch.float32, torch.bfloat16):
                 packed = torch.ops.mkldnn._reorder_linear_weight(rows, None)
+            row_bias = None if not isinstance(bias, torch.Tensor) else bias.detach()[ids].to(self.dtype)
+        parts = (rows, row_bias, index, packed)
         self._shared["subset"] = parts
-        self._shared["packed"] = packed
         return parts
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of LM-head inputs ``hidden``: over the whole vocabulary, or over ``vocab_ids`` in their order."""
         if self.vocab is None:
             return self.model.get_output_embeddings()(hidden)
-        weight, bias, _ = self._subset()
-        packed = self._shared["packed"]
+        weight, bias, _, packed = self._subset()
         if packed is not None and not torch.is_grad_enabled():
             x = hidden.to(weight.dtype).contiguous()
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -257,7 +256,7 @@ class DraftHeads(nn.Module):
         dropped and the rest renormalised (an anchor whose whole top-k lies outside teaches nothing)."""
         if self.vocab is None:
             return ids, probs
-        _, _, index = self._subset()
+        index = self._subset()[2]
         where = index[ids]
         inside = where >= 0
         kept = probs * inside
@@ -550,23 +549,21 @@ def load_heads(cls: type[DraftHeads], model: nn.Module, folder: Path | str) -> D
 
 
 def choose_vocab(
-    size: int, data: ExitData, generated_from: int, tokenizer: Any, texts: list[str] | None, model: nn.Module
+    size: int, data: ExitData, generated_from: int, tokenizer: Any, texts: list[str], model: nn.Module
 ) -> torch.Tensor:
     """The ``size`` token ids reduced-vocabulary heads guess from, most useful first.
 
     First the tokens the target generated itself in the training rows (columns from
     ``generated_from`` on) and the teacher's top-1 at every training position, by count; then
-    the most frequent tokens of the prompts and of ``texts`` (the bundled corpora when
-    ``None``); the end-of-sequence ids are always in. Held-out rows are not looked at, so
+    the most frequent tokens of the prompts and of ``texts``; the end-of-sequence ids are
+    always in. Held-out rows are not looked at, so
     their measured accuracy counts the misses a reduced vocabulary causes.
     """
-    from ..exit_head import corpus_texts
-
     vocab_size = model.config.vocab_size
     own = torch.bincount(data.input_ids[:, generated_from:].flatten(), minlength=vocab_size).double()
     own += torch.bincount(data.top_ids[..., 0].flatten(), minlength=vocab_size).double()
     seen = torch.bincount(data.input_ids[:, :generated_from].flatten(), minlength=vocab_size).double()
-    for text in texts if texts is not None else corpus_texts():
+    for text in texts:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
         ids = ids[ids < vocab_size]  # a tokenizer's added tokens beyond the LM head have no logit
         if ids.numel():
