@@ -110,6 +110,19 @@ def register_draft_policies(register):
     """
 
 
+@hookspec
+def register_unmasking_strategies(register):
+    """Register unmasking strategies: which positions a masked diffusion LM decodes at each forward.
+
+    Called the first time a strategy name is resolved. Call
+    ``register(strategy_class, aliases=())`` for each subclass of
+    :class:`crossedge.core.contracts.unmasking.UnmaskingStrategy`; ``strategy_class.name`` is the
+    name used in strategy specs (``low-confidence:k=2``), its options the class's ``__init__``
+    keyword arguments (:func:`crossedge.core.contracts.unmasking.build_unmasking`). Checked by
+    :mod:`crossedge.core.conformance.unmasking`. Returns nothing.
+    """
+
+
 # -------------------------------------------------------------- quantization
 
 

@@ -20,6 +20,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "dataset": ("register_datasets", "dataset"),
     "drafter": ("register_drafters", "drafter"),
     "draft_policy": ("register_draft_policies", "draft-length policy"),
+    "unmasking": ("register_unmasking_strategies", "unmasking strategy"),
     "quantizer": ("register_quantizers", "quantizer"),
     "backend": ("register_backends", "backend"),
     "scorer": ("register_scorers", "scorer"),
@@ -32,7 +33,7 @@ KINDS: dict[str, tuple[str, str]] = {
 
 #: Kinds built from a spec, which register classes; every other kind registers instances (hookspecs.py).
 CLASS_KINDS: frozenset[str] = frozenset(
-    {"drafter", "draft_policy", "quantizer", "backend", "scorer", "loss", "algorithm", "fusion"}
+    {"drafter", "draft_policy", "unmasking", "quantizer", "backend", "scorer", "loss", "algorithm", "fusion"}
 )
 
 

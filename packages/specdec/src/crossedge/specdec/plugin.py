@@ -1,4 +1,5 @@
-"""The specdec plugin module: registers the built-in drafters, draft-length policies and ``crossedge specdec``."""
+"""The specdec plugin module: registers the built-in drafters, draft-length policies, unmasking strategies and
+``crossedge specdec``."""
 
 from __future__ import annotations
 
@@ -43,8 +44,20 @@ def register_commands(cli):
     from .exit_cli import train_exit
     from .heads_cli import train_heads
     from .lora_drop_cli import train_lora_drop
+    from .parallel.cli import parallel_bench, train_dllm, train_filter
 
     specdec.add_command(train_exit)
     specdec.add_command(train_heads)
     specdec.add_command(train_lora_drop)
+    specdec.add_command(train_dllm)
+    specdec.add_command(parallel_bench)
+    specdec.add_command(train_filter)
     cli.add_command(specdec)
+
+
+@hookimpl
+def register_unmasking_strategies(register):
+    register("crossedge.specdec.parallel.strategies:LowConfidenceRemasking", name="low-confidence", aliases=("llada",))
+    register("crossedge.specdec.parallel.strategies:ConfidenceThreshold", name="threshold", aliases=("fast-dllm",))
+    register("crossedge.specdec.parallel.strategies:TokenEditing", name="token-editing", aliases=("llada2.1",))
+    register("crossedge.specdec.parallel.learn2pd:Learn2PD", name="learn2pd")

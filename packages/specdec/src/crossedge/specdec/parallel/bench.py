@@ -1,0 +1,168 @@
+"""``parallel-bench``: accuracy per task against tokens per forward, for each unmasking strategy.
+
+Every method decodes the same held-out examples (``tasks.make_examples(split="test")``). A row
+reports, per method and task, the share of valid answers (the task's scorer returns 1.0), the
+mean score, the forwards spent, and two rates: ``tokens_per_forward`` counts the answer's tokens
+up to and including its first end-of-text (what a reader gets) per forward; ``canvas_per_forward``
+counts every canvas position decoded, padding included. An autoregressive model decodes exactly
+one token per forward until it stops, so it sits at 1.0 on the first rate.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crossedge.core.contracts.unmasking import build_unmasking
+from crossedge.core.errors import CrossedgeError
+
+from . import tasks as T
+from .decoding import decode
+from .model import DiffusionLM
+
+AUTOREGRESSIVE = "autoregressive"
+
+
+@dataclass
+class BenchRow:
+    """One method on one task (``task == "all"``: every task together)."""
+
+    method: str
+    strategy: str
+    task: str
+    examples: int
+    accuracy: float
+    score: float
+    forwards: int
+    tokens_per_forward: float
+    canvas_per_forward: float
+
+
+def _answer_length(tokens: Sequence[int], eos: int) -> int:
+    for i, t in enumerate(tokens):
+        if t == eos:
+            return i + 1
+    return len(tokens)
+
+
+def _rows(method: str, strategy: str, results: dict[str, list[tuple[float, int, int, int]]]) -> list[BenchRow]:
+    out = []
+    everything = [r for rows in results.values() for r in rows]
+    for task, rows in [*results.items(), ("all", everything)]:
+        forwards = sum(r[1] for r in rows)
+        out.append(
+            BenchRow(
+                method,
+                strategy,
+                task,
+                len(rows),
+                sum(r[0] == 1.0 for r in rows) / len(rows),
+                sum(r[0] for r in rows) / len(rows),
+                forwards,
+                sum(r[2] for r in rows) / forwards,
+                sum(r[3] for r in rows) / forwards,
+            )
+        )
+    return out
+
+
+def run_parallel_bench(
+    model: DiffusionLM | None,
+    strategies: Sequence[str],
+    task_names: Sequence[str],
+    *,
+    per_task: int = 50,
+    seed: int = 0,
+    autoregressive: DiffusionLM | None = None,
+    block_length: int | None = None,
+    stop_at_eos: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> list[BenchRow]:
+    """Decode ``per_task`` held-out examples of each task with each strategy (and the AR model)."""
+    if model is not None and model.info.objective != "diffusion":
+        raise CrossedgeError("--model must be a diffusion LM; pass the autoregressive twin as --ar")
+    if autoregressive is not None and autoregressive.info.objective != AUTOREGRESSIVE:
+        raise CrossedgeError("--ar must be a model trained with --objective autoregressive")
+    examples = T.make_examples(task_names, per_task, seed=seed, split="test")
+    methods: list[tuple[str, DiffusionLM, Any]] = []
+    if model is not None:
+        methods += [(spec, model, build_unmasking(spec)) for spec in strategies]
+    if autoregressive is not None:
+        methods.append((AUTOREGRESSIVE, autoregressive, None))
+    if not methods:
+        raise CrossedgeError("nothing to run: give --model with --strategies, or --ar")
+    rows: list[BenchRow] = []
+    for label, lm, strategy in methods:
+        results: dict[str, list[tuple[float, int, int, int]]] = defaultdict(list)
+        for example in examples:
+            out = decode(lm, example.prompt, strategy, block_length=block_length, stop_at_eos=stop_at_eos)
+            value = T.score(example, out.text)
+            answer = _answer_length(out.tokens, lm.info.eos_token_id)
+            results[example.task].append((value, out.forwards, answer, len(out.tokens)))
+            if progress is not None:
+                progress()
+        name = strategy.name if strategy is not None else AUTOREGRESSIVE
+        rows += _rows(label, name, dict(results))
+    return rows
+
+
+def rows_table(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
+    """Rows for :func:`crossedge.core.bench.format_table`."""
+    return [
+        {
+            "method": r.method,
+            "task": r.task,
+            "n": r.examples,
+            "accuracy": f"{r.accuracy:.3f}",
+            "score": f"{r.score:.3f}",
+            "tok/fwd": f"{r.tokens_per_forward:.2f}",
+            "canvas/fwd": f"{r.canvas_per_forward:.2f}",
+        }
+        for r in rows
+    ]
+
+
+def write_json(rows: Sequence[BenchRow], path: Path | str, *, command: str | None, **summary: Any) -> Path:
+    """Write the rows as a ``crossedge.bench`` report (environment and command included)."""
+    from crossedge.core.bench import BenchmarkReport
+
+    report = BenchmarkReport("parallel-bench", rows=[asdict(r) for r in rows], summary=summary, command=command)
+    return report.write_json(path)
+
+
+def plot(rows: Sequence[BenchRow], path: Path | str) -> None:
+    """One panel per task: accuracy against tokens per forward, a line per strategy, AR as a point."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise CrossedgeError("--plot needs matplotlib: pip install matplotlib") from exc
+    task_names = list(dict.fromkeys(r.task for r in rows))
+    cols = min(4, len(task_names))
+    nrows = -(-len(task_names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, task_names, strict=False):
+        by_strategy: dict[str, list[BenchRow]] = defaultdict(list)
+        for r in rows:
+            if r.task == task:
+                by_strategy[r.strategy].append(r)
+        for strategy, points in by_strategy.items():
+            points.sort(key=lambda r: r.tokens_per_forward)
+            style = "s" if strategy == AUTOREGRESSIVE else "o-"
+            ax.plot([p.tokens_per_forward for p in points], [p.accuracy for p in points], style, label=strategy, ms=4)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("answer tokens per forward", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(task_names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

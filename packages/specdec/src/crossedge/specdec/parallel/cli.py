@@ -1,0 +1,183 @@
+"""``crossedge specdec train-dllm`` and ``crossedge specdec parallel-bench``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+DEFAULT_STRATEGIES = (
+    "low-confidence:k=1;low-confidence:k=2;low-confidence:k=4;threshold:tau=0.9;threshold:tau=0.7;token-editing"
+)
+
+
+@click.command(name="train-dllm")
+@click.option("--tasks", "task_spec", default="parallelbench", show_default=True, help="Tasks or groups, comma list.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New or empty folder for the model.")
+@click.option(
+    "--objective",
+    type=click.Choice(["diffusion", "autoregressive"]),
+    default="diffusion",
+    show_default=True,
+    help="diffusion: the masked diffusion LM; autoregressive: the same architecture trained causally (baseline).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimizer steps.")
+@click.option("--max-minutes", type=float, default=30.0, show_default=True, help="Stop training after this.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=8), default=192, show_default=True, help="Model width.")
+@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--block-length", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_dllm(
+    task_spec, out, objective, steps, max_minutes, batch_size, lr, hidden, layers, heads, block_length, threads, seed
+):
+    """Train a small masked diffusion LM (or its autoregressive twin) on ParallelBench-style tasks, on CPU."""
+    import torch
+    from tqdm import tqdm
+
+    from crossedge.core import CrossedgeError
+
+    from . import tasks as T
+    from . import train as TR
+
+    if hidden % heads:
+        raise CrossedgeError(f"--hidden {hidden} must be a multiple of --heads {heads}")
+    if threads:
+        torch.set_num_threads(threads)
+    names = T.resolve_tasks(task_spec)
+    model = TR.new_model(
+        names, objective=objective, hidden=hidden, layers=layers, heads=heads, block_length=block_length, seed=seed
+    )
+    TR.save_new(model, out)  # refuse a folder we may not write before spending the training time
+    bar = tqdm(total=steps, desc=f"train-dllm ({objective})", unit="step", disable=not sys.stderr.isatty())
+
+    def progress(step: int, loss: float, seconds: float) -> None:
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    report = TR.train(
+        model, steps=steps, seconds=max_minutes * 60, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+    )
+    bar.close()
+    TR.save_new(model, out)
+    click.echo(
+        f"trained {report.parameters / 1e6:.2f}M parameters ({objective}) for {report.steps} steps in "
+        f"{report.seconds:.0f} s: loss {report.final_loss:.3f}, held-out {report.held_out_loss:.3f}; "
+        f"canvas {model.info.gen_length} in blocks of {model.info.block_length}; saved to {out}"
+    )
+
+
+@click.command(name="parallel-bench")
+@click.option("--model", "model_name", default=None, help="A diffusion LM folder (train-dllm) or LLaDA-style folder.")
+@click.option(
+    "--strategies",
+    default=DEFAULT_STRATEGIES,
+    show_default=True,
+    help="Unmasking strategy specs separated by ';' (each one method).",
+)
+@click.option("--ar", "ar_name", default=None, help="The autoregressive twin (train-dllm --objective autoregressive).")
+@click.option("--tasks", "task_spec", default=None, help="Tasks or groups [default: the model's own tasks].")
+@click.option("--per-task", type=click.IntRange(min=1), default=50, show_default=True, help="Held-out examples a task.")
+@click.option("--block-length", type=click.IntRange(min=1), default=None, help="Override the model's block length.")
+@click.option("--stop-at-eos", is_flag=True, help="End the canvas at a block that decodes end-of-text.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write accuracy curves (PNG).")
+def parallel_bench(
+    model_name, strategies, ar_name, task_spec, per_task, block_length, stop_at_eos, seed, threads, json_path, plot_path
+):
+    """Accuracy per task against tokens per forward for each unmasking strategy (and the AR baseline)."""
+    import shlex
+
+    import torch
+    from tqdm import tqdm
+
+    from crossedge.core import CrossedgeError
+    from crossedge.core.bench import format_table
+    from crossedge.core.specs import split_alternatives
+
+    from . import bench as B
+    from . import tasks as T
+    from .model import load_diffusion_lm
+
+    if model_name is None and ar_name is None:
+        raise CrossedgeError("give --model (a diffusion LM) and/or --ar (its autoregressive twin)")
+    if threads:
+        torch.set_num_threads(threads)
+    specs = split_alternatives(strategies, kind="unmasking strategy") if model_name else []
+    model = load_diffusion_lm(model_name) if model_name else None
+    twin = load_diffusion_lm(ar_name) if ar_name else None
+    trained_on = (model or twin).info.tasks
+    names = T.resolve_tasks(task_spec) if task_spec else trained_on
+    if not names:
+        raise CrossedgeError("the model does not record its tasks: pass --tasks")
+    total = per_task * len(names) * (len(specs) + (twin is not None))
+    with tqdm(total=total, desc="parallel-bench", unit="answer", disable=not sys.stderr.isatty()) as bar:
+        rows = B.run_parallel_bench(
+            model,
+            specs,
+            names,
+            per_task=per_task,
+            seed=seed,
+            autoregressive=twin,
+            block_length=block_length,
+            stop_at_eos=stop_at_eos,
+            progress=lambda: bar.update(1),
+        )
+    columns = ["method", "task", "n", "accuracy", "score", "tok/fwd", "canvas/fwd"]
+    click.echo(format_table(B.rows_table(rows), columns))
+    if json_path:
+        command = "crossedge specdec parallel-bench " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        B.write_json(rows, json_path, command=command, threads=torch.get_num_threads(), stop_at_eos=stop_at_eos)
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        B.plot(rows, plot_path)
+        click.echo(f"wrote {plot_path}")
+
+
+@click.command(name="train-filter")
+@click.option("--model", "model_name", required=True, help="The diffusion LM folder (train-dllm).")
+@click.option(
+    "--out", default=None, type=click.Path(dir_okay=False), help="Filter file [default: MODEL/learn2pd.safetensors]."
+)
+@click.option("--per-task", type=click.IntRange(min=1), default=40, show_default=True, help="Training examples a task.")
+@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True, help="Full-batch epochs.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_filter(model_name, out, per_task, epochs, threads, seed):
+    """Train Learn2PD's filter on the model's own one-token-per-forward decoding of training examples."""
+    import time
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from crossedge.core import CrossedgeError
+
+    from . import learn2pd as L
+    from . import tasks as T
+    from .model import load_diffusion_lm
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_diffusion_lm(model_name)
+    if not model.bidirectional:
+        raise CrossedgeError(f"{model_name} is an autoregressive model; Learn2PD filters a diffusion LM")
+    path = Path(out) if out else Path(model_name) / "learn2pd.safetensors"
+    # Seeds apart from both the held-out split and the model's own training draws.
+    examples = T.make_examples(model.info.tasks, per_task, seed=seed + 7919)
+    start = time.perf_counter()
+    with tqdm(total=len(examples), desc="learn2pd traces", unit="answer", disable=not sys.stderr.isatty()) as bar:
+        features, labels = L.collect(model, examples, progress=lambda: bar.update(1))
+    net, stats = L.train_filter(features, labels, epochs=epochs, seed=seed)
+    stats["seconds"] = round(time.perf_counter() - start, 1)
+    L.save_filter(net, path, stats=stats, model=str(model_name))
+    click.echo(
+        f"trained the Learn2PD filter on {stats['rows']} position states ({stats['final']:.2f} already final) in "
+        f"{stats['seconds']:.0f} s: training accuracy {stats['accuracy']:.3f}; saved to {path}"
+    )

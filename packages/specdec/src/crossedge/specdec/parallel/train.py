@@ -1,0 +1,251 @@
+"""Training a small masked diffusion LM (and its autoregressive twin) on the ParallelBench-style tasks.
+
+The masked-diffusion objective, as in MDLM / LLaDA's supervised fine-tuning: each row is
+``prompt [SEP] answer [EOS]...`` with the answer padded by end-of-text to ``gen_length``; a
+mask ratio ``t ~ U(eps, 1)`` is drawn per row, every answer position is masked with
+probability ``t`` (the prompt never is), and the loss is the cross-entropy at the masked
+positions weighted by ``1 / t``, summed and divided by the row's answer length. The
+autoregressive twin has the same architecture, data and budget, trained causally with the
+next-token loss on the answer and its first end-of-text.
+
+Rows are drawn fresh at every step from the task generators (``tasks.make_examples`` with a
+per-step seed), so the model never sees the held-out split's seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from crossedge.core.errors import CrossedgeError
+
+from . import tasks as T
+from .model import DLLM_FILE, DiffusionLM, DLLMInfo, build_tokenizer, new_config
+
+#: Lowest mask ratio drawn (a ratio of 0 would mask nothing and divide by zero).
+MIN_RATIO = 1e-3
+
+
+def vocabulary_texts(task_names: Sequence[str], *, seed: int = 0, samples: int = 300) -> list[str]:
+    """Texts whose words make the tokenizer: sampled prompts and answers, every name and sentence."""
+    texts = []
+    for split in ("train", "test"):
+        texts += [f"{e.prompt} {e.answer}" for e in T.make_examples(task_names, samples, seed=seed, split=split)]
+    if any(t not in ("latin_square", "sudoku", "words_to_sentence") for t in task_names):
+        firsts, lasts = T.names()
+        texts += [*firsts, *lasts, " ".join(str(i) for i in range(1, 8))]
+    if "words_to_sentence" in task_names:
+        texts += list(T.license_sentences())
+    texts += [T.ITEM_SEP, T.ROW_SEP, "0 1 2 3 4", " ".join(T.SYMBOLS)]
+    return texts
+
+
+def longest_answer(model: DiffusionLM, task_names: Sequence[str], *, seed: int = 0, samples: int = 300) -> int:
+    """Tokens in the longest answer among sampled examples of the tasks."""
+    examples = T.make_examples(task_names, samples, seed=seed)
+    return max(len(model.encode(e.answer)) for e in examples)
+
+
+@dataclass
+class Batch:
+    """Token rows (B, L), the real-token mask, where each row's answer canvas starts and its length."""
+
+    ids: torch.Tensor
+    keep: torch.Tensor
+    answer: torch.Tensor  # (B, L) True on the answer canvas positions
+
+
+def make_batch(model: DiffusionLM, examples: Sequence[T.TaskExample]) -> Batch:
+    """Rows ``prompt [SEP] answer [EOS]*`` (answer canvas of ``gen_length``), right-padded."""
+    info = model.info
+    rows, spans = [], []
+    for e in examples:
+        head = model.encode(e.prompt) + ([info.sep_token_id] if info.sep_token_id is not None else [])
+        answer = model.encode(e.answer)
+        if len(answer) >= info.gen_length:
+            raise CrossedgeError(
+                f"a {e.task} answer has {len(answer)} tokens but the canvas holds {info.gen_length} "
+                "(with end-of-text); build the model with a larger gen_length"
+            )
+        rows.append(head + answer + [info.eos_token_id] * (info.gen_length - len(answer)))
+        spans.append((len(head), len(head) + info.gen_length))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), info.pad_token_id)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    answer = torch.zeros_like(keep)
+    for i, (row, (lo, hi)) in enumerate(zip(rows, spans, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        keep[i, : len(row)] = True
+        answer[i, lo:hi] = True
+    return Batch(ids, keep, answer)
+
+
+def diffusion_loss(
+    model: DiffusionLM, batch: Batch, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked-diffusion loss of a batch, and the mask used (True where the input was masked)."""
+    b = batch.ids.shape[0]
+    t = torch.rand(b, 1, generator=generator) * (1 - MIN_RATIO) + MIN_RATIO
+    masked = (torch.rand(batch.ids.shape, generator=generator) < t) & batch.answer
+    # Every row masks at least one answer position, so every row teaches something.
+    empty = ~masked.any(dim=1)
+    if bool(empty.any()):
+        first = batch.answer.float().argmax(dim=1)
+        masked[empty.nonzero().squeeze(1), first[empty]] = True
+    inputs = torch.where(masked, torch.full_like(batch.ids, model.info.mask_token_id), batch.ids)
+    logits = model(inputs, batch.keep)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")
+    per_row = (ce * masked / t).sum(dim=1) / batch.answer.sum(dim=1)
+    return per_row.mean(), masked
+
+
+def autoregressive_loss(model: DiffusionLM, batch: Batch) -> torch.Tensor:
+    """Next-token loss on each row's answer tokens and its first end-of-text."""
+    eos = model.info.eos_token_id
+    target = batch.answer & ((batch.ids != eos) | (torch.cumsum(batch.answer & (batch.ids == eos), dim=1) == 1))
+    logits = model(batch.ids, batch.keep)[:, :-1]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.ids[:, 1:], reduction="none")
+    weight = target[:, 1:].float()
+    return (ce * weight).sum() / weight.sum()
+
+
+@dataclass
+class TrainReport:
+    """What a training run did."""
+
+    steps: int
+    seconds: float
+    final_loss: float
+    held_out_loss: float
+    parameters: int
+
+
+def new_model(
+    task_names: Sequence[str],
+    *,
+    objective: str = "diffusion",
+    hidden: int = 192,
+    layers: int = 4,
+    heads: int = 4,
+    gen_length: int | None = None,
+    block_length: int = 8,
+    seed: int = 0,
+) -> DiffusionLM:
+    """A freshly initialized model and tokenizer sized for ``task_names`` (canvas fitted to their answers)."""
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tokenizer(vocabulary_texts(task_names, seed=seed))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[MASK]", "[EOS]", "[PAD]", "[SEP]")}
+    probe = DiffusionLM(None, tokenizer, DLLMInfo(objective, ids["[MASK]"], ids["[EOS]"], ids["[PAD]"], ids["[SEP]"]))
+    if gen_length is None:
+        need = longest_answer(probe, task_names, seed=seed) + 1
+        gen_length = block_length * math.ceil(need / block_length)
+    info = DLLMInfo(
+        objective,
+        ids["[MASK]"],
+        ids["[EOS]"],
+        ids["[PAD]"],
+        ids["[SEP]"],
+        gen_length=gen_length,
+        block_length=block_length,
+        tasks=list(task_names),
+    )
+    longest_prompt = max(len(tokenizer(e.prompt).input_ids) for e in T.make_examples(task_names, 100, seed=seed))
+    torch.manual_seed(seed)
+    config = new_config(
+        len(tokenizer), hidden=hidden, layers=layers, heads=heads, positions=longest_prompt + gen_length + 16
+    )
+    return DiffusionLM(LlamaForCausalLM(config), tokenizer, info)
+
+
+def train(
+    model: DiffusionLM,
+    *,
+    seconds: float | None = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    warmup: int = 50,
+    seed: int = 0,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> TrainReport:
+    """Train ``model`` in place on fresh rows of its tasks until ``steps`` or ``seconds`` run out."""
+    if seconds is None and steps is None:
+        raise CrossedgeError("give a training budget: steps, seconds, or both")
+    task_names = model.info.tasks
+    rng = random.Random(seed)
+    held_out = make_batch(model, T.make_examples(task_names, max(2, 256 // len(task_names)), seed=seed, split="test"))
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    start = time.perf_counter()
+    step, loss_value = 0, float("nan")
+    model.train()
+    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+        done = max(step / steps if steps else 0.0, (time.perf_counter() - start) / seconds if seconds else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - done)
+        chosen = [rng.choice(task_names) for _ in range(batch_size)]
+        examples = [T.make_examples([name], 1, seed=rng.randrange(2**31))[0] for name in chosen]
+        batch = make_batch(model, examples)
+        if model.info.objective == "diffusion":
+            loss, _ = diffusion_loss(model, batch, generator)
+        else:
+            loss = autoregressive_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        loss_value = float(loss.detach())
+        if progress is not None:
+            progress(step, loss_value, time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        if model.info.objective == "diffusion":
+            held = float(diffusion_loss(model, held_out, torch.Generator().manual_seed(seed + 1))[0])
+        else:
+            held = float(autoregressive_loss(model, held_out))
+    report = TrainReport(step, time.perf_counter() - start, loss_value, held, sum(p.numel() for p in params))
+    model.info.trained = {
+        "steps": report.steps,
+        "seconds": round(report.seconds, 1),
+        "final_loss": round(report.final_loss, 4),
+        "held_out_loss": round(report.held_out_loss, 4),
+        "parameters": report.parameters,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+    return report
+
+
+#: The files :meth:`DiffusionLM.save` writes; a folder holding anything else is never written into.
+WRITTEN = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        DLLM_FILE,
+    }
+)
+
+
+def save_new(model: DiffusionLM, out: Path | str) -> Path:
+    """Save into ``out``: a new or empty folder, or one holding only a model this command wrote."""
+    from ..exit_head import claim_folder
+
+    out = Path(out)
+    written_by_us = (out / DLLM_FILE).is_file()
+    claim_folder(out, lambda p: written_by_us and p.name in WRITTEN, what="diffusion LM", error=CrossedgeError)
+    return model.save(out)

@@ -1,0 +1,344 @@
+"""Block-wise decoding of a diffusion LM, the built-in unmasking strategies, and parallel-bench."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from crossedge.core.cli import build_cli
+from crossedge.core.conformance.unmasking import UnmaskingConformance
+from crossedge.core.contracts.unmasking import BlockState, build_unmasking
+from crossedge.core.errors import CrossedgeError
+from crossedge.specdec.parallel import bench as B
+from crossedge.specdec.parallel import tasks as T
+from crossedge.specdec.parallel import train as TR
+from crossedge.specdec.parallel.decoding import decode, prompt_ids
+from crossedge.specdec.parallel.model import DiffusionLM
+from crossedge.specdec.parallel.strategies import ConfidenceThreshold, LowConfidenceRemasking, TokenEditing
+
+
+class TestLowConfidence(UnmaskingConformance):
+    def make_strategy(self):
+        return LowConfidenceRemasking(k=2)
+
+
+class TestThreshold(UnmaskingConformance):
+    def make_strategy(self):
+        return ConfidenceThreshold(tau=0.6)
+
+
+class TestTokenEditing(UnmaskingConformance):
+    def make_strategy(self):
+        return TokenEditing(mask_tau=0.6, edit_tau=0.5, max_edit_steps=2)
+
+
+MASK, EOS, V = 9, 0, 10
+
+
+def _state(probs, tokens=None, step=0):
+    """A block state whose softmax equals ``probs`` (rows of probabilities)."""
+    probs = torch.tensor(probs)
+    tokens = torch.full((probs.shape[0],), MASK) if tokens is None else torch.tensor(tokens)
+    return BlockState(tokens, probs.log(), MASK, EOS, step)
+
+
+def _peaked(token, p):
+    row = [(1 - p) / (V - 1)] * V
+    row[token] = p
+    return row
+
+
+def test_low_confidence_keeps_the_k_most_confident():
+    state = _state([_peaked(1, 0.5), _peaked(2, 0.9), _peaked(3, 0.7), _peaked(4, 0.2)])
+    assert LowConfidenceRemasking(k=2).step(state).tolist() == [MASK, 2, 3, MASK]
+    assert LowConfidenceRemasking(k=9).step(state).tolist() == [1, 2, 3, 4]
+
+
+def test_threshold_keeps_everything_above_tau_and_at_least_one():
+    state = _state([_peaked(1, 0.95), _peaked(2, 0.5), _peaked(3, 0.91)])
+    assert ConfidenceThreshold(tau=0.9).step(state).tolist() == [1, MASK, 3]
+    low = _state([_peaked(1, 0.3), _peaked(2, 0.5), _peaked(3, 0.4)])
+    assert ConfidenceThreshold(tau=0.9).step(low).tolist() == [MASK, 2, MASK]
+
+
+def test_token_editing_rewrites_decoded_tokens_only_past_edit_tau():
+    state = _state([_peaked(5, 0.95), _peaked(6, 0.6), _peaked(7, 0.99)], tokens=[1, 2, MASK])
+    out = TokenEditing(mask_tau=0.9, edit_tau=0.9).step(state)
+    assert out.tolist() == [5, 2, 7]  # position 0 edited (0.95 > 0.9), position 1 kept (0.6), 2 filled
+
+
+def test_strategy_options_are_checked():
+    with pytest.raises(CrossedgeError, match="tau must be in"):
+        build_unmasking("threshold:tau=1.5")
+    with pytest.raises(CrossedgeError, match="k must be at least 1"):
+        build_unmasking("low-confidence:k=0")
+    assert isinstance(build_unmasking("llada:k=3"), LowConfidenceRemasking)
+
+
+# ------------------------------------------------------------------------- decoding
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return TR.new_model(["copy", "reverse"], hidden=32, layers=1, heads=2, block_length=4, seed=0)
+
+
+class Spy:
+    """Wraps a model's forward and records every input row."""
+
+    def __init__(self, model):
+        self.model, self.inputs = model, []
+        self.forward = model.forward
+
+    def __enter__(self):
+        def spy(ids, keep=None, **kw):
+            self.inputs.append(ids[0].clone())
+            return self.forward(ids, keep, **kw)
+
+        self.model.forward = spy
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def test_blocks_decode_left_to_right_and_never_touch_the_prompt(tiny):
+    prompt = T.make_examples(["copy"], 1, seed=0, split="test")[0].prompt
+    head = prompt_ids(tiny, prompt)
+    info, n = tiny.info, len(head)
+    with Spy(tiny) as spy:
+        out = decode(tiny, prompt, "low-confidence:k=1")
+    assert out.forwards == len(spy.inputs) == info.gen_length
+    blocks = info.gen_length // info.block_length
+    for i, row in enumerate(spy.inputs):
+        assert row[:n].tolist() == head, "the prompt was written to"
+        b = i // info.block_length
+        canvas = row[n:].view(blocks, info.block_length)
+        assert not bool((canvas[:b] == info.mask_token_id).any()), "an earlier block still had masks"
+        assert bool((canvas[b + 1 :] == info.mask_token_id).all()), "a later block was decoded early"
+        assert int((canvas[b] == info.mask_token_id).sum()) == info.block_length - i % info.block_length
+    assert info.mask_token_id not in out.tokens and len(out.tokens) == info.gen_length
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fixed_k_spends_gen_length_over_k_forwards(tiny, k):
+    assert tiny.info.block_length % k == 0
+    assert decode(tiny, "copy the waiting line", f"low-confidence:k={k}").forwards == tiny.info.gen_length // k
+
+
+class AlwaysEOS(DiffusionLM):
+    """A fake diffusion LM whose every forward puts nearly all mass on end-of-text."""
+
+    def forward(self, ids, keep=None, *, hidden=False):
+        logits = torch.zeros(*ids.shape, len(self.tokenizer))
+        logits[..., self.info.eos_token_id] = 10.0
+        return (logits, torch.zeros(*ids.shape, 4)) if hidden else logits
+
+
+def test_stop_at_eos_ends_the_canvas_after_the_block_that_decodes_it(tiny):
+    fake = AlwaysEOS(None, tiny.tokenizer, tiny.info)
+    full = decode(fake, "copy the waiting line", "threshold:tau=0.9")
+    short = decode(fake, "copy the waiting line", "threshold:tau=0.9", stop_at_eos=True)
+    assert full.tokens == short.tokens == [tiny.info.eos_token_id] * tiny.info.gen_length
+    blocks = tiny.info.gen_length // tiny.info.block_length
+    assert (full.forwards, short.forwards) == (blocks, 1)
+    assert short.text == ""
+
+
+def test_a_diffusion_lm_needs_a_strategy_and_a_whole_number_of_blocks(tiny):
+    with pytest.raises(CrossedgeError, match="unmasking strategy"):
+        decode(tiny, "copy the waiting line")
+    with pytest.raises(CrossedgeError, match="multiple of block_length"):
+        decode(tiny, "copy the waiting line", "threshold", block_length=3)
+    with pytest.raises(CrossedgeError, match="empty prompt"):
+        decode(tiny, "", "threshold")
+
+
+def test_the_autoregressive_twin_decodes_one_token_per_forward_until_end_of_text():
+    twin = TR.new_model(["copy"], objective="autoregressive", hidden=32, layers=1, heads=2, seed=0)
+    TR.train(twin, steps=40, batch_size=16, lr=3e-3, warmup=5)
+    out = decode(twin, "copy the waiting line . line : Ann Lee , Bo Park")
+    eos = twin.info.eos_token_id
+    stop = out.tokens.index(eos) + 1 if eos in out.tokens else twin.info.gen_length
+    assert out.forwards == stop and len(out.tokens) == twin.info.gen_length
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_parallel_bench_rows_per_task_and_overall(tiny):
+    rows = B.run_parallel_bench(tiny, ["low-confidence:k=2", "threshold:tau=0.9"], ["copy", "reverse"], per_task=3)
+    assert [(r.method, r.task) for r in rows] == [
+        (m, t) for m in ("low-confidence:k=2", "threshold:tau=0.9") for t in ("copy", "reverse", "all")
+    ]
+    for r in rows:
+        assert 0.0 <= r.accuracy <= r.score <= 1.0
+        assert r.examples == (6 if r.task == "all" else 3)
+    fixed = rows[2]
+    assert fixed.canvas_per_forward == pytest.approx(2.0)
+    assert fixed.forwards == 6 * tiny.info.gen_length // 2
+    assert 0 < fixed.tokens_per_forward <= fixed.canvas_per_forward
+
+
+def test_parallel_bench_refuses_swapped_models(tiny):
+    with pytest.raises(CrossedgeError, match="--ar must be"):
+        B.run_parallel_bench(None, [], ["copy"], autoregressive=tiny)
+    with pytest.raises(CrossedgeError, match="nothing to run"):
+        B.run_parallel_bench(None, [], ["copy"])
+
+
+@pytest.fixture
+def run_cli(specdec_plugin):
+    def invoke(*args):
+        return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_the_cli_trains_and_benches_a_tiny_model(run_cli, tmp_path):
+    out = tmp_path / "dllm"
+    common = ["--tasks", "copy", "--steps", "2", "--hidden", "16", "--layers", "1", "--heads", "2"]
+    result = run_cli("specdec", "train-dllm", "--out", str(out), *common)
+    assert result.exit_code == 0, result.output
+    assert "trained" in result.output and (out / "dllm.json").is_file()
+    twin = tmp_path / "ar"
+    result = run_cli("specdec", "train-dllm", "--out", str(twin), "--objective", "autoregressive", *common)
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "bench.json"
+    result = run_cli(
+        "specdec",
+        "parallel-bench",
+        "--model",
+        str(out),
+        "--ar",
+        str(twin),
+        "--strategies",
+        "low-confidence:k=2;threshold:tau=0.8",
+        "--per-task",
+        "2",
+        "--json",
+        str(report),
+        "--plot",
+        str(tmp_path / "curves.png"),
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert [r["method"] for r in data["rows"] if r["task"] == "all"] == [
+        "low-confidence:k=2",
+        "threshold:tau=0.8",
+        "autoregressive",
+    ]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_cli_refuses_a_foreign_folder_and_missing_models(run_cli, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = run_cli("specdec", "train-dllm", "--out", str(tmp_path), "--tasks", "copy", "--steps", "1")
+    assert result.exit_code == 1 and "keep.txt" in result.output
+    result = run_cli("specdec", "parallel-bench")
+    assert result.exit_code == 1 and "give --model" in result.output
+    result = run_cli("specdec", "parallel-bench", "--model", str(tmp_path / "missing"))
+    assert result.exit_code == 1
+
+
+# ------------------------------------------------------------------------- Learn2PD
+
+
+@pytest.fixture(scope="module")
+def filter_path(tiny, tmp_path_factory):
+    from crossedge.specdec.parallel import learn2pd as L
+
+    features, labels = L.collect(tiny, T.make_examples(["copy"], 2, seed=11))
+    net, stats = L.train_filter(features, labels, epochs=20)
+    return str(L.save_filter(net, tmp_path_factory.mktemp("l2pd") / "filter.safetensors", stats=stats, model="tiny"))
+
+
+class TestLearn2PD(UnmaskingConformance):
+    @pytest.fixture(autouse=True)
+    def _filter(self, filter_path):
+        self.path = filter_path
+
+    def make_strategy(self):
+        from crossedge.specdec.parallel.learn2pd import Learn2PD
+
+        return Learn2PD(filter=self.path, tau=0.5, eot=False)
+
+
+def test_learn2pd_labels_say_whether_a_guess_survived(tiny):
+    from crossedge.specdec.parallel import learn2pd as L
+
+    examples = T.make_examples(["copy"], 2, seed=12)
+    features, labels = L.collect(tiny, examples)
+    per_example = tiny.info.gen_length * (tiny.info.block_length + 1) // 2  # masked positions summed over steps
+    assert features.shape == (2 * per_example, len(L.FEATURE_NAMES)) and labels.shape == (2 * per_example,)
+    assert set(labels.unique().tolist()) <= {0.0, 1.0}
+    # The position decoded at each step is always final: at least one label per step is 1.
+    assert float(labels.sum()) >= 2 * tiny.info.gen_length
+
+
+def test_the_filter_learns_a_separable_rule():
+    from crossedge.specdec.parallel import learn2pd as L
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(400, len(L.FEATURE_NAMES), generator=g)
+    labels = (features[:, 0] > 0.5).float()
+    _, stats = L.train_filter(features, labels, epochs=300)
+    assert stats["accuracy"] > 0.95
+
+
+def test_a_filter_file_round_trips_and_foreign_files_are_refused(filter_path, tmp_path):
+    from crossedge.specdec.parallel import learn2pd as L
+
+    net = L.load_filter(filter_path)
+    assert isinstance(net, L.Filter)
+    foreign = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CrossedgeError, match="not a Learn2PD filter"):
+        L.load_filter(foreign)
+    with pytest.raises(CrossedgeError, match="not a Learn2PD filter crossedge wrote"):
+        L.save_filter(net, foreign, stats={}, model="x")
+    with pytest.raises(CrossedgeError, match="train-filter"):
+        L.load_filter(tmp_path / "missing.safetensors")
+    with pytest.raises(CrossedgeError, match="needs filter=PATH"):
+        build_unmasking("learn2pd")
+
+
+def test_learn2pd_predicts_the_end_of_text_and_stops_the_canvas(tiny, filter_path):
+    from crossedge.specdec.parallel.learn2pd import Learn2PD
+
+    strategy = Learn2PD(filter=filter_path, tau=0.5)
+    strategy._net = lambda features: torch.tensor([-5.0, 5.0, -5.0, -5.0])  # trust position 1 only
+    probs = [_peaked(4, 0.9), _peaked(EOS, 0.9), _peaked(5, 0.9), _peaked(6, 0.9)]
+    assert strategy.step(_state(probs)).tolist() == [MASK, EOS, EOS, EOS]
+    strategy.eot = False
+    assert strategy.step(_state(probs)).tolist() == [MASK, EOS, MASK, MASK]
+
+    fake = AlwaysEOS(None, tiny.tokenizer, tiny.info)
+    eot = decode(fake, "copy the waiting line", Learn2PD(filter=filter_path, tau=0.99))
+    plain = decode(fake, "copy the waiting line", Learn2PD(filter=filter_path, tau=0.99, eot=False))
+    assert eot.tokens == plain.tokens == [tiny.info.eos_token_id] * tiny.info.gen_length
+    blocks = tiny.info.gen_length // tiny.info.block_length
+    assert eot.forwards <= tiny.info.block_length and plain.forwards >= blocks > 1
+
+
+def test_the_cli_trains_a_filter_into_the_model_folder(run_cli, tiny, tmp_path):
+    folder = TR.save_new(tiny, tmp_path / "dllm")
+    result = run_cli("specdec", "train-filter", "--model", str(folder), "--per-task", "1", "--epochs", "5")
+    assert result.exit_code == 0, result.output
+    path = folder / "learn2pd.safetensors"
+    assert path.is_file() and "training accuracy" in result.output
+    result = run_cli(
+        "specdec",
+        "parallel-bench",
+        "--model",
+        str(folder),
+        "--strategies",
+        f'learn2pd:filter="{path}",tau=0.6',
+        "--per-task",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    assert "learn2pd" in result.output
