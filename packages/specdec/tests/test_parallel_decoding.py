@@ -342,3 +342,73 @@ def test_the_cli_trains_a_filter_into_the_model_folder(run_cli, tiny, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "learn2pd" in result.output
+
+
+# --------------------------------------------------------------------------- CD4LM
+
+
+class TestAdaptive(UnmaskingConformance):
+    def make_strategy(self):
+        from crossedge.specdec.parallel.cd4lm import AdaptiveConfidence
+
+        return AdaptiveConfidence(tau_max=0.9, tau_min=0.5)
+
+
+def test_the_adaptive_threshold_relaxes_as_the_block_fills():
+    from crossedge.specdec.parallel.cd4lm import AdaptiveConfidence
+
+    strategy = AdaptiveConfidence(tau_max=0.9, tau_min=0.5)
+    assert strategy.threshold(0.0) == pytest.approx(0.9) and strategy.threshold(1.0) == pytest.approx(0.5)
+    probs = [_peaked(1, 0.75), _peaked(2, 0.95), _peaked(3, 0.65), _peaked(4, 0.3)]
+    assert strategy.step(_state(probs)).tolist() == [MASK, 2, MASK, MASK]  # empty block: 0.9
+    half = _state(probs, tokens=[MASK, MASK, 7, 8])  # half decoded: 0.7
+    assert strategy.step(half).tolist() == [1, 2, 7, 8]
+    with pytest.raises(CrossedgeError, match="tau_min"):
+        build_unmasking("adaptive:tau_max=0.5,tau_min=0.8")
+
+
+def test_teacher_trajectories_fill_one_position_per_state(tiny):
+    from crossedge.specdec.parallel import cd4lm as C
+
+    examples = T.make_examples(["copy"], 2, seed=21)
+    trajs = C.trajectories(tiny, examples)
+    info = tiny.info
+    for traj, example in zip(trajs, examples, strict=True):
+        assert len(traj.canvases) == info.gen_length + 1
+        assert bool((traj.canvases[0] == info.mask_token_id).all())
+        assert traj.canvases[-1].tolist() == decode(tiny, example.prompt, "low-confidence:k=1").tokens
+        for before, after in zip(traj.canvases, traj.canvases[1:], strict=False):
+            assert int((before != after).sum()) == 1
+            assert bool((after[before != info.mask_token_id] == before[before != info.mask_token_id]).all())
+
+
+def test_distillation_trains_a_copy_and_leaves_the_teacher_alone(tiny):
+    from crossedge.specdec.parallel import cd4lm as C
+
+    trajs = C.trajectories(tiny, T.make_examples(["copy"], 3, seed=22))
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    student, record = C.distill(tiny, trajs, steps=3, batch_size=4)
+    assert record["steps"] == 3 and student.model is not tiny.model
+    assert all(torch.equal(v, tiny.model.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, student.model.state_dict()[k]) for k, v in before.items())
+    assert student.info.trained["cd4lm"]["trajectories"] == 3
+
+
+def test_the_cli_distils_a_student(run_cli, tiny, tmp_path):
+    teacher = TR.save_new(tiny, tmp_path / "teacher")
+    result = run_cli(
+        "specdec",
+        "train-cd4lm",
+        "--model",
+        str(teacher),
+        "--out",
+        str(tmp_path / "student"),
+        "--per-task",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "student" / "dllm.json").is_file() and "distilled" in result.output

@@ -44,7 +44,7 @@ def register_commands(cli):
     from .exit_cli import train_exit
     from .heads_cli import train_heads
     from .lora_drop_cli import train_lora_drop
-    from .parallel.cli import parallel_bench, train_dllm, train_filter
+    from .parallel.cli import parallel_bench, train_cd4lm, train_dllm, train_filter
 
     specdec.add_command(train_exit)
     specdec.add_command(train_heads)
@@ -52,6 +52,7 @@ def register_commands(cli):
     specdec.add_command(train_dllm)
     specdec.add_command(parallel_bench)
     specdec.add_command(train_filter)
+    specdec.add_command(train_cd4lm)
     cli.add_command(specdec)
 
 
@@ -61,3 +62,4 @@ def register_unmasking_strategies(register):
     register("crossedge.specdec.parallel.strategies:ConfidenceThreshold", name="threshold", aliases=("fast-dllm",))
     register("crossedge.specdec.parallel.strategies:TokenEditing", name="token-editing", aliases=("llada2.1",))
     register("crossedge.specdec.parallel.learn2pd:Learn2PD", name="learn2pd")
+    register("crossedge.specdec.parallel.cd4lm:AdaptiveConfidence", name="adaptive", aliases=("cd4lm",))

@@ -51,7 +51,7 @@ def train_dllm(
     model = TR.new_model(
         names, objective=objective, hidden=hidden, layers=layers, heads=heads, block_length=block_length, seed=seed
     )
-    TR.save_new(model, out)  # refuse a folder we may not write before spending the training time
+    TR.check_out(out)  # refuse a folder we may not write before spending the training time
     bar = tqdm(total=steps, desc=f"train-dllm ({objective})", unit="step", disable=not sys.stderr.isatty())
 
     def progress(step: int, loss: float, seconds: float) -> None:
@@ -168,6 +168,8 @@ def train_filter(model_name, out, per_task, epochs, threads, seed):
     model = load_diffusion_lm(model_name)
     if not model.bidirectional:
         raise CrossedgeError(f"{model_name} is an autoregressive model; Learn2PD filters a diffusion LM")
+    if out is None and not (Path(model_name) / "dllm.json").is_file():
+        raise CrossedgeError(f"{model_name} is not a folder written by train-dllm: pass --out FILE for the filter")
     path = Path(out) if out else Path(model_name) / "learn2pd.safetensors"
     # Seeds apart from both the held-out split and the model's own training draws.
     examples = T.make_examples(model.info.tasks, per_task, seed=seed + 7919)
@@ -180,4 +182,59 @@ def train_filter(model_name, out, per_task, epochs, threads, seed):
     click.echo(
         f"trained the Learn2PD filter on {stats['rows']} position states ({stats['final']:.2f} already final) in "
         f"{stats['seconds']:.0f} s: training accuracy {stats['accuracy']:.3f}; saved to {path}"
+    )
+
+
+@click.command(name="train-cd4lm")
+@click.option("--model", "model_name", required=True, help="The teacher diffusion LM folder (train-dllm).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New or empty folder for the student.")
+@click.option(
+    "--per-task", type=click.IntRange(min=1), default=40, show_default=True, help="Teacher trajectories a task."
+)
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True, help="Distillation steps.")
+@click.option("--max-minutes", type=float, default=15.0, show_default=True, help="Stop distilling after this.")
+@click.option(
+    "--jump", type=click.IntRange(min=1), default=4, show_default=True, help="Longest jump along a trajectory."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_cd4lm(model_name, out, per_task, steps, max_minutes, jump, batch_size, lr, threads, seed):
+    """Distil a student that jumps several decoding steps at once (CD4LM) from a diffusion LM."""
+    import torch
+    from tqdm import tqdm
+
+    from crossedge.core import CrossedgeError
+
+    from . import cd4lm as C
+    from . import tasks as T
+    from . import train as TR
+    from .model import load_diffusion_lm
+
+    if threads:
+        torch.set_num_threads(threads)
+    teacher = load_diffusion_lm(model_name)
+    if not teacher.bidirectional:
+        raise CrossedgeError(f"{model_name} is an autoregressive model; CD4LM distils a diffusion LM")
+    TR.check_out(out)  # refuse a folder we may not write before spending the time
+    examples = T.make_examples(teacher.info.tasks, per_task, seed=seed + 104729)
+    with tqdm(total=len(examples), desc="teacher trajectories", unit="answer", disable=not sys.stderr.isatty()) as bar:
+        trajs = C.trajectories(teacher, examples, progress=lambda: bar.update(1))
+    with tqdm(total=steps, desc="cd4lm", unit="step", disable=not sys.stderr.isatty()) as bar:
+        student, record = C.distill(
+            teacher,
+            trajs,
+            steps=steps,
+            seconds=max_minutes * 60,
+            batch_size=batch_size,
+            jump=jump,
+            lr=lr,
+            seed=seed,
+            progress=lambda step, loss: bar.update(1),
+        )
+    TR.save_new(student, out)
+    click.echo(
+        f"distilled a student from {len(trajs)} teacher trajectories for {record['steps']} steps in "
+        f"{record['seconds']:.0f} s: loss {record['final_loss']:.3f}; saved to {out}"
     )

@@ -236,16 +236,21 @@ WRITTEN = frozenset(
         "tokenizer_config.json",
         "special_tokens_map.json",
         "chat_template.jinja",
+        "learn2pd.safetensors",
         DLLM_FILE,
     }
 )
 
 
-def save_new(model: DiffusionLM, out: Path | str) -> Path:
-    """Save into ``out``: a new or empty folder, or one holding only a model this command wrote."""
+def check_out(out: Path | str) -> Path:
+    """``out``, created if needed, once it is new, empty, or holds only a model these commands wrote."""
     from ..exit_head import claim_folder
 
     out = Path(out)
     written_by_us = (out / DLLM_FILE).is_file()
-    claim_folder(out, lambda p: written_by_us and p.name in WRITTEN, what="diffusion LM", error=CrossedgeError)
-    return model.save(out)
+    return claim_folder(out, lambda p: written_by_us and p.name in WRITTEN, what="diffusion LM", error=CrossedgeError)
+
+
+def save_new(model: DiffusionLM, out: Path | str) -> Path:
+    """Save into ``out``: a new or empty folder, or one holding only a model these commands wrote."""
+    return model.save(check_out(out))
