@@ -412,3 +412,87 @@ def test_the_cli_distils_a_student(run_cli, tiny, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "student" / "dllm.json").is_file() and "distilled" in result.output
+
+
+# ------------------------------------------------------------------- lexical units
+
+
+@pytest.fixture(scope="module")
+def ar_tiny():
+    twin = TR.new_model(["copy"], objective="autoregressive", hidden=32, layers=1, heads=2, seed=1)
+    TR.train(twin, steps=30, batch_size=16, lr=3e-3, warmup=5)
+    return twin
+
+
+def test_span_rows_put_the_next_token_and_the_guesses_where_the_loss_reads_them(ar_tiny):
+    import random
+
+    from crossedge.specdec.parallel import lexical as X
+
+    batch = TR.make_batch(ar_tiny, T.make_examples(["copy"], 6, seed=3))
+    ids, keep, target = X.span_batch(ar_tiny, batch, 3, random.Random(0))
+    mask = ar_tiny.info.mask_token_id
+    for row in range(ids.shape[0]):
+        n = int(keep[row].sum())
+        cut = n - 3
+        assert ids[row, cut:n].tolist() == [mask] * 3
+        assert ids[row, :cut].tolist() == batch.ids[row, :cut].tolist()
+        labelled = (target[row] != -100).nonzero().squeeze(1).tolist()
+        assert labelled == list(range(cut - 1, n))
+        canvas_end = int(batch.answer[row].nonzero()[-1]) + 1
+        want = batch.ids[row, cut : min(canvas_end, cut + 4)].tolist()
+        want += [ar_tiny.info.eos_token_id] * (4 - len(want))
+        assert target[row, cut - 1 : n].tolist() == want
+
+
+def test_lexical_decoding_at_full_confidence_is_plain_greedy(ar_tiny):
+    from crossedge.specdec.parallel import lexical as X
+
+    tuned, record = X.fine_tune(ar_tiny, span=3, steps=5, batch_size=8)
+    assert tuned.info.objective == "lexical" and tuned.info.span == 3 and record["steps"] == 5
+    greedy_twin = DiffusionLM(
+        tuned.model, tuned.tokenizer, TR.DLLMInfo(**{**vars(tuned.info), "objective": "autoregressive"})
+    )
+    for example in T.make_examples(["copy"], 3, seed=9, split="test"):
+        strict = decode(tuned, example.prompt, tau=1.0)
+        plain = decode(greedy_twin, example.prompt)
+        assert strict.tokens == plain.tokens and strict.forwards == plain.forwards
+        loose = decode(tuned, example.prompt, tau=1e-6)
+        answer = B._answer_length(loose.tokens, tuned.info.eos_token_id)
+        assert loose.forwards == -(-answer // 4)  # every guess passes: four tokens a forward
+
+
+def test_lexical_fine_tuning_needs_an_autoregressive_start(tiny):
+    from crossedge.specdec.parallel import lexical as X
+
+    with pytest.raises(CrossedgeError, match="starts from an autoregressive model"):
+        X.fine_tune(tiny, steps=1)
+
+
+def test_the_cli_fine_tunes_and_benches_lexical_units(run_cli, ar_tiny, tmp_path):
+    base = TR.save_new(ar_tiny, tmp_path / "ar")
+    result = run_cli(
+        "specdec",
+        "train-lexical",
+        "--model",
+        str(base),
+        "--out",
+        str(tmp_path / "lex"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+    )
+    assert result.exit_code == 0, result.output
+    result = run_cli(
+        "specdec",
+        "parallel-bench",
+        "--lexical",
+        str(tmp_path / "lex"),
+        "--lexical-taus",
+        "0.9;0.5",
+        "--per-task",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert "lexical:tau=0.9" in result.output and "lexical:tau=0.5" in result.output

@@ -5,7 +5,8 @@ reports, per method and task, the share of valid answers (the task's scorer retu
 mean score, the forwards spent, and two rates: ``tokens_per_forward`` counts the answer's tokens
 up to and including its first end-of-text (what a reader gets) per forward; ``canvas_per_forward``
 counts every canvas position decoded, padding included. An autoregressive model decodes exactly
-one token per forward until it stops, so it sits at 1.0 on the first rate.
+one token per forward until it stops, so it sits at 1.0 on the first rate; a lexical-unit model
+(:mod:`.lexical`) decodes one or more.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .decoding import decode
 from .model import DiffusionLM
 
 AUTOREGRESSIVE = "autoregressive"
+LEXICAL = "lexical"
 
 
 @dataclass
@@ -77,34 +79,44 @@ def run_parallel_bench(
     per_task: int = 50,
     seed: int = 0,
     autoregressive: DiffusionLM | None = None,
+    lexical: DiffusionLM | None = None,
+    lexical_taus: Sequence[float] = (0.9,),
     block_length: int | None = None,
     stop_at_eos: bool = False,
     progress: Callable[[], None] | None = None,
 ) -> list[BenchRow]:
-    """Decode ``per_task`` held-out examples of each task with each strategy (and the AR model)."""
-    if model is not None and model.info.objective != "diffusion":
-        raise CrossedgeError("--model must be a diffusion LM; pass the autoregressive twin as --ar")
-    if autoregressive is not None and autoregressive.info.objective != AUTOREGRESSIVE:
-        raise CrossedgeError("--ar must be a model trained with --objective autoregressive")
+    """Decode ``per_task`` held-out examples of each task with each strategy, the AR model and the
+    lexical-unit model at each ``lexical_taus``."""
+    for lm, objective, flag in (
+        (model, "diffusion", "--model must be a diffusion LM"),
+        (autoregressive, AUTOREGRESSIVE, "--ar must be a model trained with --objective autoregressive"),
+        (lexical, LEXICAL, "--lexical must be a model from 'crossedge specdec train-lexical'"),
+    ):
+        if lm is not None and lm.info.objective != objective:
+            raise CrossedgeError(f"{flag}; this one is {lm.info.objective!r}")
     examples = T.make_examples(task_names, per_task, seed=seed, split="test")
-    methods: list[tuple[str, DiffusionLM, Any]] = []
+    #: (label, strategy name, model, decode keyword arguments)
+    methods: list[tuple[str, str, DiffusionLM, dict[str, Any]]] = []
     if model is not None:
-        methods += [(spec, model, build_unmasking(spec)) for spec in strategies]
+        for spec in strategies:
+            strategy = build_unmasking(spec)
+            methods.append((spec, strategy.name, model, {"strategy": strategy}))
     if autoregressive is not None:
-        methods.append((AUTOREGRESSIVE, autoregressive, None))
+        methods.append((AUTOREGRESSIVE, AUTOREGRESSIVE, autoregressive, {}))
+    if lexical is not None:
+        methods += [(f"{LEXICAL}:tau={tau:g}", LEXICAL, lexical, {"tau": tau}) for tau in lexical_taus]
     if not methods:
-        raise CrossedgeError("nothing to run: give --model with --strategies, or --ar")
+        raise CrossedgeError("nothing to run: give --model with --strategies, --ar, or --lexical")
     rows: list[BenchRow] = []
-    for label, lm, strategy in methods:
+    for label, name, lm, options in methods:
         results: dict[str, list[tuple[float, int, int, int]]] = defaultdict(list)
         for example in examples:
-            out = decode(lm, example.prompt, strategy, block_length=block_length, stop_at_eos=stop_at_eos)
+            out = decode(lm, example.prompt, block_length=block_length, stop_at_eos=stop_at_eos, **options)
             value = T.score(example, out.text)
             answer = _answer_length(out.tokens, lm.info.eos_token_id)
             results[example.task].append((value, out.forwards, answer, len(out.tokens)))
             if progress is not None:
                 progress()
-        name = strategy.name if strategy is not None else AUTOREGRESSIVE
         rows += _rows(label, name, dict(results))
     return rows
 
@@ -153,7 +165,7 @@ def plot(rows: Sequence[BenchRow], path: Path | str) -> None:
                 by_strategy[r.strategy].append(r)
         for strategy, points in by_strategy.items():
             points.sort(key=lambda r: r.tokens_per_forward)
-            style = "s" if strategy == AUTOREGRESSIVE else "o-"
+            style = "s" if strategy == AUTOREGRESSIVE else "^--" if strategy == LEXICAL else "o-"
             ax.plot([p.tokens_per_forward for p in points], [p.accuracy for p in points], style, label=strategy, ms=4)
         ax.set_title(task, fontsize=9)
         ax.set_ylim(-0.03, 1.03)

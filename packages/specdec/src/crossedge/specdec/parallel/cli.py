@@ -80,6 +80,10 @@ def train_dllm(
     help="Unmasking strategy specs separated by ';' (each one method).",
 )
 @click.option("--ar", "ar_name", default=None, help="The autoregressive twin (train-dllm --objective autoregressive).")
+@click.option("--lexical", "lexical_name", default=None, help="A lexical-unit model (train-lexical).")
+@click.option(
+    "--lexical-taus", default="0.9", show_default=True, help="Confidence thresholds for --lexical, separated by ';'."
+)
 @click.option("--tasks", "task_spec", default=None, help="Tasks or groups [default: the model's own tasks].")
 @click.option("--per-task", type=click.IntRange(min=1), default=50, show_default=True, help="Held-out examples a task.")
 @click.option("--block-length", type=click.IntRange(min=1), default=None, help="Override the model's block length.")
@@ -89,7 +93,19 @@ def train_dllm(
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write accuracy curves (PNG).")
 def parallel_bench(
-    model_name, strategies, ar_name, task_spec, per_task, block_length, stop_at_eos, seed, threads, json_path, plot_path
+    model_name,
+    strategies,
+    ar_name,
+    lexical_name,
+    lexical_taus,
+    task_spec,
+    per_task,
+    block_length,
+    stop_at_eos,
+    seed,
+    threads,
+    json_path,
+    plot_path,
 ):
     """Accuracy per task against tokens per forward for each unmasking strategy (and the AR baseline)."""
     import shlex
@@ -105,18 +121,23 @@ def parallel_bench(
     from . import tasks as T
     from .model import load_diffusion_lm
 
-    if model_name is None and ar_name is None:
-        raise CrossedgeError("give --model (a diffusion LM) and/or --ar (its autoregressive twin)")
+    if model_name is None and ar_name is None and lexical_name is None:
+        raise CrossedgeError("give --model (a diffusion LM), --ar (its autoregressive twin) and/or --lexical")
+    try:
+        taus = [float(t) for t in lexical_taus.split(";") if t.strip()]
+    except ValueError as exc:
+        raise CrossedgeError(f"--lexical-taus takes numbers separated by ';', not {lexical_taus!r}") from exc
     if threads:
         torch.set_num_threads(threads)
     specs = split_alternatives(strategies, kind="unmasking strategy") if model_name else []
     model = load_diffusion_lm(model_name) if model_name else None
     twin = load_diffusion_lm(ar_name) if ar_name else None
-    trained_on = (model or twin).info.tasks
+    lexical = load_diffusion_lm(lexical_name) if lexical_name else None
+    trained_on = (model or twin or lexical).info.tasks
     names = T.resolve_tasks(task_spec) if task_spec else trained_on
     if not names:
         raise CrossedgeError("the model does not record its tasks: pass --tasks")
-    total = per_task * len(names) * (len(specs) + (twin is not None))
+    total = per_task * len(names) * (len(specs) + (twin is not None) + (len(taus) if lexical else 0))
     with tqdm(total=total, desc="parallel-bench", unit="answer", disable=not sys.stderr.isatty()) as bar:
         rows = B.run_parallel_bench(
             model,
@@ -125,6 +146,8 @@ def parallel_bench(
             per_task=per_task,
             seed=seed,
             autoregressive=twin,
+            lexical=lexical,
+            lexical_taus=taus,
             block_length=block_length,
             stop_at_eos=stop_at_eos,
             progress=lambda: bar.update(1),
@@ -237,4 +260,47 @@ def train_cd4lm(model_name, out, per_task, steps, max_minutes, jump, batch_size,
     click.echo(
         f"distilled a student from {len(trajs)} teacher trajectories for {record['steps']} steps in "
         f"{record['seconds']:.0f} s: loss {record['final_loss']:.3f}; saved to {out}"
+    )
+
+
+@click.command(name="train-lexical")
+@click.option(
+    "--model", "model_name", required=True, help="The autoregressive model (train-dllm --objective autoregressive)."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New or empty folder for the tuned model.")
+@click.option("--span", type=click.IntRange(min=1), default=3, show_default=True, help="Guesses after the next token.")
+@click.option("--steps", type=click.IntRange(min=1), default=800, show_default=True, help="Fine-tuning steps.")
+@click.option("--max-minutes", type=float, default=10.0, show_default=True, help="Stop fine-tuning after this.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_lexical(model_name, out, span, steps, max_minutes, batch_size, lr, threads, seed):
+    """Fine-tune an autoregressive model to emit confident runs of tokens in one forward (lexical units)."""
+    import torch
+    from tqdm import tqdm
+
+    from . import lexical as X
+    from . import train as TR
+    from .model import load_diffusion_lm
+
+    if threads:
+        torch.set_num_threads(threads)
+    base = load_diffusion_lm(model_name)
+    TR.check_out(out)
+    with tqdm(total=steps, desc="train-lexical", unit="step", disable=not sys.stderr.isatty()) as bar:
+        tuned, record = X.fine_tune(
+            base,
+            span=span,
+            steps=steps,
+            seconds=max_minutes * 60,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=lambda step, loss: bar.update(1),
+        )
+    TR.save_new(tuned, out)
+    click.echo(
+        f"fine-tuned for lexical units of up to {span + 1} tokens: {record['steps']} steps in "
+        f"{record['seconds']:.0f} s, loss {record['final_loss']:.3f}; saved to {out}"
     )

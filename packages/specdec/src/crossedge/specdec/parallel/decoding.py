@@ -48,8 +48,10 @@ def decode(
     gen_length: int | None = None,
     block_length: int | None = None,
     stop_at_eos: bool = False,
+    tau: float = 0.9,
 ) -> Decoded:
-    """Decode an answer to ``prompt``: block-wise with ``strategy`` for a diffusion LM, greedy for an AR one."""
+    """Decode an answer to ``prompt``: block-wise with ``strategy`` for a diffusion LM, greedy for an AR one,
+    lexical units above confidence ``tau`` for a lexical model (:mod:`.lexical`)."""
     info = model.info
     gen_length = gen_length or info.gen_length
     block_length = block_length or info.block_length
@@ -58,6 +60,10 @@ def decode(
     head = prompt_ids(model, prompt)
     if model.info.objective == "autoregressive":
         return _greedy(model, head, gen_length)
+    if model.info.objective == "lexical":
+        from .lexical import decode_lexical
+
+        return decode_lexical(model, head, gen_length, tau)
     if strategy is None:
         raise CrossedgeError("a diffusion LM needs an unmasking strategy, such as 'low-confidence:k=1'")
     strategy = build_unmasking(strategy) if isinstance(strategy, str) else strategy

@@ -3,7 +3,9 @@
 A model folder is a plain transformers Llama folder (``config.json``, ``model.safetensors``,
 ``tokenizer.json``) plus ``dllm.json``, which says how crossedge uses it: the objective it was
 trained with (``diffusion``: bidirectional, predicts masked positions; ``autoregressive``: the
-same architecture trained causally, the fair baseline), the mask token, and the answer canvas
+same architecture trained causally, the fair baseline; ``lexical``: the autoregressive model
+fine-tuned to also guess the ``span`` tokens after the next one from mask tokens, in the same
+forward), the mask token, and the answer canvas
 (``gen_length`` positions decoded in blocks of ``block_length``).
 
 LLaDA-style checkpoints (``config.json`` with ``model_type: llada``; tensors named
@@ -26,7 +28,7 @@ from crossedge.core.errors import CrossedgeError, ModelSourceError
 
 DLLM_FILE = "dllm.json"
 FORMAT_VERSION = 1
-OBJECTIVES = ("diffusion", "autoregressive")
+OBJECTIVES = ("diffusion", "autoregressive", "lexical")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[MASK]", "[EOS]", "[SEP]")
 
 
@@ -43,6 +45,8 @@ class DLLMInfo:
     block_length: int = 8
     tasks: list[str] = field(default_factory=list)
     trained: dict[str, Any] = field(default_factory=dict)
+    #: ``lexical`` models: how many tokens after the next one a forward guesses.
+    span: int = 0
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
