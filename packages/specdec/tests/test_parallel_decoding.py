@@ -296,7 +296,7 @@ def test_a_filter_file_round_trips_and_foreign_files_are_refused(filter_path, tm
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(CrossedgeError, match="not a Learn2PD filter"):
+    with pytest.raises(CrossedgeError, match="was not written by 'crossedge specdec train-filter'"):
         L.load_filter(foreign)
     with pytest.raises(CrossedgeError, match="not a Learn2PD filter crossedge wrote"):
         L.save_filter(net, foreign, stats={}, model="x")

@@ -252,3 +252,19 @@ def test_dllm_json_of_another_format_is_refused(tiny, tmp_path):
     (out / DLLM_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelSourceError, match="format 99"):
         load_diffusion_lm(str(out))
+
+
+def test_a_hub_id_is_fetched_through_the_model_cache_then_loaded(tmp_path, monkeypatch):
+    from crossedge.core import sources
+
+    folder = tmp_path / "snapshot"
+    _llada_folder(folder)
+    pulled = []
+
+    def pull(self, *, force=False):
+        pulled.append(self.repo_id)
+        return folder
+
+    monkeypatch.setattr(sources.HubSource, "pull", pull)
+    model = load_diffusion_lm("someone/tiny-llada")
+    assert pulled == ["someone/tiny-llada"] and model.bidirectional

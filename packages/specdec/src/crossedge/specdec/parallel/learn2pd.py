@@ -149,52 +149,58 @@ def train_filter(
 
 
 def save_filter(net: Filter, path: Path | str, *, stats: dict[str, float], model: str) -> Path:
-    """Write the filter as safetensors with its kind, feature version and training record."""
-    from safetensors.torch import save_file
+    """Write the filter as safetensors marked with its kind, feature version, checksum and training record."""
+    from safetensors.torch import save
+
+    from crossedge.core.cache import atomic_file
+
+    from ..exit_head import weights_digest
 
     path = Path(path)
     if path.exists():
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), "pt") as handle:
-                ours = (handle.metadata() or {}).get("kind") == KIND
-        except Exception:  # any unreadable file is not one we wrote
-            ours = False
-        if not ours:
-            raise UnmaskingError(f"{path} exists and is not a Learn2PD filter crossedge wrote; choose another --out")
-    meta = {"kind": KIND, "features": str(FEATURES_VERSION), "model": model, "stats": json.dumps(stats)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+            read_filter_file(path)
+        except UnmaskingError as exc:
+            raise UnmaskingError(
+                f"{path} exists and is not a Learn2PD filter crossedge wrote ({exc}); choose another --out"
+            ) from exc
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    meta = {
+        "format": "pt",
+        "crossedge": KIND,
+        "format_version": str(FEATURES_VERSION),
+        "model": model,
+        "features": json.dumps(FEATURE_NAMES),
+        "weights_sha256": weights_digest(state),
+        "training": json.dumps(stats),
+    }
+    with atomic_file(path) as out:
+        out.write(save(state, metadata=meta))
     return path
 
 
+def read_filter_file(path: Path | str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a filter file; missing, damaged, foreign or other-version files are refused."""
+    from ..exit_head import read_marked_safetensors
+
+    return read_marked_safetensors(
+        Path(path),
+        marker=KIND,
+        version=str(FEATURES_VERSION),
+        what="Learn2PD filter",
+        command="crossedge specdec train-filter",
+        error=UnmaskingError,
+    )
+
+
 def load_filter(path: Path | str) -> Filter:
-    """Read a filter written by :func:`save_filter`, refusing other files."""
-    from safetensors import safe_open
-
-    from crossedge.core.sources import check_safetensors
-
-    path = Path(path)
-    if not path.is_file():
-        raise UnmaskingError(f"no Learn2PD filter at {path}: train one with 'crossedge specdec train-filter'")
-    check_safetensors(path)
-    with safe_open(str(path), "pt") as handle:
-        meta = handle.metadata() or {}
-    if meta.get("kind") != KIND or meta.get("features") != str(FEATURES_VERSION):
-        raise UnmaskingError(
-            f"{path} is not a Learn2PD filter of feature version {FEATURES_VERSION}; retrain it with "
-            "'crossedge specdec train-filter'"
-        )
-    from safetensors.torch import load_file
-
+    """The filter :func:`save_filter` wrote to ``path``."""
+    _, state = read_filter_file(path)
     net = Filter()
     try:
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(state)
     except RuntimeError as exc:
-        raise UnmaskingError(f"{path} does not hold a Learn2PD filter of this shape ({exc}); retrain it") from exc
+        raise UnmaskingError(f"{path} does not hold a Learn2PD filter of this shape; retrain it") from exc
     net.eval()
     return net
 
