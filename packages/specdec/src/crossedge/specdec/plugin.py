@@ -44,7 +44,7 @@ def register_commands(cli):
     from .exit_cli import train_exit
     from .heads_cli import train_heads
     from .lora_drop_cli import train_lora_drop
-    from .parallel.cli import parallel_bench, train_cd4lm, train_dllm, train_filter, train_lexical
+    from .parallel.cli import lexical_bench, parallel_bench, train_cd4lm, train_dllm, train_filter, train_lexical
 
     specdec.add_command(train_exit)
     specdec.add_command(train_heads)
@@ -54,6 +54,7 @@ def register_commands(cli):
     specdec.add_command(train_filter)
     specdec.add_command(train_cd4lm)
     specdec.add_command(train_lexical)
+    specdec.add_command(lexical_bench)
     cli.add_command(specdec)
 
 

@@ -265,42 +265,175 @@ def train_cd4lm(model_name, out, per_task, steps, max_minutes, jump, batch_size,
 
 @click.command(name="train-lexical")
 @click.option(
-    "--model", "model_name", required=True, help="The autoregressive model (train-dllm --objective autoregressive)."
+    "--model",
+    "model_name",
+    required=True,
+    help="An autoregressive twin (train-dllm --objective autoregressive) or a causal LM (smollm2-135m, a folder).",
 )
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="New or empty folder for the tuned model.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New or empty folder for the result.")
 @click.option("--span", type=click.IntRange(min=1), default=3, show_default=True, help="Guesses after the next token.")
 @click.option("--steps", type=click.IntRange(min=1), default=800, show_default=True, help="Fine-tuning steps.")
 @click.option("--max-minutes", type=float, default=10.0, show_default=True, help="Stop fine-tuning after this.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Rows a step [64 for a twin, 8 for an LM]."
+)
+@click.option("--lr", type=float, default=None, help="Learning rate [5e-4 for a twin, 1e-4 for an LM].")
+@click.option(
+    "--tuned-layers", type=click.IntRange(min=0), default=2, show_default=True, help="LM: top layers fine-tuned."
+)
+@click.option("--prompts", type=click.IntRange(min=8), default=96, show_default=True, help="LM: corpus prompts.")
+@click.option("--prompt-tokens", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=8), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_lexical(model_name, out, span, steps, max_minutes, batch_size, lr, threads, seed):
+def train_lexical(
+    model_name,
+    out,
+    span,
+    steps,
+    max_minutes,
+    batch_size,
+    lr,
+    tuned_layers,
+    prompts,
+    prompt_tokens,
+    new_tokens,
+    threads,
+    seed,
+):
     """Fine-tune an autoregressive model to emit confident runs of tokens in one forward (lexical units)."""
+    from pathlib import Path
+
     import torch
     from tqdm import tqdm
 
-    from . import lexical as X
-    from . import train as TR
-    from .model import load_diffusion_lm
+    from .model import DLLM_FILE
 
     if threads:
         torch.set_num_threads(threads)
-    base = load_diffusion_lm(model_name)
-    TR.check_out(out)
-    with tqdm(total=steps, desc="train-lexical", unit="step", disable=not sys.stderr.isatty()) as bar:
+    bar = tqdm(total=steps, desc="train-lexical", unit="step", disable=not sys.stderr.isatty())
+    if (Path(model_name) / DLLM_FILE).is_file():
+        from . import lexical as X
+        from . import train as TR
+        from .model import load_diffusion_lm
+
+        base = load_diffusion_lm(model_name)
+        TR.check_out(out)
         tuned, record = X.fine_tune(
             base,
             span=span,
             steps=steps,
             seconds=max_minutes * 60,
-            batch_size=batch_size,
-            lr=lr,
+            batch_size=batch_size or 64,
+            lr=lr or 5e-4,
             seed=seed,
             progress=lambda step, loss: bar.update(1),
         )
-    TR.save_new(tuned, out)
-    click.echo(
-        f"fine-tuned for lexical units of up to {span + 1} tokens: {record['steps']} steps in "
-        f"{record['seconds']:.0f} s, loss {record['final_loss']:.3f}; saved to {out}"
+        bar.close()
+        TR.save_new(tuned, out)
+        click.echo(
+            f"fine-tuned for lexical units of up to {span + 1} tokens: {record['steps']} steps in "
+            f"{record['seconds']:.0f} s, loss {record['final_loss']:.3f}; saved to {out}"
+        )
+        return
+    from crossedge.core import load_model
+
+    from ..exit_head import claim_folder, corpus_texts, self_generated_sequences, training_prompts
+    from . import lexical_lm as U
+
+    claim_folder(out, lambda p: p.name == U.WEIGHTS_NAME, what="lexical units", error=U.LexicalUnitError)
+    loaded = load_model(model_name)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = training_prompts(tokenizer, corpus_texts(), prompts, prompt_tokens, seed=seed)
+    sequences = self_generated_sequences(model, rows, new_tokens, progress=sys.stderr.isatty())
+    units = U.LexicalUnits(model, span=span, tuned_layers=tuned_layers)
+    result = U.fine_tune_units(
+        units,
+        sequences,
+        rows.shape[1],
+        steps=steps,
+        seconds=max_minutes * 60,
+        batch_size=batch_size or 8,
+        lr=lr or 1e-4,
+        seed=seed,
+        progress=lambda step, loss: bar.update(1),
     )
+    bar.close()
+    U.save_units(units, out, model_name=model_name, result=result)
+    shown = ", ".join(f"+{i + 2}: {a:.3f}" for i, a in enumerate(result.depth_accuracy))
+    click.echo(
+        f"fine-tuned lexical units (span {span}, top {tuned_layers} layers) for {result.steps} steps in "
+        f"{result.seconds:.0f} s, loss {result.final_loss:.3f}; held-out top-1 of each guess: {shown}; saved to {out}"
+    )
+
+
+@click.command(name="lexical-bench")
+@click.option("--model", "model_name", required=True, help="The causal LM the units were trained for.")
+@click.option("--units", "units_dir", required=True, type=click.Path(file_okay=False), help="train-lexical --out.")
+@click.option("--taus", default="0.9;0.7;0.5", show_default=True, help="Confidence thresholds, separated by ';'.")
+@click.option(
+    "--limit-per-task", type=click.IntRange(min=1), default=2, show_default=True, help="Suite prompts a task."
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON.")
+def lexical_bench(model_name, units_dir, taus, limit_per_task, max_new_tokens, threads, json_path):
+    """Lexical-unit decoding of the bundled suite against the base greedy output: identity, tokens/forward, speed."""
+    import shlex
+
+    import torch
+
+    from crossedge.core import CrossedgeError, load_model
+    from crossedge.core.bench import BenchmarkReport, format_table
+    from crossedge.core.sources import encode_prompt
+
+    from ..suite import default_suite
+    from ..suite import limit_per_task as limit
+    from . import lexical_lm as U
+
+    torch.set_num_threads(threads)
+    try:
+        thresholds = [float(t) for t in taus.split(";") if t.strip()]
+    except ValueError as exc:
+        raise CrossedgeError(f"--taus takes numbers separated by ';', not {taus!r}") from exc
+    loaded = load_model(model_name)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    prompts = [encode_prompt(tokenizer, p.turns[0]) for p in limit(default_suite(), limit_per_task)]
+    U.generate_plain(model, prompts[0], 4, eos)  # warm-up
+    reference = [U.generate_plain(model, p, max_new_tokens, eos) for p in prompts]
+    units = U.load_units(model, units_dir)  # from here the model carries the tuned layers
+    rows = [_lexical_row("base greedy", reference, reference)]
+    rows.append(
+        _lexical_row("tuned greedy", [U.generate_plain(model, p, max_new_tokens, eos) for p in prompts], reference)
+    )
+    for tau in thresholds:
+        outs = [U.generate_units(units, p, max_new_tokens, tau, eos) for p in prompts]
+        rows.append(_lexical_row(f"lexical:tau={tau:g}", outs, reference))
+    base_speed = rows[0]["tok/s"]
+    for row in rows:
+        row["speedup"] = round(row["tok/s"] / base_speed, 3)
+    click.echo(format_table(rows, ["method", "identical", "prefix", "tok/fwd", "tok/s", "speedup"]))
+    if json_path:
+        command = "crossedge specdec lexical-bench " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        summary = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "threads": threads}
+        BenchmarkReport("lexical-bench", rows=rows, summary=summary, command=command).write_json(json_path)
+        click.echo(f"wrote {json_path}")
+
+
+def _lexical_row(method: str, outs, reference) -> dict:
+    from . import lexical_lm as U
+
+    tokens = sum(len(o.tokens) for o in outs)
+    same = sum(o.tokens == r.tokens for o, r in zip(outs, reference, strict=True))
+    prefix = sum(
+        U.matching_prefix(o.tokens, r.tokens) / max(1, len(r.tokens)) for o, r in zip(outs, reference, strict=True)
+    )
+    return {
+        "method": method,
+        "identical": round(same / len(outs), 3),
+        "prefix": round(prefix / len(outs), 3),
+        "tok/fwd": round(tokens / sum(o.forwards for o in outs), 2),
+        "tok/s": round(tokens / sum(o.seconds for o in outs), 1),
+    }
