@@ -268,3 +268,26 @@ def test_a_hub_id_is_fetched_through_the_model_cache_then_loaded(tmp_path, monke
     monkeypatch.setattr(sources.HubSource, "pull", pull)
     model = load_diffusion_lm("someone/tiny-llada")
     assert pulled == ["someone/tiny-llada"] and model.bidirectional
+
+
+def test_an_ar_warmup_trains_causally_first_then_switches_to_diffusion(monkeypatch):
+    model = TR.new_model(["copy"], hidden=32, layers=1, heads=2, seed=0)
+    seen = []
+    real_ar, real_diffusion = TR.autoregressive_loss, TR.diffusion_loss
+
+    def ar(m, batch):
+        seen.append(("ar", m.bidirectional))
+        return real_ar(m, batch)
+
+    def diffusion(m, batch, generator=None):
+        seen.append(("diffusion", m.bidirectional))
+        return real_diffusion(m, batch, generator)
+
+    monkeypatch.setattr(TR, "autoregressive_loss", ar)
+    monkeypatch.setattr(TR, "diffusion_loss", diffusion)
+    TR.train(model, steps=8, batch_size=4, ar_warmup=0.5)
+    assert seen[:8] == [("ar", False)] * 4 + [("diffusion", True)] * 4
+    assert model.info.objective == "diffusion" and model.info.trained["ar_warmup"] == 0.5
+    twin = TR.new_model(["copy"], objective="autoregressive", hidden=32, layers=1, heads=2)
+    with pytest.raises(CrossedgeError, match="diffusion LM only"):
+        TR.train(twin, steps=1, ar_warmup=0.5)

@@ -21,7 +21,14 @@ DEFAULT_STRATEGIES = (
     show_default=True,
     help="diffusion: the masked diffusion LM; autoregressive: the same architecture trained causally (baseline).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimizer steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=3500, show_default=True, help="Optimizer steps.")
+@click.option(
+    "--ar-warmup",
+    type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="diffusion: share of the steps trained causally first (adapting an AR model, as Dream and DiffuLLaMA do).",
+)
 @click.option("--max-minutes", type=float, default=30.0, show_default=True, help="Stop training after this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -32,7 +39,20 @@ DEFAULT_STRATEGIES = (
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_dllm(
-    task_spec, out, objective, steps, max_minutes, batch_size, lr, hidden, layers, heads, block_length, threads, seed
+    task_spec,
+    out,
+    objective,
+    steps,
+    ar_warmup,
+    max_minutes,
+    batch_size,
+    lr,
+    hidden,
+    layers,
+    heads,
+    block_length,
+    threads,
+    seed,
 ):
     """Train a small masked diffusion LM (or its autoregressive twin) on ParallelBench-style tasks, on CPU."""
     import torch
@@ -60,7 +80,14 @@ def train_dllm(
             bar.set_postfix(loss=f"{loss:.3f}")
 
     report = TR.train(
-        model, steps=steps, seconds=max_minutes * 60, batch_size=batch_size, lr=lr, seed=seed, progress=progress
+        model,
+        steps=steps,
+        seconds=max_minutes * 60,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        ar_warmup=ar_warmup if objective == "diffusion" else 0.0,
+        progress=progress,
     )
     bar.close()
     TR.save_new(model, out)

@@ -172,12 +172,23 @@ def train(
     batch_size: int = 64,
     lr: float = 1e-3,
     warmup: int = 50,
+    ar_warmup: float = 0.0,
     seed: int = 0,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> TrainReport:
-    """Train ``model`` in place on fresh rows of its tasks until ``steps`` or ``seconds`` run out."""
+    """Train ``model`` in place on fresh rows of its tasks until ``steps`` or ``seconds`` run out.
+
+    With ``ar_warmup`` a diffusion LM spends that share of the budget trained causally with the
+    next-token loss first (as Dream and DiffuLLaMA adapt autoregressive models), then switches to
+    bidirectional attention and the masked-diffusion loss; the data, optimizer and schedule run on.
+    """
     if seconds is None and steps is None:
         raise CrossedgeError("give a training budget: steps, seconds, or both")
+    if not 0.0 <= ar_warmup < 1.0:
+        raise CrossedgeError(f"ar_warmup must be in [0, 1), got {ar_warmup}")
+    objective = model.info.objective
+    if ar_warmup and objective != "diffusion":
+        raise CrossedgeError("ar_warmup applies to a diffusion LM only")
     task_names = model.info.tasks
     rng = random.Random(seed)
     held_out = make_batch(model, T.make_examples(task_names, max(2, 256 // len(task_names)), seed=seed, split="test"))
@@ -194,6 +205,8 @@ def train(
         chosen = [rng.choice(task_names) for _ in range(batch_size)]
         examples = [T.make_examples([name], 1, seed=rng.randrange(2**31))[0] for name in chosen]
         batch = make_batch(model, examples)
+        # The warm-up trains the same weights causally: the objective decides how forward attends.
+        model.info.objective = "autoregressive" if done < ar_warmup else objective
         if model.info.objective == "diffusion":
             loss, _ = diffusion_loss(model, batch, generator)
         else:
@@ -206,6 +219,7 @@ def train(
         loss_value = float(loss.detach())
         if progress is not None:
             progress(step, loss_value, time.perf_counter() - start)
+    model.info.objective = objective
     model.eval()
     with torch.no_grad():
         if model.info.objective == "diffusion":
@@ -222,6 +236,7 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "ar_warmup": ar_warmup,
     }
     return report
 
