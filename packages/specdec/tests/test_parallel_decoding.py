@@ -496,3 +496,14 @@ def test_the_cli_fine_tunes_and_benches_lexical_units(run_cli, ar_tiny, tmp_path
     )
     assert result.exit_code == 0, result.output
     assert "lexical:tau=0.9" in result.output and "lexical:tau=0.5" in result.output
+
+
+def test_methods_are_compared_with_fixed_k_at_equal_tokens_per_forward():
+    def row(strategy, tpf, acc, task="copy"):
+        return B.BenchRow(strategy, strategy, task, 10, acc, acc, 10, tpf, tpf)
+
+    rows = [row("low-confidence", 1.0, 0.9), row("low-confidence", 3.0, 0.5), row("threshold", 2.0, 0.8)]
+    rows += [row("token-editing", 4.0, 0.9), row("learn2pd", 1.5, 0.6, task="sort")]
+    B.compare_at_equal_forwards(rows)
+    assert rows[2].versus_fixed_k == pytest.approx(0.1)  # fixed-k at 2.0 tokens/forward: 0.7
+    assert rows[0].versus_fixed_k is None and rows[3].versus_fixed_k is None and rows[4].versus_fixed_k is None

@@ -41,6 +41,9 @@ class BenchRow:
     forwards: int
     tokens_per_forward: float
     canvas_per_forward: float
+    #: Accuracy minus fixed-k remasking's at the same tokens per forward (interpolated between the
+    #: ``low-confidence`` rows of the same task and model); None outside their range or for them.
+    versus_fixed_k: float | None = None
 
 
 def _answer_length(tokens: Sequence[int], eos: int) -> int:
@@ -118,7 +121,31 @@ def run_parallel_bench(
             if progress is not None:
                 progress()
         rows += _rows(label, name, dict(results))
+    compare_at_equal_forwards(rows)
     return rows
+
+
+FIXED_K = "low-confidence"
+
+
+def compare_at_equal_forwards(rows: Sequence[BenchRow]) -> None:
+    """Fill ``versus_fixed_k``: each method's accuracy against fixed-k remasking at its tokens per forward."""
+    for task in {r.task for r in rows}:
+        fixed = sorted(
+            ((r.tokens_per_forward, r.accuracy) for r in rows if r.task == task and r.strategy == FIXED_K),
+            key=lambda p: p[0],
+        )
+        if len(fixed) < 2:
+            continue
+        for r in rows:
+            if r.task != task or r.strategy == FIXED_K:
+                continue
+            x = r.tokens_per_forward
+            for (x0, y0), (x1, y1) in zip(fixed, fixed[1:], strict=False):
+                if x0 <= x <= x1:
+                    at = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+                    r.versus_fixed_k = round(r.accuracy - at, 4)
+                    break
 
 
 def rows_table(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
@@ -132,6 +159,7 @@ def rows_table(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
             "score": f"{r.score:.3f}",
             "tok/fwd": f"{r.tokens_per_forward:.2f}",
             "canvas/fwd": f"{r.canvas_per_forward:.2f}",
+            "vs fixed-k": "" if r.versus_fixed_k is None else f"{r.versus_fixed_k:+.3f}",
         }
         for r in rows
     ]

@@ -179,7 +179,7 @@ def parallel_bench(
             stop_at_eos=stop_at_eos,
             progress=lambda: bar.update(1),
         )
-    columns = ["method", "task", "n", "accuracy", "score", "tok/fwd", "canvas/fwd"]
+    columns = ["method", "task", "n", "accuracy", "score", "tok/fwd", "canvas/fwd", "vs fixed-k"]
     click.echo(format_table(B.rows_table(rows), columns))
     if json_path:
         command = "crossedge specdec parallel-bench " + " ".join(shlex.quote(a) for a in sys.argv[3:])
