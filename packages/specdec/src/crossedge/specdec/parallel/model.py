@@ -192,6 +192,13 @@ def _load_crossedge(name: str, folder: Path, dtype: torch.dtype) -> DiffusionLM:
         raise ModelSourceError(f"{folder} has no .safetensors weights; re-save the model folder")
     for path in weights:
         check_safetensors(path)
+    import logging
+
+    tp_log = logging.getLogger("transformers.distributed.tensor_parallel")
+    tp_level = tp_log.level
+    # transformers checks a tensor-parallel plan on every load and warns that a single-process
+    # model's norms "were not sharded"; nothing is sharded here, so the line only confuses.
+    tp_log.setLevel(logging.ERROR)
     try:
         with _quiet_load_report():
             model, loading = LlamaForCausalLM.from_pretrained(
@@ -202,6 +209,8 @@ def _load_crossedge(name: str, folder: Path, dtype: torch.dtype) -> DiffusionLM:
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"could not load diffusion LM {name!r} from {folder}: {first}") from exc
+    finally:
+        tp_log.setLevel(tp_level)
     model.eval()
     return DiffusionLM(model, tokenizer, info)
 
