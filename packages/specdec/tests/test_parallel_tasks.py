@@ -100,6 +100,8 @@ def test_sudoku_puzzles_have_four_blanks_and_one_solution():
     for e in T.make_examples(["sudoku"], 10, seed=2):
         blanks = sum(cell == "0" for row in e.reference["puzzle"] for cell in row)
         assert blanks == 4
+        grid = [[None if c == "0" else int(c) for c in row] for row in e.reference["puzzle"]]
+        assert T._solutions(grid) == 1
 
 
 def test_words_to_sentence_counts_the_required_words():

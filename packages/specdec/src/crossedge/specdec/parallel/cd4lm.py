@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import torch
 from crossedge.core.contracts.unmasking import BlockState, UnmaskingError, UnmaskingStrategy
 
 from . import tasks as T
+from .budget import run_budget
 from .decoding import decode, prompt_ids
 from .model import DiffusionLM
 from .strategies import LowConfidenceRemasking, _check_probability
@@ -141,21 +141,18 @@ def distill(
     jump: int = 4,
     lr: float = 3e-4,
     seed: int = 0,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
 ) -> tuple[DiffusionLM, dict[str, float]]:
     """A student (a copy of the teacher) trained to map ``x_t`` to the teacher's view of a later state."""
-    if steps is None and seconds is None:
-        raise UnmaskingError("give a distillation budget: steps, seconds, or both")
     if not trajs:
         raise UnmaskingError("no teacher trajectories to distil from")
     student = DiffusionLM(copy.deepcopy(teacher.model), teacher.tokenizer, copy.deepcopy(teacher.info))
     teacher.eval()
     student.train()
     mask_id = teacher.info.mask_token_id
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    start, step, value = time.perf_counter(), 0, float("nan")
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+
+    def loss_at(step: int, done: float) -> torch.Tensor:
         xt, xs, keep, canvas = _pairs(trajs, batch_size, jump, rng, teacher.info.pad_token_id)
         with torch.no_grad():
             target = torch.softmax(teacher(xs, keep).float(), dim=-1)
@@ -165,17 +162,20 @@ def distill(
         )
         where = (xt == mask_id) & canvas
         logp = torch.log_softmax(student(xt, keep).float(), dim=-1)
-        loss = -(target * logp).sum(-1)[where].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        value = float(loss.detach())
-        if progress is not None:
-            progress(step, value)
+        return -(target * logp).sum(-1)[where].mean()
+
+    run = run_budget(
+        student.parameters(),
+        loss_at,
+        lr=lr,
+        steps=steps,
+        seconds=seconds,
+        progress=progress,
+        what="distillation",
+        error=UnmaskingError,
+    )
     student.eval()
-    record = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": round(value, 4)}
+    record = {"steps": run.steps, "seconds": round(run.seconds, 1), "final_loss": round(run.last_loss, 4)}
     student.info.trained = {
         **teacher.info.trained,
         "cd4lm": {**record, "jump": jump, "lr": lr, "trajectories": len(trajs)},

@@ -281,7 +281,7 @@ def train_cd4lm(model_name, out, per_task, steps, max_minutes, jump, batch_size,
             jump=jump,
             lr=lr,
             seed=seed,
-            progress=lambda step, loss: bar.update(1),
+            progress=lambda *_: bar.update(1),
         )
     TR.save_new(student, out)
     click.echo(
@@ -354,7 +354,7 @@ def train_lexical(
             batch_size=batch_size or 64,
             lr=lr or 5e-4,
             seed=seed,
-            progress=lambda step, loss: bar.update(1),
+            progress=lambda *_: bar.update(1),
         )
         bar.close()
         TR.save_new(tuned, out)
@@ -383,7 +383,7 @@ def train_lexical(
         batch_size=batch_size or 8,
         lr=lr or 1e-4,
         seed=seed,
-        progress=lambda step, loss: bar.update(1),
+        progress=lambda *_: bar.update(1),
     )
     bar.close()
     U.save_units(units, out, model_name=model_name, result=result)

@@ -221,11 +221,11 @@ class Learn2PD(UnmaskingStrategy):
         self.filter = filter
         self.tau = tau
         self.eot = eot
-        self.stop_at_eos = eot
         self._net = load_filter(filter)
 
-    def describe(self) -> dict[str, object]:
-        return {"name": self.name, "filter": self.filter, "tau": self.tau, "eot": self.eot}
+    @property
+    def stop_at_eos(self) -> bool:  # end-of-text prediction ends the canvas
+        return self.eot
 
     @torch.no_grad()
     def step(self, state: BlockState) -> torch.Tensor:

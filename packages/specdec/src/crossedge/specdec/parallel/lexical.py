@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from collections.abc import Callable
 
 import torch
 
 from crossedge.core.errors import CrossedgeError
 
-from . import tasks as T
+from .budget import run_budget
 from .decoding import Decoded
 from .model import DiffusionLM
-from .train import Batch, autoregressive_loss, make_batch
+from .train import Batch, autoregressive_loss, draw_examples, make_batch
 
 
 def span_batch(model: DiffusionLM, batch: Batch, span: int, rng: random.Random) -> tuple[torch.Tensor, ...]:
@@ -74,7 +73,7 @@ def fine_tune(
     batch_size: int = 64,
     lr: float = 5e-4,
     seed: int = 0,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
 ) -> tuple[DiffusionLM, dict[str, float]]:
     """A copy of autoregressive ``model`` fine-tuned for lexical units of up to ``span + 1`` tokens."""
     if model.info.objective != "autoregressive":
@@ -83,32 +82,44 @@ def fine_tune(
         )
     if span < 1:
         raise CrossedgeError(f"span must be at least 1, got {span}")
-    if steps is None and seconds is None:
-        raise CrossedgeError("give a fine-tuning budget: steps, seconds, or both")
     info = copy.deepcopy(model.info)
     info.objective, info.span = "lexical", span
     tuned = DiffusionLM(copy.deepcopy(model.model), model.tokenizer, info)
     tuned.train()
-    optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
-    start, step, value = time.perf_counter(), 0, float("nan")
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
-        chosen = [rng.choice(info.tasks) for _ in range(batch_size)]
-        examples = [T.make_examples([name], 1, seed=rng.randrange(2**31))[0] for name in chosen]
-        batch = make_batch(tuned, examples)
-        loss = autoregressive_loss(tuned, batch) + lexical_loss(tuned, batch, span, rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        value = float(loss.detach())
-        if progress is not None:
-            progress(step, value)
+
+    def loss_at(step: int, done: float) -> torch.Tensor:
+        batch = make_batch(tuned, draw_examples(info.tasks, batch_size, rng))
+        return autoregressive_loss(tuned, batch) + lexical_loss(tuned, batch, span, rng)
+
+    run = run_budget(
+        tuned.parameters(),
+        loss_at,
+        lr=lr,
+        steps=steps,
+        seconds=seconds,
+        weight_decay=0.01,
+        progress=progress,
+        what="fine-tuning",
+    )
     tuned.eval()
-    record = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "final_loss": round(value, 4)}
+    record = {"steps": run.steps, "seconds": round(run.seconds, 1), "final_loss": round(run.last_loss, 4)}
     tuned.info.trained = {**model.info.trained, "lexical": {**record, "span": span, "lr": lr}}
     return tuned, record
+
+
+def confident_run(logits: torch.Tensor, base: int, span: int, tau: float, stop: set[int], room: int) -> list[int]:
+    """The next token (argmax at ``base``) and the guesses after it (rows ``base + 1 ...``) while each one's
+    probability passes ``tau``, no further than a stop token or ``room`` tokens."""
+    run = [int(logits[base].argmax())]
+    for i in range(1, span + 1):
+        if run[-1] in stop or len(run) >= room:
+            break
+        conf, token = torch.softmax(logits[base + i], dim=-1).max(dim=-1)
+        if float(conf) < tau:
+            break
+        run.append(int(token))
+    return run
 
 
 @torch.inference_mode()
@@ -125,15 +136,7 @@ def decode_lexical(model: DiffusionLM, head: list[int], gen_length: int, tau: fl
         logits[:, info.mask_token_id] = float("-inf")
         forwards += 1
         base = len(head) + len(out) - 1
-        out.append(int(logits[base].argmax()))
-        for i in range(1, info.span + 1):
-            if len(out) >= gen_length or out[-1] == info.eos_token_id:
-                break
-            probs = torch.softmax(logits[base + i], dim=-1)
-            conf, token = probs.max(dim=-1)
-            if float(conf) < tau:
-                break
-            out.append(int(token))
+        out += confident_run(logits, base, info.span, tau, {info.eos_token_id}, gen_length - len(out))
     if info.eos_token_id in out:
         out = out[: out.index(info.eos_token_id) + 1]
     out += [info.eos_token_id] * (gen_length - len(out))

@@ -28,6 +28,8 @@ from torch import nn
 from crossedge.core.errors import CrossedgeError
 
 from ..exit_head import claim_folder, decoder_parts, read_marked_safetensors, weights_digest
+from .budget import run_budget
+from .lexical import confident_run
 
 MARKER = "lexical-units"
 FORMAT_VERSION = "1"
@@ -120,34 +122,33 @@ def fine_tune_units(
     lr: float = 1e-4,
     held_out: float = 0.1,
     seed: int = 0,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
 ) -> UnitsResult:
     """Fine-tune on equal-length ``rows`` (prompt of ``prompt_length`` + the model's own continuation)."""
-    if steps is None and seconds is None:
-        raise LexicalUnitError("give a fine-tuning budget: steps, seconds, or both")
     span = units.span
     if rows.shape[1] - prompt_length < span + 2:
         raise LexicalUnitError(f"continuations of {rows.shape[1] - prompt_length} tokens are too short for span {span}")
     n_held = max(1, int(rows.shape[0] * held_out))
     train_rows, test_rows = rows[n_held:], rows[:n_held]
     units.freeze_base()
-    params = [p for p in units.trainable().values()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    units.train()
-    start, step, value = time.perf_counter(), 0, float("nan")
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+
+    def loss_at(step: int, done: float) -> torch.Tensor:
         pick = torch.tensor([rng.randrange(train_rows.shape[0]) for _ in range(batch_size)])
         cut = rng.randint(prompt_length, rows.shape[1] - span - 1)
-        loss = unit_loss(units, train_rows[pick], prompt_length, cut)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        step += 1
-        value = float(loss.detach())
-        if progress is not None:
-            progress(step, value)
+        return unit_loss(units, train_rows[pick], prompt_length, cut)
+
+    units.train()
+    run = run_budget(
+        units.trainable().values(),
+        loss_at,
+        lr=lr,
+        steps=steps,
+        seconds=seconds,
+        progress=progress,
+        what="fine-tuning",
+        error=LexicalUnitError,
+    )
     units.eval()
     hits = torch.zeros(span)
     count = 0
@@ -157,7 +158,7 @@ def fine_tune_units(
             hits += (guess == test_rows[:, cut + 1 : cut + 1 + span]).float().sum(0)
             count += test_rows.shape[0]
     accuracy = [round(float(h) / count, 4) for h in hits]
-    return UnitsResult(step, round(time.perf_counter() - start, 1), round(value, 4), accuracy, int(rows.shape[0]))
+    return UnitsResult(run.steps, round(run.seconds, 1), round(run.last_loss, 4), accuracy, int(rows.shape[0]))
 
 
 def save_units(units: LexicalUnits, folder: Path | str, *, model_name: str, result: UnitsResult | None) -> Path:
@@ -249,15 +250,7 @@ def generate_units(
         logits = units.logits(torch.tensor([pending]), cache=cache)[0].float()
         cache.crop(-units.span)
         forwards += 1
-        base = len(pending) - 1
-        run = [int(logits[base].argmax())]
-        for i in range(1, units.span + 1):
-            if run[-1] in stop or len(out) + len(run) >= max_new_tokens:
-                break
-            conf, token = torch.softmax(logits[base + i], dim=-1).max(dim=-1)
-            if float(conf) < tau:
-                break
-            run.append(int(token))
+        run = confident_run(logits, len(pending) - 1, units.span, tau, stop, max_new_tokens - len(out))
         out += run
         pending = run
     for i, token in enumerate(out):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from crossedge.core.errors import CrossedgeError
 
 from . import tasks as T
+from .budget import run_budget
 from .model import DLLM_FILE, DiffusionLM, DLLMInfo, build_tokenizer, new_config
 
 #: Lowest mask ratio drawn (a ratio of 0 would mask nothing and divide by zero).
@@ -50,6 +50,12 @@ def longest_answer(model: DiffusionLM, task_names: Sequence[str], *, seed: int =
     """Tokens in the longest answer among sampled examples of the tasks."""
     examples = T.make_examples(task_names, samples, seed=seed)
     return max(len(model.encode(e.answer)) for e in examples)
+
+
+def draw_examples(task_names: Sequence[str], count: int, rng: random.Random) -> list[T.TaskExample]:
+    """``count`` fresh training examples, each of a task drawn from ``task_names`` with its own seed."""
+    chosen = [rng.choice(task_names) for _ in range(count)]  # all tasks first, then the seeds: one stream
+    return [T.make_examples([name], 1, seed=rng.randrange(2**31))[0] for name in chosen]
 
 
 @dataclass
@@ -182,8 +188,6 @@ def train(
     next-token loss first (as Dream and DiffuLLaMA adapt autoregressive models), then switches to
     bidirectional attention and the masked-diffusion loss; the data, optimizer and schedule run on.
     """
-    if seconds is None and steps is None:
-        raise CrossedgeError("give a training budget: steps, seconds, or both")
     if not 0.0 <= ar_warmup < 1.0:
         raise CrossedgeError(f"ar_warmup must be in [0, 1), got {ar_warmup}")
     objective = model.info.objective
@@ -194,39 +198,37 @@ def train(
     held_out = make_batch(model, T.make_examples(task_names, max(2, 256 // len(task_names)), seed=seed, split="test"))
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    start = time.perf_counter()
-    step, loss_value = 0, float("nan")
-    model.train()
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
-        done = max(step / steps if steps else 0.0, (time.perf_counter() - start) / seconds if seconds else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - done)
-        chosen = [rng.choice(task_names) for _ in range(batch_size)]
-        examples = [T.make_examples([name], 1, seed=rng.randrange(2**31))[0] for name in chosen]
-        batch = make_batch(model, examples)
+
+    def loss_at(step: int, done: float) -> torch.Tensor:
+        batch = make_batch(model, draw_examples(task_names, batch_size, rng))
         # The warm-up trains the same weights causally: the objective decides how forward attends.
         model.info.objective = "autoregressive" if done < ar_warmup else objective
         if model.info.objective == "diffusion":
-            loss, _ = diffusion_loss(model, batch, generator)
-        else:
-            loss = autoregressive_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        if progress is not None:
-            progress(step, loss_value, time.perf_counter() - start)
-    model.info.objective = objective
+            return diffusion_loss(model, batch, generator)[0]
+        return autoregressive_loss(model, batch)
+
+    model.train()
+    try:
+        run = run_budget(
+            params,
+            loss_at,
+            lr=lr,
+            steps=steps,
+            seconds=seconds,
+            weight_decay=0.01,
+            betas=(0.9, 0.98),
+            schedule=lambda step, done: min(1.0, (step + 1) / warmup) * max(0.05, 1.0 - done),
+            progress=progress,
+        )
+    finally:
+        model.info.objective = objective
     model.eval()
     with torch.no_grad():
         if model.info.objective == "diffusion":
             held = float(diffusion_loss(model, held_out, torch.Generator().manual_seed(seed + 1))[0])
         else:
             held = float(autoregressive_loss(model, held_out))
-    report = TrainReport(step, time.perf_counter() - start, loss_value, held, sum(p.numel() for p in params))
+    report = TrainReport(run.steps, run.seconds, run.last_loss, held, sum(p.numel() for p in params))
     model.info.trained = {
         "steps": report.steps,
         "seconds": round(report.seconds, 1),
