@@ -10,10 +10,11 @@ from crossedge.core.cli import build_cli
 from crossedge.core.conformance.unmasking import UnmaskingConformance
 from crossedge.core.contracts.unmasking import BlockState, build_unmasking
 from crossedge.core.errors import CrossedgeError
+from crossedge.specdec.engine import SpeculativeDecoder
 from crossedge.specdec.parallel import bench as B
 from crossedge.specdec.parallel import tasks as T
 from crossedge.specdec.parallel import train as TR
-from crossedge.specdec.parallel.decoding import decode, prompt_ids
+from crossedge.specdec.parallel.decoding import decode, decode_speculative, prompt_ids
 from crossedge.specdec.parallel.model import DiffusionLM
 from crossedge.specdec.parallel.strategies import ConfidenceThreshold, LowConfidenceRemasking, TokenEditing
 
@@ -155,9 +156,14 @@ def test_a_diffusion_lm_needs_a_strategy_and_a_whole_number_of_blocks(tiny):
         decode(tiny, "", "threshold")
 
 
-def test_the_autoregressive_twin_decodes_one_token_per_forward_until_end_of_text():
-    twin = TR.new_model(["copy"], objective="autoregressive", hidden=32, layers=1, heads=2, seed=0)
-    TR.train(twin, steps=40, batch_size=16, lr=3e-3, warmup=5)
+@pytest.fixture(scope="module")
+def twin():
+    model = TR.new_model(["copy"], objective="autoregressive", hidden=32, layers=1, heads=2, seed=0)
+    TR.train(model, steps=40, batch_size=16, lr=3e-3, warmup=5)
+    return model
+
+
+def test_the_autoregressive_twin_decodes_one_token_per_forward_until_end_of_text(twin):
     out = decode(twin, "copy the waiting line . line : Ann Lee , Bo Park")
     eos = twin.info.eos_token_id
     stop = out.tokens.index(eos) + 1 if eos in out.tokens else twin.info.gen_length
@@ -181,7 +187,22 @@ def test_parallel_bench_rows_per_task_and_overall(tiny):
     assert 0 < fixed.tokens_per_forward <= fixed.canvas_per_forward
 
 
+def test_speculation_on_the_twin_gives_its_greedy_answers_in_fewer_forwards(twin):
+    rows = B.run_parallel_bench(None, [], ["copy"], autoregressive=twin, speculative=["copy"], per_task=4)
+    by_method = {r.method: r for r in rows if r.task == "all"}
+    plain, fast = by_method["autoregressive"], by_method["speculative:copy"]
+    assert fast.identical_to_ar == 1.0 and plain.identical_to_ar is None
+    assert (fast.accuracy, fast.score) == (plain.accuracy, plain.score)
+    assert fast.forwards <= plain.forwards
+    assert fast.tokens_per_forward == pytest.approx(plain.tokens_per_forward * plain.forwards / fast.forwards)
+    for example in T.make_examples(["copy"], 2, seed=3, split="test"):
+        decoder = SpeculativeDecoder(twin.model, "copy", eos_token_id=twin.info.eos_token_id, calibration_cache="off")
+        assert decode_speculative(twin, example.prompt, decoder).tokens == decode(twin, example.prompt).tokens
+
+
 def test_parallel_bench_refuses_swapped_models(tiny):
+    with pytest.raises(CrossedgeError, match="runs on the autoregressive twin"):
+        B.run_parallel_bench(tiny, ["low-confidence:k=1"], ["copy"], speculative=["copy"])
     with pytest.raises(CrossedgeError, match="--ar must be"):
         B.run_parallel_bench(None, [], ["copy"], autoregressive=tiny)
     with pytest.raises(CrossedgeError, match="nothing to run"):
@@ -215,6 +236,8 @@ def test_the_cli_trains_and_benches_a_tiny_model(run_cli, tmp_path):
         str(twin),
         "--strategies",
         "low-confidence:k=2;threshold:tau=0.8",
+        "--speculative",
+        "copy",
         "--per-task",
         "2",
         "--json",
@@ -223,13 +246,26 @@ def test_the_cli_trains_and_benches_a_tiny_model(run_cli, tmp_path):
         str(tmp_path / "curves.png"),
     )
     assert result.exit_code == 0, result.output
+    assert "same as AR" in result.output
     data = json.loads(report.read_text())
     assert [r["method"] for r in data["rows"] if r["task"] == "all"] == [
         "low-confidence:k=2",
         "threshold:tau=0.8",
         "autoregressive",
+        "speculative:copy",
     ]
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # Going on from the trained model with the token-to-token objective keeps its record.
+    more = tmp_path / "t2t"
+    extra = ["--edit-ratio", "0.2", "--steps", "2", "--out", str(more)]
+    result = run_cli("specdec", "train-dllm", "--init", str(out), *extra)
+    assert result.exit_code == 0, result.output
+    trained = json.loads((more / "dllm.json").read_text())["trained"]
+    assert trained["edit_ratio"] == 0.2 and trained["steps"] == 2 and trained["before"]["edit_ratio"] == 0.0
+    result = run_cli("specdec", "train-dllm", "--init", str(twin), "--steps", "1", "--out", str(tmp_path / "x"))
+    assert result.exit_code != 0 and "give a diffusion LM folder" in result.output
+    result = run_cli("specdec", "parallel-bench", "--model", str(out), "--speculative", "copy")
+    assert result.exit_code != 0 and "pass --ar as well" in result.output
 
 
 def test_the_cli_refuses_a_foreign_folder_and_missing_models(run_cli, tmp_path):

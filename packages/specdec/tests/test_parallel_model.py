@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from crossedge.core.errors import CrossedgeError, ModelSourceError
 from crossedge.specdec.parallel import tasks as T
 from crossedge.specdec.parallel import train as TR
-from crossedge.specdec.parallel.model import DLLM_FILE, build_tokenizer, load_diffusion_lm, load_llada
+from crossedge.specdec.parallel.model import DLLM_FILE, DiffusionLM, build_tokenizer, load_diffusion_lm, load_llada
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,40 @@ def test_the_diffusion_loss_is_the_masked_cross_entropy_weighted_by_one_over_t(t
     unmasked_only = ((ce * (batch.answer & ~masked) / t).sum(1) / batch.answer.sum(1)).mean()
     assert float(unmasked_only) != pytest.approx(float(by_hand))
     assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def test_the_edit_objective_corrupts_unmasked_answer_tokens_and_restores_them(tiny):
+    batch = TR.make_batch(tiny, T.make_examples(["copy"], 6, seed=4))
+    seen = {}
+
+    class Recording(DiffusionLM):
+        def __call__(self, inputs, keep=None, **kwargs):
+            seen["inputs"] = inputs
+            return tiny(inputs, keep, **kwargs)
+
+    probe = Recording(tiny.model, tiny.tokenizer, tiny.info)
+    with torch.no_grad():
+        loss, masked = TR.diffusion_loss(probe, batch, torch.Generator().manual_seed(0), edit_ratio=0.5)
+    # The same random stream by hand: ratio, mask draw, corruption draw, noise tokens.
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(batch.ids.shape[0], 1, generator=g) * (1 - TR.MIN_RATIO) + TR.MIN_RATIO
+    torch.rand(batch.ids.shape, generator=g)
+    corrupted = (torch.rand(batch.ids.shape, generator=g) < 0.5) & batch.answer & ~masked
+    noise = torch.randint(0, len(tiny.tokenizer), batch.ids.shape, generator=g)
+    noise[noise == tiny.info.mask_token_id] = tiny.info.eos_token_id
+    inputs = seen["inputs"]
+    assert bool(corrupted.any()) and not bool((corrupted & ~batch.answer).any())
+    assert torch.equal(inputs[corrupted], noise[corrupted])
+    assert bool((inputs[masked] == tiny.info.mask_token_id).all())
+    untouched = ~(masked | corrupted)
+    assert torch.equal(inputs[untouched], batch.ids[untouched]), "a prompt or kept token changed"
+    with torch.no_grad():
+        logits = tiny(inputs, batch.keep)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")
+    by_hand = (((ce * masked / t).sum(1) + (ce * corrupted).sum(1)) / batch.answer.sum(1)).mean()
+    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    with pytest.raises(CrossedgeError, match="edit_ratio"):
+        TR.train(tiny, steps=1, edit_ratio=1.5)
 
 
 @pytest.mark.parametrize("objective", ["diffusion", "autoregressive"])
@@ -279,9 +313,9 @@ def test_an_ar_warmup_trains_causally_first_then_switches_to_diffusion(monkeypat
         seen.append(("ar", m.bidirectional))
         return real_ar(m, batch)
 
-    def diffusion(m, batch, generator=None):
+    def diffusion(m, batch, generator=None, edit_ratio=0.0):
         seen.append(("diffusion", m.bidirectional))
-        return real_diffusion(m, batch, generator)
+        return real_diffusion(m, batch, generator, edit_ratio)
 
     monkeypatch.setattr(TR, "autoregressive_loss", ar)
     monkeypatch.setattr(TR, "diffusion_loss", diffusion)

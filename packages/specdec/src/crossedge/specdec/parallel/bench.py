@@ -6,7 +6,9 @@ mean score, the forwards spent, and two rates: ``tokens_per_forward`` counts the
 up to and including its first end-of-text (what a reader gets) per forward; ``canvas_per_forward``
 counts every canvas position decoded, padding included. An autoregressive model decodes exactly
 one token per forward until it stops, so it sits at 1.0 on the first rate; a lexical-unit model
-(:mod:`.lexical`) decodes one or more.
+(:mod:`.lexical`) decodes one or more; lossless speculative decoding of the AR model (drafter
+specs as for ``crossedge specdec generate``) gives its answers in fewer forwards, and its rows say
+what share of answers came out identical to the AR model's own greedy ones.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 from crossedge.core.contracts.unmasking import build_unmasking
 from crossedge.core.errors import CrossedgeError
 
+from ..engine import SpeculativeDecoder
 from . import tasks as T
-from .decoding import decode
+from .decoding import decode, decode_speculative
 from .model import DiffusionLM
 
 AUTOREGRESSIVE = "autoregressive"
 LEXICAL = "lexical"
+SPECULATIVE = "speculative"
 
 
 @dataclass
@@ -44,6 +48,8 @@ class BenchRow:
     #: Accuracy minus fixed-k remasking's at the same tokens per forward (interpolated between the
     #: ``low-confidence`` rows of the same task and model); None outside their range or for them.
     versus_fixed_k: float | None = None
+    #: Speculative rows: the share of answers token-identical to the AR model's greedy answers.
+    identical_to_ar: float | None = None
 
 
 def _answer_length(tokens: Sequence[int], eos: int) -> int:
@@ -84,12 +90,13 @@ def run_parallel_bench(
     autoregressive: DiffusionLM | None = None,
     lexical: DiffusionLM | None = None,
     lexical_taus: Sequence[float] = (0.9,),
+    speculative: Sequence[str] = (),
     block_length: int | None = None,
     stop_at_eos: bool = False,
     progress: Callable[[], None] | None = None,
 ) -> list[BenchRow]:
-    """Decode ``per_task`` held-out examples of each task with each strategy, the AR model and the
-    lexical-unit model at each ``lexical_taus``."""
+    """Decode ``per_task`` held-out examples of each task with each strategy, the AR model, the AR
+    model under each ``speculative`` drafter spec, and the lexical-unit model at each ``lexical_taus``."""
     for lm, objective, flag in (
         (model, "diffusion", "--model must be a diffusion LM"),
         (autoregressive, AUTOREGRESSIVE, "--ar must be a model trained with --objective autoregressive"),
@@ -104,23 +111,48 @@ def run_parallel_bench(
         for spec in strategies:
             strategy = build_unmasking(spec)
             methods.append((spec, strategy.name, model, {"strategy": strategy}))
+    if speculative and autoregressive is None:
+        raise CrossedgeError("speculative decoding runs on the autoregressive twin: pass --ar as well")
     if autoregressive is not None:
         methods.append((AUTOREGRESSIVE, AUTOREGRESSIVE, autoregressive, {}))
+        for spec in speculative:
+            decoder = SpeculativeDecoder(
+                autoregressive.model,
+                spec,
+                eos_token_id=autoregressive.info.eos_token_id,
+                tokenizer=autoregressive.tokenizer,
+                calibration_cache="off",
+            )
+            methods.append((f"{SPECULATIVE}:{spec}", SPECULATIVE, autoregressive, {"decoder": decoder}))
     if lexical is not None:
         methods += [(f"{LEXICAL}:tau={tau:g}", LEXICAL, lexical, {"tau": tau}) for tau in lexical_taus]
     if not methods:
         raise CrossedgeError("nothing to run: give --model with --strategies, --ar, or --lexical")
     rows: list[BenchRow] = []
+    greedy: dict[str, list[list[int]]] = defaultdict(list)  # the AR answers, task by task
     for label, name, lm, options in methods:
         results: dict[str, list[tuple[float, int, int, int]]] = defaultdict(list)
+        same: dict[str, list[bool]] = defaultdict(list)
         for example in examples:
-            out = decode(lm, example.prompt, block_length=block_length, stop_at_eos=stop_at_eos, **options)
+            if name == SPECULATIVE:
+                out = decode_speculative(lm, example.prompt, options["decoder"])
+                same[example.task].append(out.tokens == greedy[example.task][len(same[example.task])])
+            else:
+                out = decode(lm, example.prompt, block_length=block_length, stop_at_eos=stop_at_eos, **options)
+            if name == AUTOREGRESSIVE:
+                greedy[example.task].append(out.tokens)
             value = T.score(example, out.text)
             answer = _answer_length(out.tokens, lm.info.eos_token_id)
             results[example.task].append((value, out.forwards, answer, len(out.tokens)))
             if progress is not None:
                 progress()
-        rows += _rows(label, name, dict(results))
+        new_rows = _rows(label, name, dict(results))
+        if name == SPECULATIVE:
+            everything = [v for flags in same.values() for v in flags]
+            for r in new_rows:
+                flags = everything if r.task == "all" else same[r.task]
+                r.identical_to_ar = sum(flags) / len(flags)
+        rows += new_rows
     compare_at_equal_forwards(rows)
     return rows
 
@@ -160,6 +192,7 @@ def rows_table(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
             "tok/fwd": f"{r.tokens_per_forward:.2f}",
             "canvas/fwd": f"{r.canvas_per_forward:.2f}",
             "vs fixed-k": "" if r.versus_fixed_k is None else f"{r.versus_fixed_k:+.3f}",
+            "same as AR": "" if r.identical_to_ar is None else f"{r.identical_to_ar:.3f}",
         }
         for r in rows
     ]
@@ -193,7 +226,7 @@ def plot(rows: Sequence[BenchRow], path: Path | str) -> None:
                 by_strategy[r.strategy].append(r)
         for strategy, points in by_strategy.items():
             points.sort(key=lambda r: r.tokens_per_forward)
-            style = "s" if strategy == AUTOREGRESSIVE else "^--" if strategy == LEXICAL else "o-"
+            style = {AUTOREGRESSIVE: "s", SPECULATIVE: "D", LEXICAL: "^--"}.get(strategy, "o-")
             ax.plot([p.tokens_per_forward for p in points], [p.accuracy for p in points], style, label=strategy, ms=4)
         ax.set_title(task, fontsize=9)
         ax.set_ylim(-0.03, 1.03)

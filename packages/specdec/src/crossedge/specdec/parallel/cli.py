@@ -29,6 +29,20 @@ DEFAULT_STRATEGIES = (
     show_default=True,
     help="diffusion: share of the steps trained causally first (adapting an AR model, as Dream and DiffuLLaMA do).",
 )
+@click.option(
+    "--edit-ratio",
+    type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="diffusion: share of unmasked answer tokens replaced by random ones to restore (LLaDA2.1's "
+    "token-to-token objective, for token-editing).",
+)
+@click.option(
+    "--init",
+    "init_name",
+    default=None,
+    help="Go on training this diffusion LM folder (its tokenizer, canvas and size) instead of a new model.",
+)
 @click.option("--max-minutes", type=float, default=30.0, show_default=True, help="Stop training after this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -44,6 +58,8 @@ def train_dllm(
     objective,
     steps,
     ar_warmup,
+    edit_ratio,
+    init_name,
     max_minutes,
     batch_size,
     lr,
@@ -67,10 +83,22 @@ def train_dllm(
         raise CrossedgeError(f"--hidden {hidden} must be a multiple of --heads {heads}")
     if threads:
         torch.set_num_threads(threads)
-    names = T.resolve_tasks(task_spec)
-    model = TR.new_model(
-        names, objective=objective, hidden=hidden, layers=layers, heads=heads, block_length=block_length, seed=seed
-    )
+    if edit_ratio and objective != "diffusion":
+        raise CrossedgeError("--edit-ratio trains a diffusion LM; drop it for --objective autoregressive")
+    if init_name is not None:
+        from .model import load_diffusion_lm
+
+        model = load_diffusion_lm(init_name)
+        if model.info.objective != "diffusion":
+            raise CrossedgeError(f"--init {init_name} is a {model.info.objective} model; give a diffusion LM folder")
+        # The model was adapted already; its size and canvas come with it, and its tasks unless it has none.
+        objective, ar_warmup = "diffusion", 0.0
+        model.info.tasks = model.info.tasks or T.resolve_tasks(task_spec)
+    else:
+        names = T.resolve_tasks(task_spec)
+        model = TR.new_model(
+            names, objective=objective, hidden=hidden, layers=layers, heads=heads, block_length=block_length, seed=seed
+        )
     TR.check_out(out)  # refuse a folder we may not write before spending the training time
     bar = tqdm(total=steps, desc=f"train-dllm ({objective})", unit="step", disable=not sys.stderr.isatty())
 
@@ -87,6 +115,7 @@ def train_dllm(
         lr=lr,
         seed=seed,
         ar_warmup=ar_warmup if objective == "diffusion" else 0.0,
+        edit_ratio=edit_ratio,
         progress=progress,
     )
     bar.close()
@@ -111,6 +140,11 @@ def train_dllm(
 @click.option(
     "--lexical-taus", default="0.9", show_default=True, help="Confidence thresholds for --lexical, separated by ';'."
 )
+@click.option(
+    "--speculative",
+    default=None,
+    help="Drafter specs run losslessly on --ar, separated by ';' (for example 'copy;copy,history').",
+)
 @click.option("--tasks", "task_spec", default=None, help="Tasks or groups [default: the model's own tasks].")
 @click.option("--per-task", type=click.IntRange(min=1), default=50, show_default=True, help="Held-out examples a task.")
 @click.option("--block-length", type=click.IntRange(min=1), default=None, help="Override the model's block length.")
@@ -125,6 +159,7 @@ def parallel_bench(
     ar_name,
     lexical_name,
     lexical_taus,
+    speculative,
     task_spec,
     per_task,
     block_length,
@@ -157,6 +192,9 @@ def parallel_bench(
     if threads:
         torch.set_num_threads(threads)
     specs = split_alternatives(strategies, kind="unmasking strategy") if model_name else []
+    drafting = split_alternatives(speculative, kind="drafter spec") if speculative else []
+    if drafting and ar_name is None:
+        raise CrossedgeError("--speculative runs on the autoregressive twin: pass --ar as well")
     model = load_diffusion_lm(model_name) if model_name else None
     twin = load_diffusion_lm(ar_name) if ar_name else None
     lexical = load_diffusion_lm(lexical_name) if lexical_name else None
@@ -164,7 +202,7 @@ def parallel_bench(
     names = T.resolve_tasks(task_spec) if task_spec else trained_on
     if not names:
         raise CrossedgeError("the model does not record its tasks: pass --tasks")
-    total = per_task * len(names) * (len(specs) + (twin is not None) + (len(taus) if lexical else 0))
+    total = per_task * len(names) * (len(specs) + (twin is not None) + len(drafting) + (len(taus) if lexical else 0))
     with tqdm(total=total, desc="parallel-bench", unit="answer", disable=not sys.stderr.isatty()) as bar:
         rows = B.run_parallel_bench(
             model,
@@ -175,11 +213,14 @@ def parallel_bench(
             autoregressive=twin,
             lexical=lexical,
             lexical_taus=taus,
+            speculative=drafting,
             block_length=block_length,
             stop_at_eos=stop_at_eos,
             progress=lambda: bar.update(1),
         )
     columns = ["method", "task", "n", "accuracy", "score", "tok/fwd", "canvas/fwd", "vs fixed-k"]
+    if drafting:
+        columns.append("same as AR")
     click.echo(format_table(B.rows_table(rows), columns))
     if json_path:
         command = "crossedge specdec parallel-bench " + " ".join(shlex.quote(a) for a in sys.argv[3:])

@@ -93,9 +93,14 @@ def make_batch(model: DiffusionLM, examples: Sequence[T.TaskExample]) -> Batch:
 
 
 def diffusion_loss(
-    model: DiffusionLM, batch: Batch, generator: torch.Generator | None = None
+    model: DiffusionLM, batch: Batch, generator: torch.Generator | None = None, edit_ratio: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked-diffusion loss of a batch, and the mask used (True where the input was masked)."""
+    """The masked-diffusion loss of a batch, and the mask used (True where the input was masked).
+
+    With ``edit_ratio`` that share of the answer positions left unmasked is replaced by random
+    tokens and the model is also taught to restore them (LLaDA2.1's token-to-token objective, which
+    token editing needs: a model trained on masks alone never learns to rewrite a wrong token).
+    """
     b = batch.ids.shape[0]
     t = torch.rand(b, 1, generator=generator) * (1 - MIN_RATIO) + MIN_RATIO
     masked = (torch.rand(batch.ids.shape, generator=generator) < t) & batch.answer
@@ -104,10 +109,17 @@ def diffusion_loss(
     if bool(empty.any()):
         first = batch.answer.float().argmax(dim=1)
         masked[empty.nonzero().squeeze(1), first[empty]] = True
-    inputs = torch.where(masked, torch.full_like(batch.ids, model.info.mask_token_id), batch.ids)
+    mask_id = model.info.mask_token_id
+    inputs = torch.where(masked, torch.full_like(batch.ids, mask_id), batch.ids)
+    corrupted = torch.zeros_like(masked)
+    if edit_ratio:
+        corrupted = (torch.rand(batch.ids.shape, generator=generator) < edit_ratio) & batch.answer & ~masked
+        noise = torch.randint(0, len(model.tokenizer), batch.ids.shape, generator=generator)
+        noise = torch.where(noise == mask_id, torch.full_like(noise, model.info.eos_token_id), noise)
+        inputs = torch.where(corrupted, noise, inputs)
     logits = model(inputs, batch.keep)
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")
-    per_row = (ce * masked / t).sum(dim=1) / batch.answer.sum(dim=1)
+    per_row = ((ce * masked / t).sum(dim=1) + (ce * corrupted).sum(dim=1)) / batch.answer.sum(dim=1)
     return per_row.mean(), masked
 
 
@@ -179,6 +191,7 @@ def train(
     lr: float = 1e-3,
     warmup: int = 50,
     ar_warmup: float = 0.0,
+    edit_ratio: float = 0.0,
     seed: int = 0,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> TrainReport:
@@ -187,12 +200,17 @@ def train(
     With ``ar_warmup`` a diffusion LM spends that share of the budget trained causally with the
     next-token loss first (as Dream and DiffuLLaMA adapt autoregressive models), then switches to
     bidirectional attention and the masked-diffusion loss; the data, optimizer and schedule run on.
+    ``edit_ratio`` adds the token-to-token objective (:func:`diffusion_loss`). A model that was
+    trained before keeps the record of that run in ``info.trained["before"]``.
     """
     if not 0.0 <= ar_warmup < 1.0:
         raise CrossedgeError(f"ar_warmup must be in [0, 1), got {ar_warmup}")
+    if not 0.0 <= edit_ratio < 1.0:
+        raise CrossedgeError(f"edit_ratio must be in [0, 1), got {edit_ratio}")
     objective = model.info.objective
-    if ar_warmup and objective != "diffusion":
-        raise CrossedgeError("ar_warmup applies to a diffusion LM only")
+    if (ar_warmup or edit_ratio) and objective != "diffusion":
+        raise CrossedgeError("ar_warmup and edit_ratio apply to a diffusion LM only")
+    before = dict(model.info.trained) if model.info.trained else None
     task_names = model.info.tasks
     rng = random.Random(seed)
     held_out = make_batch(model, T.make_examples(task_names, max(2, 256 // len(task_names)), seed=seed, split="test"))
@@ -204,7 +222,7 @@ def train(
         # The warm-up trains the same weights causally: the objective decides how forward attends.
         model.info.objective = "autoregressive" if done < ar_warmup else objective
         if model.info.objective == "diffusion":
-            return diffusion_loss(model, batch, generator)[0]
+            return diffusion_loss(model, batch, generator, edit_ratio)[0]
         return autoregressive_loss(model, batch)
 
     model.train()
@@ -239,7 +257,10 @@ def train(
         "lr": lr,
         "seed": seed,
         "ar_warmup": ar_warmup,
+        "edit_ratio": edit_ratio,
     }
+    if before:
+        model.info.trained["before"] = before
     return report
 
 
