@@ -308,3 +308,53 @@ def test_train_with_an_unknown_loss_fails_before_the_model_loads(tmp_path, plugi
     args += ["--model", str(tmp_path / "no-such-model"), "--collection", str(tmp_path / "no-such-collection")]
     result = CliRunner().invoke(build_cli(), args)
     assert result.exit_code == 1 and "unknown loss 'infonse'" in result.output
+
+
+def test_rerankers_train_with_first_stage_distillation_and_fuse_with_a_dev_chosen_weight(tmp_path, cache):
+    from dataclasses import replace
+
+    from crossedge.retrieval.collection import Collection
+    from crossedge.retrieval.pipeline import run_bench
+
+    settings = tiny_bench_settings(
+        tmp_path,
+        methods=("bi-zero-shot", "cross-rerank"),
+        train_queries=3,
+        candidates=3,
+        batch_size=2,
+        reranker_loss="infonce-kl",
+        distill_alpha=0.5,
+        rerank_depth=4,
+        uni_depth=4,
+    )
+    write_beir(toy_collection(), tmp_path / "beir", split="dev")
+    settings = replace(settings, dev_collection=str(tmp_path / "beir"))
+    report = run_bench(settings, say=lambda _: None)
+    methods = [row["method"] for row in report["rows"]]
+    weight = report["summary"]["fusion"]["cross-encoder rerank@4"]["weight"]
+    assert methods == [
+        "bi-encoder zero-shot",
+        "cross-encoder rerank@4",
+        f"cross-encoder rerank@4 + fusion (w={weight:g})",
+    ]
+    assert set(report["summary"]["fusion"]["cross-encoder rerank@4"]["dev_ndcg@10_by_weight"]) == {
+        round(0.1 * i, 1) for i in range(11)
+    }
+    gaps = report["summary"]["ndcg_vs_bi_zero_shot_points"]
+    assert {g["verdict"] for g in gaps.values()} <= {"hurts", "helps", "no clear difference"}
+    # The weight comes from the dev judgements alone: other test judgements leave it as it was.
+    toy = toy_collection()
+    moved = {q: {d: 1 for d in toy.corpus if d not in judged} for q, judged in toy.qrels.items()}
+    write_beir(Collection(toy.corpus, toy.queries, moved), tmp_path / "other")
+    again = run_bench(replace(settings, collection=str(tmp_path / "other")), say=lambda _: None)
+    assert again["summary"]["fusion"]["cross-encoder rerank@4"]["weight"] == weight
+    assert again["rows"][0]["ndcg@10"] != report["rows"][0]["ndcg@10"]
+
+
+def test_reranker_losses_are_checked_before_anything_trains(plugin):
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+
+    with pytest.raises(Exception, match="unknown reranker loss"):
+        run_bench(BenchSettings(reranker_loss="mse"), say=lambda _: None)
+    with pytest.raises(Exception, match="distill_alpha"):
+        run_bench(BenchSettings(reranker_loss="infonce-kl", distill_alpha=-1.0), say=lambda _: None)

@@ -14,7 +14,7 @@ import click
 
 from crossedge.core import CrossedgeError
 
-from .options import ALL_METHODS, HEADS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
+from .options import ALL_METHODS, HEADS, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
 
 NEGATIVES_HELP = (
     "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
@@ -219,7 +219,7 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
     show_default=True,
     help=f"Comma list of {', '.join(ALL_METHODS)}.",
 )
-@click.option("--losses", default=",".join(LOSS_NAMES), show_default=True)
+@click.option("--losses", default=",".join(STUDENT_LOSS_NAMES), show_default=True)
 @click.option("--corpus-limit", type=int, default=None, help="Subsample the corpus (relevant documents kept).")
 @click.option("--train-queries", default=64, show_default=True)
 @click.option(
@@ -247,11 +247,25 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
 @click.option("--uni-depth", default=20, show_default=True)
 @click.option("--trans-cycles", default=1, show_default=True)
 @click.option("--max-doc-tokens", default=128, show_default=True)
+@click.option(
+    "--reranker-loss",
+    type=click.Choice(RERANKER_LOSSES),
+    default="infonce",
+    show_default=True,
+    help="infonce-kl adds a KL term to the zero-shot bi-encoder's scores of each training list.",
+)
+@click.option("--distill-alpha", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the KL term of --reranker-loss infonce-kl.")  # fmt: skip
+@click.option("--dev-collection", type=click.Path(path_type=Path), default=None,
+              help="BEIR folder with qrels/dev.tsv from the training side (the mixture's dev split): each reranker "
+              "also gets a row fused with the first stage, its weight chosen there.")  # fmt: skip
+@click.option("--dev-queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
               student_queries, candidates, negatives, head, interaction_layers, uni_init, uni_epochs, epochs, lr,
-              rerank_depth, uni_depth, trans_cycles, max_doc_tokens, threads, seed) -> None:  # fmt: skip
+              rerank_depth, uni_depth, trans_cycles, max_doc_tokens, reranker_loss, distill_alpha, dev_collection,
+              dev_queries, threads, seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -282,12 +296,21 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         uni_depth=uni_depth,
         trans_cycles=trans_cycles,
         max_doc_tokens=max_doc_tokens,
+        reranker_loss=reranker_loss,
+        distill_alpha=distill_alpha,
+        dev_collection=str(dev_collection) if dev_collection else None,
+        dev_queries=dev_queries,
         seed=seed,
     )
     with pin_threads(threads):
         result = run_bench(settings, say=lambda m: click.echo(m, err=True))
     columns = ["method", "ndcg@10", "mrr@10", "recall@100", "ms_per_query"]
     click.echo(format_table(result["rows"], columns, floatfmt=".4g"))
+    for name, gap in result["summary"].get("ndcg_vs_bi_zero_shot_points", {}).items():
+        click.echo(
+            f"{name} vs bi-encoder zero-shot: {gap['mean']:+.2f} nDCG@10 points "
+            f"(95% interval {gap['low']:+.2f} to {gap['high']:+.2f}): {gap['verdict']}"
+        )
     click.echo(json.dumps(result["summary"], indent=2, default=str))
     if json_out is not None:
         report = report_of(result, command="crossedge " + " ".join(sys.argv[1:]))

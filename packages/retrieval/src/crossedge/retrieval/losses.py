@@ -140,10 +140,42 @@ class PartialRankingDistillation(Loss):
         return total / count
 
 
-LOSSES: tuple[type[Loss], ...] = (PointwiseBCE, MarginMSE, InfoNCE, ListNetKL, PartialRankingDistillation)
+class LabelsWithDistillation(Loss):
+    """Labels and a teacher together: InfoNCE toward the labelled positive (the teacher's top without
+    labels) plus ``alpha`` times ListNet-KL to the teacher's softmax.
 
-__all__ = ["LOSSES", "InfoNCE", "ListNetKL", "LossError", "MarginMSE", "PartialRankingDistillation", "PointwiseBCE",
-           "RankingLoss", "get_loss"]  # fmt: skip
+    With the zero-shot bi-encoder as the teacher, a reranker learns the labels of its training
+    collection without forgetting the ranking that already works elsewhere (the term keeps its
+    scores close to the first stage's order where the labels say nothing).
+    """
+
+    name = "infonce-kl"
+    description = "labels plus distillation: InfoNCE toward the positive + alpha * KL to the teacher's softmax"
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 1.0):
+        if alpha < 0:
+            raise LossError(f"infonce-kl: alpha must be >= 0, got {alpha}")
+        self.alpha = alpha
+        self.labelled = InfoNCE(temperature)
+        self.distilled = ListNetKL(temperature)
+
+    def __call__(self, scores, teacher=None, labels=None, mask=None):
+        # Without labels the positive is the teacher's top candidate, as for InfoNCE itself.
+        term = self.labelled(scores, teacher=teacher, labels=labels, mask=mask)
+        return term + self.alpha * self.distilled(scores, teacher=teacher, mask=mask)
+
+
+LOSSES: tuple[type[Loss], ...] = (
+    PointwiseBCE,
+    MarginMSE,
+    InfoNCE,
+    ListNetKL,
+    PartialRankingDistillation,
+    LabelsWithDistillation,
+)
+
+__all__ = ["LOSSES", "InfoNCE", "LabelsWithDistillation", "ListNetKL", "LossError", "MarginMSE",
+           "PartialRankingDistillation", "PointwiseBCE", "RankingLoss", "get_loss"]  # fmt: skip
 
 
 def get_loss(name: str, **options: object) -> Loss:

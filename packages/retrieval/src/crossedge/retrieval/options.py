@@ -11,4 +11,8 @@ UNI_INITS = ("encoder", "cross-encoder")
 #: Reranker heads of the cross- and uni-encoder.
 HEADS = ("similarity", "cls")
 #: The built-in losses' names (a test keeps this equal to ``losses.LOSSES``).
-LOSS_NAMES = ("pointwise-bce", "margin-mse", "infonce", "listnet-kl", "partial-ranking")
+LOSS_NAMES = ("pointwise-bce", "margin-mse", "infonce", "listnet-kl", "partial-ranking", "infonce-kl")
+#: The losses bench students are trained with by default (one student each).
+STUDENT_LOSS_NAMES = LOSS_NAMES[:5]
+#: Losses the bench's rerankers may train with: labels alone, or labels plus the zero-shot bi-encoder's scores.
+RERANKER_LOSSES = ("infonce", "infonce-kl")

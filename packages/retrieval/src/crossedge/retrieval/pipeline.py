@@ -26,7 +26,7 @@ from .index import DenseIndex
 from .lexical import BM25Scorer
 from .losses import InfoNCE, ListNetKL, Loss
 from .metrics import means, paired_difference, per_query, ranking_to_run
-from .options import ALL_METHODS, LOSS_NAMES, NEGATIVE_SOURCES, UNI_INITS
+from .options import ALL_METHODS, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
 from .scorers import BiEncoder, CrossEncoder, Scorer, UniEncoder
 from .training import ListExample, TeacherCache, TrainConfig, Trainer, list_loss, trans_encoder
 
@@ -205,7 +205,7 @@ class BenchSettings:
     limit_queries: int | None = 100
     corpus_limit: int | None = None
     methods: tuple[str, ...] = ALL_METHODS
-    losses: tuple[str, ...] = LOSS_NAMES
+    losses: tuple[str, ...] = STUDENT_LOSS_NAMES
     model: str = "minilm-l6"
     train_queries: int = 64
     student_queries: int | None = None
@@ -222,6 +222,14 @@ class BenchSettings:
     uni_depth: int = 20
     trans_cycles: int = 1
     max_doc_tokens: int = 128
+    #: The loss of the rerankers trained on labelled lists: ``infonce``, or ``infonce-kl`` which adds
+    #: ``distill_alpha`` times a KL term to the zero-shot bi-encoder's scores of each list.
+    reranker_loss: str = "infonce"
+    distill_alpha: float = 1.0
+    #: A BEIR folder (``qrels/dev.tsv``) from the training side, e.g. the mixture's dev split: with it
+    #: each reranker also gets a row fused with the first stage, its weight chosen on these queries.
+    dev_collection: str | None = None
+    dev_queries: int = 200
     seed: int = 0
     progress: bool = True
     log: list[str] = field(default_factory=list)
@@ -240,6 +248,7 @@ def _row(method: str, metrics: dict[str, float], result: SearchResult, **extra: 
 LATER_KEY_OPTIONS: tuple[tuple[str, Any, tuple[str, ...]], ...] = (
     ("negatives", "bm25", ("negatives",)),
     ("head", "cls", ("head", "interaction_layers")),
+    ("reranker_loss", "infonce", ("reranker_loss", "distill_alpha")),
 )
 
 
@@ -280,6 +289,12 @@ def check_settings(settings: BenchSettings) -> None:
         raise CrossedgeError(f"unknown negatives {settings.negatives!r}; choose from {', '.join(NEGATIVE_SOURCES)}")
     if settings.uni_epochs is not None and settings.uni_epochs < 0:
         raise CrossedgeError(f"uni_epochs must be 0 or more, not {settings.uni_epochs}")
+    if settings.reranker_loss not in RERANKER_LOSSES:
+        raise CrossedgeError(
+            f"unknown reranker loss {settings.reranker_loss!r}; choose from {', '.join(RERANKER_LOSSES)}"
+        )
+    if settings.distill_alpha < 0:
+        raise CrossedgeError(f"distill_alpha must be 0 or more, not {settings.distill_alpha}")
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
     if settings.uni_init == "cross-encoder" and (
@@ -310,6 +325,8 @@ class BenchRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     ndcg_by_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Things made once per run on first use (the dev collection's first stage).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def methods(self) -> set[str]:
@@ -405,6 +422,29 @@ def first_stage(run: BenchRun) -> SearchResult | None:
     return first
 
 
+def reranker_loss(settings: BenchSettings) -> Loss:
+    """The loss the cross- and uni-encoder train with."""
+    if settings.reranker_loss == "infonce-kl":
+        from .losses import LabelsWithDistillation
+
+        return LabelsWithDistillation(alpha=settings.distill_alpha)
+    return InfoNCE()
+
+
+def with_first_stage_scores(
+    examples: Sequence[ListExample], bi: BiEncoder, temperature: float = 0.05, progress: bool = False
+) -> list[ListExample]:
+    """The lists with the zero-shot bi-encoder's scores as ``teacher`` (cosines over ``temperature``,
+    the scale bi-encoder logits train on), for the distillation term of ``infonce-kl``."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for ex in tqdm(examples, desc="first-stage scores", disable=not progress, leave=False):
+        scores = (bi.score(ex.query, list(ex.documents)) / temperature).tolist()
+        out.append(replace(ex, teacher=tuple(scores)))
+    return out
+
+
 def build_training_lists(run: BenchRun) -> TrainingLists:
     """Step 3: the labelled training lists (positive plus hard negatives) the trained methods share."""
     s = run.settings
@@ -416,6 +456,8 @@ def build_training_lists(run: BenchRun) -> TrainingLists:
     miner = run.fresh(BiEncoder) if s.negatives == "bi-encoder" else None
     examples = training_lists(run.training_collection(), s.train_queries, s.candidates, s.seed,
                               negatives=s.negatives, miner=miner, progress=s.progress)  # fmt: skip
+    if s.reranker_loss == "infonce-kl":
+        examples = with_first_stage_scores(examples, miner or run.fresh(BiEncoder), progress=s.progress)
     run.summary["train_lists"] = {
         "queries": len(examples),
         "candidates": s.candidates,
@@ -436,7 +478,7 @@ def train_bi_encoder(run: BenchRun, lists: TrainingLists) -> None:
 
 def train_teacher(run: BenchRun, lists: TrainingLists) -> CrossEncoder:
     """Step 4b: the cross-encoder: reranker, teacher of the students, and the uni-encoder's optional start."""
-    return run.train_scorer(run.fresh(CrossEncoder), lists.examples, InfoNCE(), "cross-encoder")
+    return run.train_scorer(run.fresh(CrossEncoder), lists.examples, reranker_loss(run.settings), "cross-encoder")
 
 
 def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchResult) -> None:
@@ -446,7 +488,9 @@ def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchRes
         result = rerank(teacher, run.test, first.rankings, depth, progress=s.progress)
         result.seconds += first.seconds
         rerank_ms = 1000 * (result.seconds - first.seconds) / len(run.qids)
-        run.evaluate(f"cross-encoder rerank@{depth}", result, rerank_ms_per_query=rerank_ms)
+        name = f"cross-encoder rerank@{depth}"
+        run.evaluate(name, result, rerank_ms_per_query=rerank_ms)
+        evaluate_fused(run, name, teacher, first, result, depth, rerank_ms_per_query=rerank_ms)
 
 
 def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None, first: SearchResult) -> None:
@@ -458,10 +502,10 @@ def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None
     uni = UniEncoder.from_scorer(teacher) if from_cross else run.fresh(UniEncoder)
     tag = "uni-encoder-from-cross" if from_cross else "uni-encoder"
     if s.uni_epochs is None:
-        uni = run.train_scorer(uni, lists.examples, InfoNCE(), tag)
+        uni = run.train_scorer(uni, lists.examples, reranker_loss(s), tag)
     elif s.uni_epochs > 0:
         own = replace(train_config(s), epochs=s.uni_epochs)
-        uni = run.train_scorer(uni, lists.examples, InfoNCE(), f"{tag}-{s.uni_epochs}-epochs", own)
+        uni = run.train_scorer(uni, lists.examples, reranker_loss(s), f"{tag}-{s.uni_epochs}-epochs", own)
     if from_cross:
         label = " (cross-encoder weights)" if s.uni_epochs == 0 else " (from cross-encoder)"
     else:
@@ -470,6 +514,8 @@ def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None
     result.seconds += first.seconds
     uni_row = run.evaluate(f"uni-encoder rerank@{s.uni_depth}{label}", result,
                            rerank_ms_per_query=1000 * (result.seconds - first.seconds) / len(run.qids))  # fmt: skip
+    evaluate_fused(run, uni_row["method"], uni, first, result, s.uni_depth, batch_size=s.uni_depth,
+                   rerank_ms_per_query=uni_row["rerank_ms_per_query"])  # fmt: skip
     # Same candidates, same first stage: the speed ratio and quality gap against the cross-encoder.
     cross_name = f"cross-encoder rerank@{s.uni_depth}"
     cross_row = next((r for r in run.rows if r["method"] == cross_name), None)
@@ -484,6 +530,45 @@ def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None
         paired = paired_difference(run.ndcg_by_query[cross_name], run.ndcg_by_query[uni_row["method"]])
         gap["ndcg_gap_ci95_points"] = [100 * paired["low"], 100 * paired["high"]]
     run.summary["uni_vs_cross"] = gap
+
+
+def dev_first_stage(run: BenchRun) -> tuple[Collection, SearchResult]:
+    """The dev collection and its zero-shot first stage, made once per run."""
+    if "dev" not in run.cache:
+        s = run.settings
+        dev = read_beir(s.dev_collection, split="dev")
+        qids = sample_queries(dev, s.dev_queries, seed=s.seed)
+        if not qids:
+            raise CrossedgeError(f"dev collection {s.dev_collection} has no judged queries in qrels/dev.tsv")
+        run.cache["dev"] = (dev, dense_search(run.fresh(BiEncoder), dev, qids, progress=s.progress))
+    return run.cache["dev"]
+
+
+def evaluate_fused(
+    run: BenchRun,
+    name: str,
+    scorer: Scorer,
+    first: SearchResult,
+    result: SearchResult,
+    depth: int,
+    batch_size: int = 32,
+    **extra: Any,
+) -> None:
+    """With a dev collection: choose ``scorer``'s fusion weight there, then evaluate the fused test ranking."""
+    from .fusion import choose_weight, fuse
+
+    if not run.settings.dev_collection:
+        return
+    dev, dev_first = dev_first_stage(run)
+    dev_reranked = rerank(scorer, dev, dev_first.rankings, depth, batch_size=batch_size)
+    weight, table = choose_weight(dev_first.rankings, dev_reranked.rankings, dev.qrels, depth)
+    run.summary.setdefault("fusion", {})[name] = {
+        "weight": weight,
+        "dev_ndcg@10_by_weight": table,
+        "dev_queries": len(dev_first.rankings),
+    }
+    fused = SearchResult(fuse(first.rankings, result.rankings, depth, weight), result.seconds)
+    run.evaluate(f"{name} + fusion (w={weight:g})", fused, **extra)
 
 
 def train_students(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder) -> None:
@@ -519,16 +604,28 @@ def train_trans_encoder(run: BenchRun) -> None:
     run.evaluate(f"trans-encoder bi ({cycles})", dense_search(bi, run.test, run.qids, progress=s.progress))
 
 
+def verdict(low: float, high: float) -> str:
+    """What a paired 95% interval of a method minus the zero-shot bi-encoder says, in words."""
+    if high < 0:
+        return "hurts"
+    if low > 0:
+        return "helps"
+    return "no clear difference"
+
+
 def summarise(run: BenchRun) -> dict[str, Any]:
     """Step 6: each row against the zero-shot bi-encoder with a paired bootstrap interval, and the report."""
     # Whether a gain of a point or two is more than the luck of the query sample.
     base = "bi-encoder zero-shot"
     if base in run.ndcg_by_query and len(run.qids) > 1:
-        run.summary["ndcg_vs_bi_zero_shot_points"] = {
+        versus = {
             name: {k: 100 * v for k, v in paired_difference(values, run.ndcg_by_query[base]).items() if k != "queries"}
             for name, values in run.ndcg_by_query.items()
             if name != base
         }
+        for gap in versus.values():
+            gap["verdict"] = verdict(gap["low"], gap["high"])
+        run.summary["ndcg_vs_bi_zero_shot_points"] = versus
     run.summary["threads"] = torch.get_num_threads()
     settings = {k: v for k, v in asdict(run.settings).items() if k != "log"}
     return {"rows": run.rows, "summary": run.summary, "settings": settings}

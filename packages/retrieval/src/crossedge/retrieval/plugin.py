@@ -22,6 +22,7 @@ LOSSES = {
     "infonce": "losses:InfoNCE",
     "listnet-kl": "losses:ListNetKL",
     "partial-ranking": "losses:PartialRankingDistillation",
+    "infonce-kl": "losses:LabelsWithDistillation",
 }
 
 
@@ -34,7 +35,7 @@ def register_scorers(register):
 
 @hookimpl
 def register_losses(register):
-    """Register the five ranking and distillation losses (classes)."""
+    """Register the ranking and distillation losses (classes)."""
     for name, where in LOSSES.items():
         register(f"crossedge.retrieval.{where}", name=name)
 
