@@ -200,3 +200,26 @@ def test_the_written_mixture_reads_back_as_beir(tmp_path):
     assert train.queries == out["train"].queries and set(train.corpus) == set(out["train"].corpus)
     assert read_beir(folder / "dev", split="dev").qrels == out["dev"].qrels
     assert (folder / "mixture.json").is_file()
+
+
+def test_the_mixture_command_writes_train_and_dev_and_keeps_foreign_folders(tmp_path, plugin, monkeypatch):
+    from click.testing import CliRunner
+
+    from crossedge.core.cli import build_cli
+    from crossedge.retrieval.collection import write_beir
+
+    monkeypatch.setattr(M, "gather", lambda sources: _gathered())
+    evaluation = tmp_path / "eval"
+    write_beir(_evaluation(" ".join(WORDS)), evaluation)
+    out = tmp_path / "mix"
+    args = ["retrieval", "mixture", "--out", str(out), "--exclude", str(evaluation), "--dev-fraction", "0.2"]
+    result = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "--train-collection" in result.output and read_beir(out / "dev", split="dev").queries
+    again = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output  # over its own earlier output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    refused = CliRunner().invoke(build_cli(), ["retrieval", "mixture", "--out", str(tmp_path / "other")])
+    assert refused.exit_code == 1 and "not empty" in refused.output
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

@@ -48,7 +48,9 @@ def register_benchmarks(register):
 
 @hookimpl
 def register_commands(cli):
-    """Add ``crossedge retrieval index|search|train|collection|speed|bench``."""
+    """Add ``crossedge retrieval index|search|train|collection|mixture|speed|bench``."""
     from .cli import retrieval
+    from .mixture_cli import mixture_cmd
 
+    retrieval.add_command(mixture_cmd)
     cli.add_command(retrieval)
