@@ -165,22 +165,36 @@ def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head,
 @retrieval.command("collection")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also copy the BEIR folders here.")
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
-def collection_cmd(out: Path | None, force: bool) -> None:
-    """Build the stdlib code-search collection (train/dev/test BEIR folders) and print where it is."""
+@click.option(
+    "--source",
+    type=click.Choice(["stdlib", "manpages"]),
+    default="stdlib",
+    show_default=True,
+    help="stdlib: the code-search collection (train/dev/test); manpages: the out-of-domain man-page "
+    "collection (one test folder).",
+)
+def collection_cmd(out: Path | None, force: bool, source: str) -> None:
+    """Build a collection (the stdlib code search, or the man pages) and print where it is."""
     import shutil
 
     from .collection import code_search_dir, ensure_code_search
+    from .local_collections import ensure_local_collection
+
+    def build() -> Path:
+        return ensure_code_search(force=force) if source == "stdlib" else ensure_local_collection(source, force=force)
 
     if out is not None:
         # A copy goes to a new or empty folder, or over an earlier copy (it has complete.json), never elsewhere.
-        if out.resolve() == code_search_dir().resolve():
+        if source == "stdlib" and out.resolve() == code_search_dir().resolve():
             raise CrossedgeError(f"--out {out} is the cached collection itself; choose another folder")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "complete.json").exists())):
             raise CrossedgeError(
                 f"--out {out} is not empty and holds no earlier copy of the collection; "
                 "choose a new or empty folder (nothing there is overwritten)"
             )
-    folder = ensure_code_search(force=force)
+    folder = build()
+    if out is not None and out.resolve() == folder.resolve():
+        raise CrossedgeError(f"--out {out} is the cached collection itself; choose another folder")
     click.echo((folder / "complete.json").read_text())
     if out is not None:
         shutil.copytree(folder, out, dirs_exist_ok=True)
