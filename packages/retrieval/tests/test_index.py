@@ -134,3 +134,19 @@ def test_save_refuses_to_overwrite_a_foreign_manifest(tmp_path):
     with pytest.raises(IndexOutputError, match="not written by crossedge"):
         make_index().save(tmp_path / "webapp")
     assert json.loads((tmp_path / "webapp" / "manifest.json").read_text()) == {"name": "my web app"}
+
+
+def test_embedding_progress_counts_documents(monkeypatch):
+    import io
+    import sys
+
+    from crossedge.retrieval.scorers import BiEncoder
+    from crossedge.retrieval.testing import tiny_bert
+
+    model, tokenizer = tiny_bert()
+    err = io.StringIO()
+    err.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", err)
+    BiEncoder.from_encoder(model, tokenizer).encode(["some text"] * 70, batch_size=32, progress=True)
+    shown = err.getvalue().replace("\r", "\n")
+    assert "doc/s" in shown and "/70 " in shown  # the total is the documents, not the batches

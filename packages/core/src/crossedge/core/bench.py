@@ -354,11 +354,12 @@ def save_figure(fig: Any, path: Path | str) -> Path:
     return path
 
 
-def progress_bar(iterable, *, desc: str, total: int | None = None, enabled: bool = True):
-    """A tqdm bar on stderr, silent when disabled or when stderr is not a terminal."""
+def progress_bar(iterable, *, desc: str, total: int | None = None, enabled: bool = True, unit: str = "it"):
+    """A tqdm bar on stderr, silent when disabled or when stderr is not a terminal (its rate is ``unit``/s)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled or not sys.stderr.isatty(), leave=False)
+    disable = not enabled or not sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False, unit=unit)
 
 
 class Benchmark:

@@ -262,11 +262,13 @@ class BiEncoder(Scorer):
         out = torch.empty(len(texts), _hidden_size(self.encoder))
         was_training = self.training
         self.eval()
-        starts = range(0, len(texts), batch_size)
-        with torch.inference_mode():
-            for start in progress_bar(starts, desc="embedding", total=len(starts), enabled=progress):
+        # Counted in documents, so the bar's rate is documents per second.
+        bar = progress_bar(None, desc="embedding", total=len(texts), enabled=progress, unit="doc")
+        with torch.inference_mode(), bar:
+            for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
                 out[idx] = self.embed([texts[i] for i in idx], max_tokens=limit).float().cpu()
+                bar.update(len(idx))
         self.train(was_training)
         return out
 
