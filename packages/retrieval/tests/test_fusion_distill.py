@@ -71,3 +71,11 @@ def test_the_weight_follows_the_dev_judgements_only():
     high, _ = F.choose_weight(FIRST, RERANKED, {"q": {"c": 1}}, 3)
     assert low < 0.5 < high == 1.0
     assert set(table) == set(F.GRID) and table[low] == max(table.values())
+
+
+def test_the_verdict_reads_the_whole_interval():
+    from crossedge.retrieval.pipeline import verdict
+
+    assert verdict(-3.0, -0.1) == "hurts"
+    assert verdict(0.2, 2.0) == "helps"
+    assert verdict(-0.5, 2.6) == verdict(-2.0, 0.0) == "no clear difference"

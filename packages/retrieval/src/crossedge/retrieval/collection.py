@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import gzip
 import hashlib
 import json
 import re
@@ -366,13 +367,26 @@ def load_code_search(split: str = "test") -> Collection:
     return read_beir(ensure_code_search() / split, split=split)
 
 
+def seeded_order(key: str, seed: int) -> str:
+    """A sort key that orders strings in a stable pseudo-random order for ``seed`` (the collections' samples)."""
+    return hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()
+
+
+def read_text_file(path: Path) -> str | None:
+    """A text file's contents (gunzipped when it ends in ``.gz``); None when unreadable or not UTF-8."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return raw.decode("utf-8")
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
+        return None
+
+
 def sample_queries(collection: Collection, limit: int | None, seed: int = 0) -> list[str]:
     """A stable subsample of judged query ids (hash order with ``seed``), all when ``limit`` is None."""
     ids = collection.judged_queries()
     if limit is None or limit >= len(ids):
         return ids
-    ranked = sorted(ids, key=lambda q: hashlib.sha256(f"{seed}|{q}".encode()).hexdigest())
-    return ranked[:limit]
+    return sorted(ids, key=lambda q: seeded_order(q, seed))[:limit]
 
 
 def split_of(collections: dict[str, Collection]) -> dict[str, str]:

@@ -9,14 +9,13 @@ in the repository; it is cached per machine like the stdlib collection.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .collection import Collection, CollectionError, read_beir, write_beir
+from .collection import Collection, CollectionError, read_beir, read_text_file, seeded_order, write_beir
 
 BUILDER_VERSION = 2
 LOCAL_SOURCES = ("manpages",)
@@ -73,12 +72,8 @@ def roff_sections(source: str) -> dict[str, str]:
 
 def read_page(path: Path) -> str | None:
     """A page's roff source (gunzipped), or None when unreadable, not text, or a ``.so`` redirect."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        text = raw.decode("utf-8")
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
-        return None
-    return None if text.lstrip().startswith(".so ") else text
+    text = read_text_file(path)
+    return None if text is None or text.lstrip().startswith(".so ") else text
 
 
 def manpage_entry(source: str) -> tuple[str, str, str] | None:
@@ -104,10 +99,6 @@ def manpage_files(root: Path | str = "/usr/share/man", sections: Sequence[str] =
     return sorted(
         p for s in sections if (root / f"man{s}").is_dir() for p in (root / f"man{s}").iterdir() if p.is_file()
     )
-
-
-def _rank(key: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()
 
 
 def build_manpages(
@@ -141,7 +132,7 @@ def build_manpages(
             "or evaluate on another collection"
         )
     chosen, families = [], {}
-    for entry in sorted(entries, key=lambda e: _rank(str(e[0]), seed)):
+    for entry in sorted(entries, key=lambda e: seeded_order(str(e[0]), seed)):
         family = entry[1].split()[0].rstrip(",").lower()
         if families.get(family, 0) < per_family and len(chosen) < documents:
             families[family] = families.get(family, 0) + 1

@@ -21,7 +21,6 @@ evaluation is never trained on, even where two files on the machine hold the sam
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import json
 import re
@@ -30,7 +29,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .collection import Collection, CollectionError, first_sentence, load_code_search, write_beir
+from .collection import (
+    Collection,
+    CollectionError,
+    first_sentence,
+    load_code_search,
+    read_text_file,
+    seeded_order,
+    write_beir,
+)
 
 MIXTURE_VERSION = 1
 SOURCES = ("stdlib-code", "pydoc-topics", "usr-share-doc", "docstrings")
@@ -125,15 +132,6 @@ def pydoc_topic_pairs(topics: dict[str, str] | None = None) -> list[Pair]:
             if _usable(query, text):
                 pairs.append(Pair("pydoc-topics", f"pydoc:{key}", query, "", text))
     return pairs
-
-
-def read_text_file(path: Path) -> str | None:
-    """A text file's contents (gunzipped when it ends in ``.gz``); None when unreadable or not UTF-8."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        return raw.decode("utf-8")
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
-        return None
 
 
 def blocks(body: str) -> list[str]:
@@ -301,10 +299,6 @@ def gather(
     return out
 
 
-def _rank(key: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}|{key}".encode()).hexdigest()
-
-
 def build_mixture(
     gathered: dict[str, list[Pair]],
     *,
@@ -330,7 +324,7 @@ def build_mixture(
         pairs, dropped = decontaminate(gathered[source], evaluation)
         seen_docs, seen_queries, unique = set(), set(), []
         taken: dict[str, int] = {}
-        for p in sorted(pairs, key=lambda p: _rank(p.doc_id, seed)):
+        for p in sorted(pairs, key=lambda p: seeded_order(p.doc_id, seed)):
             if p.doc_id in seen_docs or p.query.lower() in seen_queries or taken.get(p.group, 0) >= caps.per_group:
                 continue
             taken[p.group] = taken.get(p.group, 0) + 1
@@ -341,7 +335,7 @@ def build_mixture(
         for p in unique:
             sizes[p.group] = sizes.get(p.group, 0) + 1
         dev_groups, dev_size = set(), 0
-        for group in sorted(sizes, key=lambda g: _rank(g, seed)):
+        for group in sorted(sizes, key=lambda g: seeded_order(g, seed)):
             if dev_size >= dev_fraction * len(unique):
                 break
             dev_groups.add(group)
@@ -350,7 +344,7 @@ def build_mixture(
         for split in splits:
             chosen = [p for p in unique if (p.group in dev_groups) == (split == "dev")]
             limit = cap if split == "train" else max(1, round(cap * dev_fraction))
-            chosen = sorted(chosen, key=lambda p: _rank(p.doc_id, seed))[:limit]
+            chosen = sorted(chosen, key=lambda p: seeded_order(p.doc_id, seed))[:limit]
             splits[split] += sorted(chosen, key=lambda p: p.doc_id)
         report[source] = {
             "pairs": len(gathered[source]),
