@@ -14,7 +14,7 @@ import click
 
 from crossedge.core import CrossedgeError
 
-from .options import ALL_METHODS, HEADS, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
+from .options import ALL_METHODS, HEADS, LOCAL_SOURCES, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
 
 NEGATIVES_HELP = (
     "Hard negatives of the training lists: the top non-relevant documents of BM25, or of the zero-shot "
@@ -167,7 +167,7 @@ def train_cmd(kind, out, collection, loss, queries, candidates, negatives, head,
 @click.option("--force", is_flag=True, help="Rebuild even if cached.")
 @click.option(
     "--source",
-    type=click.Choice(["stdlib", "manpages"]),
+    type=click.Choice(["stdlib", *LOCAL_SOURCES]),
     default="stdlib",
     show_default=True,
     help="stdlib: the code-search collection (train/dev/test); manpages: the out-of-domain man-page "

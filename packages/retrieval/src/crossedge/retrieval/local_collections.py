@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .collection import Collection, CollectionError, read_beir, read_text_file, seeded_order, write_beir
+from .options import LOCAL_SOURCES
 
 BUILDER_VERSION = 2
-LOCAL_SOURCES = ("manpages",)
 MAN_SECTIONS = ("1", "5", "7", "8")
 MAX_WORDS = 300
 
