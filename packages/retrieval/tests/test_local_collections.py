@@ -1,6 +1,8 @@
-"""The man-page collection: our roff reader, the query/document pairing, the drop rules and the cache."""
+"""The local collections: our roff and POD readers, the query/document pairing, the drop rules and the cache."""
 
 import gzip
+import os
+import re
 
 import pytest
 
@@ -70,8 +72,8 @@ def test_the_collection_reads_gzip_skips_redirects_duplicates_and_language_folde
     (tmp_path / "de" / "man1").mkdir(parents=True)
     (tmp_path / "de" / "man1" / "cp.1").write_text(_simple("cp", "Dateien kopieren", BODY))
     c = L.build_manpages(tmp_path, queries=2, seed=1)
-    assert set(c.corpus) == {"man:cp.1", "man:tool.8", "man:conf.5"}
-    assert c.corpus["man:cp.1"]["title"] == "cp"
+    assert set(c.corpus) == {"man:1:cp", "man:8:tool", "man:5:conf"}
+    assert c.corpus["man:1:cp"]["title"] == "cp"
     assert len(c.queries) == 2 and all(len(judged) == 1 for judged in c.qrels.values())
     for qid, judged in c.qrels.items():
         (doc,) = judged
@@ -81,12 +83,67 @@ def test_the_collection_reads_gzip_skips_redirects_duplicates_and_language_folde
     assert (again.corpus, again.queries) == (c.corpus, c.queries)
 
 
+def _description(text, before=""):
+    return L.roff_sections(f"{before}.SH DESCRIPTION\n{text}")["DESCRIPTION"]
+
+
+@pytest.mark.parametrize(
+    ("roff", "text"),
+    [
+        (r"\s-1GNU\s0 nm, \s+2big\s-2, \s(12twelve\s0, \s[10]ten\s0", "GNU nm, big, twelve, ten"),
+        (r"\s10old\s0, \s'+1'quoted\s0, \s+(12plus\s0", "old, quoted, plus"),
+        (r"see \m[blue]the site\m[] and \M[red]this\M[];", "see the site and this;"),
+        (r"C:\eWindows \&.dot a\|b\^c hyph\%en\%ated", r"C:\Windows .dot abc hyphenated"),
+        ("jo\\c\nined \\fBbold\\fP \\f(CWcode\\fR \\f[I]it\\f[]", "joined bold code it"),
+        (r"\(aqq\(aq \[u00E9]t\(:e \*(L" + '"quoted' + r"\*(R" + '"', "'q' étë \"quoted\""),
+        (r"\h'2n'moved\v'-1'\w'x'  \" a comment", "moved"),
+    ],
+)
+def test_escapes_leave_no_trace(roff, text):
+    assert _description(roff) == text
+
+
+def test_a_pages_own_strings_are_used():
+    assert (
+        _description(r"\*(Pn is \*(Aqours\*(Aq", ".ds Pn crossedge\n.ie \\n(.g .ds Aq \\(aq\n") == "crossedge is 'ours'"
+    )
+
+
+def test_macro_definitions_are_skipped_whole():
+    page = (
+        "first words\n"
+        ".de URL\n\\\\$2 \\(laURL: \\\\$1 \\(ra\\\\$3\nswallowed text\n..\n"
+        ".ig\nignored text\n..\n"
+        ".if \\n[.g] \\{\\\n.  am URL\n.    ad l\nmore swallowed\n.  .\n.\\}\n"
+        ".de XX EN\nend named\n..\nstill inside\n.EN\n"
+        "last words\n"
+    )
+    assert _description(page) == "first words last words"
+
+
+def test_tables_give_their_cells():
+    table = "Sections:\n.TS\ntab (@);\nl lx.\n1@T{\nUser commands\nT}\n2@System calls\n.TE\nEnd.\n"
+    assert _description(table) == "Sections: 1 User commands 2 System calls End."
+
+
+def test_symlinked_pages_are_one_document_with_section_ids(tmp_path):
+    real = _page(tmp_path, "1", "gunzip", _simple("gunzip, zcat", "decompress files of the tool", BODY), gz=True)
+    (tmp_path / "man1" / "zcat.1.gz").symlink_to(real.name)
+    (tmp_path / "man1" / "uncompress.1.gz").symlink_to(real)
+    _page(tmp_path, "1", "req.1ssl", _simple("req", "certificate request utility", BODY + " Certs."))
+    assert L.manpage_files(tmp_path) == [real, tmp_path / "man1" / "req.1ssl.1"]
+    c = L.build_manpages(tmp_path)
+    assert set(c.corpus) == {"man:1:gunzip", "man:1:req.1ssl"}
+    assert c.meta["files_read"] == 2
+    assert L.manpage_id(tmp_path / "req.1ssl.gz") == "man:1ssl:req"
+
+
 def test_families_are_capped(tmp_path):
     for i in range(5):
         _page(tmp_path, "1", f"sdk-{i}", _simple(f"sdk verb{i}", f"do thing number {i} in the cloud", BODY + f" {i}."))
     _page(tmp_path, "1", "ls", _simple("ls", "list directory contents", BODY))
     c = L.build_manpages(tmp_path, per_family=2)
-    assert sum(d["title"].startswith("sdk") for d in c.corpus.values()) == 2 and "man:ls.1" in c.corpus
+    assert sum(d["title"].startswith("sdk") for d in c.corpus.values()) == 2 and "man:1:ls" in c.corpus
 
 
 def test_no_pages_is_a_clear_error(tmp_path):
@@ -96,29 +153,176 @@ def test_no_pages_is_a_clear_error(tmp_path):
         L.build_local_collection("wikipedia")
 
 
-def test_the_cache_builds_once_and_the_command_copies_it(tmp_path, cache, plugin, monkeypatch):
+@pytest.mark.parametrize("source", ["manpages", "perl-pod"])
+def test_the_cache_builds_once_and_the_command_copies_it(source, tmp_path, cache, plugin, monkeypatch):
     from click.testing import CliRunner
 
     from crossedge.core.cli import build_cli
 
     _page(tmp_path / "man", "1", "cp", CP)
     _page(tmp_path / "man", "8", "tool", _simple("tool", "run the tool on a disk", BODY))
-    real = L.build_manpages
+    _pod(tmp_path / "perl", "Text/Tool.pm", TOOL_POD)
+    real = {"manpages": L.build_manpages, "perl-pod": L.build_perl_pod}[source]
     calls = []
 
-    def build(root="/usr/share/man", **kw):
+    def build(**kw):
         calls.append(1)
-        return real(tmp_path / "man", **kw)
+        return real(tmp_path / "man", **kw) if source == "manpages" else real([tmp_path / "perl"], **kw)
 
-    monkeypatch.setattr(L, "build_manpages", build)
-    monkeypatch.setattr(L, "local_fingerprint", lambda source, root=None: "fixture")
-    first = L.ensure_local_collection("manpages")
+    monkeypatch.setattr(L, {"manpages": "build_manpages", "perl-pod": "build_perl_pod"}[source], build)
+    monkeypatch.setattr(L, "local_fingerprint", lambda source: "fixture")
+    first = L.ensure_local_collection(source)
+    assert first.name == f"{source}-fixture"
     assert (first / "complete.json").is_file() and read_beir(first).queries
-    assert L.ensure_local_collection("manpages") == first and len(calls) == 1
+    assert L.ensure_local_collection(source) == first and len(calls) == 1
     out = tmp_path / "copy"
-    result = CliRunner().invoke(build_cli(), ["retrieval", "collection", "--source", "manpages", "--out", str(out)])
+    result = CliRunner().invoke(build_cli(), ["retrieval", "collection", "--source", source, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert read_beir(out).corpus == read_beir(first).corpus
+
+
+def test_every_local_source_has_a_builder():
+    assert set(L._BUILDERS) == set(L._FILES) == set(L.LOCAL_SOURCES) == {"manpages", "perl-pod"}
+
+
+TOOL_POD = """package Text::Tool;
+use strict;
+1;
+__END__
+
+=head1 NAME
+
+Text::Tool - wrap and fill B<plain> text paragraphs
+
+=head1 SYNOPSIS
+
+    use Text::Tool;
+    print wrap($text);
+
+=head1 DESCRIPTION
+
+This module breaks I<long> lines of text into C<< $width->() >> sized lines, keeping words whole and
+indenting the first line of each paragraph. See L<Text::Wrap> and L<the manual|perlfunc/sprintf>.
+
+    my $verbatim = "is skipped";
+
+=over 4
+
+=item B<columns>
+
+How wide a line may grow, 76 by default, which suits E<lt>most terminalsE<gt>.
+
+=back
+
+=head1 AUTHOR
+
+Someone
+"""
+
+
+def _pod(root, relative, text):
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _simple_pod(module, description, body=BODY):
+    return f"=head1 NAME\n\n{module} - {description}\n\n=head1 DESCRIPTION\n\n{body}\n\n=cut\n"
+
+
+def test_pod_sections_become_plain_text():
+    sections = L.pod_sections(TOOL_POD)
+    assert sections["NAME"] == "Text::Tool - wrap and fill plain text paragraphs"
+    assert "SYNOPSIS" in sections and sections["SYNOPSIS"] == ""
+    assert sections["DESCRIPTION"] == (
+        "This module breaks long lines of text into $width->() sized lines, keeping words whole and indenting "
+        "the first line of each paragraph. See Text::Wrap and the manual.\n\ncolumns\n\nHow wide a line may "
+        "grow, 76 by default, which suits <most terminals>."
+    )
+    assert sections["AUTHOR"] == "Someone"
+
+
+@pytest.mark.parametrize(
+    ("pod", "text"),
+    [
+        ("B<bold> I<it> F<file> S<no break> X<index>Z<>", "bold it file no break "),
+        ("C<<< $a->[0] >>> and C<< <=> >> and C<<x>>", "$a->[0] and <=> and C<<x>>"),
+        ("B<nested I<codes> C<here>>", "nested codes here"),
+        (
+            'L<Foo::Bar> L<text|Foo/sec> L<perlfunc/open> L</"Local part"> L<https://x.org>',
+            'Foo::Bar text "open" in perlfunc "Local part" https://x.org',
+        ),
+        ("E<lt>E<gt>E<verbar>E<sol>E<eacute>E<0x41>E<66>E<nosuch>", "<>|/éAB"),
+        ("an unclosed I<code and a > bracket", "an unclosed code and a  bracket"),
+    ],
+)
+def test_pod_formatting_codes(pod, text):
+    assert L.pod_text(pod) == text
+
+
+def test_pod_blocks_and_commands():
+    source = (
+        "code before any pod\n=pod\n\n=head1 NAME\nLazy::Name - no blank line after the command\n\n"
+        "=head1 DESCRIPTION\n\nKept.\n\n=begin html\n\n<p>skipped</p>\n\n=end html\n\n"
+        "=for comment skipped too\n\n=head2 A B<subsection>\n\n=over\n\n=item *\n\nA bullet.\n\n=item 2.\n\n"
+        "Numbered.\n\n=back\n\n=cut\n\nsub code { 'not pod' }\n\n=head1 LATER\n\nBack in pod.\n"
+    )
+    sections = L.pod_sections(source)
+    assert sections["NAME"] == "Lazy::Name - no blank line after the command"
+    assert sections["DESCRIPTION"] == "Kept.\n\nA subsection\n\nA bullet.\n\nNumbered."
+    assert sections["LATER"] == "Back in pod."
+
+
+def test_pod_entry_drop_rules():
+    assert L.pod_entry(TOOL_POD)[:2] == ("Text::Tool", "wrap and fill plain text paragraphs")
+    assert L.pod_entry(_simple_pod("A::B", "")) is None
+    assert L.pod_entry(_simple_pod("A::B", "two words")) is None
+    assert L.pod_entry(_simple_pod("A::B", "has three words", "Too short a document to keep.")) is None
+    assert L.pod_entry("=head1 NAME\n\nA::B - no description section here\n") is None
+    long = L.pod_entry(_simple_pod("A::B", "a long module page", " ".join(["word"] * 1000)))
+    assert len(long[2].split()) == L.MAX_WORDS
+
+
+def test_the_perl_pod_collection(tmp_path):
+    root = tmp_path / "perl"
+    tool = _pod(root, "Text/Tool.pm", TOOL_POD)
+    (root / "Text" / "Alias.pm").symlink_to(tool)
+    _pod(root, "A/First.pod", _simple_pod("A::First", "parse the config files", BODY + " One."))
+    _pod(root, "B/Second.pm", _simple_pod("B::Second", "Parse the config files.", BODY + " Two."))
+    _pod(root, "C/Stripped.pm", "package C::Stripped;\n1;\n")
+    _pod(root, "D/readme.txt", _simple_pod("D::Readme", "not a module file at all", BODY))
+    c = L.build_perl_pod([root])
+    assert set(c.corpus) == {"pod:Text::Tool", "pod:A::First"}
+    assert c.corpus["pod:Text::Tool"]["title"] == "Text::Tool"
+    assert c.queries == {
+        "q:pod:Text::Tool": "wrap and fill plain text paragraphs",
+        "q:pod:A::First": "parse the config files",
+    }
+    assert c.qrels == {f"q:{d}": {d: 1} for d in c.corpus}
+    assert c.meta["files_read"] == 4 and c.meta["usable_pages"] == 2
+    again = L.build_perl_pod([root])
+    assert (again.corpus, again.queries, again.qrels, again.meta) == (c.corpus, c.queries, c.qrels, c.meta)
+    assert list(L.build_local_collection("perl-pod", roots=[root]).corpus) == list(c.corpus)
+
+
+def test_no_perl_pod_is_one_clear_line(tmp_path):
+    with pytest.raises(CollectionError) as error:
+        L.build_perl_pod([tmp_path])
+    message = str(error.value)
+    assert "\n" not in message and str(tmp_path) in message and "install perl" in message
+
+
+def test_the_fingerprint_follows_the_files(tmp_path, monkeypatch):
+    pod = _pod(tmp_path, "Text/Tool.pm", TOOL_POD)
+    monkeypatch.setattr(L, "PERL_ROOTS", (str(tmp_path),))
+    assert L.pod_files() == [pod]
+    first = L.local_fingerprint("perl-pod")
+    assert L.local_fingerprint("perl-pod") == first
+    os.utime(pod, ns=(0, 0))
+    assert L.local_fingerprint("perl-pod") != first
+    with pytest.raises(CollectionError, match="unknown local collection"):
+        L.local_fingerprint("wikipedia")
 
 
 @pytest.mark.skipif(not L.manpage_files(), reason="no English man pages on this machine")
@@ -128,3 +332,18 @@ def test_this_machines_man_pages():
     for qid, judged in c.qrels.items():
         (doc,) = judged
         assert c.queries[qid].lower() not in c.corpus[doc]["text"].lower()
+    leaks = [doc for doc in c.corpus.values() if re.search(r"\bs[-+]\d|m\[[a-z]*\]", doc["text"])]
+    assert len(leaks) <= 2, leaks
+
+
+@pytest.mark.skipif(not L.pod_files(), reason="no Perl modules on this machine")
+def test_this_machines_perl_pod():
+    c = L.build_perl_pod()
+    assert len(c.corpus) >= 100 and len(c.queries) == len(c.corpus)
+    assert len({q.lower() for q in c.queries.values()}) == len(c.queries)
+    for judged in c.qrels.values():
+        (doc,) = judged
+        assert doc.startswith("pod:") and 20 <= len(c.corpus[doc]["text"].split()) <= L.MAX_WORDS
+    # Only the pages about POD itself (Pod::Checker, Pod::Escapes, ...) may quote formatting codes.
+    leaks = [d for d, doc in c.corpus.items() if re.search(r"\b[BICLEFSXZ]<[^<>]*>", doc["text"])]
+    assert all(d.lower().startswith("pod:pod") for d in leaks), leaks

@@ -17,4 +17,4 @@ STUDENT_LOSS_NAMES = LOSS_NAMES[:5]
 #: Losses the bench's rerankers may train with: labels alone, or labels plus the zero-shot bi-encoder's scores.
 RERANKER_LOSSES = ("infonce", "infonce-kl")
 #: Out-of-domain collections ``crossedge retrieval collection --source`` builds from text on this machine.
-LOCAL_SOURCES = ("manpages",)
+LOCAL_SOURCES = ("manpages", "perl-pod")
