@@ -35,6 +35,7 @@ class TorchEagerBackend(Backend):
     training = True
     kv_cache_decoding = True
     custom_kernels = True
+    module_interface = True
 
     def _prepare(self, model: Any, example_inputs: tuple[Any, ...], dtype: Any) -> PreparedModel:
         return PreparedModel(self, lambda *xs: first_tensor(model(*xs)), example_inputs, dtype, module=model)
@@ -42,6 +43,10 @@ class TorchEagerBackend(Backend):
     def prepare_causal_lm(self, model: Any) -> Any:
         """The model itself: eager mode runs whatever the packages do."""
         return model
+
+    def prepare_module(self, model: Any) -> Any:
+        """The module itself, in eval mode."""
+        return model.eval()
 
 
 def _unknown(name: str) -> UnknownNameError:

@@ -166,6 +166,7 @@ class TorchOneDNNBackend(Backend):
     kv_cache_decoding = True
     # Only plain nn.Linear modules are swapped; quantized modules keep their own kernels.
     custom_kernels = True
+    module_interface = True
 
     def unavailable_reason(self) -> str | None:
         if not torch.backends.mkldnn.is_available():
@@ -183,6 +184,10 @@ class TorchOneDNNBackend(Backend):
         self.check_dependencies()
         pack_linears(model)
         return model
+
+    def prepare_module(self, model):
+        """Pack any module's plain linear layers in place, keeping its submodules and calls as they were."""
+        return self.prepare_causal_lm(model).eval()
 
 
 class OnnxRuntimeBackend(Backend):

@@ -9,7 +9,8 @@ A new backend gets its tests by declaring one class::
 
 Parity is against eager fp32 on a small CNN and a tiny BERT encoder, with ``atol`` (1e-4
 by default) as the bar; a backend that declares ``kv_cache_decoding`` must decode a tiny
-causal LM greedily to the same tokens as eager. The ``minilm-l6`` case needs a real
+causal LM greedily to the same tokens as eager, and one that declares ``module_interface``
+must run a tiny BERT in place, called by keyword and layer by layer, like eager. The ``minilm-l6`` case needs a real
 packaged model and carries the ``model`` marker (deselect it with ``-m "not model"``).
 This module imports pytest (the ``test`` extra).
 """
@@ -187,6 +188,22 @@ class BackendConformance:
             prepared = backend.prepare_causal_lm(copy.deepcopy(model))
             got = prepared.generate(prompt, **greedy)
         assert got.tolist() == expected.tolist(), f"{backend.name} decodes differently from eager"
+
+    def test_module_keeps_its_interface(self, backend: Backend) -> None:
+        model = tiny_bert().encoder
+        if not backend.module_interface:
+            with pytest.raises(BackendCapabilityError, match="own interface"):
+                backend.prepare_module(model)
+            return
+        ids, mask = encoder_inputs()
+        with torch.inference_mode():
+            expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            first_layer = model.encoder.layer[0](model.embeddings(input_ids=ids))[0]
+            prepared = backend.prepare_module(copy.deepcopy(model))
+            got = prepared(input_ids=ids, attention_mask=mask).last_hidden_state
+            got_layer = prepared.encoder.layer[0](prepared.embeddings(input_ids=ids))[0]
+        assert float((got - expected).abs().max()) <= self.atol, f"{backend.name} changes the module's outputs"
+        assert float((got_layer - first_layer).abs().max()) <= self.atol, f"{backend.name} changes a layer called alone"
 
     @pytest.mark.model
     def test_parity_minilm(self, backend: Backend) -> None:

@@ -10,6 +10,10 @@ does anything, the way OpenTelemetry's instrumentors do. Plugins register the *c
   with tensors shaped like the examples and it returns a tensor.
 - ``prepare_causal_lm(model)`` returns the causal LM to decode with in place of ``model``
   (same interface: ``config``, ``generate``, caches), for backends with ``kv_cache_decoding``.
+- ``prepare_module(model)`` readies any module in place, keeping its interface (submodules
+  called one by one, keyword arguments, transformers outputs), for backends with
+  ``module_interface``: rerankers call an encoder's layers directly, so a traced graph of
+  ``forward`` alone cannot serve them.
 
 Callers check first with ``require(purpose=..., **capabilities)``, which names what is
 missing and which registered backends would serve. Torch is imported inside functions, so
@@ -43,6 +47,7 @@ CAPABILITY_LABELS = {
     "training": "training (gradients)",
     "kv_cache_decoding": "decoding a causal LM with a mutable KV cache (incremental steps)",
     "custom_kernels": "modules with custom (quantized int8/int4) kernels",
+    "module_interface": "running a model in place with its own interface (submodules called directly)",
 }
 
 
@@ -172,6 +177,9 @@ class Backend:
     kv_cache_decoding: bool = False
     #: whether modules calling custom kernels (crossedge-quant's int8/int4 linears) run through it
     custom_kernels: bool = False
+    #: whether ``prepare_module`` readies a module in place with its interface intact (its submodules
+    #: may be called one by one, with keyword arguments): what scorers that walk an encoder's layers need
+    module_interface: bool = False
     #: (module to import, pip requirement) pairs the backend needs
     requires: tuple[tuple[str, str], ...] = ()
     #: the pip command that installs what is missing
@@ -208,6 +216,7 @@ class Backend:
             "training": self.training,
             "kv_cache_decoding": self.kv_cache_decoding,
             "custom_kernels": self.custom_kernels,
+            "module_interface": self.module_interface,
             "available": self.available(),
             "unavailable_reason": self.unavailable_reason(),
         }
@@ -231,6 +240,7 @@ class Backend:
         dtype: str | torch.dtype | None = None,
         kv_cache_decoding: bool = False,
         custom_kernels: bool = False,
+        module_interface: bool = False,
     ) -> None:
         """Refuse clearly when this backend lacks what a caller (``purpose``, e.g. "specdec bench") needs.
 
@@ -245,6 +255,7 @@ class Backend:
             "training": training,
             "kv_cache_decoding": kv_cache_decoding,
             "custom_kernels": custom_kernels,
+            "module_interface": module_interface,
         }
         lacking = [CAPABILITY_LABELS[flag] for flag, needed in wanted.items() if needed and not getattr(self, flag)]
         if dtype is not None and not self.supports_dtype(dtype):
@@ -265,6 +276,17 @@ class Backend:
         """
         raise BackendCapabilityError(
             f"backend {self.name!r} cannot run a causal LM with a KV cache; use --backend {DEFAULT_BACKEND}"
+        )
+
+    def prepare_module(self, model: nn.Module) -> nn.Module:
+        """``model`` readied in place for inference, with its interface intact (submodules, keyword calls).
+
+        Only backends with ``module_interface`` implement it; call :meth:`require` first. Casting
+        to another dtype is the caller's step (``require(dtype=...)`` checks the backend runs it).
+        """
+        raise BackendCapabilityError(
+            f"backend {self.name!r} cannot run a module in place with its own interface; "
+            f"use --backend {DEFAULT_BACKEND}"
         )
 
     def supports_dtype(self, dtype: str | torch.dtype) -> bool:
