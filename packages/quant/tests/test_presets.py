@@ -111,7 +111,7 @@ def test_a_chosen_mix_saves_and_loads_without_timing(quant_plugin, fresh_lm, sam
     [
         ("int8:kernel=int4-bf16", "int8 kernel must be one of auto, int8-weight-bf16"),
         ("int4:kernel=fast", "int4 kernel must be one of auto, int4-bf16, int4-fp32"),
-        ("int8:rows=0", "rows must be 1..64"),
+        ("int8:rows=0", "rows must be 1..8192"),
         ("int8:fake=true", "for the fake-quant path use rtn:fake=true"),
         ("int4:group_size=48", "group_size must be one of"),
     ],

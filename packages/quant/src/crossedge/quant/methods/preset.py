@@ -36,6 +36,8 @@ from .w8a8 import W8A8Config, w8a8_module
 #: Candidate kernels by name: the width they store and how one layer is built on them.
 INT8_KERNELS = ("int8-weight-bf16", "int8-weight-fp32", "w8a8")
 INT4_KERNELS = ("int4-bf16", "int4-fp32")
+#: The most rows a kernel is timed at (an encoder batch of 32 sequences of 256 tokens).
+MAX_ROWS = 8192
 
 
 def build_on(kernel: str, linear: nn.Linear, group_size: int) -> nn.Module:
@@ -76,7 +78,8 @@ class Int8Config(QuantConfig):
     keep_lm_head: bool = False
     #: ``auto`` times the candidates; a candidate's name uses it for every layer.
     kernel: str = "auto"
-    #: Row counts timed: a one-token decoding step and a verification block.
+    #: Row counts timed: a one-token decoding step and a verification block (a reranker's batch
+    #: sends thousands of rows through each linear, and crossedge-retrieval times at those).
     rows: list[int] = field(default_factory=lambda: [1, 4])
     repeats: int = 15
     #: Time the candidates again instead of reading this machine's earlier choice.
@@ -89,7 +92,8 @@ class Int8Config(QuantConfig):
         names = ("auto", *self.candidates)
         check(self.kernel in names, f"{self.method} kernel must be one of {', '.join(names)}, got {self.kernel!r}")
         self.rows = [int(m) for m in self.rows]
-        check(bool(self.rows) and all(1 <= m <= 64 for m in self.rows), f"rows must be 1..64, got {self.rows}")
+        in_range = bool(self.rows) and all(1 <= m <= MAX_ROWS for m in self.rows)
+        check(in_range, f"rows must be 1..{MAX_ROWS}, got {self.rows}")
         check(1 <= self.repeats <= 1000, f"repeats must be 1..1000, got {self.repeats}")
         check(not self.fake, f"{self.method} chooses integer kernels; for the fake-quant path use rtn:fake=true")
 
