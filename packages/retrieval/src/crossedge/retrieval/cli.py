@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from crossedge.core import CrossedgeError
+from crossedge.core.contracts.backend import DEFAULT_BACKEND
 
 from .options import ALL_METHODS, HEADS, LOCAL_SOURCES, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
 
@@ -34,6 +37,34 @@ INTERACTION_HELP = (
 )
 
 
+def stack_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--quant``, ``--backend`` and ``--dtype`` for the scorer named by ``what``, as the other packages take them."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--dtype",
+            default="float32",
+            show_default=True,
+            help=f"Cast {what} to float32, bfloat16 (bf16) or float16 after loading (not with --quant).",
+        )(command)
+        command = click.option(
+            "--backend",
+            "backend_name",
+            default=DEFAULT_BACKEND,
+            show_default=True,
+            help=f"Backend spec that runs {what} (it must keep the model's interface: torch-eager, torch-onednn).",
+        )(command)
+        return click.option(
+            "--quant",
+            "quant_spec",
+            default=None,
+            help=f"Quantize {what}'s encoder after loading: 'int8' or 'int4' (kernels chosen by timing this machine "
+            "at the scorer's batch rows), or a method spec such as 'w8a8' or 'rtn:bits=8' (docs/specs.md).",
+        )(command)
+
+    return decorate
+
+
 @click.group()
 def retrieval() -> None:
     """Local semantic search: bi-, cross- and uni-encoders, BM25, distillation and a code-search benchmark."""
@@ -49,15 +80,20 @@ def retrieval() -> None:
     is_flag=True,
     help="Write into a folder that holds other files too (only the index's own files are replaced).",
 )
-def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, force: bool) -> None:
+@stack_options("the bi-encoder that embeds the documents")
+def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, force: bool, quant_spec: str | None,
+              backend_name: str, dtype: str) -> None:  # fmt: skip
     """Index the text and code files under PATHS (Python by function/class, text by paragraph)."""
     import shutil
+    import tempfile
 
     from .chunking import chunk_paths
     from .index import DenseIndex, prepare_index_folder
+    from .runtime import check_scorer_stack, prepare_scorer
     from .scorers import BiEncoder, load_scorer
 
-    # Checked before any model loads: a refused --out costs nothing.
+    # Checked before any model loads: a refused --out or stack costs nothing.
+    stack = check_scorer_stack(quant_spec, backend_name, dtype, purpose="retrieval index")
     replacing = prepare_index_folder(out, inputs=paths, force=force)
     chunks = chunk_paths(paths)
     if not chunks:
@@ -66,18 +102,27 @@ def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, f
     bi = load_scorer(model) if saved_scorer else BiEncoder.from_pretrained(model)
     if not isinstance(bi, BiEncoder):
         raise CrossedgeError(f"--model {model} is a saved {bi.name}; an index is built with a bi-encoder")
+    float_copy = tempfile.TemporaryDirectory(prefix="crossedge-index-model-")
+    if saved_scorer and not stack.is_plain:
+        # Saved as loaded, before the stack changes it: search loads this copy as the query encoder.
+        bi.save(float_copy.name)
+    if not stack.is_plain:
+        prepare_scorer(bi, stack, batch_size=batch_size)
     start = time.perf_counter()
     embeddings = bi.encode([f"{c.path}\n{c.text}" for c in chunks], batch_size=batch_size, progress=True)
     seconds = max(time.perf_counter() - start, 1e-9)
     ids = [f"{c.path}:{c.start_line}-{c.end_line}" for c in chunks]
-    info = {"paths": [str(p) for p in paths]}
+    info = {"paths": [str(p) for p in paths], "stack": stack.describe()}
     index = DenseIndex(embeddings, ids, [c.to_dict() for c in chunks], model=model, info=info)
     index.save(out)
     if replacing and (out / "model").is_dir():
         # The previous index's bi-encoder: search would prefer it over --model.
         shutil.rmtree(out / "model")
-    if saved_scorer:
+    if saved_scorer and stack.is_plain:
         bi.save(out / "model")
+    elif saved_scorer:
+        shutil.copytree(float_copy.name, out / "model")
+    float_copy.cleanup()
     click.echo(f"indexed {len(chunks)} chunks in {seconds:.1f} s ({len(chunks) / seconds:.1f} chunks/s) -> {out}")
 
 
@@ -90,13 +135,19 @@ def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, f
     "--depth", default=50, show_default=True, type=click.IntRange(min=1), help="Candidates the reranker rescores."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, as_json: bool) -> None:
+@stack_options("the reranker")
+def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, as_json: bool, quant_spec: str | None,
+               backend_name: str, dtype: str) -> None:  # fmt: skip
     """Search INDEX for QUERY; --rerank rescores the top candidates with a trained reranker saved in the index."""
     from crossedge.core.cli import echo_json
 
     from .pipeline import search_index
+    from .runtime import check_scorer_stack
 
-    results = search_index(index, query, k=k, rerank_with=rerank, depth=depth)
+    stack = check_scorer_stack(quant_spec, backend_name, dtype, purpose="retrieval search")
+    if rerank is None and not stack.is_plain:
+        raise CrossedgeError("--quant, --backend and --dtype apply to the reranker: add --rerank cross-encoder")
+    results = search_index(index, query, k=k, rerank_with=rerank, depth=depth, stack=stack)
     if as_json:
         echo_json(results)
         return
@@ -208,18 +259,34 @@ def collection_cmd(out: Path | None, force: bool, source: str) -> None:
 @click.option("--candidates", default=20, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, threads: int | None) -> None:
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Pairs per forward.")
+@stack_options("both rerankers (also timed as loaded, in the same run)")
+def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, threads: int | None, batch_size: int,
+              quant_spec: str | None, backend_name: str, dtype: str) -> None:  # fmt: skip
     """Time a cross-encoder scoring N pairs against a uni-encoder scoring the same N candidates in one pass."""
     from crossedge.core.bench import threads as pin_threads
     from crossedge.core.cli import echo_json
 
     from .pipeline import uni_vs_cross_speed
+    from .runtime import check_scorer_stack
 
+    stack = check_scorer_stack(quant_spec, backend_name, dtype, purpose="retrieval speed")
     with pin_threads(threads):
         result = uni_vs_cross_speed(
-            query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats
-        )
+            query_words=query_words, doc_words=doc_words, candidates=candidates, repeats=repeats,
+            batch_size=batch_size, stack=stack,
+        )  # fmt: skip
     echo_json(result)
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    """``"10,20,30"`` as depths; a clear error for anything else."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CrossedgeError(
+            f"--curve-depths takes whole numbers separated by commas, e.g. 10,20,30; not {text!r}"
+        ) from None
 
 
 @retrieval.command("bench")
@@ -274,12 +341,15 @@ def speed_cmd(query_words: int, doc_words: int, candidates: int, repeats: int, t
               help="BEIR folder with qrels/dev.tsv from the training side (the mixture's dev split): each reranker "
               "also gets a row fused with the first stage, its weight chosen there.")  # fmt: skip
 @click.option("--dev-queries", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--curve-depths", default="", help="More rerank depths for the cross-encoder's cost-quality curve, "
+              "comma separated (e.g. 10,20,30).")  # fmt: skip
+@stack_options("the cross-encoder (its float32 eager rows stay, for the paired comparison)")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--seed", default=0, show_default=True)
 def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limit, methods, losses, train_queries,
               student_queries, candidates, negatives, head, interaction_layers, uni_init, uni_epochs, epochs, lr,
               rerank_depth, uni_depth, trans_cycles, max_doc_tokens, reranker_loss, distill_alpha, dev_collection,
-              dev_queries, threads, seed) -> None:  # fmt: skip
+              dev_queries, curve_depths, quant_spec, backend_name, dtype, threads, seed) -> None:  # fmt: skip
     """Compare BM25, bi-encoders, rerankers, distilled students and Trans-Encoder on one collection."""
     import sys
 
@@ -314,6 +384,10 @@ def bench_cmd(collection, train_collection, json_out, limit_queries, corpus_limi
         distill_alpha=distill_alpha,
         dev_collection=str(dev_collection) if dev_collection else None,
         dev_queries=dev_queries,
+        quant=quant_spec,
+        backend=backend_name,
+        dtype=dtype,
+        curve_depths=parse_depths(curve_depths),
         seed=seed,
     )
     with pin_threads(threads):

@@ -10,6 +10,7 @@ ir-measures plus per-query latency and indexing throughput.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from crossedge.core import CrossedgeError
+from crossedge.core.contracts.backend import DEFAULT_BACKEND, torch_dtype
 
 from .collection import Collection, load_code_search, read_beir, sample_queries
 from .index import DenseIndex
@@ -27,6 +29,7 @@ from .lexical import BM25Scorer
 from .losses import InfoNCE, ListNetKL, Loss
 from .metrics import means, paired_difference, per_query, ranking_to_run
 from .options import ALL_METHODS, NEGATIVE_SOURCES, RERANKER_LOSSES, STUDENT_LOSS_NAMES, UNI_INITS
+from .runtime import ScorerStack, check_scorer_stack, prepare_scorer
 from .scorers import BiEncoder, CrossEncoder, Scorer, UniEncoder
 from .training import ListExample, TeacherCache, TrainConfig, Trainer, list_loss, trans_encoder
 
@@ -230,6 +233,13 @@ class BenchSettings:
     #: each reranker also gets a row fused with the first stage, its weight chosen on these queries.
     dev_collection: str | None = None
     dev_queries: int = 200
+    #: What the cross-encoder also reranks on, beside float32 eager: its rows are added with the
+    #: stack in brackets, paired against the float rows (``--quant``, ``--backend``, ``--dtype``).
+    quant: str | None = None
+    backend: str = "torch-eager"
+    dtype: str = "float32"
+    #: More rerank depths for the cross-encoder's cost-quality curve (each gets a row).
+    curve_depths: tuple[int, ...] = ()
     seed: int = 0
     progress: bool = True
     log: list[str] = field(default_factory=list)
@@ -260,10 +270,12 @@ def training_key(settings: BenchSettings) -> str:
     after ``cross-rerank``) loads what an earlier one trained, and an interrupted run resumes.
     """
     config = train_config(settings)
+    # Training never reads the evaluation collection, so one trained model serves every collection
+    # it is evaluated on (the first runs evaluated on the stdlib test split: their key had None here).
     parts: tuple[Any, ...] = (
         asdict(config),
         settings.model,
-        settings.collection,
+        None,
         settings.train_collection,
         settings.train_queries,
         settings.candidates,
@@ -295,6 +307,15 @@ def check_settings(settings: BenchSettings) -> None:
         )
     if settings.distill_alpha < 0:
         raise CrossedgeError(f"distill_alpha must be 0 or more, not {settings.distill_alpha}")
+    bad_depths = [d for d in (settings.rerank_depth, settings.uni_depth, *settings.curve_depths) if d < 1]
+    if bad_depths:
+        raise CrossedgeError(f"rerank depths must be 1 or more, not {bad_depths[0]}")
+    if settings.quant is not None or settings.backend != DEFAULT_BACKEND or settings.dtype != "float32":
+        if "cross-rerank" not in settings.methods:
+            raise CrossedgeError(
+                "--quant, --backend and --dtype apply to the cross-encoder: add cross-rerank to --methods"
+            )
+        bench_stack(settings)
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
     if settings.uni_init == "cross-encoder" and (
@@ -481,16 +502,54 @@ def train_teacher(run: BenchRun, lists: TrainingLists) -> CrossEncoder:
     return run.train_scorer(run.fresh(CrossEncoder), lists.examples, reranker_loss(run.settings), "cross-encoder")
 
 
+def bench_stack(settings: BenchSettings) -> ScorerStack:
+    """The stack the cross-encoder also reranks on, checked before anything loads."""
+    return check_scorer_stack(settings.quant, settings.backend, settings.dtype, purpose="retrieval bench")
+
+
+def cross_depths(settings: BenchSettings) -> list[int]:
+    """The depths the cross-encoder reranks at, deepest first."""
+    return sorted({settings.rerank_depth, settings.uni_depth, *settings.curve_depths}, reverse=True)
+
+
 def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchResult) -> None:
-    """Step 5a: the cross-encoder reranking the first stage at each depth."""
+    """Step 5a: the cross-encoder reranking the first stage at each depth (and on the asked stack)."""
     s = run.settings
-    for depth in sorted({s.rerank_depth, s.uni_depth}, reverse=True):
-        result = rerank(teacher, run.test, first.rankings, depth, progress=s.progress)
-        result.seconds += first.seconds
-        rerank_ms = 1000 * (result.seconds - first.seconds) / len(run.qids)
+    curve: list[dict[str, Any]] = []
+    for depth in cross_depths(s):
         name = f"cross-encoder rerank@{depth}"
-        run.evaluate(name, result, rerank_ms_per_query=rerank_ms)
-        evaluate_fused(run, name, teacher, first, result, depth, rerank_ms_per_query=rerank_ms)
+        result, rerank_ms = rerank_row(run, teacher, first, depth, name)
+        curve.append({"depth": depth, "stack": "float32", "ndcg@10": run.rows[-1]["ndcg@10"], "rerank_ms": rerank_ms})
+        if depth in (s.rerank_depth, s.uni_depth):
+            evaluate_fused(run, name, teacher, first, result, depth, rerank_ms_per_query=rerank_ms)
+    stack = bench_stack(s)
+    if not stack.is_plain:
+        fast = copy.deepcopy(teacher)
+        record = prepare_scorer(fast, stack)
+        versus = {}
+        for depth in cross_depths(s):
+            plain, name = f"cross-encoder rerank@{depth}", f"cross-encoder rerank@{depth} [{stack.label()}]"
+            _, rerank_ms = rerank_row(run, fast, first, depth, name)
+            curve.append({"depth": depth, "stack": stack.label(), "ndcg@10": run.rows[-1]["ndcg@10"],
+                          "rerank_ms": rerank_ms})  # fmt: skip
+            plain_row = next(r for r in run.rows if r["method"] == plain)
+            gap = {"speedup": plain_row["rerank_ms_per_query"] / rerank_ms}
+            if len(run.qids) > 1:
+                paired = paired_difference(run.ndcg_by_query[name], run.ndcg_by_query[plain])
+                gap.update({k: 100 * paired[k] for k in ("mean", "low", "high")})
+            versus[name] = gap
+        run.summary["stack"] = {**record, "vs_float_points": versus}
+        del fast
+    run.summary["cost_quality"] = curve
+
+
+def rerank_row(run: BenchRun, scorer: Scorer, first: SearchResult, depth: int, name: str) -> tuple[SearchResult, float]:
+    """Rerank the first stage at ``depth``, add the row ``name``; returns the result and rerank ms per query."""
+    result = rerank(scorer, run.test, first.rankings, depth, progress=run.settings.progress)
+    rerank_ms = 1000 * result.seconds / len(run.qids)
+    result.seconds += first.seconds
+    run.evaluate(name, result, rerank_ms_per_query=rerank_ms)
+    return result, rerank_ms
 
 
 def uni_rerank(run: BenchRun, lists: TrainingLists, teacher: CrossEncoder | None, first: SearchResult) -> None:
@@ -659,9 +718,15 @@ def run_bench(settings: BenchSettings, say=print) -> dict[str, Any]:
 
 
 def search_index(
-    index_dir: Path | str, query: str, *, k: int = 10, rerank_with: str | None = None, depth: int = 50
+    index_dir: Path | str,
+    query: str,
+    *,
+    k: int = 10,
+    rerank_with: str | None = None,
+    depth: int = 50,
+    stack: ScorerStack | None = None,
 ) -> list[dict[str, Any]]:
-    """Search a saved index; optionally rerank its top ``depth`` with a cross- or uni-encoder."""
+    """Search a saved index; optionally rerank its top ``depth`` with a cross- or uni-encoder on ``stack``."""
     from .scorers import load_scorer
 
     for key, value in (("k", k), ("depth", depth)):
@@ -685,6 +750,8 @@ def search_index(
                 f"no trained {rerank_with} in {reranker_dir}: a {rerank_with} needs training before it can rerank; "
                 f"train one with `crossedge retrieval train {rerank_with} --out {reranker_dir}`"
             )
+        if stack is not None and not stack.is_plain:
+            prepare_scorer(reranker, stack, batch_size=depth if rerank_with == "uni-encoder" else 32)
         head = results[:depth]
         scores = reranker.score(query, [r["text"] for r in head])
         for r, s in zip(head, scores.tolist(), strict=True):
@@ -701,11 +768,14 @@ def uni_vs_cross_speed(
     candidates: int = 20,
     repeats: int = 3,
     seed: int = 0,
+    batch_size: int = 32,
+    stack: ScorerStack | None = None,
 ) -> dict[str, Any]:
     """Median seconds for a cross-encoder to score ``candidates`` pairs vs a uni-encoder scoring them in one pass.
 
     Texts are random words from the tokenizer's vocabulary, so only the shapes matter; both
-    scorers share one encoder, so the comparison isolates the packing.
+    scorers share one encoder, so the comparison isolates the packing. With a ``stack`` the
+    cross-encoder is timed as loaded first, then both run on the stack (the ``*_stack`` figures).
     """
     from crossedge.core.bench import measure
 
@@ -722,12 +792,29 @@ def uni_vs_cross_speed(
     query, docs = text(query_words), [text(doc_words) for _ in range(candidates)]
     cross.eval()
     uni.eval()
+    extra: dict[str, Any] = {}
+    if stack is not None and not stack.is_plain:
+        with torch.inference_mode():
+            plain_m = measure(lambda: cross.score(query, docs, batch_size=batch_size), name="plain", repeats=repeats)
+            plain_scores = cross.score(query, docs, batch_size=batch_size)
+        record = prepare_scorer(cross, stack, batch_size=batch_size)
+        # One encoder for both, as before; the uni-encoder's own head takes the stack's dtype too
+        # (only then: ``.to`` would also cast a quantized linear's bf16 scales, and its kernel with them).
+        uni.encoder = cross.encoder
+        if stack.dtype != "float32":
+            uni.to(torch_dtype(stack.dtype))
+        extra = {"stack": record, "cross_plain_s": plain_m.median, "cross_plain_iqr_s": plain_m.spread}
     with torch.inference_mode():
-        cross_m = measure(lambda: cross.score(query, docs, batch_size=candidates), name="cross", repeats=repeats)
+        cross_m = measure(lambda: cross.score(query, docs, batch_size=batch_size), name="cross", repeats=repeats)
         uni_m = measure(lambda: uni.score(query, docs, batch_size=candidates), name="uni", repeats=repeats)
         masked_m = measure(lambda: uni([query], [docs]), name="uni-masked", repeats=repeats)
+        if extra:
+            scores = cross.score(query, docs, batch_size=batch_size)
+            extra["stack_speedup"] = plain_m.median / cross_m.median
+            extra["stack_max_score_change"] = float((scores.float() - plain_scores.float()).abs().max())
     q_tokens = len(cross.tokenizer(query, add_special_tokens=False)["input_ids"][: 4 * query_words])
     return {
+        **extra,
         "query_tokens": q_tokens,
         "doc_tokens": doc_words,
         "candidates": candidates,
