@@ -4,6 +4,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from crossedge.core import CrossedgeError
 from crossedge.retrieval.collection import write_beir
 from crossedge.retrieval.pipeline import subsample_corpus
 from crossedge.retrieval.testing import tiny_bench_settings, toy_collection
@@ -279,6 +280,20 @@ def test_one_training_key_names_checkpoints_and_teacher_scores_and_keeps_old_che
     )
     keys = {training_key(BenchSettings(**kw)) for kw in ({}, {"train_collection": "x"}, {"epochs": 2}, {"lr": 1e-4})}
     assert len(keys) == 4
+    # Training never reads the evaluation collection: one model serves every collection it is evaluated on.
+    on_a, on_b = (training_key(BenchSettings(collection=c, train_collection="mix/train")) for c in ("a", "b"))
+    assert on_a == on_b == training_key(BenchSettings(train_collection="mix/train"))
+
+
+def test_bad_depths_and_curve_depths_are_clear_errors(tmp_path, plugin):
+    from crossedge.core.cli import build_cli
+    from crossedge.retrieval.pipeline import BenchSettings, run_bench
+
+    with pytest.raises(CrossedgeError, match="rerank depths must be 1 or more, not 0"):
+        run_bench(BenchSettings(curve_depths=(10, 0)), say=lambda _: None)
+    result = CliRunner().invoke(build_cli(), ["retrieval", "bench", "--curve-depths", "10,twenty"])
+    assert result.exit_code == 1
+    assert "--curve-depths takes whole numbers separated by commas" in result.output
 
 
 def test_teacher_scores_are_cached_under_the_training_key(tmp_path, cache, plugin):
