@@ -102,11 +102,12 @@ def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, f
     bi = load_scorer(model) if saved_scorer else BiEncoder.from_pretrained(model)
     if not isinstance(bi, BiEncoder):
         raise CrossedgeError(f"--model {model} is a saved {bi.name}; an index is built with a bi-encoder")
-    float_copy = tempfile.TemporaryDirectory(prefix="crossedge-index-model-")
-    if saved_scorer and not stack.is_plain:
-        # Saved as loaded, before the stack changes it: search loads this copy as the query encoder.
-        bi.save(float_copy.name)
+    float_copy = None
     if not stack.is_plain:
+        if saved_scorer:
+            # Saved as loaded, before the stack changes it: search loads this copy as the query encoder.
+            float_copy = tempfile.TemporaryDirectory(prefix="crossedge-index-model-")
+            bi.save(float_copy.name)
         prepare_scorer(bi, stack, batch_size=batch_size)
     start = time.perf_counter()
     embeddings = bi.encode([f"{c.path}\n{c.text}" for c in chunks], batch_size=batch_size, progress=True)
@@ -118,11 +119,11 @@ def index_cmd(paths: tuple[Path, ...], out: Path, model: str, batch_size: int, f
     if replacing and (out / "model").is_dir():
         # The previous index's bi-encoder: search would prefer it over --model.
         shutil.rmtree(out / "model")
-    if saved_scorer and stack.is_plain:
-        bi.save(out / "model")
-    elif saved_scorer:
+    if float_copy is not None:
         shutil.copytree(float_copy.name, out / "model")
-    float_copy.cleanup()
+        float_copy.cleanup()
+    elif saved_scorer:
+        bi.save(out / "model")
     click.echo(f"indexed {len(chunks)} chunks in {seconds:.1f} s ({len(chunks) / seconds:.1f} chunks/s) -> {out}")
 
 

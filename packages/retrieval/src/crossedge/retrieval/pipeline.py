@@ -236,7 +236,7 @@ class BenchSettings:
     #: What the cross-encoder also reranks on, beside float32 eager: its rows are added with the
     #: stack in brackets, paired against the float rows (``--quant``, ``--backend``, ``--dtype``).
     quant: str | None = None
-    backend: str = "torch-eager"
+    backend: str = DEFAULT_BACKEND
     dtype: str = "float32"
     #: More rerank depths for the cross-encoder's cost-quality curve (each gets a row).
     curve_depths: tuple[int, ...] = ()
@@ -310,12 +310,8 @@ def check_settings(settings: BenchSettings) -> None:
     bad_depths = [d for d in (settings.rerank_depth, settings.uni_depth, *settings.curve_depths) if d < 1]
     if bad_depths:
         raise CrossedgeError(f"rerank depths must be 1 or more, not {bad_depths[0]}")
-    if settings.quant is not None or settings.backend != DEFAULT_BACKEND or settings.dtype != "float32":
-        if "cross-rerank" not in settings.methods:
-            raise CrossedgeError(
-                "--quant, --backend and --dtype apply to the cross-encoder: add cross-rerank to --methods"
-            )
-        bench_stack(settings)
+    if not bench_stack(settings).is_plain and "cross-rerank" not in settings.methods:
+        raise CrossedgeError("--quant, --backend and --dtype apply to the cross-encoder: add cross-rerank to --methods")
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")
     if settings.uni_init == "cross-encoder" and (
@@ -516,9 +512,11 @@ def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchRes
     """Step 5a: the cross-encoder reranking the first stage at each depth (and on the asked stack)."""
     s = run.settings
     curve: list[dict[str, Any]] = []
+    float_ms: dict[int, float] = {}
     for depth in cross_depths(s):
         name = f"cross-encoder rerank@{depth}"
         result, rerank_ms = rerank_row(run, teacher, first, depth, name)
+        float_ms[depth] = rerank_ms
         curve.append({"depth": depth, "stack": "float32", "ndcg@10": run.rows[-1]["ndcg@10"], "rerank_ms": rerank_ms})
         if depth in (s.rerank_depth, s.uni_depth):
             evaluate_fused(run, name, teacher, first, result, depth, rerank_ms_per_query=rerank_ms)
@@ -532,8 +530,7 @@ def evaluate_cross_rerank(run: BenchRun, teacher: CrossEncoder, first: SearchRes
             _, rerank_ms = rerank_row(run, fast, first, depth, name)
             curve.append({"depth": depth, "stack": stack.label(), "ndcg@10": run.rows[-1]["ndcg@10"],
                           "rerank_ms": rerank_ms})  # fmt: skip
-            plain_row = next(r for r in run.rows if r["method"] == plain)
-            gap = {"speedup": plain_row["rerank_ms_per_query"] / rerank_ms}
+            gap = {"speedup": float_ms[depth] / rerank_ms}
             if len(run.qids) > 1:
                 paired = paired_difference(run.ndcg_by_query[name], run.ndcg_by_query[plain])
                 gap.update({k: 100 * paired[k] for k in ("mean", "low", "high")})
@@ -751,7 +748,7 @@ def search_index(
                 f"train one with `crossedge retrieval train {rerank_with} --out {reranker_dir}`"
             )
         if stack is not None and not stack.is_plain:
-            prepare_scorer(reranker, stack, batch_size=depth if rerank_with == "uni-encoder" else 32)
+            prepare_scorer(reranker, stack)
         head = results[:depth]
         scores = reranker.score(query, [r["text"] for r in head])
         for r, s in zip(head, scores.tolist(), strict=True):

@@ -95,10 +95,11 @@ def for_scoring(plan: QuantPlan, rows: int) -> QuantPlan:
     from crossedge.core.specs import parse_spec
 
     config = plan.config
-    if not hasattr(config, "rows") or "rows" in parse_spec(plan.spec, kind="quantizer").options:
+    given = parse_spec(plan.spec, kind="quantizer").options
+    if not hasattr(config, "rows") or "rows" in given:
         return plan
     changes: dict[str, Any] = {"rows": [rows]}
-    if hasattr(config, "repeats") and "repeats" not in parse_spec(plan.spec, kind="quantizer").options:
+    if hasattr(config, "repeats") and "repeats" not in given:
         changes["repeats"] = SCORING_TIMING_REPEATS
     return dataclasses.replace(plan, config=dataclasses.replace(config, **changes))
 
