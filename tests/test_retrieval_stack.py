@@ -114,6 +114,22 @@ def test_search_refuses_a_bad_stack_before_reading_the_index(tmp_path, args, mes
     assert message in result.output
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_follows_the_cpu_and_asks_for_nothing(monkeypatch, tmp_path, native):
+    import crossedge.core.contracts.backend as contract
+
+    monkeypatch.setattr(contract, "native_bf16", lambda: (native, "a reason"))
+    stack = check_scorer_stack(dtype="auto", purpose="test")
+    assert stack.dtype == ("bfloat16" if native else "float32")
+    assert stack.describe()["dtype_reason"].startswith("auto: ")
+    assert not stack.was_asked_for
+    assert check_scorer_stack(dtype="bf16", purpose="test").was_asked_for
+    assert check_scorer_stack("rtn", dtype="auto", purpose="test").dtype == "float32"
+    # auto alone is not a stack the user asked for, so search needs no reranker for it
+    result = CliRunner().invoke(build_cli(), ["retrieval", "search", str(tmp_path / "none"), "q", "--dtype", "auto"])
+    assert "add --rerank" not in result.output
+
+
 def test_search_stack_needs_a_reranker(tmp_path):
     result = CliRunner().invoke(build_cli(), ["retrieval", "search", str(tmp_path), "q", "--quant", "rtn"])
     assert result.exit_code == 1

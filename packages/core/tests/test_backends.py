@@ -9,7 +9,7 @@ import pytest
 from crossedge.core import CrossedgeError, UnknownNameError, get_registry, registered
 from crossedge.core.backends import DEFAULT_BACKEND, TorchEagerBackend, get_backend, resolve_backend
 from crossedge.core.conformance.backend import BackendConformance
-from crossedge.core.contracts.backend import Backend, BackendCapabilityError, dtype_name
+from crossedge.core.contracts.backend import Backend, BackendCapabilityError, dtype_name, native_bf16, resolve_dtype
 from crossedge.core.specs import SpecError
 from crossedge.core.testing import BackendPlugin, CountingBackend, StaticGraphBackend
 
@@ -131,6 +131,45 @@ def test_dtype_names():
     assert dtype_name("bf16") == dtype_name(torch.bfloat16) == "bfloat16"
     with pytest.raises(CrossedgeError, match="unknown dtype"):
         dtype_name("int3")
+
+
+NATIVE = {"torch_cpu_capability": "AVX512", "onednn_max_isa": "all"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "caps", "native", "reason"),
+    [
+        (["avx2", "avx512f", "avx512_bf16"], NATIVE, True, "has avx512_bf16"),
+        (
+            ["avx2", "amx_bf16"],
+            {"torch_cpu_capability": "AVX512", "onednn_max_isa": "AVX512_CORE_AMX"},
+            True,
+            "amx_bf16",
+        ),
+        (["avx2", "fma"], NATIVE, False, "no avx512_bf16 or amx_bf16"),
+        (["avx512f", "avx512_vnni"], NATIVE, False, "no avx512_bf16"),
+        (["avx512_bf16"], {"torch_cpu_capability": "AVX2", "onednn_max_isa": "all"}, False, "capped at AVX2"),
+        (["avx512_bf16"], {"torch_cpu_capability": "AVX512", "onednn_max_isa": "avx2"}, False, "oneDNN is capped"),
+    ],
+)
+def test_native_bf16_reads_flags_and_caps(flags, caps, native, reason):
+    got, why = native_bf16(flags, caps)
+    assert got is native
+    assert reason in why
+
+
+def test_resolve_dtype(monkeypatch):
+    import crossedge.core.contracts.backend as contract
+
+    assert resolve_dtype("bf16") == ("bfloat16", None)
+    monkeypatch.setattr(contract, "native_bf16", lambda: (True, "the CPU has avx512_bf16"))
+    assert resolve_dtype("auto") == ("bfloat16", "auto: bfloat16, since the CPU has avx512_bf16")
+    dtype, why = resolve_dtype("auto", quantized=True)
+    assert dtype == "float32" and "quantized linears" in why
+    monkeypatch.setattr(contract, "native_bf16", lambda: (False, "the CPU has no avx512_bf16 or amx_bf16"))
+    assert resolve_dtype("auto")[0] == "float32"
+    with pytest.raises(CrossedgeError, match="unknown dtype 'bf8'"):
+        resolve_dtype("bf8")
 
 
 def test_importing_the_contract_does_not_import_torch():

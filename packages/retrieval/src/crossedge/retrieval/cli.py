@@ -45,7 +45,8 @@ def stack_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any
             "--dtype",
             default="float32",
             show_default=True,
-            help=f"Cast {what} to float32, bfloat16 (bf16) or float16 after loading (not with --quant).",
+            help=f"Cast {what} to float32, bfloat16 (bf16) or float16 after loading (not with --quant); "
+            "auto: bfloat16 where the CPU has native bfloat16 instructions, else float32.",
         )(command)
         command = click.option(
             "--backend",
@@ -146,7 +147,7 @@ def search_cmd(index: Path, query: str, rerank: str | None, k: int, depth: int, 
     from .runtime import check_scorer_stack
 
     stack = check_scorer_stack(quant_spec, backend_name, dtype, purpose="retrieval search")
-    if rerank is None and not stack.is_plain:
+    if rerank is None and stack.was_asked_for:
         raise CrossedgeError("--quant, --backend and --dtype apply to the reranker: add --rerank cross-encoder")
     results = search_index(index, query, k=k, rerank_with=rerank, depth=depth, stack=stack)
     if as_json:

@@ -310,7 +310,7 @@ def check_settings(settings: BenchSettings) -> None:
     bad_depths = [d for d in (settings.rerank_depth, settings.uni_depth, *settings.curve_depths) if d < 1]
     if bad_depths:
         raise CrossedgeError(f"rerank depths must be 1 or more, not {bad_depths[0]}")
-    if not bench_stack(settings).is_plain and "cross-rerank" not in settings.methods:
+    if bench_stack(settings).was_asked_for and "cross-rerank" not in settings.methods:
         raise CrossedgeError("--quant, --backend and --dtype apply to the cross-encoder: add cross-rerank to --methods")
     if settings.uni_init not in UNI_INITS:
         raise CrossedgeError(f"unknown uni_init {settings.uni_init!r}; choose from {', '.join(UNI_INITS)}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossedge.core import CrossedgeError
 from crossedge.core.compose import QuantPlan, apply_quant, check_quant
-from crossedge.core.contracts.backend import DEFAULT_BACKEND, Backend, dtype_name
+from crossedge.core.contracts.backend import DEFAULT_BACKEND, Backend, resolve_dtype
 
 if TYPE_CHECKING:
     from .scorers import Scorer
@@ -41,11 +41,21 @@ class ScorerStack:
     quant: QuantPlan | None
     backend: Backend
     dtype: str = "float32"
+    #: for ``--dtype auto``, why this dtype was chosen on this CPU
+    dtype_reason: str | None = None
 
     @property
     def is_plain(self) -> bool:
         """Whether the scorer runs as loaded (float32, eager, not quantized)."""
         return self.quant is None and self.backend.name == DEFAULT_BACKEND and self.dtype == "float32"
+
+    @property
+    def was_asked_for(self) -> bool:
+        """Whether the user asked for more than the plain stack (``--dtype auto`` alone asks for nothing)."""
+        chosen_dtype_only = (
+            self.quant is None and self.backend.name == DEFAULT_BACKEND and self.dtype_reason is not None
+        )
+        return not self.is_plain and not chosen_dtype_only
 
     def label(self) -> str:
         """A short name for table rows: ``int8, torch-onednn``; empty for the plain stack."""
@@ -58,17 +68,24 @@ class ScorerStack:
 
     def describe(self) -> dict[str, Any]:
         """What reports record beside results."""
-        return {"quant": self.quant.spec if self.quant else None, "backend": self.backend.name, "dtype": self.dtype}
+        record = {"quant": self.quant.spec if self.quant else None, "backend": self.backend.name, "dtype": self.dtype}
+        if self.dtype_reason is not None:
+            record["dtype_reason"] = self.dtype_reason
+        return record
 
 
 def check_scorer_stack(
     quant: str | None = None, backend: str | Backend = DEFAULT_BACKEND, dtype: str = "float32", *, purpose: str
 ) -> ScorerStack:
-    """Check the parts a scorer will run on before any model loads; refuse what cannot compose."""
+    """Check the parts a scorer will run on before any model loads; refuse what cannot compose.
+
+    ``dtype="auto"`` is bfloat16 where the CPU has native bfloat16 instructions, else float32
+    (:func:`crossedge.core.contracts.backend.resolve_dtype`); the reason is kept on the stack.
+    """
     from crossedge.core.backends import resolve_backend
 
     plan = check_quant(quant)
-    name = dtype_name(dtype)
+    name, reason = resolve_dtype(dtype, quantized=plan is not None)
     if plan is not None and name != "float32":
         raise CrossedgeError(
             f"--quant {plan.spec!r} with --dtype {name}: the quantized linears take float32 activations; "
@@ -79,7 +96,7 @@ def check_scorer_stack(
         backend.require(purpose=purpose, **wanted)
     else:
         backend = resolve_backend(backend, purpose=purpose, **wanted)
-    return ScorerStack(plan, backend, name)
+    return ScorerStack(plan, backend, name, reason)
 
 
 def scoring_rows(scorer: Scorer, batch_size: int = 32) -> int:

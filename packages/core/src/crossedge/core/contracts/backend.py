@@ -72,6 +72,58 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     return name
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) under which its bfloat16 matmuls still have native instructions
+BF16_ONEDNN_ISAS = (
+    "ALL",
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+)
+
+
+def native_bf16(flags: Sequence[str] | None = None, caps: dict[str, str | None] | None = None) -> tuple[bool, str]:
+    """Whether bfloat16 matmuls run on native instructions here, and why (a short reason for reports).
+
+    On CPUs without them (AVX2 only, or AVX-512 without ``avx512_bf16``) torch emulates bfloat16
+    through float32 conversions, and a bfloat16 scorer measured 4x *slower* than float32 with the
+    kernels capped at AVX2 (docs/benchmarks.md), so ``--dtype auto`` only picks it where this is true.
+    """
+    from crossedge.core.bench import cpu_flags, instruction_caps
+
+    flags = cpu_flags() if flags is None else flags
+    caps = instruction_caps() if caps is None else caps
+    have = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    if not have:
+        return False, "the CPU has no avx512_bf16 or amx_bf16"
+    capability = (caps.get("torch_cpu_capability") or "").upper()
+    if capability and not capability.startswith("AVX512"):
+        return False, f"torch's kernels are capped at {capability} (ATEN_CPU_CAPABILITY)"
+    onednn = (caps.get("onednn_max_isa") or "all").upper()
+    if onednn not in BF16_ONEDNN_ISAS:
+        return False, f"oneDNN is capped at {onednn} (ONEDNN_MAX_CPU_ISA)"
+    return True, f"the CPU has {' and '.join(have)}"
+
+
+def resolve_dtype(dtype: str | torch.dtype, *, quantized: bool = False) -> tuple[str, str | None]:
+    """The canonical dtype to run, and for ``auto`` the reason it was chosen (``None`` otherwise).
+
+    ``auto`` is bfloat16 where the CPU runs it natively (:func:`native_bf16`), else float32;
+    with ``quantized`` (a ``--quant`` plan, whose linears take float32 activations) it is float32.
+    """
+    if dtype != "auto":
+        return dtype_name(dtype), None
+    if quantized:
+        return "float32", "auto: float32, since the quantized linears take float32 activations"
+    native, why = native_bf16()
+    return ("bfloat16", f"auto: bfloat16, since {why}") if native else ("float32", f"auto: float32, since {why}")
+
+
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """The ``torch.dtype`` for a canonical name or alias."""
     import torch
