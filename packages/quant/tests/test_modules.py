@@ -5,6 +5,7 @@ import torch
 
 from crossedge.quant import Int4WeightLinear, Int8DynamicLinear, Int8WeightLinear, kernel_fraction, track_kernel
 from crossedge.quant.methods.common import weight_only_module
+from crossedge.quant.modules import FakeQuantLinear, Int8Embedding
 from crossedge.quant.primitives import compute_qparams, dequantize, quantize
 
 
@@ -182,3 +183,24 @@ def test_reports_name_the_kernel_each_layer_kind_runs(quant_plugin, fresh_lm):
     kernels = layer_kernels(model)
     assert kernels["q_proj"].startswith("torch._weight_int4pack_mm_for_cpu") and "groups of 32" in kernels["q_proj"]
     assert kernels["lm_head"] == "torch linear (float32)"
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16, torch.float32])
+def test_casting_a_model_keeps_the_quantized_dtypes_and_outputs(layer, cast):
+    linear, x = layer
+    head = Int8WeightLinear.from_weight(
+        linear.weight, linear.bias, symmetric=True, per_tensor=False, act_dtype="bfloat16"
+    )
+    embedding = Int8Embedding(48, 96, tied_to="head")
+    embedding.share(head.qweight, head.scale)
+    dynamic = Int8DynamicLinear(96, 48, True)
+    fake = FakeQuantLinear(96, 48, True)
+    model = torch.nn.ModuleDict({"head": head, "embedding": embedding, "dynamic": dynamic, "fake": fake})
+    before = {name: {k: b.dtype for k, b in m.named_buffers()} for name, m in model.items()}
+    outputs = [head(x), dynamic(x), fake(x)]
+    model.to(cast)
+    assert {name: {k: b.dtype for k, b in m.named_buffers()} for name, m in model.items()} == before
+    assert embedding.scale is head.scale and embedding.qweight is head.qweight
+    for got, want in zip([head(x), dynamic(x), fake(x)], outputs, strict=True):
+        assert torch.equal(got, want)
+    assert head(x.to(cast)).dtype == cast
