@@ -85,6 +85,29 @@ def test_cross_encoder_matches_unbatched(tiny, head):
     assert len(set(together.tolist())) == 4
 
 
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_cross_encoder_batches_by_length_and_keeps_the_order(tiny, batch_size, monkeypatch):
+    cross = CrossEncoder(*tiny, seed=1)
+    documents = [DOCS[0] * 3, DOCS[1], DOCS[2] * 2, DOCS[3], DOCS[0]]  # lengths out of order
+    calls = []
+    original = CrossEncoder.forward
+
+    def spy(self, queries, docs):
+        calls.append([documents.index(d) for d in docs])
+        return original(self, queries, docs)
+
+    together = cross.score("sort a list", documents, batch_size=batch_size)
+    alone = torch.cat([cross.score("sort a list", [d]) for d in documents])
+    assert torch.allclose(together, alone, atol=1e-5)
+    monkeypatch.setattr(CrossEncoder, "forward", spy)
+    cross.score("sort a list", documents, batch_size=batch_size)
+    lengths = [len(cross.tokenizer(documents[i], add_special_tokens=False)["input_ids"]) for c in calls for i in c]
+    assert lengths == sorted(lengths)
+    sizes = [len(c) for c in calls]
+    assert max(sizes) - min(sizes) <= 1 and len(sizes) == -(-len(documents) // batch_size)
+    assert cross.score("q", []).shape == (0,)
+
+
 def test_cross_encoder_cls_layout_marks_the_document_as_segment_b(tiny):
     batch = CrossEncoder(*tiny, head="cls").pair_batch(["ab"], ["cd"])
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1]]  # [CLS] a ##b [SEP] c ##d [SEP]
