@@ -2,7 +2,8 @@
 
 Run: python packages/quant/benchmarks/kernels.py [THREADS]
 Compares an fp32 linear with the int8/int4 kernels available in torch on the
-layer shapes of SmolLM2-135M (576, 1536, 49152) and one 4096x4096 layer.
+layer shapes of SmolLM2-135M (576, 1536, 49152) and one 4096x4096 layer, with W8A8's integer
+sums on ``torch._int_mm`` and on ``torch._weight_int8pack_mm`` (the fallback without VNNI).
 """
 
 from __future__ import annotations
@@ -36,24 +37,38 @@ def time_shape(out_f: int, in_f: int, tokens: int) -> list[float]:
     packed = torch._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (out_f, in_f), dtype=torch.int32), 1)
     sz = torch.ones(in_f // 64, out_f, 2, dtype=torch.bfloat16)
 
-    def w8a8() -> torch.Tensor:
+    def codes() -> tuple[torch.Tensor, torch.Tensor]:
         s = x.abs().amax(-1, keepdim=True) / 127
-        xi = torch.round(x / s).clamp_(-127, 127).to(torch.int8)
+        return torch.round(x / s).clamp_(-127, 127).to(torch.int8), s
+
+    def w8a8() -> torch.Tensor:
+        xi, s = codes()
         return torch._int_mm(xi, q.t()).float() * s * scale
+
+    def w8a8_int8pack() -> torch.Tensor:
+        xi, s = codes()
+        return torch._weight_int8pack_mm(xi.float(), q, scale) * s
 
     return [
         median_ms(lambda: torch.nn.functional.linear(x, w)),
         median_ms(lambda: torch._weight_int8pack_mm(xb, q, sb)),
         median_ms(lambda: torch._weight_int4pack_mm_for_cpu(xb, packed, 64, sz)),
         median_ms(w8a8),
+        median_ms(w8a8_int8pack),
     ]
 
 
 def main() -> None:
     """Print one line per layer shape and token count."""
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
-    print(f"threads={torch.get_num_threads()}")
-    print("out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | w8a8 per-token _int_mm (incl. act quant)")
+    from crossedge.quant.modules import int_mm_is_exact
+
+    print(f"threads={torch.get_num_threads()} capability={torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch._int_mm exact here: {int_mm_is_exact()}")
+    print(
+        "out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | w8a8 per-token _int_mm | "
+        "w8a8 per-token _weight_int8pack_mm on the codes (both incl. act quant)"
+    )
     for out_f, in_f in [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]:
         for tokens in (1, 64):
             times = time_shape(out_f, in_f, tokens)

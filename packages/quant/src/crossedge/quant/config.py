@@ -24,6 +24,8 @@ __all__ = [
     "CONFIG_VERSION",
     "GRANULARITIES",
     "GROUP_SIZES",
+    "KernelTiming",
+    "MAX_ROWS",
     "QuantConfig",
     "QuantConfigError",
     "WEIGHT_GRANULARITIES",
@@ -79,6 +81,28 @@ class QuantConfig(QuantizerConfig):
     def nominal_bits(self) -> int:
         """Nominal weight bit width, for tables."""
         return int(getattr(self, "bits", 16))
+
+
+#: The most rows a kernel is timed at (an encoder batch of 32 sequences of 256 tokens).
+MAX_ROWS = 8192
+
+
+@dataclass(kw_only=True)
+class KernelTiming(QuantConfig):
+    """Fields of the methods that time candidate kernels on this machine and keep the choice."""
+
+    #: Row counts timed: a one-token decoding step and a verification block (a reranker's batch
+    #: sends thousands of rows through each linear, and crossedge-retrieval times at those).
+    rows: list[int] = field(default_factory=lambda: [1, 4])
+    repeats: int = 15
+    #: Time the candidates again instead of reading this machine's earlier choice.
+    remeasure: bool = False
+
+    def validate(self) -> None:
+        self.rows = [int(m) for m in self.rows]
+        in_range = bool(self.rows) and all(1 <= m <= MAX_ROWS for m in self.rows)
+        check(in_range, f"rows must be 1..{MAX_ROWS}, got {self.rows}")
+        check(1 <= self.repeats <= 1000, f"repeats must be 1..1000, got {self.repeats}")
 
 
 def config_from_dict(data: dict[str, Any]) -> QuantizerConfig:

@@ -3,13 +3,16 @@
 Kernels were chosen by measuring on the development machine (2 vCPU with AVX512-VNNI
 and AVX512-BF16; see docs/quant.md): weight-only int8 uses ``torch._weight_int8pack_mm``
 and int4 uses ``torch._weight_int4pack_mm_for_cpu``, both with bf16 activations; W8A8
-uses ``torch._int_mm`` (int8 x int8 -> int32), which is fast on VNNI CPUs. Every module
+uses ``torch._int_mm`` (int8 x int8 -> int32), which is fast on VNNI CPUs, or, where that is
+slower or not exact (no VNNI), ``torch._weight_int8pack_mm`` on the activation codes. Every module
 also has ``reference_forward``, the same arithmetic in fp32 on dequantized weights,
 which tests compare the kernel against. :class:`FakeQuantLinear` is the research path.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -250,17 +253,47 @@ def quantize_activation(
     return q, scale
 
 
+#: The two matmuls a W8A8 layer can run its integer sums on (see :class:`Int8DynamicLinear`).
+W8A8_MATMULS = ("int_mm", "int8pack")
+
+
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` returns exact int32 sums here (probed once per process).
+
+    Without VNNI, oneDNN's int8 GEMM multiplies pairs of bytes into saturating 16-bit sums
+    (``vpmaddubsw``): with its kernels capped at AVX2 on this machine the probe below came back
+    wrong by up to 17% of the largest sum. Full-range codes, as per-token quantization makes,
+    provoke it; the check compares against the same products in float64.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (32, 256), generator=generator, dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 32), generator=generator, dtype=torch.int8)
+    exact = a.double() @ b.double()
+    return bool(torch.equal(torch._int_mm(a, b).double(), exact))
+
+
 class Int8DynamicLinear(QuantizedLinear):
-    """W8A8: int8 weights, activations quantized to int8 at run time, ``torch._int_mm`` accumulating in int32.
+    """W8A8: int8 weights, activations quantized to int8 at run time, integer sums in int32 or exact float32.
 
     An optional ``inv_smooth`` vector multiplies the input first; SmoothQuant and
     CrossQuant fold its inverse into the weight columns before quantizing them.
+
+    ``matmul`` picks the kernel for the sums of int8 products: ``int_mm`` (``torch._int_mm``,
+    int32; fast with VNNI, slow and saturating without it, see :func:`int_mm_is_exact`) or
+    ``int8pack`` (``torch._weight_int8pack_mm`` on the int8 activation codes as float32,
+    scaled by the weight scales in the kernel and by the activation scales after). Both compute
+    the same W8A8 arithmetic: float32 holds the integer sums exactly up to 2^24, past the
+    largest sum SmolLM2's widest layer can reach (1,536 x 127 x 127 = 24.8M) only at worst-case
+    codes, and then to one part in 10^7.
     """
 
     kind = "int8_dynamic"
 
     @property
     def kernel(self) -> str:
+        if self.matmul == "int8pack":
+            return f"torch._weight_int8pack_mm on int8 codes (W8A8, {self.act_granularity} int8 activations)"
         return f"torch._int_mm (W8A8, {self.act_granularity} int8 activations)"
 
     def __init__(
@@ -271,10 +304,14 @@ class Int8DynamicLinear(QuantizedLinear):
         act_granularity: str = "per_token",
         smooth: bool = False,
         cross_alpha: float | None = None,
+        matmul: str = "int_mm",
     ):
         super().__init__(in_features, out_features, bias)
+        if matmul not in W8A8_MATMULS:
+            raise ValueError(f"matmul must be one of {', '.join(W8A8_MATMULS)}, not {matmul!r}")
         self.act_granularity = act_granularity
         self.cross_alpha = cross_alpha
+        self.matmul = matmul
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("wscale", torch.ones(out_features))
         self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)
@@ -282,12 +319,26 @@ class Int8DynamicLinear(QuantizedLinear):
         self.kernel_zeros = 0
         self.kernel_total = 0
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8DynamicLinear:
+        """As saved, except that ``int_mm`` runs as ``int8pack`` (the same sums, exact) where it is not exact."""
+        module = cls(**spec)
+        if module.matmul == "int_mm" and not int_mm_is_exact():
+            warnings.warn(
+                "this W8A8 model was saved to run torch._int_mm, which returns wrong sums on this CPU (no VNNI); "
+                "its layers run torch._weight_int8pack_mm on the same int8 codes instead",
+                stacklevel=2,
+            )
+            module.matmul = "int8pack"
+        return module
+
     def spec(self) -> dict[str, Any]:
         return {
             **super().spec(),
             "act_granularity": self.act_granularity,
             "smooth": self.inv_smooth is not None,
             "cross_alpha": self.cross_alpha,
+            "matmul": self.matmul,
         }
 
     @classmethod
@@ -341,6 +392,9 @@ class Int8DynamicLinear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self._quantized_input(x)
+        if self.matmul == "int8pack":
+            y = torch._weight_int8pack_mm(q.float(), self.qweight, self.wscale) * scale
+            return self._finish(y, x)
         acc = torch._int_mm(q, self.qweight.t())
         y = acc.float() * scale * self.wscale
         return self._finish(y, x)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from torch import nn
 
@@ -70,3 +73,20 @@ def rtn_weight(weight: torch.Tensor, *, bits: int, granularity: str, symmetric: 
 def int4_supported(linear: nn.Linear) -> bool:
     """Whether the int4 CPU kernel takes this layer's shape (out_features divisible by 16)."""
     return linear.out_features % 16 == 0
+
+
+def time_kernels(modules: dict[str, nn.Module], in_features: int, rows: list[int], repeats: int) -> dict[str, float]:
+    """Milliseconds per call of each module, summed over ``rows`` (median of ``repeats``, rounds interleaved)."""
+    inputs = {m: torch.randn(m, in_features) for m in rows}
+    samples: dict[tuple[str, int], list[float]] = {(name, m): [] for name in modules for m in rows}
+    with torch.inference_mode():
+        for module in modules.values():
+            for x in inputs.values():
+                module(x)  # first calls pay packing and allocation
+        for _ in range(repeats):
+            for name, module in modules.items():
+                for m, x in inputs.items():
+                    start = time.perf_counter()
+                    module(x)
+                    samples[(name, m)].append(time.perf_counter() - start)
+    return {name: 1e3 * sum(statistics.median(samples[(name, m)]) for m in rows) for name in modules}

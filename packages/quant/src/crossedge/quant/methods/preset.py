@@ -18,56 +18,37 @@ rounding throughout: for Hessian-compensated int4 use ``gptq``.
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from ..api import Quantizer, Replacements, output_head_names
-from ..config import GROUP_SIZES, QuantConfig, check
-from ..modules import Int4WeightLinear, Int8DynamicLinear, Int8WeightLinear
-from .common import int4_supported
+from ..config import GROUP_SIZES, KernelTiming, QuantConfig, check
+from ..modules import Int4WeightLinear, Int8DynamicLinear, Int8WeightLinear, int_mm_is_exact
+from .common import int4_supported, time_kernels
 from .rtn import RTNConfig, rtn_module
 from .w8a8 import W8A8Config, w8a8_module
 
 #: Candidate kernels by name: the width they store and how one layer is built on them.
 INT8_KERNELS = ("int8-weight-bf16", "int8-weight-fp32", "w8a8")
 INT4_KERNELS = ("int4-bf16", "int4-fp32")
-#: The most rows a kernel is timed at (an encoder batch of 32 sequences of 256 tokens).
-MAX_ROWS = 8192
 
 
 def build_on(kernel: str, linear: nn.Linear, group_size: int) -> nn.Module:
     """``linear`` quantized by round-to-nearest onto the named candidate kernel."""
     if kernel == "w8a8":
-        return w8a8_module(linear, W8A8Config())
+        module = w8a8_module(linear, W8A8Config())
+        # Where torch._int_mm is not exact (no VNNI) the same W8A8 sums run on the weight-only kernel.
+        module.matmul = "int_mm" if int_mm_is_exact() else "int8pack"
+        return module
     act_dtype = "bfloat16" if kernel.endswith("bf16") else "float32"
     bits = 4 if kernel.startswith("int4") else 8
     return rtn_module(linear, RTNConfig(bits=bits, group_size=group_size, act_dtype=act_dtype))
 
 
-def time_kernels(modules: dict[str, nn.Module], in_features: int, rows: list[int], repeats: int) -> dict[str, float]:
-    """Milliseconds per call of each module, summed over ``rows`` (median of ``repeats``, rounds interleaved)."""
-    inputs = {m: torch.randn(m, in_features) for m in rows}
-    samples: dict[tuple[str, int], list[float]] = {(name, m): [] for name in modules for m in rows}
-    with torch.inference_mode():
-        for module in modules.values():
-            for x in inputs.values():
-                module(x)  # first calls pay packing and allocation
-        for _ in range(repeats):
-            for name, module in modules.items():
-                for m, x in inputs.items():
-                    start = time.perf_counter()
-                    module(x)
-                    samples[(name, m)].append(time.perf_counter() - start)
-    return {name: 1e3 * sum(statistics.median(samples[(name, m)]) for m in rows) for name in modules}
-
-
 @dataclass(kw_only=True)
-class Int8Config(QuantConfig):
+class Int8Config(KernelTiming):
     """Weight-only int8 or W8A8, whichever this machine runs fastest, per layer shape."""
 
     method: ClassVar[str] = "int8"
@@ -78,12 +59,6 @@ class Int8Config(QuantConfig):
     keep_lm_head: bool = False
     #: ``auto`` times the candidates; a candidate's name uses it for every layer.
     kernel: str = "auto"
-    #: Row counts timed: a one-token decoding step and a verification block (a reranker's batch
-    #: sends thousands of rows through each linear, and crossedge-retrieval times at those).
-    rows: list[int] = field(default_factory=lambda: [1, 4])
-    repeats: int = 15
-    #: Time the candidates again instead of reading this machine's earlier choice.
-    remeasure: bool = False
 
     def nominal_bits(self) -> int:
         return 8
@@ -91,10 +66,7 @@ class Int8Config(QuantConfig):
     def validate(self) -> None:
         names = ("auto", *self.candidates)
         check(self.kernel in names, f"{self.method} kernel must be one of {', '.join(names)}, got {self.kernel!r}")
-        self.rows = [int(m) for m in self.rows]
-        in_range = bool(self.rows) and all(1 <= m <= MAX_ROWS for m in self.rows)
-        check(in_range, f"rows must be 1..{MAX_ROWS}, got {self.rows}")
-        check(1 <= self.repeats <= 1000, f"repeats must be 1..1000, got {self.repeats}")
+        super().validate()
         check(not self.fake, f"{self.method} chooses integer kernels; for the fake-quant path use rtn:fake=true")
 
 
@@ -139,6 +111,9 @@ class Int8Quantizer(Quantizer):
             first = targets[names[0]]
             # int4 rows cannot be shared with a tied input embedding, and the int4 kernel needs out % 16 == 0.
             candidates = config.candidates if int4_supported(first) and not head else INT8_KERNELS
+            if not int_mm_is_exact():
+                # W8A8 would run on the weight-only kernel plus rounding the activations: never faster.
+                candidates = tuple(c for c in candidates if c != "w8a8")
             if config.kernel != "auto" and config.kernel in candidates:
                 choice = {"kernel": config.kernel, "ms": {}}
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -10,20 +11,29 @@ from torch import nn
 
 from ..api import Quantizer, Replacements
 from ..calibration import collect_stats
-from ..config import ACT_GRANULARITIES, QuantConfig, check
-from ..modules import FakeQuantLinear, Int8DynamicLinear
+from ..config import ACT_GRANULARITIES, KernelTiming, QuantConfig, QuantConfigError, check
+from ..modules import W8A8_MATMULS, FakeQuantLinear, Int8DynamicLinear, int_mm_is_exact
 from ..primitives import EPS
-from .common import fake_module, rtn_weight
+from .common import fake_module, rtn_weight, time_kernels
+
+#: Why ``auto`` skips timing where ``torch._int_mm`` is not exact.
+INEXACT_INT_MM = "torch._int_mm returned wrong sums on this CPU (no VNNI: saturating 16-bit pairs)"
 
 
 @dataclass(kw_only=True)
-class W8A8Config(QuantConfig):
-    """Int8 weights with dynamically quantized int8 activations, int8 x int8 -> int32 matmul."""
+class W8A8Config(KernelTiming):
+    """Int8 weights with dynamically quantized int8 activations; the integer sums on the matmul timed fastest here.
+
+    ``matmul="auto"`` times ``int_mm`` and ``int8pack`` (:class:`Int8DynamicLinear`) per layer
+    shape at ``rows`` and keeps the choice per machine; where ``torch._int_mm`` is not exact
+    (CPUs without VNNI) it takes ``int8pack`` without timing.
+    """
 
     method: ClassVar[str] = "w8a8"
 
     weight_granularity: str = "per_channel"
     act_granularity: str = "per_token"
+    matmul: str = "auto"
 
     def nominal_bits(self) -> int:
         """Always 8."""
@@ -38,6 +48,9 @@ class W8A8Config(QuantConfig):
             self.act_granularity in ACT_GRANULARITIES,
             f"act_granularity must be one of {ACT_GRANULARITIES}, got {self.act_granularity!r}",
         )
+        names = ("auto", *W8A8_MATMULS)
+        check(self.matmul in names, f"matmul must be one of {', '.join(names)}, got {self.matmul!r}")
+        super().validate()
 
 
 @dataclass(kw_only=True)
@@ -90,11 +103,61 @@ def w8a8_module(
     )
 
 
+def with_matmuls(modules: dict[str, nn.Module], config: W8A8Config) -> Replacements:
+    """``modules`` with each W8A8 layer on its config's matmul (``auto``: per shape, as chosen here)."""
+    layers = {name: m for name, m in modules.items() if isinstance(m, Int8DynamicLinear)}
+    if not layers:
+        return Replacements(modules)
+    if config.matmul == "int_mm" and not int_mm_is_exact():
+        raise QuantConfigError(f"matmul=int_mm: {INEXACT_INT_MM}; use matmul=auto or matmul=int8pack")
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name, m in layers.items():
+        shapes.setdefault((m.out_features, m.in_features), []).append(name)
+    chosen: dict[str, dict[str, Any]] = {}
+    for (out_f, in_f), names in shapes.items():
+        if config.matmul != "auto":
+            choice: dict[str, Any] = {"matmul": config.matmul}
+        elif not int_mm_is_exact():
+            choice = {"matmul": "int8pack", "why": INEXACT_INT_MM}
+        else:
+            choice = choose_matmul(layers[names[0]], config)
+        for name in names:
+            layers[name].matmul = choice["matmul"]
+        chosen[f"{out_f}x{in_f}"] = {**choice, "layers": len(names)}
+    return Replacements(modules, {"matmuls": chosen})
+
+
+def choose_matmul(layer: Int8DynamicLinear, config: W8A8Config) -> dict[str, Any]:
+    """The faster W8A8 matmul for ``layer``'s shape: this machine's stored choice, else timed now."""
+    from crossedge.core.measurements import MeasurementCache
+
+    key = {
+        "w8a8_shape": [layer.out_features, layer.in_features],
+        "act_granularity": layer.act_granularity,
+        "candidates": list(W8A8_MATMULS),
+        "rows": config.rows,
+        "repeats": config.repeats,
+    }
+
+    def measure() -> dict[str, Any]:
+        # Shallow copies share the layer's buffers; only the matmul differs.
+        variants = {}
+        for matmul in W8A8_MATMULS:
+            variants[matmul] = copy.copy(layer)
+            variants[matmul].matmul = matmul
+        ms = time_kernels(variants, layer.in_features, config.rows, config.repeats)
+        return {"matmul": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()}}
+
+    return MeasurementCache("kernels").get_or_measure(key, measure, again=config.remeasure)
+
+
 class W8A8Quantizer(Quantizer):
     """Plain W8A8: per-channel (or per-tensor) int8 weights, per-token (or per-tensor) dynamic int8 activations."""
 
     name = "w8a8"
-    description = "int8 weights and dynamic int8 activations (per token by default) on torch._int_mm"
+    description = (
+        "int8 weights and dynamic int8 activations (per token by default); integer sums on the matmul timed fastest"
+    )
     config_class = W8A8Config
     produces = (Int8DynamicLinear, FakeQuantLinear)
 
@@ -102,7 +165,7 @@ class W8A8Quantizer(Quantizer):
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
     ) -> Replacements:
         assert isinstance(config, W8A8Config)
-        return Replacements({name: w8a8_module(linear, config) for name, linear in targets.items()})
+        return with_matmuls({name: w8a8_module(linear, config) for name, linear in targets.items()}, config)
 
 
 def smoothing_factors(col_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -130,7 +193,7 @@ class SmoothQuantQuantizer(Quantizer):
         for name, linear in targets.items():
             s = smoothing_factors(stats[name].col_absmax, linear.weight, config.alpha)
             out[name] = w8a8_module(linear, config, smooth=s)
-        return Replacements(out)
+        return with_matmuls(out, config)
 
 
 class CrossQuantQuantizer(Quantizer):
@@ -161,4 +224,4 @@ class CrossQuantQuantizer(Quantizer):
         for name, linear in targets.items():
             column = stats[name].col_absmax.clamp(min=EPS).pow(1 - config.alpha)
             out[name] = w8a8_module(linear, config, smooth=column, cross_alpha=config.alpha)
-        return Replacements(out)
+        return with_matmuls(out, config)
