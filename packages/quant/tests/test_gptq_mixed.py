@@ -66,3 +66,60 @@ def test_mixed_plan_on_tiny_model_meets_budget(quant_plugin, fresh_lm, sample_id
     assert used == plan.bytes_used
     details = quantization_map(model)["details"]
     assert details["bytes_used"] == used <= details["budget_bytes"] == plan.budget
+
+
+def test_lp_meets_a_latency_budget_as_well():
+    errors = np.array([[10.0, 1.0], [5.0, 4.9], [3.0, 0.5]])
+    costs = np.array([[50.0, 100.0], [50.0, 100.0], [50.0, 100.0]])
+    # here the 4-bit kernel is the slow one for layers 0 and 2
+    latencies = np.array([[3.0, 1.0], [1.0, 1.0], [3.0, 1.0]])
+    assert solve_bit_allocation(errors, costs, budget=1000, latencies=latencies, latency_budget=9) == [1, 1, 1]
+    picks = solve_bit_allocation(errors, costs, budget=250, latencies=latencies, latency_budget=5)
+    assert sum(latencies[i, j] for i, j in enumerate(picks)) <= 5
+    assert sum(costs[i, j] for i, j in enumerate(picks)) <= 250
+    assert picks == [1, 0, 1]
+    with pytest.raises(BudgetError, match="latency budget 2.000 ms is below the fastest possible 3.000 ms"):
+        solve_bit_allocation(errors, costs, budget=1000, latencies=latencies, latency_budget=2)
+    with pytest.raises(BudgetError, match="no bit widths fit both budgets"):
+        solve_bit_allocation(errors, costs, budget=150, latencies=latencies, latency_budget=3)
+
+
+def test_mixed_latency_budget_times_each_shape_once_and_is_met(quant_plugin, tiny_lm, sample_ids, monkeypatch):
+    import copy
+
+    from crossedge.quant import collect_stats, select_modules
+    from crossedge.quant.methods import mixed
+
+    calls = []
+
+    def fake_timing(modules, in_features, rows, repeats):
+        calls.append(sorted(modules))
+        return {"4": 2.0, "8": 1.0}  # int4 slower than int8 here, as on some CPUs
+
+    monkeypatch.setattr(mixed, "time_kernels", fake_timing)
+    model = copy.deepcopy(tiny_lm[0])
+    config = MixedConfig(group_size=32, budget_fraction=0.22, latency_ms=1.6 * 14)  # 14 linears in the tiny llama
+    targets = select_modules(model, config)
+    stats = collect_stats(model, [sample_ids], targets, absmax=False, hessian=True)
+    plan = plan_bits(targets, {n: s.mean_hessian() for n, s in stats.items()}, config)
+    shapes = {mixed.shape_label(m) for m in targets.values()}
+    assert len(calls) == len(shapes) == len(plan.layer_ms)
+    assert plan.latency_ms <= config.latency_ms and plan.bytes_used <= plan.budget
+    expected = sum(plan.layer_ms[mixed.shape_label(targets[n])][str(b)] for n, b in plan.bits.items())
+    assert plan.latency_ms == pytest.approx(expected)
+    plan_bits(targets, {n: s.mean_hessian() for n, s in stats.items()}, config)
+    assert len(calls) == len(shapes), "kept timings were taken again"
+    quantize_(model, config, calibration=[sample_ids])
+    details = quantization_map(model)["details"]
+    assert details["latency_ms"] <= details["latency_budget_ms"] == config.latency_ms
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"latency_ms": 0}, "latency_ms must be positive"), ({"latency_ms": 5, "fake": True}, "not with fake=true")],
+)
+def test_mixed_latency_options_are_checked(fields, message):
+    from crossedge.core.errors import CrossedgeError
+
+    with pytest.raises(CrossedgeError, match=message):
+        MixedConfig(**fields)
