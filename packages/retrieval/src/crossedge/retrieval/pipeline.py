@@ -795,8 +795,7 @@ def uni_vs_cross_speed(
             plain_m = measure(lambda: cross.score(query, docs, batch_size=batch_size), name="plain", repeats=repeats)
             plain_scores = cross.score(query, docs, batch_size=batch_size)
         record = prepare_scorer(cross, stack, batch_size=batch_size)
-        # One encoder for both, as before; the uni-encoder's own head takes the stack's dtype too
-        # (only then: ``.to`` would also cast a quantized linear's bf16 scales, and its kernel with them).
+        # One encoder for both, as before; the uni-encoder's own head takes the stack's dtype too.
         uni.encoder = cross.encoder
         if stack.dtype != "float32":
             uni.to(torch_dtype(stack.dtype))
