@@ -1,6 +1,6 @@
 """Integer layers for a saved 4-bit CNN: int8 codes multiplied by ``torch._int_mm`` into int32.
 
-A convolution unfolds its input codes (im2col) into an int8 matrix and multiplies it by
+A convolution unfolds its input codes (im2col, channels last) into an int8 matrix and multiplies it by
 the int8 weight codes with ``torch._int_mm``; the int32 sums are scaled in float32 by the
 same :func:`~crossedge.quant.cnn.layers.output_scale` the trained model uses, so the
 outputs match the trained model bit for bit. Inputs above 127 (8-bit pixels) are shifted
@@ -29,13 +29,6 @@ def int_mm_available() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _int_matmul(x: torch.Tensor, codes_t: torch.Tensor, zero_point: int, column_sums: torch.Tensor) -> torch.Tensor:
-    """``x @ codes_t`` in int32 for integer-valued float ``x`` (rows) and int8 ``codes_t`` (K, N)."""
-    shifted = (x - zero_point).to(torch.int8) if zero_point else x.to(torch.int8)
-    acc = torch._int_mm(shifted.contiguous(), codes_t)
-    return acc + zero_point * column_sums if zero_point else acc
 
 
 class IntegerConv2d(nn.Module):
@@ -67,16 +60,21 @@ class IntegerConv2d(nn.Module):
         if self.kernel == "float":
             y = F.conv2d(x, self.codes.to(x.dtype), None, 1, self.padding)
             return y * scale.view(1, -1, 1, 1)
-        n, _, h, w = x.shape
-        k = self.kernel_size
-        cols = F.unfold(x, k, padding=self.padding)  # (N, C*k*k, L); padding holds code 0
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        n, c, h, w = x.shape
+        k, p = self.kernel_size, self.padding
+        out_h, out_w = h + 2 * p - k + 1, w + 2 * p - k + 1
+        # im2col in int8, channels last: pad with pixel value 0 (code -zero_point once shifted), shift, narrow
+        padded = F.pad(x, (p, p, p, p))
+        codes_in = (padded - self.input_zero_point) if self.input_zero_point else padded
+        codes_in = codes_in.to(torch.int8).contiguous(memory_format=torch.channels_last)
+        windows = codes_in.permute(0, 2, 3, 1).unfold(1, k, 1).unfold(2, k, 1)  # (N, H, W, C, k, k)
+        rows = windows.reshape(n * out_h * out_w, c * k * k)
         codes_t = self.codes.reshape(self.out_channels, -1).t().contiguous()
-        sums = codes_t.sum(dim=0, dtype=torch.int32)
-        acc = _int_matmul(rows, codes_t, self.input_zero_point, sums)
-        out_h, out_w = h + 2 * self.padding - k + 1, w + 2 * self.padding - k + 1
-        y = acc.to(torch.float32).view(n, out_h * out_w, self.out_channels).transpose(1, 2)
-        return y.reshape(n, self.out_channels, out_h, out_w) * scale.view(1, -1, 1, 1)
+        acc = torch._int_mm(rows, codes_t)
+        if self.input_zero_point:
+            acc = acc + self.input_zero_point * codes_t.sum(dim=0, dtype=torch.int32)
+        y = acc.to(torch.float32).view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+        return y * scale.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, kernel={self.kernel}"
@@ -99,8 +97,7 @@ class IntegerLinear(nn.Module):
         scale = output_scale(self.input_scale, self.weight_scale)
         if self.kernel == "float":
             return F.linear(x, self.codes.to(x.dtype)) * scale + self.bias
-        codes_t = self.codes.t().contiguous()
-        acc = _int_matmul(x, codes_t, 0, codes_t.sum(dim=0, dtype=torch.int32))
+        acc = torch._int_mm(x.to(torch.int8).contiguous(), self.codes.t().contiguous())
         return acc.to(torch.float32) * scale + self.bias
 
     def extra_repr(self) -> str:
