@@ -181,14 +181,6 @@ WRITTEN_FILES = (
 )
 
 
-def _written_by_quant(folder: Path) -> bool:
-    try:
-        document = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and document.get("format") == "crossedge.quant"
-
-
 def check_output_folder(out_dir: Path, source_folder: Path | None, *, force: bool) -> Path:
     """The folder ``quant run`` may write to; never the model's own folder, the cache, or someone else's files.
 
@@ -210,20 +202,10 @@ def check_output_folder(out_dir: Path, source_folder: Path | None, *, force: boo
             f"--out {out_dir} is inside (or holds) crossedge's cache {cache}, whose entries crossedge manages; "
             "choose a folder outside it"
         )
-    if out.exists() and not out.is_dir():
-        raise CrossedgeError(f"--out {out_dir} is a file, not a folder; choose a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise CrossedgeError(
-                f"--out {out_dir} is not empty: choose a new or empty folder, or pass --force to replace the files "
-                "'quant run' writes there (other files are kept)"
-            )
-        clashes = [name for name in WRITTEN_FILES if (out / name).exists()]
-        if clashes and not _written_by_quant(out):
-            raise CrossedgeError(
-                f"--out {out_dir} holds {', '.join(clashes)} that 'crossedge quant run' did not write; even with "
-                "--force crossedge never writes over files it did not create: choose another folder"
-            )
+    from .serialization import refuse_foreign_files, written_by
+
+    ours = written_by(out, "quantization.json", "crossedge.quant")
+    refuse_foreign_files(out, out_dir, written=WRITTEN_FILES, ours=ours, writer="'crossedge quant run'", force=force)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,47 @@ def save_quantized(model: nn.Module, folder: Path | str, tokenizer: Any = None) 
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder
+
+
+def written_by(folder: Path, map_file: str, format_id: str) -> bool:
+    """Whether ``folder`` holds a ``map_file`` that crossedge wrote with format ``format_id``."""
+    try:
+        document = json.loads((folder / map_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == format_id
+
+
+def refuse_foreign_files(
+    out: Path,
+    shown: Path | str,
+    *,
+    written: Sequence[str],
+    ours: bool,
+    writer: str,
+    force: bool,
+    error: type[CrossedgeError] = CrossedgeError,
+) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder without ``force``, or one whose files we did not write.
+
+    ``written`` are the names the writer creates; ``ours`` says whether an earlier run of it
+    wrote the folder. With ``force`` only those names are replaced, and other files are kept.
+    """
+    if out.exists() and not out.is_dir():
+        raise error(f"--out {shown} is a file, not a folder; choose a folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not force:
+        raise error(
+            f"--out {shown} is not empty: choose a new or empty folder, or pass --force to replace the files "
+            f"{writer} writes there ({', '.join(written)}; other files are kept)"
+        )
+    clashes = [name for name in written if (out / name).exists()]
+    if clashes and not ours:
+        raise error(
+            f"--out {shown} holds {', '.join(clashes)} that {writer} did not write; even with --force crossedge "
+            "never writes over files it did not create: choose another folder"
+        )
 
 
 def _expect(condition: bool, path: Path, what: str) -> None:

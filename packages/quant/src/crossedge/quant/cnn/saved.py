@@ -21,6 +21,7 @@ from torch import nn
 from crossedge.core.cache import sha256_file
 from crossedge.core.errors import CrossedgeError
 
+from ..serialization import refuse_foreign_files, written_by
 from .config import FourBitTrainingConfig, TrainingConfigError
 from .inference import KERNELS, IntegerConv2d, IntegerLinear, int_mm_available
 from .layers import FourBitConv2d, FourBitLinear, quantize_weight
@@ -55,14 +56,6 @@ def unpack_codes(packed: torch.Tensor, count: int) -> torch.Tensor:
     return torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.int8)
 
 
-def _written_by_us(folder: Path) -> bool:
-    try:
-        document = json.loads((folder / MAP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and document.get("format") == FORMAT
-
-
 def check_out_folder(out: Path, *, force: bool = False) -> Path:
     """The folder a 4-bit CNN may be saved to: new or empty, or with ``force`` one an earlier save wrote.
 
@@ -70,20 +63,8 @@ def check_out_folder(out: Path, *, force: bool = False) -> Path:
     writes or when an earlier save wrote it; only those files are replaced, others are kept.
     """
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FourBitFormatError(f"--out {out} is a file, not a folder; choose a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FourBitFormatError(
-                f"--out {out} is not empty: choose a new or empty folder, or pass --force to replace the files a "
-                f"4-bit CNN save writes there ({', '.join(WRITTEN_FILES)}; other files are kept)"
-            )
-        clashes = [name for name in WRITTEN_FILES if (out / name).exists()]
-        if clashes and not _written_by_us(out):
-            raise FourBitFormatError(
-                f"--out {out} holds {', '.join(clashes)} that crossedge did not write; even with --force crossedge "
-                "never writes over files it did not create: choose another folder"
-            )
+    refuse_foreign_files(out, out, written=WRITTEN_FILES, ours=written_by(out, MAP_FILE, FORMAT),
+                         writer="a 4-bit CNN save", force=force, error=FourBitFormatError)  # fmt: skip
     return out
 
 
