@@ -3,7 +3,8 @@
 Run: python packages/quant/benchmarks/kernels.py [THREADS]
 Compares an fp32 linear with the int8/int4 kernels available in torch on the
 layer shapes of SmolLM2-135M (576, 1536, 49152) and one 4096x4096 layer, with W8A8's integer
-sums on ``torch._int_mm`` and on ``torch._weight_int8pack_mm`` (the fallback without VNNI).
+sums on ``torch._int_mm`` and on the two fallbacks without VNNI (the weight-only kernel on the
+codes in bf16, an fp32 linear on the codes).
 """
 
 from __future__ import annotations
@@ -45,16 +46,23 @@ def time_shape(out_f: int, in_f: int, tokens: int) -> list[float]:
         xi, s = codes()
         return torch._int_mm(xi, q.t()).float() * s * scale
 
-    def w8a8_int8pack() -> torch.Tensor:
+    float_codes = q.float()
+
+    def w8a8_int8pack_bf16() -> torch.Tensor:
         xi, s = codes()
-        return torch._weight_int8pack_mm(xi.float(), q, scale) * s
+        return torch._weight_int8pack_mm(xi.to(torch.bfloat16), q, sb).float() * s
+
+    def w8a8_fp32_codes() -> torch.Tensor:
+        xi, s = codes()
+        return torch.nn.functional.linear(xi.float(), float_codes) * s * scale
 
     return [
         median_ms(lambda: torch.nn.functional.linear(x, w)),
         median_ms(lambda: torch._weight_int8pack_mm(xb, q, sb)),
         median_ms(lambda: torch._weight_int4pack_mm_for_cpu(xb, packed, 64, sz)),
         median_ms(w8a8),
-        median_ms(w8a8_int8pack),
+        median_ms(w8a8_int8pack_bf16),
+        median_ms(w8a8_fp32_codes),
     ]
 
 
@@ -66,8 +74,8 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} capability={torch.backends.cpu.get_cpu_capability()}")
     print(f"torch._int_mm exact here: {int_mm_is_exact()}")
     print(
-        "out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | w8a8 per-token _int_mm | "
-        "w8a8 per-token _weight_int8pack_mm on the codes (both incl. act quant)"
+        "out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | W8A8 per token (incl. act quant) on: "
+        "_int_mm | _weight_int8pack_mm, bf16 codes | fp32 linear on the codes"
     )
     for out_f, in_f in [(576, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096)]:
         for tokens in (1, 64):

@@ -1,4 +1,4 @@
-"""W8A8's two matmuls: the same integer sums on ``torch._int_mm`` or the weight-only kernel, chosen per CPU."""
+"""W8A8's matmuls: the sums of int8 products on ``torch._int_mm``, the weight-only kernel or fp32, chosen per CPU."""
 
 import copy
 import platform
@@ -41,15 +41,21 @@ def test_both_matmuls_compute_the_same_integer_sums(layer, granularity):
     module = Int8DynamicLinear.from_weight(linear.weight, linear.bias, per_tensor_weight=False,
                                            act_granularity=granularity)  # fmt: skip
     want = exact_sums(module, x)
-    got = {}
+    # exact but for float32 rescaling; the weight-only kernel rounds scales and output to bf16
+    tolerance = {"int_mm": 1e-6, "fp32-codes": 1e-6, "int8pack-bf16": 1e-2}
     for matmul in w8a8.W8A8_MATMULS:
         module.matmul = matmul
         if matmul == "int_mm" and not quant_modules.int_mm_is_exact():
-            continue  # this CPU's int_mm saturates (test below); int8pack must still be exact
-        got[matmul] = module(x).double()
-        assert float((got[matmul] - want).abs().max() / want.abs().max()) < 1e-6, matmul
-    assert "int8pack" in got
-    assert "W8A8" in module.kernel and "_weight_int8pack_mm" in module.kernel
+            continue  # this CPU's int_mm saturates (test below); the others must still hold
+        got = module(x).double()
+        assert float((got - want).abs().max() / want.abs().max()) < tolerance[matmul], matmul
+        assert "W8A8" in module.kernel
+    module.matmul = "int8pack-bf16"
+    assert module.float_codes is None  # only fp32-codes keeps a float copy of the codes
+    module.matmul = "fp32-codes"
+    module(x)
+    assert torch.equal(module.float_codes, module.qweight.float())
+    assert module.weight_bytes() > 4 * module.qweight.numel()
 
 
 def test_auto_times_both_matmuls_per_shape_and_keeps_the_choice(quant_plugin, tiny_lm, monkeypatch):
@@ -60,7 +66,7 @@ def test_auto_times_both_matmuls_per_shape_and_keeps_the_choice(quant_plugin, ti
     def fake_timing(modules, in_features, rows, repeats):
         calls.append(rows)
         assert {m.matmul for m in modules.values()} == set(w8a8.W8A8_MATMULS)
-        return {"int_mm": 2.0, "int8pack": 1.0} if in_features > 64 else {"int_mm": 1.0, "int8pack": 2.0}
+        return dict(zip(modules, [2.0, 1.0, 3.0] if in_features > 64 else [1.0, 2.0, 3.0], strict=True))
 
     monkeypatch.setattr(w8a8, "time_kernels", fake_timing)
     result = quantize(copy.deepcopy(tiny_lm[0]), "w8a8:rows=1+4,repeats=2")
@@ -69,20 +75,24 @@ def test_auto_times_both_matmuls_per_shape_and_keeps_the_choice(quant_plugin, ti
     for name in result.modules:
         module = result.model.get_submodule(name)
         if isinstance(module, Int8DynamicLinear):
-            assert module.matmul == ("int8pack" if module.in_features > 64 else "int_mm")
+            assert module.matmul == ("int8pack-bf16" if module.in_features > 64 else "int_mm")
             assert chosen[f"{module.out_features}x{module.in_features}"]["matmul"] == module.matmul
     again = quantize(copy.deepcopy(tiny_lm[0]), "w8a8:rows=1+4,repeats=2")
     assert len(calls) == len(chosen), "the stored choice was timed again"
     assert again.details["matmuls"] == chosen
 
 
-def test_without_an_exact_int_mm_w8a8_runs_int8pack_untimed(quant_plugin, tiny_lm, inexact, monkeypatch):
-    monkeypatch.setattr(w8a8, "time_kernels", lambda *a, **k: pytest.fail("timed a matmul that cannot be used"))
+def test_without_an_exact_int_mm_w8a8_times_only_the_others(quant_plugin, tiny_lm, inexact, monkeypatch):
+    def fake_timing(modules, *args):
+        assert "int_mm" not in modules, "timed a matmul that cannot be used"
+        return {"int8pack-bf16": 2.0, "fp32-codes": 1.0}
+
+    monkeypatch.setattr(w8a8, "time_kernels", fake_timing)
     result = quantize(copy.deepcopy(tiny_lm[0]), "w8a8")
     layers = [m for m in result.model.modules() if isinstance(m, Int8DynamicLinear)]
-    assert layers and all(m.matmul == "int8pack" for m in layers)
+    assert layers and all(m.matmul == "fp32-codes" for m in layers)
     assert all("no VNNI" in entry["why"] for entry in result.details["matmuls"].values())
-    with pytest.raises(CrossedgeError, match="matmul=int_mm: torch._int_mm returned wrong sums.*matmul=int8pack"):
+    with pytest.raises(CrossedgeError, match="matmul=int_mm: torch._int_mm returned wrong sums.*fp32-codes"):
         quantize(copy.deepcopy(tiny_lm[0]), "w8a8:matmul=int_mm")
     # the int8 preset no longer offers W8A8 there: it would be the weight-only kernel plus rounding
     monkeypatch.setattr(preset, "time_kernels", lambda modules, *a: dict.fromkeys(modules, 1.0))
@@ -90,27 +100,41 @@ def test_without_an_exact_int_mm_w8a8_runs_int8pack_untimed(quant_plugin, tiny_l
     assert all("w8a8" not in entry["ms"] for entry in chosen.values())
 
 
-def test_a_saved_int_mm_model_loads_onto_int8pack_where_int_mm_is_inexact(
+@pytest.mark.parametrize("matmul", ["int8pack-bf16", "fp32-codes"])
+def test_a_saved_w8a8_model_reloads_bit_identical(quant_plugin, tiny_lm, sample_ids, tmp_path, matmul):
+    model, tokenizer = tiny_lm
+    result = quantize(copy.deepcopy(model), f"w8a8:matmul={matmul}")
+    folder = save_quantized(result.model, tmp_path / "q", tokenizer)
+    with torch.inference_mode():
+        want = result.model(sample_ids).logits
+        assert torch.equal(load_quantized(folder)(sample_ids).logits, want)
+
+
+def test_a_saved_int_mm_model_loads_onto_fp32_codes_where_int_mm_is_inexact(
     quant_plugin, tiny_lm, sample_ids, tmp_path, monkeypatch
 ):
     model, tokenizer = tiny_lm
-    result = quantize(copy.deepcopy(model), "w8a8:matmul=int8pack")
-    folder = save_quantized(result.model, tmp_path / "q", tokenizer)
-    with torch.inference_mode():
-        assert torch.equal(load_quantized(folder)(sample_ids).logits, result.model(sample_ids).logits)
     if not quant_modules.int_mm_is_exact():
         pytest.skip("int_mm cannot be saved from this CPU")
-    folder = save_quantized(quantize(copy.deepcopy(model), "w8a8:matmul=int_mm").model, tmp_path / "i", tokenizer)
+    on_int_mm = quantize(copy.deepcopy(model), "w8a8:matmul=int_mm").model
+    folder = save_quantized(on_int_mm, tmp_path / "i", tokenizer)
     for module in (quant_modules, w8a8, preset):
         monkeypatch.setattr(module, "int_mm_is_exact", lambda: False)
     with pytest.warns(UserWarning, match="returns wrong sums on this CPU"):
         reloaded = load_quantized(folder)
     layers = [m for m in reloaded.modules() if isinstance(m, Int8DynamicLinear)]
-    assert layers and all(m.matmul == "int8pack" for m in layers)
+    assert layers and all(m.matmul == "fp32-codes" for m in layers)
+    with torch.inference_mode():  # the same exact integer sums, rescaled in the same order
+        assert torch.equal(reloaded(sample_ids).logits, on_int_mm(sample_ids).logits)
 
 
-@pytest.mark.parametrize(("spec", "message"), [("w8a8:matmul=vnni", "matmul must be one of auto, int_mm, int8pack"),
-                                               ("smoothquant:rows=0", "rows must be 1..8192")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("w8a8:matmul=vnni", "matmul must be one of auto, int_mm, int8pack-bf16, fp32-codes"),
+        ("smoothquant:rows=0", "rows must be 1..8192"),
+    ],
+)
 def test_bad_matmul_options(quant_plugin, spec, message):
     from crossedge.quant import parse_spec
 

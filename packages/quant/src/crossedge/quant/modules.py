@@ -4,7 +4,7 @@ Kernels were chosen by measuring on the development machine (2 vCPU with AVX512-
 and AVX512-BF16; see docs/quant.md): weight-only int8 uses ``torch._weight_int8pack_mm``
 and int4 uses ``torch._weight_int4pack_mm_for_cpu``, both with bf16 activations; W8A8
 uses ``torch._int_mm`` (int8 x int8 -> int32), which is fast on VNNI CPUs, or, where that is
-slower or not exact (no VNNI), ``torch._weight_int8pack_mm`` on the activation codes. Every module
+slower or not exact (no VNNI), the weight-only kernel or a float32 matmul on the activation codes. Every module
 also has ``reference_forward``, the same arithmetic in fp32 on dequantized weights,
 which tests compare the kernel against. :class:`FakeQuantLinear` is the research path.
 """
@@ -253,8 +253,8 @@ def quantize_activation(
     return q, scale
 
 
-#: The two matmuls a W8A8 layer can run its integer sums on (see :class:`Int8DynamicLinear`).
-W8A8_MATMULS = ("int_mm", "int8pack")
+#: The matmuls a W8A8 layer can run its sums of int8 products on (see :class:`Int8DynamicLinear`).
+W8A8_MATMULS = ("int_mm", "int8pack-bf16", "fp32-codes")
 
 
 @functools.cache
@@ -280,21 +280,43 @@ class Int8DynamicLinear(QuantizedLinear):
     CrossQuant fold its inverse into the weight columns before quantizing them.
 
     ``matmul`` picks the kernel for the sums of int8 products: ``int_mm`` (``torch._int_mm``,
-    int32; fast with VNNI, slow and saturating without it, see :func:`int_mm_is_exact`) or
-    ``int8pack`` (``torch._weight_int8pack_mm`` on the int8 activation codes as float32,
-    scaled by the weight scales in the kernel and by the activation scales after). Both compute
-    the same W8A8 arithmetic: float32 holds the integer sums exactly up to 2^24, past the
-    largest sum SmolLM2's widest layer can reach (1,536 x 127 x 127 = 24.8M) only at worst-case
-    codes, and then to one part in 10^7.
+    int32; fast with VNNI, slow and saturating without it, see :func:`int_mm_is_exact`);
+    ``int8pack-bf16`` (the weight-only kernel ``torch._weight_int8pack_mm`` on the activation
+    codes as bfloat16, which holds them exactly, then the activation scales: fast at decoding's
+    few rows on any CPU, but the weight scales and the output are rounded to bfloat16, as the
+    weight-only layers' are); or ``fp32-codes`` (a float32 matmul on the codes, which holds the
+    integer sums exactly up to 2^24, past the largest sum SmolLM2's widest layer reaches only at
+    worst-case codes; it keeps a float32 copy of the codes, so it takes a float32 layer's bytes).
     """
 
     kind = "int8_dynamic"
 
     @property
     def kernel(self) -> str:
-        if self.matmul == "int8pack":
-            return f"torch._weight_int8pack_mm on int8 codes (W8A8, {self.act_granularity} int8 activations)"
-        return f"torch._int_mm (W8A8, {self.act_granularity} int8 activations)"
+        on = {
+            "int_mm": "torch._int_mm",
+            "int8pack-bf16": "torch._weight_int8pack_mm on bf16 codes",
+            "fp32-codes": "fp32 linear on the codes",
+        }[self.matmul]
+        return f"{on} (W8A8, {self.act_granularity} int8 activations)"
+
+    @property
+    def matmul(self) -> str:
+        """The kernel the int8 sums run on; setting ``fp32-codes`` keeps a float32 copy of the codes."""
+        return self._matmul
+
+    @matmul.setter
+    def matmul(self, name: str) -> None:
+        if name not in W8A8_MATMULS:
+            raise ValueError(f"matmul must be one of {', '.join(W8A8_MATMULS)}, not {name!r}")
+        self._matmul = name
+        # Not saved; built from qweight at the first fp32-codes call (after any load), and a
+        # buffer so that weight_bytes counts it and .to() moves it.
+        self.register_buffer("float_codes", None, persistent=False)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.float_codes = None  # the codes changed: rebuild the float copy from them
 
     def __init__(
         self,
@@ -307,29 +329,27 @@ class Int8DynamicLinear(QuantizedLinear):
         matmul: str = "int_mm",
     ):
         super().__init__(in_features, out_features, bias)
-        if matmul not in W8A8_MATMULS:
-            raise ValueError(f"matmul must be one of {', '.join(W8A8_MATMULS)}, not {matmul!r}")
         self.act_granularity = act_granularity
         self.cross_alpha = cross_alpha
-        self.matmul = matmul
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("wscale", torch.ones(out_features))
         self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)
+        self.matmul = matmul
         self.track_kernel = False
         self.kernel_zeros = 0
         self.kernel_total = 0
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8DynamicLinear:
-        """As saved, except that ``int_mm`` runs as ``int8pack`` (the same sums, exact) where it is not exact."""
+        """As saved, except that ``int_mm`` runs as ``fp32-codes`` (the same sums, exact) where it is not exact."""
         module = cls(**spec)
         if module.matmul == "int_mm" and not int_mm_is_exact():
             warnings.warn(
                 "this W8A8 model was saved to run torch._int_mm, which returns wrong sums on this CPU (no VNNI); "
-                "its layers run torch._weight_int8pack_mm on the same int8 codes instead",
+                "its layers run a float32 matmul on the same int8 codes instead (exact sums, float32 bytes)",
                 stacklevel=2,
             )
-            module.matmul = "int8pack"
+            module.matmul = "fp32-codes"
         return module
 
     def spec(self) -> dict[str, Any]:
@@ -392,8 +412,13 @@ class Int8DynamicLinear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self._quantized_input(x)
-        if self.matmul == "int8pack":
-            y = torch._weight_int8pack_mm(q.float(), self.qweight, self.wscale) * scale
+        if self.matmul == "int8pack-bf16":
+            y = torch._weight_int8pack_mm(q.to(torch.bfloat16), self.qweight, self.wscale.to(torch.bfloat16))
+            return self._finish(y.float() * scale, x)
+        if self.matmul == "fp32-codes":
+            if self.float_codes is None:
+                self.float_codes = self.qweight.float()
+            y = nn.functional.linear(q.float(), self.float_codes) * scale * self.wscale
             return self._finish(y, x)
         acc = torch._int_mm(q, self.qweight.t())
         y = acc.float() * scale * self.wscale

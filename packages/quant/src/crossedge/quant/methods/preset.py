@@ -40,7 +40,7 @@ def build_on(kernel: str, linear: nn.Linear, group_size: int) -> nn.Module:
     if kernel == "w8a8":
         module = w8a8_module(linear, W8A8Config())
         # Where torch._int_mm is not exact (no VNNI) the same W8A8 sums run on the weight-only kernel.
-        module.matmul = "int_mm" if int_mm_is_exact() else "int8pack"
+        module.matmul = "int_mm" if int_mm_is_exact() else "fp32-codes"
         return module
     act_dtype = "bfloat16" if kernel.endswith("bf16") else "float32"
     bits = 4 if kernel.startswith("int4") else 8

@@ -24,9 +24,9 @@ INEXACT_INT_MM = "torch._int_mm returned wrong sums on this CPU (no VNNI: satura
 class W8A8Config(KernelTiming):
     """Int8 weights with dynamically quantized int8 activations; the integer sums on the matmul timed fastest here.
 
-    ``matmul="auto"`` times ``int_mm`` and ``int8pack`` (:class:`Int8DynamicLinear`) per layer
-    shape at ``rows`` and keeps the choice per machine; where ``torch._int_mm`` is not exact
-    (CPUs without VNNI) it takes ``int8pack`` without timing.
+    ``matmul="auto"`` times the matmuls of :class:`Int8DynamicLinear` per layer shape at ``rows``
+    and keeps the choice per machine; where ``torch._int_mm`` is not exact (CPUs without VNNI)
+    it is left out, and the weight-only kernel and the float32 matmul on the codes compete.
     """
 
     method: ClassVar[str] = "w8a8"
@@ -109,7 +109,7 @@ def with_matmuls(modules: dict[str, nn.Module], config: W8A8Config) -> Replaceme
     if not layers:
         return Replacements(modules)
     if config.matmul == "int_mm" and not int_mm_is_exact():
-        raise QuantConfigError(f"matmul=int_mm: {INEXACT_INT_MM}; use matmul=auto or matmul=int8pack")
+        raise QuantConfigError(f"matmul=int_mm: {INEXACT_INT_MM}; use matmul=auto, int8pack-bf16 or fp32-codes")
     shapes: dict[tuple[int, int], list[str]] = {}
     for name, m in layers.items():
         shapes.setdefault((m.out_features, m.in_features), []).append(name)
@@ -117,8 +117,6 @@ def with_matmuls(modules: dict[str, nn.Module], config: W8A8Config) -> Replaceme
     for (out_f, in_f), names in shapes.items():
         if config.matmul != "auto":
             choice: dict[str, Any] = {"matmul": config.matmul}
-        elif not int_mm_is_exact():
-            choice = {"matmul": "int8pack", "why": INEXACT_INT_MM}
         else:
             choice = choose_matmul(layers[names[0]], config)
         for name in names:
@@ -131,10 +129,11 @@ def choose_matmul(layer: Int8DynamicLinear, config: W8A8Config) -> dict[str, Any
     """The faster W8A8 matmul for ``layer``'s shape: this machine's stored choice, else timed now."""
     from crossedge.core.measurements import MeasurementCache
 
+    candidates = [m for m in W8A8_MATMULS if m != "int_mm" or int_mm_is_exact()]
     key = {
         "w8a8_shape": [layer.out_features, layer.in_features],
         "act_granularity": layer.act_granularity,
-        "candidates": list(W8A8_MATMULS),
+        "candidates": candidates,
         "rows": config.rows,
         "repeats": config.repeats,
     }
@@ -142,11 +141,15 @@ def choose_matmul(layer: Int8DynamicLinear, config: W8A8Config) -> dict[str, Any
     def measure() -> dict[str, Any]:
         # Shallow copies share the layer's buffers; only the matmul differs.
         variants = {}
-        for matmul in W8A8_MATMULS:
+        for matmul in candidates:
             variants[matmul] = copy.copy(layer)
+            variants[matmul]._buffers = dict(layer._buffers)  # its own float copy of the codes, if any
             variants[matmul].matmul = matmul
         ms = time_kernels(variants, layer.in_features, config.rows, config.repeats)
-        return {"matmul": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()}}
+        choice = {"matmul": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()}}
+        if "int_mm" not in candidates:
+            choice["why"] = f"int_mm left out: {INEXACT_INT_MM}"
+        return choice
 
     return MeasurementCache("kernels").get_or_measure(key, measure, again=config.remeasure)
 
