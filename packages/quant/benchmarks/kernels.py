@@ -66,13 +66,23 @@ def time_shape(out_f: int, in_f: int, tokens: int) -> list[float]:
     ]
 
 
+def int_mm_error() -> str:
+    """How far ``torch._int_mm`` is from the exact sums on random full-range codes, 4x576 by 576x576."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (4, 576), generator=generator, dtype=torch.int8)
+    b = torch.randint(-127, 128, (576, 576), generator=generator, dtype=torch.int8)
+    exact = a.double() @ b.double()
+    wrong = (torch._int_mm(a, b).double() - exact).abs().max() / exact.abs().max()
+    return f"largest error {100 * float(wrong):.1f}% of the largest sum (4x576 by 576x576 random codes)"
+
+
 def main() -> None:
     """Print one line per layer shape and token count."""
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads())
     from crossedge.quant.modules import int_mm_is_exact
 
     print(f"threads={torch.get_num_threads()} capability={torch.backends.cpu.get_cpu_capability()}")
-    print(f"torch._int_mm exact here: {int_mm_is_exact()}")
+    print(f"torch._int_mm exact here: {int_mm_is_exact()}; {int_mm_error()}")
     print(
         "out x in, tokens: fp32 | int8 weight-only bf16 | int4 g64 bf16 | W8A8 per token (incl. act quant) on: "
         "_int_mm | _weight_int8pack_mm, bf16 codes | fp32 linear on the codes"

@@ -262,8 +262,8 @@ def int_mm_is_exact() -> bool:
     """Whether ``torch._int_mm`` returns exact int32 sums here (probed once per process).
 
     Without VNNI, oneDNN's int8 GEMM multiplies pairs of bytes into saturating 16-bit sums
-    (``vpmaddubsw``): with its kernels capped at AVX2 on this machine the probe below came back
-    wrong by up to 17% of the largest sum. Full-range codes, as per-token quantization makes,
+    (``vpmaddubsw``): with its kernels capped at AVX2 on this machine a 4x576 by 576x576 product
+    came back wrong by up to 19% of the largest sum. Full-range codes, as per-token quantization makes,
     provoke it; the check compares against the same products in float64.
     """
     generator = torch.Generator().manual_seed(0)
@@ -310,13 +310,20 @@ class Int8DynamicLinear(QuantizedLinear):
         if name not in W8A8_MATMULS:
             raise ValueError(f"matmul must be one of {', '.join(W8A8_MATMULS)}, not {name!r}")
         self._matmul = name
-        # Not saved; built from qweight at the first fp32-codes call (after any load), and a
-        # buffer so that weight_bytes counts it and .to() moves it.
-        self.register_buffer("float_codes", None, persistent=False)
+        self._derive_operands()
+
+    def _derive_operands(self) -> None:
+        # What the chosen matmul reads besides qweight, derived from the saved buffers once rather
+        # than per call: fp32-codes' float copy of the codes, int8pack-bf16's bf16 weight scales.
+        # Not saved; buffers, so weight_bytes counts them and .to() moves them.
+        codes = self.qweight.float() if self._matmul == "fp32-codes" else None
+        scales = self.wscale.to(torch.bfloat16) if self._matmul == "int8pack-bf16" else None
+        self.register_buffer("float_codes", codes, persistent=False)
+        self.register_buffer("bf16_wscale", scales, persistent=False)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self.float_codes = None  # the codes changed: rebuild the float copy from them
+        self._derive_operands()  # the codes and scales changed: derive again from them
 
     def __init__(
         self,
@@ -413,11 +420,9 @@ class Int8DynamicLinear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self._quantized_input(x)
         if self.matmul == "int8pack-bf16":
-            y = torch._weight_int8pack_mm(q.to(torch.bfloat16), self.qweight, self.wscale.to(torch.bfloat16))
+            y = torch._weight_int8pack_mm(q.to(torch.bfloat16), self.qweight, self.bf16_wscale)
             return self._finish(y.float() * scale, x)
         if self.matmul == "fp32-codes":
-            if self.float_codes is None:
-                self.float_codes = self.qweight.float()
             y = nn.functional.linear(q.float(), self.float_codes) * scale * self.wscale
             return self._finish(y, x)
         acc = torch._int_mm(q, self.qweight.t())

@@ -115,6 +115,39 @@ def refuse_foreign_files(
         )
 
 
+def read_format_document(
+    folder: Path | str,
+    map_file: str,
+    *,
+    format_id: str,
+    version: int,
+    written_by_what: str,
+    redo: str,
+    error: type[CrossedgeError],
+) -> tuple[Path, dict[str, Any]]:
+    """``folder/map_file`` read as JSON and checked to be ``format_id`` at ``version``; returns its path and dict.
+
+    ``written_by_what`` finishes "it is not ..." when the file is missing; ``redo`` says how to
+    write the folder again. Every failure is one ``error`` line.
+    """
+    path = Path(folder) / map_file
+    if not path.is_file():
+        raise error(f"{folder} has no {map_file}: it is not {written_by_what}; {redo}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}): the file is damaged; {redo}") from exc
+    if not isinstance(document, dict) or document.get("format") != format_id:
+        raise error(f"{path} is not a {format_id} file: it was not written by crossedge-quant; {redo}")
+    found = document.get("version")
+    if found != version:
+        raise error(
+            f"{path} has format version {found!r}, but this crossedge-quant reads version {version}: "
+            f"install the crossedge-quant release that wrote it, or {redo}"
+        )
+    return path, document
+
+
 def _expect(condition: bool, path: Path, what: str) -> None:
     if not condition:
         raise QuantFormatError(
@@ -129,21 +162,11 @@ def read_quantization_map(folder: Path | str) -> dict[str, Any]:
     kinds are the ones that method produces, so a third-party method's file loads too.
     Structural damage (a missing section, a wrong type) is one :class:`QuantFormatError`.
     """
-    path = Path(folder) / MAP_FILE
-    if not path.is_file():
-        raise QuantFormatError(f"{folder} has no {MAP_FILE}: it is not a folder written by 'crossedge quant run'")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise QuantFormatError(f"{path} is not valid JSON ({exc}): the file is damaged; re-run the export") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise QuantFormatError(f"{path} is not a {FORMAT} quantization map")
-    version = document.get("version")
-    if version != FORMAT_VERSION:
-        raise QuantFormatError(
-            f"{path} has quantization map version {version!r}, but this crossedge-quant reads version "
-            f"{FORMAT_VERSION}: install the crossedge-quant release that wrote it, or re-export the model"
-        )
+    path, document = read_format_document(
+        folder, MAP_FILE, format_id=FORMAT, version=FORMAT_VERSION,
+        written_by_what="a folder written by 'crossedge quant run'", redo="re-run 'crossedge quant run'",
+        error=QuantFormatError,
+    )  # fmt: skip
     _expect(isinstance(document.get("config"), dict), path, "'config' is missing or not an object")
     _expect(isinstance(document.get("modules"), dict), path, "'modules' is missing or not an object")
     for key in ("tied", "weights", "details"):

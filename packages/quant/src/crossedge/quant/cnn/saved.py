@@ -21,7 +21,7 @@ from torch import nn
 from crossedge.core.cache import sha256_file
 from crossedge.core.errors import CrossedgeError
 
-from ..serialization import refuse_foreign_files, written_by
+from ..serialization import read_format_document, refuse_foreign_files, written_by
 from .config import FourBitTrainingConfig, TrainingConfigError
 from .inference import KERNELS, IntegerConv2d, IntegerLinear, int_mm_available
 from .layers import FourBitConv2d, FourBitLinear, quantize_weight
@@ -113,23 +113,10 @@ def _fail(path: Path, what: str) -> FourBitFormatError:
 def read_map(folder: Path | str) -> dict[str, Any]:
     """The checked ``cnn4.json``: this format and version, a valid config and shape, a layer list."""
     folder = Path(folder)
-    path = folder / MAP_FILE
-    if not path.is_file():
-        raise FourBitFormatError(
-            f"{folder} has no {MAP_FILE}: it is not a 4-bit CNN folder written by crossedge; {REDO}"
-        )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise FourBitFormatError(f"{path} is not a {FORMAT} file: it was not written by 'crossedge quant train-cnn'")
-    version = document.get("version")
-    if version != FORMAT_VERSION:
-        raise FourBitFormatError(
-            f"{path} has format version {version!r}, but this crossedge-quant reads version {FORMAT_VERSION}: "
-            f"install the crossedge-quant release that wrote it, or {REDO}"
-        )
+    path, document = read_format_document(
+        folder, MAP_FILE, format_id=FORMAT, version=FORMAT_VERSION,
+        written_by_what="a 4-bit CNN folder written by crossedge", redo=REDO, error=FourBitFormatError,
+    )  # fmt: skip
     for key in ("config", "shape", "weights"):
         if not isinstance(document.get(key), dict):
             raise _fail(path, f"{key!r} is missing or not an object")

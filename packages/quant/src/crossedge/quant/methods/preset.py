@@ -39,7 +39,7 @@ def build_on(kernel: str, linear: nn.Linear, group_size: int) -> nn.Module:
     """``linear`` quantized by round-to-nearest onto the named candidate kernel."""
     if kernel == "w8a8":
         module = w8a8_module(linear, W8A8Config())
-        # Where torch._int_mm is not exact (no VNNI) the same W8A8 sums run on the weight-only kernel.
+        # Where torch._int_mm is not exact (no VNNI) the same W8A8 sums run exactly in float32.
         module.matmul = "int_mm" if int_mm_is_exact() else "fp32-codes"
         return module
     act_dtype = "bfloat16" if kernel.endswith("bf16") else "float32"
@@ -112,7 +112,7 @@ class Int8Quantizer(Quantizer):
             # int4 rows cannot be shared with a tied input embedding, and the int4 kernel needs out % 16 == 0.
             candidates = config.candidates if int4_supported(first) and not head else INT8_KERNELS
             if not int_mm_is_exact():
-                # W8A8 would run on the weight-only kernel plus rounding the activations: never faster.
+                # W8A8 would be a float32 matmul plus rounding the activations: never faster than these.
                 candidates = tuple(c for c in candidates if c != "w8a8")
             if config.kernel != "auto" and config.kernel in candidates:
                 choice = {"kernel": config.kernel, "ms": {}}
