@@ -13,6 +13,7 @@ QUANTIZERS: tuple[tuple[str, str], ...] = (
     ("crossquant", "crossedge.quant.methods.w8a8:CrossQuantQuantizer"),
     ("gptq", "crossedge.quant.methods.gptq:GPTQQuantizer"),
     ("mixed", "crossedge.quant.methods.mixed:MixedQuantizer"),
+    ("mobilequant", "crossedge.quant.methods.mobilequant:MobileQuantQuantizer"),
     ("int8", "crossedge.quant.methods.preset:Int8Quantizer"),
     ("int4", "crossedge.quant.methods.preset:Int4Quantizer"),
 )
