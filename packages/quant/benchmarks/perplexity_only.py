@@ -6,43 +6,38 @@ Used for research-path (fake=true) variants whose speed means nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("CROSSEDGE_LOAD_PLUGINS", "")
+import torch
 
-import torch  # noqa: E402
-
-from crossedge.core import load_model, registered  # noqa: E402
-from crossedge.quant import kernel_fraction, quantize_, text_batches, track_kernel  # noqa: E402
-from crossedge.quant.evaluation import load_corpus, perplexity  # noqa: E402
+from crossedge.core import load_model
+from crossedge.quant import kernel_fraction, quantize_, text_batches, track_kernel
+from crossedge.quant.evaluation import load_corpus, perplexity
 
 
 def main() -> None:
     """Print one line per spec: perplexity, change against fp32, kernel fraction."""
-    import crossedge.quant.plugin as plugin
-
+    # First-party plugins (crossedge-quant's methods, the model sources) load from their entry points.
     model_name, max_tokens, calib_tokens, specs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     torch.set_num_threads(1)
     corpus = load_corpus()
     base = None
-    with registered(plugin, name="quant-bench"):
-        for spec in ["fp32", *specs]:
-            loaded = load_model(model_name)
-            ids = loaded.tokenizer(corpus.evaluation, return_tensors="pt").input_ids[0]
-            if spec != "fp32":
-                calib = text_batches(loaded.tokenizer, corpus.calibration, seq_len=512, num_batches=calib_tokens // 512)
-                quantize_(loaded.model, spec, calibration=calib)
-            track_kernel(loaded.model)
-            result = perplexity(loaded.model, ids, window=512, max_tokens=max_tokens)
-            base = base or result.ppl
-            fraction = kernel_fraction(loaded.model)
-            shown = "-" if fraction is None else f"{fraction:.3f}"
-            print(
-                f"{spec}: ppl {result.ppl:.3f} ({100 * (result.ppl / base - 1):+.2f}%), kernel fraction {shown}, "
-                f"{result.windows} windows of {result.window}",
-                flush=True,
-            )
+    for spec in ["fp32", *specs]:
+        loaded = load_model(model_name)
+        ids = loaded.tokenizer(corpus.evaluation, return_tensors="pt").input_ids[0]
+        if spec != "fp32":
+            calib = text_batches(loaded.tokenizer, corpus.calibration, seq_len=512, num_batches=calib_tokens // 512)
+            quantize_(loaded.model, spec, calibration=calib)
+        track_kernel(loaded.model)
+        result = perplexity(loaded.model, ids, window=512, max_tokens=max_tokens)
+        base = base or result.ppl
+        fraction = kernel_fraction(loaded.model)
+        shown = "-" if fraction is None else f"{fraction:.3f}"
+        print(
+            f"{spec}: ppl {result.ppl:.3f} ({100 * (result.ppl / base - 1):+.2f}%), kernel fraction {shown}, "
+            f"{result.windows} windows of {result.window}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Per-layer CPU kernel timings that chose crossedge-quant's kernels (milliseconds per call, median).
 
-Run: python packages/quant/benchmarks/kernels.py [THREADS]
+Run: python packages/quant/benchmarks/layer_kernels.py [THREADS]
 Compares an fp32 linear with the int8/int4 kernels available in torch on the
 layer shapes of SmolLM2-135M (576, 1536, 49152) and one 4096x4096 layer, with W8A8's integer
 sums on ``torch._int_mm`` and on the two fallbacks without VNNI (the weight-only kernel on the
