@@ -110,6 +110,24 @@ def test_smoothing_and_crossquant_scales(layer):
     assert 0 <= fractions[1] < fractions[0]
 
 
+def test_crossquant_widens_tokens_past_the_calibrated_columns_instead_of_clamping(layer):
+    linear, x = layer
+    column = x.abs().amax(0).pow(1 - 0.15)  # "calibrated" on x
+    louder = x * 4  # run-time inputs past every calibrated column maximum
+
+    def cross(widen):
+        return Int8DynamicLinear.from_weight(
+            linear.weight, linear.bias, per_tensor_weight=False, act_granularity="per_token",
+            smooth=column, cross_alpha=0.15, cross_widen=widen,
+        )  # fmt: skip
+
+    clamped, widened = cross(False), cross(True)
+    want = linear(louder).detach()
+    assert rel(widened(louder), want) < 3e-2 < rel(clamped(louder), want)
+    assert torch.equal(widened(x), clamped(x))  # within the calibrated range the scales agree
+    assert widened.spec()["cross_widen"] and not Int8DynamicLinear(8, 8, False).cross_widen  # older files clamp
+
+
 SPECS = ["rtn:bits=8", "rtn:bits=4,group_size=32", "w8a8", "w8a8:act_granularity=per_tensor"]
 
 

@@ -235,16 +235,25 @@ class Int4WeightLinear(QuantizedLinear):
 
 
 def quantize_activation(
-    x2: torch.Tensor, granularity: str, cross_alpha: float | None, raw: torch.Tensor | None = None
+    x2: torch.Tensor,
+    granularity: str,
+    cross_alpha: float | None,
+    raw: torch.Tensor | None = None,
+    widen: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 activations ``[tokens, features]`` and their scale (``[tokens, 1]`` or ``[1, 1]``).
 
     With ``cross_alpha`` the per-token scale is CrossQuant's ``t_i^alpha / 127`` where
-    ``t_i`` is the row absolute maximum of the raw (unsmoothed) input ``raw``.
+    ``t_i`` is the row absolute maximum of the raw (unsmoothed) input ``raw``; ``widen`` raises it
+    to the row's own maximum where that is larger (no clamping of values past the calibrated columns).
     """
     if cross_alpha is not None:
         rows = (raw if raw is not None else x2).abs().amax(-1, keepdim=True).clamp(min=EPS)
         scale = rows.pow(cross_alpha) / 127.0
+        if widen:
+            # The column factor folded into the weights comes from calibration; where a token exceeds
+            # a column's calibrated maximum, its scale widens to x2's own maximum instead of clamping.
+            scale = torch.maximum(scale, x2.abs().amax(-1, keepdim=True) / 127.0)
     elif granularity == "per_token":
         scale = x2.abs().amax(-1, keepdim=True).clamp(min=EPS) / 127.0
     else:
@@ -334,10 +343,12 @@ class Int8DynamicLinear(QuantizedLinear):
         smooth: bool = False,
         cross_alpha: float | None = None,
         matmul: str = "int_mm",
+        cross_widen: bool = False,
     ):
         super().__init__(in_features, out_features, bias)
         self.act_granularity = act_granularity
         self.cross_alpha = cross_alpha
+        self.cross_widen = cross_widen
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("wscale", torch.ones(out_features))
         self.register_buffer("inv_smooth", torch.ones(in_features) if smooth else None)
@@ -366,6 +377,7 @@ class Int8DynamicLinear(QuantizedLinear):
             "smooth": self.inv_smooth is not None,
             "cross_alpha": self.cross_alpha,
             "matmul": self.matmul,
+            "cross_widen": self.cross_widen,
         }
 
     @classmethod
@@ -378,12 +390,21 @@ class Int8DynamicLinear(QuantizedLinear):
         act_granularity: str,
         smooth: torch.Tensor | None = None,
         cross_alpha: float | None = None,
+        cross_widen: bool = False,
     ) -> Int8DynamicLinear:
         """Quantize ``weight * smooth`` (columns) symmetrically to int8; ``x / smooth`` happens at run time."""
         from .primitives import compute_qparams, quantize
 
         out_features, in_features = weight.shape
-        module = cls(in_features, out_features, bias is not None, act_granularity, smooth is not None, cross_alpha)
+        module = cls(
+            in_features,
+            out_features,
+            bias is not None,
+            act_granularity,
+            smooth is not None,
+            cross_alpha,
+            cross_widen=cross_widen,
+        )
         w = weight.detach().float()
         if smooth is not None:
             w = w * smooth.float()[None, :]
@@ -405,7 +426,7 @@ class Int8DynamicLinear(QuantizedLinear):
     def _quantized_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = x.reshape(-1, self.in_features).float()
         x2 = raw * self.inv_smooth if self.inv_smooth is not None else raw
-        q, scale = quantize_activation(x2, self.act_granularity, self.cross_alpha, raw)
+        q, scale = quantize_activation(x2, self.act_granularity, self.cross_alpha, raw, self.cross_widen)
         if self.track_kernel:
             self.kernel_zeros += int((q == 0).sum())
             self.kernel_total += q.numel()

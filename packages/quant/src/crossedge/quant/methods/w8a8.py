@@ -68,11 +68,16 @@ class SmoothQuantConfig(W8A8Config):
 
 @dataclass(kw_only=True)
 class CrossQuantConfig(W8A8Config):
-    """W8A8 with CrossQuant activation scales t_i^alpha * c_j^(1-alpha) (row and column absolute maxima)."""
+    """W8A8 with CrossQuant activation scales t_i^alpha * c_j^(1-alpha) (row and column absolute maxima).
+
+    ``widen`` (the default) lets a token whose values pass the calibrated column maxima take a
+    wider scale instead of being clamped; ``widen=false`` clamps, as the scale alone would.
+    """
 
     method: ClassVar[str] = "crossquant"
 
     alpha: float = 0.15
+    widen: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -100,6 +105,7 @@ def w8a8_module(
         act_granularity=config.act_granularity,
         smooth=smooth,
         cross_alpha=cross_alpha,
+        cross_widen=cross_alpha is not None and getattr(config, "widen", False),
     )
 
 
