@@ -144,3 +144,23 @@ def test_config_errors_say_what_to_change(quant_plugin, spec, message):
 def test_without_calibration_it_asks_for_data(quant_plugin, fresh_lm):
     with pytest.raises(CrossedgeError, match="needs calibration data"):
         quantize(fresh_lm[0], "mobilequant")
+
+
+def test_act16_layers_take_16_bit_codes_on_fp32_codes(quant_plugin, tiny_lm, sample_ids, tmp_path):
+    model, tokenizer = tiny_lm
+    result = quantize(copy.deepcopy(model), "mobilequant:steps=2,act16=*.down_proj", calibration=[sample_ids])
+    down, up = result.model.model.layers[0].mlp.down_proj, result.model.model.layers[0].mlp.up_proj
+    assert (down.act_bits, up.act_bits) == (16, 8) and result.details["act16_layers"] == 2
+    assert down.matmul == "fp32-codes" and "16-bit" in down.kernel
+    with pytest.raises(ValueError, match="fp32-codes only"):
+        down.matmul = "int8pack-bf16"
+    x = torch.randn(3, down.in_features)
+    assert down._quantized_input(x)[0].dtype == torch.int16
+    assert float((down(x) - down.reference_forward(x)).abs().max()) < 1e-4
+    loaded = load_quantized(save_quantized(result.model, tmp_path / "q", tokenizer))
+    with torch.no_grad():
+        assert torch.equal(result.model(sample_ids).logits, loaded(sample_ids).logits)
+    w4 = quantize(copy.deepcopy(model), "mobilequant:weight_bits=4,group_size=32,steps=2,act16=*.down_proj",
+                  calibration=[sample_ids])  # fmt: skip
+    w4_down = w4.model.model.layers[0].mlp.down_proj
+    assert w4_down.act_bits == 16 and w4_down.scales_zeros.dtype == torch.float32  # bf16 cannot hold the codes

@@ -21,8 +21,9 @@ activation codes: bfloat16 holds integers up to 256 exactly).
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -37,8 +38,8 @@ from ..modules import W8A8_MATMULS, Int4WeightLinear, Int8DynamicLinear, int_mm_
 from ..primitives import EPS
 from .w8a8 import with_matmuls
 
-#: Largest activation code (symmetric int8).
-ACT_QMAX = 127
+#: Largest activation code by activation width (symmetric).
+ACT_QMAX = {8: 127, 16: 32767}
 
 
 @dataclass(kw_only=True)
@@ -58,6 +59,9 @@ class MobileQuantConfig(KernelTiming):
     matmul: str = "auto"
     #: The dtype the int4 kernel takes the codes and holds the scales in (4-bit weights only).
     act_dtype: str = "bfloat16"
+    #: fnmatch patterns of layers whose input is quantized to 16 bits (still static, per tensor), as
+    #: MobileQuant keeps the activations that 8 bits cannot hold; a group reading one tensor follows its first member.
+    act16: list[str] = field(default_factory=list)
 
     def nominal_bits(self) -> int:
         """The weight width."""
@@ -79,27 +83,46 @@ class MobileQuantConfig(KernelTiming):
         super().validate()
 
 
-def static_codes(x: torch.Tensor, inv_smooth: torch.Tensor | None, act_scale: torch.Tensor) -> torch.Tensor:
-    """Int8 codes ``round(x / s / a)`` of ``[tokens, features]`` float inputs (one static scale ``a``)."""
+def static_codes(
+    x: torch.Tensor, inv_smooth: torch.Tensor | None, act_scale: torch.Tensor, act_bits: int = 8
+) -> torch.Tensor:
+    """Integer codes ``round(x / s / a)`` (in float) of ``[tokens, features]`` inputs, one static scale ``a``."""
     x2 = x * inv_smooth if inv_smooth is not None else x
-    return torch.round(x2 / act_scale).clamp_(-ACT_QMAX, ACT_QMAX)
+    return torch.round(x2 / act_scale).clamp_(-ACT_QMAX[act_bits], ACT_QMAX[act_bits])
 
 
 class Int8StaticLinear(Int8DynamicLinear):
     """W8A8 with a static activation scale: codes ``round(x / s / a)`` with ``a`` fixed at quantization.
 
-    The integer sums run on the matmul chosen for the layer (see :class:`Int8DynamicLinear`).
+    The integer sums run on the matmul chosen for the layer (see :class:`Int8DynamicLinear`);
+    16-bit activation codes (``act_bits=16``) run on ``fp32-codes`` only, the one matmul that
+    takes them (float32 sums of exact products, rounded past 2^24).
     """
 
     kind = "int8_static"
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, smooth: bool = True, matmul: str = "fp32-codes"
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        smooth: bool = True,
+        matmul: str = "fp32-codes",
+        act_bits: int = 8,
     ):
+        if act_bits not in ACT_QMAX:
+            raise ValueError(f"act_bits must be 8 or 16, not {act_bits}")
+        self.act_bits = act_bits
         super().__init__(in_features, out_features, bias, "per_tensor", smooth, None, matmul)
         # Names the activation scheme in reports and keeps kernel timings apart from dynamic W8A8's.
-        self.act_granularity = "static per-tensor"
+        self.act_granularity = f"static per-tensor {act_bits}-bit"
         self.register_buffer("act_scale", torch.ones(()))
+
+    @Int8DynamicLinear.matmul.setter
+    def matmul(self, name: str) -> None:
+        if self.act_bits == 16 and name != "fp32-codes":
+            raise ValueError(f"16-bit activation codes run on fp32-codes only, not {name!r}")
+        Int8DynamicLinear.matmul.fset(self, name)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8StaticLinear:
@@ -108,13 +131,14 @@ class Int8StaticLinear(Int8DynamicLinear):
 
     def spec(self) -> dict[str, Any]:
         spec = super().spec()
-        for key in ("act_granularity", "cross_alpha"):
+        for key in ("act_granularity", "cross_alpha", "cross_widen"):
             spec.pop(key)
-        return spec
+        return {**spec, "act_bits": self.act_bits}
 
     def _quantized_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = x.reshape(-1, self.in_features).float()
-        q = static_codes(raw, self.inv_smooth, self.act_scale).to(torch.int8)
+        q = static_codes(raw, self.inv_smooth, self.act_scale, self.act_bits)
+        q = q.to(torch.int8 if self.act_bits == 8 else torch.int16)
         if self.track_kernel:
             self.kernel_zeros += int((q == 0).sum())
             self.kernel_total += q.numel()
@@ -125,7 +149,8 @@ class Int4StaticActLinear(Int4WeightLinear):
     """W4A8: int4 weights in groups, int8 activation codes with a static scale, on the int4 CPU kernel.
 
     The kernel multiplies the codes (exact in bfloat16) by the dequantized int4 groups in float32
-    sums; the static scale multiplies the result once.
+    sums; the static scale multiplies the result once. 16-bit codes (``act_bits=16``) need
+    ``act_dtype="float32"``, which holds them exactly.
     """
 
     kind = "w4a8_static"
@@ -138,14 +163,26 @@ class Int4StaticActLinear(Int4WeightLinear):
         )
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, group_size: int = 128, act_dtype: str = "bfloat16"
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        group_size: int = 128,
+        act_dtype: str = "bfloat16",
+        act_bits: int = 8,
     ):
+        if act_bits not in ACT_QMAX or (act_bits == 16 and act_dtype != "float32"):
+            raise ValueError(f"act_bits must be 8, or 16 with act_dtype float32; got {act_bits} with {act_dtype}")
         super().__init__(in_features, out_features, bias, group_size, act_dtype)
+        self.act_bits = act_bits
         self.register_buffer("inv_smooth", torch.ones(in_features))
         self.register_buffer("act_scale", torch.ones(()))
 
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "act_bits": self.act_bits}
+
     def _codes(self, x: torch.Tensor) -> torch.Tensor:
-        return static_codes(x.reshape(-1, self.in_features).float(), self.inv_smooth, self.act_scale)
+        return static_codes(x.reshape(-1, self.in_features).float(), self.inv_smooth, self.act_scale, self.act_bits)
 
     def dequantized_weight(self) -> torch.Tensor:
         return super().dequantized_weight() * self.inv_smooth[None, :]
@@ -182,8 +219,9 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
 class InputTransform(nn.Module):
     """The learned part every layer reading one tensor shares: smoothing ``s`` and the static scale ``a``."""
 
-    def __init__(self, smooth: torch.Tensor, act_scale: torch.Tensor):
+    def __init__(self, smooth: torch.Tensor, act_scale: torch.Tensor, act_bits: int = 8):
         super().__init__()
+        self.act_bits = act_bits
         self.log_smooth = nn.Parameter(smooth.float().log())
         self.log_act_scale = nn.Parameter(act_scale.float().log().reshape(()))
 
@@ -198,7 +236,8 @@ class InputTransform(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """``x / s`` on the static int8 grid, in float (gradients reach ``s`` and ``a``)."""
         a = self.act_scale()
-        return _round_ste(torch.clamp(x.float() / self.smooth() / a, -ACT_QMAX, ACT_QMAX)) * a
+        qmax = ACT_QMAX[self.act_bits]
+        return _round_ste(torch.clamp(x.float() / self.smooth() / a, -qmax, qmax)) * a
 
 
 class LearnedQuantLinear(nn.Module):
@@ -248,16 +287,21 @@ class LearnedQuantLinear(nn.Module):
         """The deployable module: the learned grid rounded for good, on its integer kernel."""
         smooth = self.transform.smooth().detach()
         act_scale = self.transform.act_scale().detach()
+        act_bits = self.transform.act_bits
         out_features, in_features = self.weight.shape
         view, scale, zero = self.grid()
         if self.bits == 8:
-            module: nn.Module = Int8StaticLinear(in_features, out_features, self.bias is not None)
+            module: nn.Module = Int8StaticLinear(in_features, out_features, self.bias is not None, act_bits=act_bits)
             wscale = scale.reshape(-1)
             module.qweight.copy_(torch.round(view.reshape(out_features, -1) / wscale[:, None]).clamp(-127, 127))
             module.wscale.copy_(wscale)
             module.matmul = module.matmul  # derive the matmul's operands from the codes just stored
         else:
-            module = Int4StaticActLinear(in_features, out_features, self.bias is not None, self.group_size, act_dtype)
+            if act_bits == 16:
+                act_dtype = "float32"  # bfloat16 holds integers up to 256 only
+            module = Int4StaticActLinear(
+                in_features, out_features, self.bias is not None, self.group_size, act_dtype, act_bits
+            )
             # Round against the scales the kernel holds (its act dtype), as the weight-only layers do.
             scale = scale.to(module.scales_zeros.dtype).float().clamp(min=EPS)
             q = torch.clamp(torch.round(view / scale) + zero, -8, 7).reshape(out_features, -1)[:, :in_features]
@@ -290,6 +334,23 @@ class BlockRecord:
     calls: list[tuple[tuple, dict[str, Any], torch.Tensor]]
 
 
+#: Input rows kept per layer to choose its starting activation range (spread over the calibration data).
+SAMPLE_ROWS = 1024
+
+
+@dataclass
+class InputRecord:
+    """What one calibration pass saw of a layer's input: column maxima, a sample of rows, its input group."""
+
+    col_absmax: torch.Tensor
+    rows: list[torch.Tensor]
+    group: int
+
+    def sample(self) -> torch.Tensor:
+        """The kept rows as one ``[rows, features]`` tensor."""
+        return torch.cat(self.rows)
+
+
 def _without_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
     # Re-running a block must not append to the calibration forward's KV cache.
     out = {}
@@ -307,14 +368,14 @@ def _main_output(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def record_calibration(
     model: nn.Module, batches: list[Any], blocks: dict[str, nn.Module], targets: dict[str, nn.Linear]
-) -> tuple[dict[str, BlockRecord], dict[str, torch.Tensor], dict[str, int]]:
-    """One float pass: each block's calls, each target's input column maxima, and which targets share an input.
+) -> tuple[dict[str, BlockRecord], dict[str, InputRecord]]:
+    """One float pass: each block's calls, and each target's input (maxima, sample rows, group).
 
     Targets that read the very same tensor in a call get the same group number.
     """
     records = {name: BlockRecord([]) for name in blocks}
-    col_absmax: dict[str, torch.Tensor] = {}
-    first_seen: dict[str, int] = {}
+    inputs: dict[str, InputRecord] = {}
+    per_call = -(-SAMPLE_ROWS // max(1, len(batches)))
     # Tensors seen in the first pass, by id: held so that no id is reused while the pass runs.
     call_inputs: dict[int, tuple[int, torch.Tensor]] = {}
     handles = []
@@ -332,10 +393,15 @@ def record_calibration(
     def linear_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
-            cur = x.detach().reshape(-1, x.shape[-1]).float().abs().amax(0)
-            col_absmax[name] = cur if name not in col_absmax else torch.maximum(col_absmax[name], cur)
-            if name not in first_seen:
-                first_seen[name] = call_inputs.setdefault(id(x), (len(call_inputs), x))[0]
+            x2 = x.detach().reshape(-1, x.shape[-1]).float()
+            picked = x2[torch.linspace(0, x2.shape[0] - 1, min(per_call, x2.shape[0])).long()].clone()
+            seen = inputs.get(name)
+            if seen is None:
+                group = call_inputs.setdefault(id(x), (len(call_inputs), x))[0]
+                inputs[name] = InputRecord(x2.abs().amax(0), [picked], group)
+            else:
+                seen.col_absmax = torch.maximum(seen.col_absmax, x2.abs().amax(0))
+                seen.rows.append(picked)
 
         return hook
 
@@ -352,20 +418,36 @@ def record_calibration(
     finally:
         for handle in handles:
             handle.remove()
-    missing = [name for name in targets if name not in col_absmax]
+    missing = [name for name in targets if name not in inputs]
     if missing:
         raise CalibrationError(f"calibration never reached layer(s) {', '.join(missing[:5])}: check the loader")
-    return records, col_absmax, first_seen
+    return records, inputs
 
 
+#: Fractions of ``max|x / s|`` tried as the starting activation range (log-spaced, 1 down to 1/200).
+RANGE_FRACTIONS = torch.logspace(0, -2.3, 48)
+
+
+@torch.no_grad()
 def initial_transform(
-    linears: list[nn.Linear], col_absmax: torch.Tensor, alpha: float
+    linears: list[nn.Linear], record: InputRecord, alpha: float, act_bits: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SmoothQuant's ``s`` over the layers sharing an input, and the static scale that covers ``x / s``."""
+    """SmoothQuant's ``s`` over the layers sharing an input, and the static scale of least error on ``x / s``.
+
+    The whole range (absmax) would spend the int8 grid on a few outlier tokens and round most
+    values to zero; the range kept is the one whose codes reproduce the sampled rows best.
+    """
     w_absmax = torch.stack([lin.weight.detach().float().abs().amax(0) for lin in linears]).amax(0).clamp(min=EPS)
-    smooth = (col_absmax.clamp(min=EPS).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
-    act_scale = ((col_absmax / smooth).amax() / ACT_QMAX).clamp(min=EPS)
-    return smooth, act_scale
+    smooth = (record.col_absmax.clamp(min=EPS).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
+    x2 = record.sample() / smooth
+    full = (record.col_absmax / smooth).amax().clamp(min=EPS)
+    qmax = ACT_QMAX[act_bits]
+    errors = []
+    for fraction in RANGE_FRACTIONS:
+        scale = full * fraction / qmax
+        errors.append(float((torch.round(x2 / scale).clamp(-qmax, qmax) * scale - x2).pow(2).sum()))
+    best = RANGE_FRACTIONS[min(range(len(errors)), key=errors.__getitem__)]
+    return smooth, (full * best / qmax).clamp(min=EPS)
 
 
 def fit_block(
@@ -433,17 +515,20 @@ class MobileQuantQuantizer(Quantizer):
             "matmul=int_mm: torch._int_mm is not exact on this CPU; use matmul=auto or fp32-codes",
         )
         blocks = decoder_blocks(model, targets)
-        records, col_absmax, group_of = record_calibration(model, calibration, blocks, targets)
+        records, inputs = record_calibration(model, calibration, blocks, targets)
         transforms: dict[int, InputTransform] = {}
         members: dict[int, list[str]] = {}
         for name in targets:
-            members.setdefault(group_of[name], []).append(name)
+            members.setdefault(inputs[name].group, []).append(name)
         for group, names in members.items():
-            colmax = torch.stack([col_absmax[n] for n in names]).amax(0)
-            smooth, act_scale = initial_transform([targets[n] for n in names], colmax, config.alpha)
-            transforms[group] = InputTransform(smooth, act_scale)
+            # Members read the same tensor, so any one's record holds the group's input.
+            wide = any(fnmatch.fnmatchcase(names[0], p) for p in config.act16)
+            bits = 16 if wide else 8
+            linears = [targets[n] for n in names]
+            smooth, act_scale = initial_transform(linears, inputs[names[0]], config.alpha, bits)
+            transforms[group] = InputTransform(smooth, act_scale, bits)
         learned = {
-            name: LearnedQuantLinear(lin, transforms[group_of[name]], config.weight_bits, config.group_size)
+            name: LearnedQuantLinear(lin, transforms[inputs[name].group], config.weight_bits, config.group_size)
             for name, lin in targets.items()
         }
         errors = []
@@ -460,7 +545,9 @@ class MobileQuantQuantizer(Quantizer):
         if errors:
             details["block_error_initial"] = round(sum(b for b, _ in errors) / len(errors), 6)
             details["block_error_learned"] = round(sum(a for _, a in errors) / len(errors), 6)
-        if config.weight_bits == 4:
+        details["act16_layers"] = sum(1 for m in modules.values() if m.act_bits == 16)
+        narrow = {name: m for name, m in modules.items() if m.act_bits == 8}
+        if config.weight_bits == 4 or not narrow:
             return Replacements(modules, details)
-        found = with_matmuls(modules, config)
-        return Replacements(found.modules, {**details, **found.details})
+        found = with_matmuls(narrow, config)  # 16-bit codes stay on fp32-codes
+        return Replacements({**modules, **found.modules}, {**details, **found.details})
