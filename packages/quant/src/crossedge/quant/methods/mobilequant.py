@@ -430,15 +430,20 @@ RANGE_FRACTIONS = torch.logspace(0, -2.3, 48)
 
 @torch.no_grad()
 def initial_transform(
-    linears: list[nn.Linear], record: InputRecord, alpha: float, act_bits: int = 8
+    linears: list[nn.Linear], record: InputRecord, alpha: float | None, act_bits: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SmoothQuant's ``s`` over the layers sharing an input, and the static scale of least error on ``x / s``.
+    """SmoothQuant's ``s`` over the layers sharing an input (1 without ``alpha``), and the static scale of
+    least error on ``x / s``.
 
     The whole range (absmax) would spend the int8 grid on a few outlier tokens and round most
     values to zero; the range kept is the one whose codes reproduce the sampled rows best.
     """
-    w_absmax = torch.stack([lin.weight.detach().float().abs().amax(0) for lin in linears]).amax(0).clamp(min=EPS)
-    smooth = (record.col_absmax.clamp(min=EPS).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
+    if alpha is None:
+        smooth = torch.ones_like(record.col_absmax)
+    else:
+        weights = torch.stack([lin.weight.detach().float().abs().amax(0) for lin in linears])
+        w_absmax = weights.amax(0).clamp(min=EPS)
+        smooth = (record.col_absmax.clamp(min=EPS).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
     x2 = record.sample() / smooth
     full = (record.col_absmax / smooth).amax().clamp(min=EPS)
     qmax = ACT_QMAX[act_bits]
@@ -525,7 +530,8 @@ class MobileQuantQuantizer(Quantizer):
             wide = any(fnmatch.fnmatchcase(names[0], p) for p in config.act16)
             bits = 16 if wide else 8
             linears = [targets[n] for n in names]
-            smooth, act_scale = initial_transform(linears, inputs[names[0]], config.alpha, bits)
+            # 16 bits hold the outliers: such inputs start with no migration into the weights (s = 1).
+            smooth, act_scale = initial_transform(linears, inputs[names[0]], None if wide else config.alpha, bits)
             transforms[group] = InputTransform(smooth, act_scale, bits)
         learned = {
             name: LearnedQuantLinear(lin, transforms[inputs[name].group], config.weight_bits, config.group_size)
