@@ -16,6 +16,7 @@ QUANTIZERS: tuple[tuple[str, str], ...] = (
     ("mobilequant", "crossedge.quant.methods.mobilequant:MobileQuantQuantizer"),
     ("int8", "crossedge.quant.methods.preset:Int8Quantizer"),
     ("int4", "crossedge.quant.methods.preset:Int4Quantizer"),
+    ("jlcm", "crossedge.quant.methods.jlcm:JLCMQuantizer"),
 )
 
 
