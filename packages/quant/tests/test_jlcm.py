@@ -13,7 +13,7 @@ from crossedge.quant.config import parse_spec
 from crossedge.quant.methods.jlcm import JLCMConfig, JLCMLinear, codebook_group_name, jlcm_bytes
 from crossedge.quant.testing import QuantizerConformance
 
-FAST = "group_size=32,steps=10,kmeans_iters=5"
+FAST = "group_size=32,steps=10,kmeans_iters=5,rounds=1"
 
 
 def fast(**changes):
@@ -38,7 +38,7 @@ class TestJLCM(QuantizerConformance):
 
 
 class TestJLCMPerRowScales(QuantizerConformance):
-    spec = "jlcm:group_size=0,steps=5,kmeans_iters=5,share=all"
+    spec = "jlcm:group_size=0,steps=5,kmeans_iters=5,rounds=1,share=all"
     tolerance = 0.08
 
 
@@ -53,7 +53,7 @@ def _jlcm_layers(model):
 
 
 def test_learning_lowers_the_output_error_below_the_kmeans_start(quant_plugin, fresh_lm, sample_ids):
-    result, _ = _quantized(fresh_lm, sample_ids, "jlcm:group_size=32,steps=30,kmeans_iters=5")
+    result, _ = _quantized(fresh_lm, sample_ids, "jlcm:group_size=32,steps=30,kmeans_iters=5,rounds=1")
     groups = result.details["codebooks"]
     assert len(groups) == 7  # q, k, v, o, gate, up, down: one codebook per kind across both layers
     for name, found in groups.items():
@@ -70,8 +70,8 @@ def test_more_rounds_do_not_lose(quant_plugin, tiny_lm, sample_ids):
     one = quantize(copy.deepcopy(model), fast(), calibration=[sample_ids]).details["codebooks"]
     two = quantize(copy.deepcopy(model), fast(rounds=2), calibration=[sample_ids]).details["codebooks"]
     for name in one:
-        assert len(two[name]["rounds"]) == 2
-        assert two[name]["rounds"][1]["learned"] <= two[name]["rounds"][0]["assigned"], name
+        assert len(two[name]["rounds"]) == 2 and two[name]["rounds"][0] == one[name]["rounds"][0]
+        assert two[name]["error_final"] <= one[name]["error_final"] * (1 + 1e-3), name  # the better round is kept
 
 
 def test_layers_of_a_kind_share_one_codebook(quant_plugin, fresh_lm, sample_ids):
@@ -205,5 +205,5 @@ def test_nominal_bits(quant_plugin):
 def test_layers_whose_width_is_not_a_multiple_of_dim_stay_float(quant_plugin, fresh_lm, sample_ids):
     model, _ = fresh_lm
     with pytest.warns(UserWarning, match="not a multiple of dim 3"):
-        result = quantize(model, "jlcm:dim=3,group_size=0,steps=2,kmeans_iters=3", calibration=[sample_ids])
+        result = quantize(model, "jlcm:dim=3,group_size=0,steps=2,kmeans_iters=3,rounds=1", calibration=[sample_ids])
     assert not result.modules  # the tiny model's widths are 32, 64 and 128: none is quantized

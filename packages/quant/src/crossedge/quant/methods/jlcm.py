@@ -63,10 +63,10 @@ class JLCMConfig(QuantConfig):
     kmeans_iters: int = 15
     kmeans_samples: int = 65536
     #: Adam steps of the joint refinement per round (0: k-means codebook and assignment only).
-    steps: int = 50
-    lr: float = 1e-3
+    steps: int = 40
+    lr: float = 0.01
     #: Assignment + refinement rounds (indices re-assigned with the learned codebook each round).
-    rounds: int = 1
+    rounds: int = 2
     #: GPTQ-style error feedback during assignment (false: nearest centroid per sub-vector).
     compensate: bool = True
     damp: float = 0.01
@@ -350,7 +350,8 @@ def learn_group(layers: list[_Layer], config: JLCMConfig, generator: torch.Gener
         layer.norm = float(output_error(layer.weight, torch.zeros_like(layer.weight), layer.hessian).clamp(min=EPS))
     pooled = [_subvectors(layer, dim, gs) for layer in layers]
     vectors = torch.cat([v for v, _ in pooled])
-    weights = torch.cat([w for _, w in pooled])
+    # Each layer's importances sum to one, so deep layers' larger activations do not claim the codebook.
+    weights = torch.cat([w / w.sum().clamp(min=EPS) * len(w) for _, w in pooled])
     if vectors.shape[0] > config.kmeans_samples:
         pick = torch.randperm(vectors.shape[0], generator=generator)[: config.kmeans_samples]
         vectors, weights = vectors[pick], weights[pick]
@@ -363,7 +364,8 @@ def learn_group(layers: list[_Layer], config: JLCMConfig, generator: torch.Gener
             layer.indices = assign_indices(layer, codebook, group_size=gs, compensate=False, damp=config.damp,
                                            block_size=config.block_size)  # fmt: skip
         error_kmeans = float(_relative_error(layers, codebook, mappings, scales, gs))
-    history = []
+    history: list[dict[str, float]] = []
+    best: tuple | None = None
     for _ in range(config.rounds):
         with torch.no_grad():
             for layer in layers:
@@ -374,6 +376,12 @@ def learn_group(layers: list[_Layer], config: JLCMConfig, generator: torch.Gener
             assigned = float(_relative_error(layers, codebook, mappings, scales, gs))
         codebook, mappings, scales, learned = _refine(layers, codebook, mappings, scales, config)
         history.append({"assigned": assigned, "learned": learned})
+        if best is None or learned < best[0]:
+            best = (learned, len(history), codebook, mappings, scales, {layer.name: layer.indices for layer in layers})
+    # A re-assignment round can land worse than the one before it: keep the best round's state.
+    _, kept_round, codebook, mappings, scales, indices = best
+    for layer in layers:
+        layer.indices = indices[layer.name]
     # Scales are stored in bf16: round them and report the error of what is saved.
     scales = {name: s.to(torch.bfloat16).float() for name, s in scales.items()}
     with torch.no_grad():
@@ -382,6 +390,7 @@ def learn_group(layers: list[_Layer], config: JLCMConfig, generator: torch.Gener
         "layers": len(layers),
         "error_kmeans": error_kmeans,
         "rounds": history,
+        "kept_round": kept_round,
         "error_final": final,
     }
     return GroupResult(
