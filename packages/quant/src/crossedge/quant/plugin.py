@@ -17,6 +17,7 @@ QUANTIZERS: tuple[tuple[str, str], ...] = (
     ("int8", "crossedge.quant.methods.preset:Int8Quantizer"),
     ("int4", "crossedge.quant.methods.preset:Int4Quantizer"),
     ("jlcm", "crossedge.quant.methods.jlcm:JLCMQuantizer"),
+    ("agile", "crossedge.quant.methods.agile:AgileQuantQuantizer"),
 )
 
 
