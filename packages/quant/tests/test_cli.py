@@ -31,7 +31,19 @@ def test_methods_lists_every_builtin(cli):
     result = cli("quant", "methods", "--json")
     assert result.exit_code == 0
     names = {row["name"] for row in json.loads(result.output)}
-    assert names == {"rtn", "w8a8", "smoothquant", "crossquant", "gptq", "mixed", "mobilequant", "jlcm", "int8", "int4"}
+    assert names == {
+        "rtn",
+        "w8a8",
+        "smoothquant",
+        "crossquant",
+        "gptq",
+        "mixed",
+        "mobilequant",
+        "jlcm",
+        "agile",
+        "int8",
+        "int4",
+    }
 
 
 def test_eval_writes_table_json_and_png(cli, tiny_folder, tmp_path):
