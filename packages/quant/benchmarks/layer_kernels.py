@@ -9,23 +9,16 @@ codes in bf16, an fp32 linear on the codes).
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 
+from crossedge.core.bench import measure
+
 
 def median_ms(fn, repeats: int = 30) -> float:
-    """Median wall time of ``fn`` in milliseconds after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+    """Median wall time of ``fn`` in milliseconds after three warm-up calls (core's ``measure``)."""
+    return 1e3 * measure(fn, warmup=3, repeats=repeats).median
 
 
 def time_shape(out_f: int, in_f: int, tokens: int) -> list[float]:

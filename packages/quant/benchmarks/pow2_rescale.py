@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
+from crossedge.core.bench import measure
 from crossedge.quant.methods.agile import AgileQuantLinear, pow2_exponent, pow2_quantize, rescale_exponent_add
 from crossedge.quant.modules import Int8DynamicLinear, int_mm_is_exact
 
@@ -36,15 +35,8 @@ ROWS = (1, 4, 16, 512)
 
 
 def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+    """Median wall time of ``fn`` in milliseconds after three warm-up calls (core's ``measure``)."""
+    return 1e3 * measure(fn, warmup=3, repeats=repeats).median
 
 
 def rescale_row(out_f: int, rows: int, repeats: int) -> dict[str, float]:
