@@ -1,12 +1,13 @@
 """Mixed precision under a latency budget, checked by timing the chosen model's layers again.
 
-Run: python packages/quant/benchmarks/latency_budget.py MODEL THREADS FRACTION [CALIB_TOKENS]
+Run: python packages/quant/benchmarks/latency_budget.py MODEL THREADS FRACTION [CALIB_TOKENS [MEMORY_FRACTION]]
 
 Times every layer shape at 4 and 8 bits (``mixed``'s own measurement, taken again here), sets the
-budget at FRACTION of the way from the all-4-bit sum to the all-8-bit sum, quantizes with
-``mixed:budget_fraction=1.0,latency_ms=BUDGET`` (memory unconstrained), then times each quantized
-layer of the result once more, interleaved with the two uniform models' layers, and prints the
-three sums and the perplexities (the eval command's protocol: 4,096 tokens in windows of 512).
+budget at FRACTION of the way from the faster uniform width's sum to the slower one's, quantizes with
+``mixed:budget_fraction=MEMORY_FRACTION,latency_ms=BUDGET`` (memory unconstrained by default: 1.0),
+then times each quantized layer of the result once more, beside the two uniform models' layers,
+and prints the three sums, the linears' bytes and the perplexities (the eval command's protocol:
+4,096 tokens in windows of 512).
 Run it on an idle machine.
 """
 
@@ -43,6 +44,7 @@ def main() -> None:
     """Print the budget, the plan's predicted sum, the re-timed sums and perplexities as JSON."""
     model_name, threads, fraction = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     calib_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
+    memory = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
     torch.set_num_threads(threads)
     loaded = load_model(model_name)
     corpus = load_corpus()
@@ -61,13 +63,20 @@ def main() -> None:
     specs = {
         "rtn:bits=4": "rtn:bits=4",
         "rtn:bits=8": "rtn",
-        "mixed": f"mixed:budget_fraction=1.0,latency_ms={budget},repeats={REPEATS}",
+        "mixed": f"mixed:budget_fraction={memory},latency_ms={budget},repeats={REPEATS}",
     }
-    models, report = {}, {"budget_ms": budget, "uniform_predicted_ms": uniform, "per_shape_ms": per_shape}
+    models, report = (
+        {},
+        {"budget_ms": budget, "memory_fraction": memory, "uniform_predicted_ms": uniform, "per_shape_ms": per_shape},
+    )
     for label, spec in specs.items():
         result = quantize(copy.deepcopy(loaded.model), spec, calibration=calib)
         models[label] = result.model
+        report.setdefault("linear_bytes", {})[label] = sum(
+            m.weight_bytes() for m in result.model.modules() if isinstance(m, QuantizedLinear)
+        )
         if label == "mixed":
+            report["mixed_budget_bytes"] = result.details["budget_bytes"]
             report["mixed_predicted_ms"] = result.details.get("latency_ms")
             report["mixed_bits"] = {b: list(result.details["bits"].values()).count(b) for b in (4, 8)}
     # Re-timed sums, the three models in turn twice, so drift hits all of them.
