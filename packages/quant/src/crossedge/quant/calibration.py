@@ -24,6 +24,8 @@ class LayerStats:
     col_absmax: torch.Tensor | None
     hessian: torch.Tensor | None
     tokens: int
+    #: Up to ``sample_rows`` input rows (strided over the first calls), when asked for.
+    sample: torch.Tensor | None = None
 
     def mean_hessian(self) -> torch.Tensor:
         """``X^T X / tokens``: the (halved) Hessian of the layer's squared output error."""
@@ -61,14 +63,17 @@ def collect_stats(
     *,
     absmax: bool = True,
     hessian: bool = False,
+    sample_rows: int = 0,
     progress: bool = True,
 ) -> dict[str, LayerStats]:
     """Feed every batch through ``model`` once, hooking the inputs of ``modules``.
 
     A batch is a tensor of input_ids (or of inputs for a plain model), a tuple of
-    positional arguments, or a dict of keyword arguments.
+    positional arguments, or a dict of keyword arguments. ``sample_rows`` keeps that many
+    input rows per layer (``LayerStats.sample``).
     """
     stats = {name: LayerStats(None, None, 0) for name in modules}
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     handles = []
 
     def hook_for(name: str):
@@ -82,6 +87,10 @@ def collect_stats(
             if hessian:
                 h = x.t() @ x
                 s.hessian = h if s.hessian is None else s.hessian + h
+            have = sum(t.shape[0] for t in rows[name])
+            if have < sample_rows:
+                step = max(1, x.shape[0] // (sample_rows - have))
+                rows[name].append(x[::step][: sample_rows - have].clone())
 
         return hook
 
@@ -97,6 +106,9 @@ def collect_stats(
             handle.remove()
     if count == 0:
         raise CalibrationError("the calibration loader yielded no batches: give at least one batch of inputs")
+    for name, kept in rows.items():
+        if kept:
+            stats[name].sample = torch.cat(kept)
     missing = [name for name, s in stats.items() if s.tokens == 0]
     if missing:
         raise CalibrationError(f"calibration never reached layer(s) {', '.join(missing[:5])}: check the loader")

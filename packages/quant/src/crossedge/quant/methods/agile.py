@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..api import Quantizer, Replacements
+from ..calibration import collect_stats
 from ..config import QuantConfigError, check
 from ..modules import Int8DynamicLinear
 from ..primitives import EPS
@@ -219,38 +220,6 @@ def _clip_choice(w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor,
     return torch.where(pick[:, None], q_low, q_top).to(torch.int8), torch.where(pick, low, top)
 
 
-def sample_inputs(
-    model: nn.Module, batches: list[Any], targets: dict[str, nn.Linear], rows: int = SAMPLE_ROWS
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Up to ``rows`` input rows of each target layer over the calibration batches, and their column maxima."""
-    samples: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
-    absmax: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            cur = x.abs().amax(0)
-            absmax[name] = cur if name not in absmax else torch.maximum(absmax[name], cur)
-            have = sum(t.shape[0] for t in samples[name])
-            if have < rows:
-                step = max(1, x.shape[0] // (rows - have))
-                samples[name].append(x[::step][: rows - have])
-
-        return hook
-
-    for name, module in targets.items():
-        handles.append(module.register_forward_pre_hook(hook_for(name)))
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                model(batch) if not isinstance(batch, dict) else model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: torch.cat(s) for n, s in samples.items() if s}, absmax
-
-
 class AgileQuantQuantizer(Quantizer):
     """Agile-Quant: power-of-two weight and activation scales, 8- or 4-bit activations, calibration-guided."""
 
@@ -267,7 +236,11 @@ class AgileQuantQuantizer(Quantizer):
         self, model: nn.Module, config: Any, targets: dict[str, nn.Linear], calibration: list[Any] | None
     ) -> Replacements:
         assert isinstance(config, AgileQuantConfig)
-        samples, absmax = sample_inputs(model, calibration or [], targets) if config.guide else ({}, {})
+        samples, absmax = {}, {}
+        if config.guide:
+            stats = collect_stats(model, calibration or [], targets, absmax=True, sample_rows=SAMPLE_ROWS)
+            samples = {name: s.sample for name, s in stats.items()}
+            absmax = {name: s.col_absmax for name, s in stats.items()}
         out: dict[str, nn.Module] = {}
         chosen: dict[str, Any] = {}
         for name, linear in targets.items():

@@ -55,6 +55,15 @@ def _group_qparams(
     return qp.scale.reshape(-1).to(scale_dtype).float(), qp.zero.reshape(-1)
 
 
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """The upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, through which error feedback spreads."""
+    h = hessian + damp * torch.mean(torch.diag(hessian)) * torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    except RuntimeError as exc:  # pragma: no cover - damp keeps H positive definite in practice
+        raise ValueError(f"the Hessian is not positive definite even with damp={damp}; raise damp") from exc
+
+
 @torch.no_grad()
 def gptq_quantize(
     weight: torch.Tensor,
@@ -95,11 +104,7 @@ def gptq_quantize(
         perm = torch.arange(cols)
     w = w[:, perm]
     h = h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    except RuntimeError as exc:  # pragma: no cover - damp keeps H positive definite in practice
-        raise ValueError(f"GPTQ Hessian is not positive definite even with damp={damp}; raise damp") from exc
+    hinv = inverse_hessian_factor(h, damp)
 
     # Without act_order a group's parameters are set at its first column from the
     # already-updated weights, so blocks must hold whole groups.

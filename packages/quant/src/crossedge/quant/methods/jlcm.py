@@ -41,6 +41,7 @@ from ..calibration import collect_stats
 from ..config import QuantConfig, check
 from ..modules import QuantizedLinear
 from ..primitives import EPS
+from .gptq import inverse_hessian_factor
 
 SHARE_RULES = ("kind", "all", "none")
 
@@ -297,8 +298,7 @@ def assign_indices(
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    hinv = inverse_hessian_factor(h, damp)
     block_size = max(dim, block_size // dim * dim)  # blocks hold whole sub-vectors
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)

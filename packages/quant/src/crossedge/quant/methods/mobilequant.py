@@ -124,11 +124,6 @@ class Int8StaticLinear(Int8DynamicLinear):
             raise ValueError(f"16-bit activation codes run on fp32-codes only, not {name!r}")
         Int8DynamicLinear.matmul.fset(self, name)
 
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Int8StaticLinear:
-        """As saved; ``int_mm`` runs as ``fp32-codes`` where it is not exact (see :class:`Int8DynamicLinear`)."""
-        return super().from_spec(spec)  # type: ignore[return-value]
-
     def spec(self) -> dict[str, Any]:
         spec = super().spec()
         for key in ("act_granularity", "cross_alpha", "cross_widen"):

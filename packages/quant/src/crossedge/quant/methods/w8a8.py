@@ -94,7 +94,11 @@ class CrossQuantConfig(W8A8Config):
 
 
 def w8a8_module(
-    linear: nn.Linear, config: W8A8Config, smooth: torch.Tensor | None = None, cross_alpha: float | None = None
+    linear: nn.Linear,
+    config: W8A8Config,
+    smooth: torch.Tensor | None = None,
+    cross_alpha: float | None = None,
+    cross_widen: bool = False,
 ) -> nn.Module:
     """One W8A8 layer; ``smooth`` scales weight columns up and inputs down by the same vector."""
     per_tensor = config.weight_granularity == "per_tensor"
@@ -113,7 +117,7 @@ def w8a8_module(
         act_granularity=config.act_granularity,
         smooth=smooth,
         cross_alpha=cross_alpha,
-        cross_widen=cross_alpha is not None and getattr(config, "widen", False),
+        cross_widen=cross_widen,
     )
 
 
@@ -238,8 +242,8 @@ class CrossQuantQuantizer(Quantizer):
             )
         stats = collect_stats(model, calibration, targets, absmax=True)
         out = {}
+        alpha = config.row_alpha()
         for name, linear in targets.items():
-            alpha = config.row_alpha()
             column = stats[name].col_absmax.clamp(min=EPS).pow(1 - alpha)
-            out[name] = w8a8_module(linear, config, smooth=column, cross_alpha=alpha)
+            out[name] = w8a8_module(linear, config, smooth=column, cross_alpha=alpha, cross_widen=config.widen)
         return with_matmuls(out, config)
