@@ -114,6 +114,34 @@ def test_bench_run_writes_report_and_plot(cli, tmp_path):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_run_uses_a_benchmarks_own_figure(cli, tmp_path):
+    from crossedge.core.bench import Benchmark, BenchmarkReport, plot_bars
+
+    class Front(Benchmark):
+        name = "front"
+
+        def run(self):
+            return BenchmarkReport(benchmark=self.name, rows=[{"width": 0.5, "accuracy": 0.9}])
+
+        def plot(self, report, path):
+            return plot_bars(
+                report.rows, label="width", value="accuracy", path=path.with_name("front-own.png"), title="t"
+            )
+
+    class Plugin:
+        @hookimpl
+        def register_benchmarks(self, register):
+            register(Front())
+
+    out = tmp_path / "r.json"
+    with registered(Plugin(), name="front-plugin"):
+        result = cli("bench", "run", "front", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "front-own.png").read_bytes()[:4] == b"\x89PNG"
+    assert not out.with_suffix(".png").exists()
+    assert "front-own.png" in result.stdout
+
+
 def test_bench_option_must_be_key_value(cli):
     result = cli("bench", "run", "model-load", "-o", "oops")
     assert result.exit_code == 1

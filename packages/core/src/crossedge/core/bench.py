@@ -372,6 +372,10 @@ class Benchmark:
         """Measure and return a report."""
         raise NotImplementedError
 
+    def plot(self, report: BenchmarkReport, path: Path) -> Path | None:
+        """Write the report's PNG to ``path`` and return it; ``None`` leaves it to ``bench run``'s bar chart."""
+        return None
+
 
 def bind_options(benchmark: Benchmark, options: Mapping[str, Any]) -> dict[str, Any]:
     """``-o key=value`` options coerced to the types of ``benchmark.run``'s keyword parameters.

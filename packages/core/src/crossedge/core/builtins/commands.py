@@ -342,7 +342,12 @@ def register_commands(cli):
         click.echo(f"threads: {report.environment['threads']}")
         if json_out:
             path = report.write_json(json_out)
-            if report.rows and "median_s" in report.rows[0]:
+            # a benchmark draws its own figure when it has one (Benchmark.plot); otherwise bars of median_s
+            draw = getattr(benchmark, "plot", None)
+            figure = draw(report, path.with_suffix(".png")) if callable(draw) else None
+            if figure is not None:
+                click.echo(f"wrote {figure}")
+            elif report.rows and "median_s" in report.rows[0]:
                 label = "step" if "step" in report.rows[0] else columns[0]
                 plot_bars(
                     report.rows,
