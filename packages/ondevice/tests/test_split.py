@@ -224,6 +224,17 @@ def test_the_controller_meets_the_deadline_when_anything_can(mbps):
         assert "no setting meets the 20 ms deadline" in choice.note and "small" in choice.note
 
 
+def test_rank_width_prefers_the_widest_and_rank_accuracy_the_most_accurate():
+    # A narrow setting that validates better than the wide one (as noise on 500 images can make it).
+    costs = [_cost("narrow-b8", 300, 96.0, width=0.5), _cost("wide-b2", 200, 95.0, width=1.0)]
+    by_width = DeadlineController(costs, deadline_ms=50, rtt_ms=5)
+    by_accuracy = DeadlineController(costs, deadline_ms=50, rtt_ms=5, rank="accuracy")
+    assert by_width.choose(100).cost.name == "wide-b2"
+    assert by_accuracy.choose(100).cost.name == "narrow-b8"
+    with pytest.raises(CrossedgeError, match="unknown rank"):
+        DeadlineController(costs, deadline_ms=50, rtt_ms=5, rank="bytes")
+
+
 def test_the_controller_never_misses_on_a_constant_link_and_fixed_wide_does():
     controller = DeadlineController(COSTS, deadline_ms=20, rtt_ms=5)
     link = BandwidthTrace.constant(0.3)

@@ -34,6 +34,7 @@ class SplitBenchmark(Benchmark):
         trace_high: float = 5.0,
         period_ms: float = 100.0,
         link_steps: int = 500,
+        rank: str = "width",
         seed: int = 0,
     ) -> BenchmarkReport:
         """Train once (and, with ``independent``, one network per width), measure, simulate."""
@@ -44,77 +45,82 @@ class SplitBenchmark(Benchmark):
         from .link import BandwidthTrace
         from .training import TrainConfig
 
-        train_config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), seed=int(seed))
-        start = time.perf_counter()
+        # Everything, the report's environment included, runs at the thread count it states.
         with pinned_threads(int(threads)):
+            train_config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), seed=int(seed))
+            start = time.perf_counter()
             network, task, trained = train_on(data, train_config=train_config)
             separate = independent_accuracy(task, network.config, train_config) if independent else {}
-        train_s = time.perf_counter() - start
-        costs = measure_costs(network, task, repeats=int(repeats), threads=int(threads))
-        rows = []
-        for cost in costs:
-            row = {"part": "setting", **cost.to_row()}
-            if cost.name in separate:
-                row["independent_test_accuracy"] = separate[cost.name]
-            rows.append(row)
-        sim = {
-            "deadline_ms": float(deadline_ms),
-            "rtt_ms": float(rtt_ms),
-            "period_ms": float(period_ms),
-            "seed": int(seed),
-        }
-        for mbps, result in link_results(costs, parse_floats(bandwidths, "bandwidths"), steps=int(link_steps), **sim):
-            rows.append({"part": "link", "mbps": mbps, **result.to_row()})
-        trace = BandwidthTrace.random_walk(
-            float(trace_seconds), low=float(trace_low), high=float(trace_high), seed=int(seed)
-        )
-        steps = max(1, int(1000 * float(trace_seconds) / float(period_ms)))
-        trace_runs = trace_results(costs, trace, steps=steps, **sim)
-        for result in trace_runs:
-            rows.append({"part": "trace", **result.to_row(), "notes": result.notes})
-        adaptive = next(r for r in trace_runs if r.policy == "adaptive")
-        fixed = [r for r in trace_runs if r.policy.startswith("fixed w")]
-        best_fixed = max(fixed, key=lambda r: r.on_time_accuracy)
-        split_costs = [c for c in costs if c.kind == "split"]
-        widest, narrowest = (
-            max(split_costs, key=lambda c: c.payload_bytes),
-            min(split_costs, key=lambda c: c.payload_bytes),
-        )
-        return BenchmarkReport(
-            benchmark=self.name,
-            rows=rows,
-            summary={
-                "data": data,
-                "train_images": len(task.train),
-                "test_images": len(task.test),
-                "train_s": train_s,
-                "train_epochs": trained.epochs,
-                "threads": int(threads),
-                "largest_setting": widest.name,
-                "largest_test_accuracy": widest.test_accuracy,
-                "largest_bytes": widest.payload_bytes,
-                "smallest_setting": narrowest.name,
-                "smallest_test_accuracy": narrowest.test_accuracy,
-                "smallest_bytes": narrowest.payload_bytes,
-                "raw_image_bytes": next(c.payload_bytes for c in costs if c.kind == "raw"),
-                "trace": {
-                    "seconds": float(trace_seconds),
-                    "steps": steps,
-                    "min_mbps": min(trace.mbps),
-                    "max_mbps": max(trace.mbps),
-                    "mbps": trace.mbps,
-                    "step_s": trace.times_s[1] - trace.times_s[0] if len(trace.times_s) > 1 else None,
+            train_s = time.perf_counter() - start
+            costs = measure_costs(network, task, repeats=int(repeats), threads=int(threads))
+            rows = []
+            for cost in costs:
+                row = {"part": "setting", **cost.to_row()}
+                if cost.name in separate:
+                    row["independent_test_accuracy"] = separate[cost.name]
+                rows.append(row)
+            sim = {
+                "deadline_ms": float(deadline_ms),
+                "rtt_ms": float(rtt_ms),
+                "period_ms": float(period_ms),
+                "seed": int(seed),
+                "rank": rank,
+            }
+            for mbps, result in link_results(
+                costs, parse_floats(bandwidths, "bandwidths"), steps=int(link_steps), **sim
+            ):
+                rows.append({"part": "link", "mbps": mbps, **result.to_row()})
+            trace = BandwidthTrace.random_walk(
+                float(trace_seconds), low=float(trace_low), high=float(trace_high), seed=int(seed)
+            )
+            steps = max(1, int(1000 * float(trace_seconds) / float(period_ms)))
+            trace_runs = trace_results(costs, trace, steps=steps, **sim)
+            for result in trace_runs:
+                rows.append({"part": "trace", **result.to_row(), "notes": result.notes})
+            adaptive = next(r for r in trace_runs if r.policy == "adaptive")
+            fixed = [r for r in trace_runs if r.policy.startswith("fixed w")]
+            best_fixed = max(fixed, key=lambda r: r.on_time_accuracy)
+            split_costs = [c for c in costs if c.kind == "split"]
+            widest, narrowest = (
+                max(split_costs, key=lambda c: c.payload_bytes),
+                min(split_costs, key=lambda c: c.payload_bytes),
+            )
+            return BenchmarkReport(
+                benchmark=self.name,
+                rows=rows,
+                summary={
+                    "data": data,
+                    "train_images": len(task.train),
+                    "test_images": len(task.test),
+                    "train_s": trained.seconds,
+                    "independent_train_s": train_s - trained.seconds if independent else None,
+                    "train_epochs": trained.epochs,
+                    "threads": int(threads),
+                    "largest_setting": widest.name,
+                    "largest_test_accuracy": widest.test_accuracy,
+                    "largest_bytes": widest.payload_bytes,
+                    "smallest_setting": narrowest.name,
+                    "smallest_test_accuracy": narrowest.test_accuracy,
+                    "smallest_bytes": narrowest.payload_bytes,
+                    "raw_image_bytes": next(c.payload_bytes for c in costs if c.kind == "raw"),
+                    "trace": {
+                        "seconds": float(trace_seconds),
+                        "steps": steps,
+                        "min_mbps": min(trace.mbps),
+                        "max_mbps": max(trace.mbps),
+                        "mbps": trace.mbps,
+                        "step_s": trace.times_s[1] - trace.times_s[0] if len(trace.times_s) > 1 else None,
+                    },
+                    "trace_adaptive_miss_rate": adaptive.miss_rate,
+                    "trace_adaptive_on_time_accuracy": adaptive.on_time_accuracy,
+                    "trace_adaptive_fallbacks": adaptive.fallbacks,
+                    "trace_best_fixed_policy": best_fixed.policy,
+                    "trace_best_fixed_miss_rate": best_fixed.miss_rate,
+                    "trace_best_fixed_on_time_accuracy": best_fixed.on_time_accuracy,
+                    "trace_adaptive_chosen": adaptive.chosen,
+                    **sim,
                 },
-                "trace_adaptive_miss_rate": adaptive.miss_rate,
-                "trace_adaptive_on_time_accuracy": adaptive.on_time_accuracy,
-                "trace_adaptive_fallbacks": adaptive.fallbacks,
-                "trace_best_fixed_policy": best_fixed.policy,
-                "trace_best_fixed_miss_rate": best_fixed.miss_rate,
-                "trace_best_fixed_on_time_accuracy": best_fixed.on_time_accuracy,
-                "trace_adaptive_chosen": adaptive.chosen,
-                **sim,
-            },
-        )
+            )
 
     def plot(self, report: BenchmarkReport, path: Path) -> Path:
         """Accuracy vs bytes, device latency per width, the trace with the adaptive choice, policies on the trace."""

@@ -148,6 +148,13 @@ def eval_command(model_path, repeats, threads, json_out) -> None:
 @click.option("--trace-low", default=0.01, show_default=True, help="Random trace: lowest Mbit/s.")
 @click.option("--trace-high", default=5.0, show_default=True, help="Random trace: highest Mbit/s.")
 @click.option("--period-ms", default=100.0, show_default=True, help="One inference every this many ms.")
+@click.option(
+    "--rank",
+    type=click.Choice(["width", "accuracy"]),
+    default="width",
+    show_default=True,
+    help="What the controller prefers among settings that fit: widest, or best validation accuracy.",
+)
 @click.option("--steps", "link_steps", default=500, show_default=True, help="Inferences per constant link.")
 @click.option("--repeats", default=30, show_default=True, help="Timed repeats per setting.")
 @click.option("--seed", default=0, show_default=True)
@@ -163,6 +170,7 @@ def simulate_command(
     trace_low,
     trace_high,
     period_ms,
+    rank,
     link_steps,
     repeats,
     seed,
@@ -178,7 +186,7 @@ def simulate_command(
 
     network, task = load_trained(model_path)
     costs = measure_costs(network, task, repeats=repeats, threads=threads)
-    sim = {"deadline_ms": deadline_ms, "rtt_ms": rtt_ms, "period_ms": period_ms, "seed": seed}
+    sim = {"deadline_ms": deadline_ms, "rtt_ms": rtt_ms, "period_ms": period_ms, "seed": seed, "rank": rank}
     columns = ["policy", "miss_rate", "accuracy", "on_time_accuracy", "mean_bytes", "p95_latency_ms", "fallbacks"]
     link_rows = []
     for mbps, result in link_results(costs, parse_floats(bandwidths, "--bandwidths"), steps=link_steps, **sim):

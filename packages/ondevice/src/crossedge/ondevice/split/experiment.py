@@ -76,9 +76,10 @@ def link_results(
     steps: int,
     period_ms: float,
     seed: int,
+    rank: str = "width",
 ) -> list[tuple[float, SimulationResult]]:
     """Every policy on constant links of each bandwidth (Mbit/s)."""
-    controller = DeadlineController(costs, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
+    controller = DeadlineController(costs, deadline_ms=deadline_ms, rtt_ms=rtt_ms, rank=rank)
     out = []
     for mbps in bandwidths:
         trace = BandwidthTrace.constant(mbps)
@@ -97,9 +98,10 @@ def trace_results(
     steps: int,
     period_ms: float,
     seed: int,
+    rank: str = "width",
 ) -> list[SimulationResult]:
     """Every policy over a changing link."""
-    controller = DeadlineController(costs, deadline_ms=deadline_ms, rtt_ms=rtt_ms)
+    controller = DeadlineController(costs, deadline_ms=deadline_ms, rtt_ms=rtt_ms, rank=rank)
     return [simulate(p, trace, steps=steps, period_ms=period_ms, seed=seed) for p in policies(costs, controller)]
 
 

@@ -27,6 +27,7 @@ from crossedge.core import CrossedgeError
 from .evaluation import SettingCost, check_costs
 
 ESTIMATORS = ("last", "oracle")
+RANKS = ("width", "accuracy")
 
 
 @dataclass
@@ -116,23 +117,31 @@ class Choice:
 
 
 class DeadlineController:
-    """Per inference, the most accurate setting whose predicted latency meets the deadline.
+    """Per inference, the best-ranked setting whose predicted latency meets the deadline.
 
-    Settings are ranked by validation accuracy (ties: more bytes, i.e. the wider setting), so
-    the choice is the widest that fits wherever accuracy grows with width. When nothing fits,
-    it falls back to the setting with the smallest payload and says so in the choice's note.
+    ``rank="width"`` (the default) prefers the widest encoder, then the most bits: the
+    slimmable network's own order, which needs no held-out data. ``rank="accuracy"`` prefers
+    the highest validation accuracy (ties: more bytes); on a small validation split, one
+    image decides between near-equal settings, which is why it is not the default. When
+    nothing fits, the controller falls back to the smallest payload (the narrowest width at
+    the fewest bits) and says so in the choice's note.
     """
 
-    def __init__(self, costs: Sequence[SettingCost], *, deadline_ms: float, rtt_ms: float):
+    def __init__(self, costs: Sequence[SettingCost], *, deadline_ms: float, rtt_ms: float, rank: str = "width"):
         check_costs(list(costs))
         if deadline_ms <= 0 or rtt_ms < 0:
             raise CrossedgeError(f"need a positive deadline and a non-negative RTT, got {deadline_ms}, {rtt_ms}")
-        self.costs = sorted(
-            (c for c in costs if c.kind == "split"), key=lambda c: (c.val_accuracy, c.payload_bytes), reverse=True
-        )
+        if rank not in RANKS:
+            raise CrossedgeError(f"unknown rank {rank!r}: choose one of {', '.join(RANKS)}")
+        split = [c for c in costs if c.kind == "split"]
+        if rank == "width":
+            self.costs = sorted(split, key=lambda c: (c.width, c.bits or 0), reverse=True)
+        else:
+            self.costs = sorted(split, key=lambda c: (c.val_accuracy, c.payload_bytes), reverse=True)
+        self.rank = rank
         self.deadline_ms = float(deadline_ms)
         self.rtt_ms = float(rtt_ms)
-        self.smallest = min(self.costs, key=lambda c: (c.payload_bytes, c.device_ms + c.server_ms))
+        self.smallest = min(self.costs, key=lambda c: (c.payload_bytes, c.width, c.device_ms + c.server_ms))
 
     def predicted_ms(self, cost: SettingCost, mbps: float) -> float:
         """Median device + transmit + RTT + median server time at ``mbps`` Mbit/s."""
