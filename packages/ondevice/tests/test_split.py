@@ -242,6 +242,9 @@ def test_the_controller_never_misses_on_a_constant_link_and_fixed_wide_does():
     wide = simulate(FixedPolicy(COSTS[2], controller), link, steps=50)
     assert adaptive.deadline_misses == 0 and adaptive.choices == {"mid": 50}
     assert wide.deadline_misses == 50
+    # Planning at a fifth of the estimate leaves room for a drop: a smaller payload, still on time.
+    careful = simulate(AdaptivePolicy(controller, headroom=0.2), link, steps=5)
+    assert careful.choices == {"small": 5} and careful.deadline_misses == 0
 
 
 def test_a_changing_link_drives_the_choice_and_a_dead_link_falls_back():

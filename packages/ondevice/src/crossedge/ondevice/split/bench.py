@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
 from crossedge.core.bench import Benchmark, BenchmarkReport, save_figure
+
+
+def _mean_run(runs: list) -> dict:
+    """Mean miss rate, accuracies, bytes and p95 latency over runs on different traces; fallbacks summed."""
+    return {
+        "traces": len(runs),
+        "miss_rate": statistics.mean(r.miss_rate for r in runs),
+        "accuracy": statistics.mean(r.accuracy for r in runs),
+        "on_time_accuracy": statistics.mean(r.on_time_accuracy for r in runs),
+        "mean_bytes": statistics.mean(r.mean_bytes for r in runs),
+        "p95_latency_ms": statistics.mean(r.p95_latency_ms for r in runs),
+        "fallbacks": sum(r.fallbacks for r in runs),
+    }
 
 
 class SplitBenchmark(Benchmark):
@@ -35,6 +49,8 @@ class SplitBenchmark(Benchmark):
         period_ms: float = 100.0,
         link_steps: int = 500,
         rank: str = "width",
+        headroom: float = 0.5,
+        trace_seeds: str = "0,1,2",
         seed: int = 0,
     ) -> BenchmarkReport:
         """Train once (and, with ``independent``, one network per width), measure, simulate."""
@@ -70,16 +86,34 @@ class SplitBenchmark(Benchmark):
                 costs, parse_floats(bandwidths, "bandwidths"), steps=int(link_steps), **sim
             ):
                 rows.append({"part": "link", "mbps": mbps, **result.to_row()})
-            trace = BandwidthTrace.random_walk(
-                float(trace_seconds), low=float(trace_low), high=float(trace_high), seed=int(seed)
-            )
             steps = max(1, int(1000 * float(trace_seconds) / float(period_ms)))
-            trace_runs = trace_results(costs, trace, steps=steps, **sim)
-            for result in trace_runs:
-                rows.append({"part": "trace", **result.to_row(), "notes": result.notes})
-            adaptive = next(r for r in trace_runs if r.policy == "adaptive")
-            fixed = [r for r in trace_runs if r.policy.startswith("fixed w")]
-            best_fixed = max(fixed, key=lambda r: r.on_time_accuracy)
+            by_policy: dict[str, list] = {}
+            shown = None  # the first trace and the adaptive choices on it, for the plot
+            for trace_seed in [int(v) for v in parse_floats(trace_seeds, "trace_seeds")]:
+                trace = BandwidthTrace.random_walk(
+                    float(trace_seconds), low=float(trace_low), high=float(trace_high), seed=trace_seed
+                )
+                runs = trace_results(costs, trace, steps=steps, headroom=float(headroom), **sim)
+                for result in runs:
+                    rows.append(
+                        {
+                            "part": "trace",
+                            "trace_seed": trace_seed,
+                            "trace_min_mbps": min(trace.mbps),
+                            "trace_max_mbps": max(trace.mbps),
+                            **result.to_row(),
+                            "notes": result.notes,
+                        }
+                    )
+                    by_policy.setdefault(result.policy, []).append(result)
+                if shown is None:
+                    step_s = trace.times_s[1] if len(trace.times_s) > 1 else float(trace_seconds)
+                    shown = {"trace_seed": trace_seed, "mbps": trace.mbps, "step_s": step_s, "chosen": runs[0].chosen}
+            means = {policy: _mean_run(runs) for policy, runs in by_policy.items()}
+            for policy, mean in means.items():
+                rows.append({"part": "trace_mean", "policy": policy, **mean})
+            fixed = {p: m for p, m in means.items() if p.startswith("fixed w")}
+            best_fixed = max(fixed, key=lambda p: fixed[p]["on_time_accuracy"])
             split_costs = [c for c in costs if c.kind == "split"]
             widest, narrowest = (
                 max(split_costs, key=lambda c: c.payload_bytes),
@@ -106,18 +140,25 @@ class SplitBenchmark(Benchmark):
                     "trace": {
                         "seconds": float(trace_seconds),
                         "steps": steps,
-                        "min_mbps": min(trace.mbps),
-                        "max_mbps": max(trace.mbps),
-                        "mbps": trace.mbps,
-                        "step_s": trace.times_s[1] - trace.times_s[0] if len(trace.times_s) > 1 else None,
+                        "seeds": trace_seeds,
+                        "low_mbps": float(trace_low),
+                        "high_mbps": float(trace_high),
+                        "shown": shown,
                     },
-                    "trace_adaptive_miss_rate": adaptive.miss_rate,
-                    "trace_adaptive_on_time_accuracy": adaptive.on_time_accuracy,
-                    "trace_adaptive_fallbacks": adaptive.fallbacks,
-                    "trace_best_fixed_policy": best_fixed.policy,
-                    "trace_best_fixed_miss_rate": best_fixed.miss_rate,
-                    "trace_best_fixed_on_time_accuracy": best_fixed.on_time_accuracy,
-                    "trace_adaptive_chosen": adaptive.chosen,
+                    "headroom": float(headroom),
+                    "trace_mean": {
+                        name: means[policy]
+                        for name, policy in (
+                            ("adaptive", "adaptive"),
+                            ("adaptive_headroom", next((p for p in means if "plans at" in p), None)),
+                            ("adaptive_oracle", "adaptive (oracle bandwidth)"),
+                            ("best_fixed", best_fixed),
+                            ("smallest_fixed", f"fixed {narrowest.name}"),
+                            ("largest_fixed", f"fixed {widest.name}"),
+                        )
+                        if policy in means
+                    },
+                    "trace_best_fixed_policy": best_fixed,
                     **sim,
                 },
             )
@@ -175,14 +216,15 @@ class SplitBenchmark(Benchmark):
 
         ax = axes[1][0]
         summary = report.summary
-        trace, step_s = summary["trace"]["mbps"], summary["trace"]["step_s"] or 1.0
+        shown = summary["trace"]["shown"]
+        trace, step_s = shown["mbps"], shown["step_s"]
         ax.step([i * step_s for i in range(len(trace))], trace, where="post", color="#3b75af", label="bandwidth")
         ax.set_yscale("log")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("Mbit/s")
         twin = ax.twinx()
         by_name = {r["setting"]: r for r in settings}
-        chosen = summary.get("trace_adaptive_chosen", [])
+        chosen = shown["chosen"]
         period = summary["period_ms"] / 1000.0
         twin.plot(
             [i * period for i in range(len(chosen))],
@@ -192,16 +234,19 @@ class SplitBenchmark(Benchmark):
             color="#d62728",
             label="adaptive: bytes chosen",
         )
-        twin.set_ylabel("bytes chosen", color="#d62728")
-        ax.set_title(f"changing link, deadline {summary['deadline_ms']:g} ms, RTT {summary['rtt_ms']:g} ms")
+        twin.set_ylabel("bytes the adaptive policy sent", color="#d62728")
+        ax.set_title(
+            f"changing link (trace {shown['trace_seed']}), deadline {summary['deadline_ms']:g} ms, "
+            f"RTT {summary['rtt_ms']:g} ms"
+        )
 
         ax = axes[1][1]
-        runs = [r for r in report.rows if r["part"] == "trace"]
+        runs = [r for r in report.rows if r["part"] == "trace_mean"]
         for r in runs:
             color = "#d62728" if r["policy"].startswith("adaptive") else "#3b75af"
             ax.plot(100 * r["miss_rate"], r["on_time_accuracy"], "o", color=color)
             ax.annotate(r["policy"].replace("fixed ", ""), (100 * r["miss_rate"], r["on_time_accuracy"]), fontsize=6)
         ax.set_xlabel("deadline misses (%)")
         ax.set_ylabel("answered correctly within the deadline (%)")
-        ax.set_title("policies on the changing link")
+        ax.set_title(f"policies on the changing links (mean of {runs[0]['traces'] if runs else 0} traces)")
         return save_figure(fig, path)

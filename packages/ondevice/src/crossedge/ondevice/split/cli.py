@@ -155,6 +155,12 @@ def eval_command(model_path, repeats, threads, json_out) -> None:
     show_default=True,
     help="What the controller prefers among settings that fit: widest, or best validation accuracy.",
 )
+@click.option(
+    "--headroom",
+    default=0.5,
+    show_default=True,
+    help="Changing link: also run the controller planning at this fraction of its bandwidth estimate (1: off).",
+)
 @click.option("--steps", "link_steps", default=500, show_default=True, help="Inferences per constant link.")
 @click.option("--repeats", default=30, show_default=True, help="Timed repeats per setting.")
 @click.option("--seed", default=0, show_default=True)
@@ -171,6 +177,7 @@ def simulate_command(
     trace_high,
     period_ms,
     rank,
+    headroom,
     link_steps,
     repeats,
     seed,
@@ -198,7 +205,7 @@ def simulate_command(
     else:
         trace = BandwidthTrace.from_csv(trace_spec)
     steps = max(1, int(1000 * trace_seconds / period_ms))
-    runs = trace_results(costs, trace, steps=steps, **sim)
+    runs = trace_results(costs, trace, steps=steps, headroom=headroom, **sim)
     click.echo("")
     click.echo(
         f"changing link: {steps} inferences over {trace_seconds:g} s, "

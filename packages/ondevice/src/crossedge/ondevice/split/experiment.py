@@ -99,10 +99,12 @@ def trace_results(
     period_ms: float,
     seed: int,
     rank: str = "width",
+    headroom: float = 1.0,
 ) -> list[SimulationResult]:
-    """Every policy over a changing link."""
+    """Every policy over a changing link (``headroom`` < 1 adds an adaptive policy planning at that fraction)."""
     controller = DeadlineController(costs, deadline_ms=deadline_ms, rtt_ms=rtt_ms, rank=rank)
-    return [simulate(p, trace, steps=steps, period_ms=period_ms, seed=seed) for p in policies(costs, controller)]
+    chosen = policies(costs, controller, headroom=headroom)
+    return [simulate(p, trace, steps=steps, period_ms=period_ms, seed=seed) for p in chosen]
 
 
 def parse_floats(text: str, what: str) -> list[float]:

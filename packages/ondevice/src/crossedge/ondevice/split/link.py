@@ -179,17 +179,25 @@ class FixedPolicy:
 
 
 class AdaptivePolicy:
-    """The deadline controller, fed by an estimator of the current bandwidth."""
+    """The deadline controller, fed by an estimator of the current bandwidth.
 
-    def __init__(self, controller: DeadlineController, estimator: str = "last"):
+    ``headroom`` below 1 plans with that fraction of the estimate, so a link that drops by
+    less than that between two inferences does not make the next one late.
+    """
+
+    def __init__(self, controller: DeadlineController, estimator: str = "last", *, headroom: float = 1.0):
         if estimator not in ESTIMATORS:
             raise CrossedgeError(f"unknown bandwidth estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}")
-        self.controller, self.estimator = controller, estimator
+        if not 0 < headroom <= 1:
+            raise CrossedgeError(f"headroom is the fraction of the estimate planned with, in (0, 1]; got {headroom}")
+        self.controller, self.estimator, self.headroom = controller, estimator, float(headroom)
         self.name = "adaptive" if estimator == "last" else "adaptive (oracle bandwidth)"
+        if headroom < 1:
+            self.name += f", plans at {100 * headroom:.0f}%"
 
     def choose(self, mbps: float) -> Choice:
-        """The controller's choice."""
-        return self.controller.choose(mbps)
+        """The controller's choice at ``headroom`` times the estimate."""
+        return self.controller.choose(mbps * self.headroom)
 
 
 @dataclass
@@ -295,10 +303,13 @@ def simulate(
 
 
 def policies(
-    costs: Sequence[SettingCost], controller: DeadlineController, *, oracle: bool = True
+    costs: Sequence[SettingCost], controller: DeadlineController, *, oracle: bool = True, headroom: float = 1.0
 ) -> list[FixedPolicy | AdaptivePolicy]:
-    """The policies to compare: adaptive (last and, optionally, oracle bandwidth) and every fixed setting."""
+    """The policies to compare: adaptive (last transfer's throughput; with ``headroom`` < 1 also planning
+    at that fraction of it; optionally the oracle bandwidth) and every fixed setting."""
     out: list[FixedPolicy | AdaptivePolicy] = [AdaptivePolicy(controller, "last")]
+    if headroom < 1:
+        out.append(AdaptivePolicy(controller, "last", headroom=headroom))
     if oracle:
         out.append(AdaptivePolicy(controller, "oracle"))
     out.extend(FixedPolicy(c, controller) for c in costs)
