@@ -177,6 +177,12 @@ def test_suffix_scores_equal_the_stepwise_chain(lexicon, char_model):
             total += s.logp[0, ord(char) - 97]
             s = model.extend(s, np.array([0]), np.array([ord(char) - 97]))
         assert math.isclose(value, total + s.logp[0, -1], rel_tol=1e-5)
+    # the memoized numpy path against the torch model reading " the fox " in one go
+    ids = encode(" the fox ")
+    with torch.no_grad():
+        logp = torch.log_softmax(char_model(torch.tensor([ids]))[0][0], dim=-1).numpy()
+    direct = sum(logp[t, ids[t + 1]] for t in range(4, len(ids) - 1))  # after "the ": f, o, x, then the space
+    assert math.isclose(got[0], direct, rel_tol=1e-5)
     mixed = MixedScorer(CharModelScorer(char_model), unigram, 0.25)
     mixed.commit("the")
     both = mixed.suffix_logprob(mixed.start(), np.array([0]), ["fox"])[0]

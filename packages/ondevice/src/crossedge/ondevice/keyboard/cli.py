@@ -73,10 +73,8 @@ def train_command(
     out, force, steps, batch_size, window, lr, hidden, embed, layers, min_count, seed, threads, json_out
 ) -> None:
     """Build the lexicon and train the character model on the training split; save both as safetensors."""
-    from crossedge.core.bench import threads as pinned_threads
-
     from .corpus import load_corpus
-    from .experiment import train_keyboard
+    from .experiment import pinned_threads, train_keyboard
     from .model import CharModelConfig, check_writable
     from .training import TrainConfig
 
@@ -123,9 +121,8 @@ def decode_command(model_path, word, taps_text, context, beam, k, scorer, sigma,
     import numpy as np
 
     from crossedge.core import CrossedgeError
-    from crossedge.core.bench import threads as pinned_threads
 
-    from .experiment import decoder_config, make_decoder, parse_words
+    from .experiment import decoder_config, make_decoder, parse_words, pinned_threads
     from .layout import QWERTY
     from .model import KeyboardModel
     from .noise import TapNoise, TapSimulator
@@ -195,6 +192,7 @@ def decode_command(model_path, word, taps_text, context, beam, k, scorer, sigma,
 @click.option(
     "--budget-ms", default=2.0, show_default=True, help="Decode time per keystroke (p90) each decoder must meet."
 )
+@click.option("--headroom", default=0.8, show_default=True, help="Beams are chosen to fit this fraction of the budget.")
 @click.option("--widths", default="1,2,4,8,16,32", show_default=True, help="Beam widths to time.")
 @click.option("--k", default=3, show_default=True, help="Completions shown and corrections considered.")
 @click.option("--scorers", default="lexicon-only,char-model+counts", show_default=True)
@@ -202,7 +200,20 @@ def decode_command(model_path, word, taps_text, context, beam, k, scorer, sigma,
 @THREADS_OPTION
 @JSON_OPTION
 def eval_command(
-    model_path, words, calibration_words, budget_ms, widths, k, scorers, sigma, skip, extra, seed, threads, json_out
+    model_path,
+    words,
+    calibration_words,
+    budget_ms,
+    headroom,
+    widths,
+    k,
+    scorers,
+    sigma,
+    skip,
+    extra,
+    seed,
+    threads,
+    json_out,
 ):
     """Pick each decoder's widest beam under the budget, then WER, keystroke savings and latency on held-out text."""
     from crossedge.core.bench import format_table
@@ -220,6 +231,7 @@ def eval_command(
         scorers=[s.strip() for s in scorers.split(",") if s.strip()],
         widths=parse_widths(widths),
         budget_s=budget_ms / 1e3,
+        headroom=headroom,
         words=words,
         calibration_words=calibration_words,
         k=k,

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .layout import ALPHABET
 from .lexicon import END, Lexicon
-from .model import SPACE, CharModel, CharModelRuntime, encode
+from .model import SPACE, CharModel, CharModelRuntime
 
 
 @dataclass
@@ -87,8 +88,12 @@ class UnigramScorer:
 
 
 class CharModelScorer:
-    """The character GRU (run by :class:`CharModelRuntime`): its state after the message so far, stepped
-    once per expanded letter."""
+    """The character GRU (run by :class:`CharModelRuntime`), stepped once per expanded letter.
+
+    Within a word the model's state is a function of the prefix typed, so states are memoized by
+    prefix until the word is committed: the beams of the next tap and the completions' suffixes
+    mostly reuse prefixes already computed, and only new ones cost a (batched) step.
+    """
 
     name = "char-model"
 
@@ -98,44 +103,56 @@ class CharModelScorer:
 
     def reset(self) -> None:
         # a message starts as if after a space, the same way training windows see word starts
-        self._context_logp, self._context = self.runtime.step(self.runtime.initial_state(), np.array([SPACE]))
+        logp, hidden = self.runtime.step(self.runtime.initial_state(), np.array([SPACE]))
+        self._new_word(logp[0], hidden[:, 0])
+
+    def _new_word(self, logp: np.ndarray, hidden: np.ndarray) -> None:
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {"": (logp, hidden)}
+
+    def _compute(self, prefixes: Sequence[str]) -> None:
+        """Fill the cache for ``prefixes`` whose one-letter-shorter parents are cached, in one batched step."""
+        todo = sorted({p for p in prefixes if p not in self._cache})
+        if not todo:
+            return
+        hidden = np.stack([self._cache[p[:-1]][1] for p in todo], axis=1)
+        logp, hidden = self.runtime.step(hidden, np.array([ord(p[-1]) - 97 for p in todo]))
+        for i, prefix in enumerate(todo):
+            self._cache[prefix] = (logp[i], hidden[:, i])
+
+    def _state(self, prefixes: list[str]) -> ScorerState:
+        return ScorerState(np.stack([self._cache[p][0] for p in prefixes]), prefixes)
 
     def start(self) -> ScorerState:
-        return ScorerState(self._context_logp, self._context)
+        return self._state([""])
 
     def extend(self, state: ScorerState, parents: np.ndarray, chars: np.ndarray) -> ScorerState:
-        hidden = state.data[:, parents]
-        logp = state.logp[parents]
-        moved = np.flatnonzero(chars >= 0)
-        if len(moved):
-            logp[moved], hidden[:, moved] = self.runtime.step(hidden[:, moved], chars[moved])
-        return ScorerState(logp, hidden)
+        prefixes = [
+            state.data[p] + ALPHABET[c] if c >= 0 else state.data[p]
+            for p, c in zip(parents.tolist(), chars.tolist(), strict=True)
+        ]
+        self._compute(prefixes)
+        return self._state(prefixes)
 
     def suffix_logprob(self, state: ScorerState, parents: np.ndarray, suffixes: Sequence[str]) -> np.ndarray:
-        out = state.logp[parents, END].astype(np.float64)  # the empty suffix: just the end of the word
-        lengths = np.array([len(s) for s in suffixes])
-        todo = np.flatnonzero(lengths > 0)
-        if not len(todo):
-            return out
-        # step all suffixes together; a row that has ended is carried along but no longer counted
-        longest = int(lengths[todo].max())
-        ids = np.full((len(todo), longest + 1), SPACE, dtype=np.int64)
-        for row, i in enumerate(todo):
-            ids[row, : lengths[i]] = encode(suffixes[i])
-        logp, hidden = state.logp[parents[todo]], state.data[:, parents[todo]]
-        total = np.zeros(len(todo))
-        rows = np.arange(len(todo))
-        for t in range(longest + 1):
-            live = lengths[todo] >= t  # position t is a letter (t < length) or the end (t == length)
-            total += np.where(live, logp[rows, ids[:, t]], 0.0)
-            if t < longest:
-                logp, hidden = self.runtime.step(hidden, ids[:, t])
-        out[todo] = total
+        starts = [state.data[p] for p in parents.tolist()]
+        longest = max((len(s) for s in suffixes), default=0)
+        for t in range(1, longest + 1):  # level by level, so each new prefix's parent is already there
+            self._compute([start + s[:t] for start, s in zip(starts, suffixes, strict=True) if len(s) >= t])
+        out = np.empty(len(suffixes))
+        cache = self._cache
+        for i, (start, suffix) in enumerate(zip(starts, suffixes, strict=True)):
+            total, prefix = 0.0, start
+            for char in suffix:
+                total += float(cache[prefix][0][ord(char) - 97])
+                prefix += char
+            out[i] = total + float(cache[prefix][0][END])
         return out
 
     def commit(self, word: str) -> None:
-        for symbol in encode(word + " "):
-            self._context_logp, self._context = self.runtime.step(self._context, np.array([symbol]))
+        for t in range(1, len(word) + 1):  # mostly cached already: the beams went through these prefixes
+            self._compute([word[:t]])
+        logp, hidden = self.runtime.step(self._cache[word][1][:, None], np.array([SPACE]))
+        self._new_word(logp[0], hidden[:, 0])
 
 
 class MixedScorer:
