@@ -349,3 +349,13 @@ def test_cli_trains_decodes_and_evaluates_a_tiny_model(tmp_path):
 
     report = json.loads((tmp_path / "e.json").read_text())
     assert [r["beam"] for r in report["results"]] == [2, 2] and all(r["within_budget"] for r in report["results"])
+
+
+def test_paired_comparison_counts_fixed_and_broken_words():
+    from crossedge.ondevice.keyboard.bench import paired_against
+
+    words = ["a"] * 10 + ["b"] * 5
+    paired = paired_against(words, ["a"] * 10 + ["x"] * 5, ["x"] * 10 + ["b"] * 5)
+    assert paired["fixed_vs_baseline"] == 10 and paired["broken_vs_baseline"] == 5
+    assert paired["sign_test_p"] == pytest.approx(2 * sum(math.comb(15, i) for i in range(6)) / 2**15)
+    assert paired_against(words, ["a"] * 10 + ["x"] * 5, ["x"] * 15)["sign_test_p"] == pytest.approx(2 / 2**10)

@@ -78,6 +78,7 @@ class KeyboardBenchmark(Benchmark):
         test = corpus.messages(limit=int(words))
         rows: list[dict] = []
         chosen: dict[tuple[str, str], int] = {}
+        baseline_decoded: dict[str, list[str]] = {}
         with pinned_threads(int(threads)):
             for label, sigma, skip, extra in NOISE_SETTINGS[: max(1, int(settings))]:
                 setting = NoiseSetting(label, TapNoise(sigma, skip, extra))
@@ -108,6 +109,9 @@ class KeyboardBenchmark(Benchmark):
                         result = type_messages(decoder, test, setting.simulator(int(seed)), k=int(k))
                         summary = result.summary()
                         n = summary["words"]
+                        if kind == "lexicon-only":
+                            baseline_decoded[label] = result.decoded
+                        paired = paired_against(result.words, result.decoded, baseline_decoded[label])
                         rows.append(
                             {
                                 "part": "eval",
@@ -119,6 +123,7 @@ class KeyboardBenchmark(Benchmark):
                                 **summary,
                                 "wer_se": math.sqrt(summary["wer"] * (1 - summary["wer"]) / n),
                                 "within_budget": summary["latency_p90_ms"] <= float(budget_ms),
+                                **paired,
                             }
                         )
         evals = {(r["noise"], r["scorer"]): r for r in rows if r["part"] == "eval" and r["chosen"]}
@@ -146,6 +151,11 @@ class KeyboardBenchmark(Benchmark):
             "char_model_keystroke_savings": evals[(head, "char-model")]["keystroke_savings"],
             "mixed_keystroke_savings": system["keystroke_savings"],
             "baseline_latency_ms": {"median": base["latency_median_ms"], "p90": base["latency_p90_ms"]},
+            "mixed_vs_baseline_words": {
+                "fixed": system["fixed_vs_baseline"],
+                "broken": system["broken_vs_baseline"],
+                "sign_test_p": system["sign_test_p"],
+            },
             "mixed_latency_ms": {"median": system["latency_median_ms"], "p90": system["latency_p90_ms"]},
             "chosen_beams": {f"{n} / {s}": b for (n, s), b in chosen.items()},
             "all_within_budget": all(r["within_budget"] for r in evals.values()),
@@ -203,3 +213,13 @@ class KeyboardBenchmark(Benchmark):
         axes[2].set_title(f"decode cost per keystroke, {head}")
         axes[2].legend(fontsize=8)
         return save_figure(fig, path)
+
+
+def paired_against(words: list[str], decoded: list[str], baseline: list[str]) -> dict:
+    """Words this decoder gets right that the baseline gets wrong on the same taps (fixed), the reverse
+    (broken), and the two-sided sign test's p-value of that split (exact binomial, half and half under H0)."""
+    fixed = sum(d == w != b for w, d, b in zip(words, decoded, baseline, strict=True))
+    broken = sum(b == w != d for w, d, b in zip(words, decoded, baseline, strict=True))
+    n, low = fixed + broken, min(fixed, broken)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n) if n else 1.0
+    return {"fixed_vs_baseline": fixed, "broken_vs_baseline": broken, "sign_test_p": p}
