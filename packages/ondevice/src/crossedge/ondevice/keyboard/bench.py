@@ -189,7 +189,11 @@ class KeyboardBenchmark(Benchmark):
             axes[1].bar(
                 xs, [100 * by[n]["keystroke_savings"] for n in noises], bar, label=scorer, color=colours[scorer]
             )
-        for ax, title in zip(axes[:2], ["word error rate (%)", "keystroke savings, top-3 (%)"], strict=True):
+            for x, n in zip(xs, noises, strict=True):  # the beam the budget allowed, on each WER bar
+                top = 100 * (by[n]["wer"] + by[n]["wer_se"])
+                axes[0].annotate(f"b{by[n]['beam']}", (x, top), ha="center", va="bottom", fontsize=6)
+        titles = ["word error rate (%), b = beam within budget", "keystroke savings, top-3 (%)"]
+        for ax, title in zip(axes[:2], titles, strict=True):
             ax.set_xticks(range(len(noises)), noises, rotation=20, ha="right", fontsize=8)
             ax.set_title(title)
         axes[0].legend(fontsize=8)
@@ -206,7 +210,10 @@ class KeyboardBenchmark(Benchmark):
             axes[2].plot(
                 [c["beam"] for c in costs], [c["median_ms"] for c in costs], "o--", color=colours[scorer], alpha=0.5
             )
-        axes[2].axhline(report.summary["budget_ms_p90"], color="#444", linestyle=":", label="budget (p90)")
+        budget = report.summary["budget_ms_p90"]
+        axes[2].axhline(budget, color="#444", linestyle=":", label="budget (p90)")
+        headroom = report.summary.get("headroom", 1.0)
+        axes[2].axhline(headroom * budget, color="#999", linestyle=":", label=f"{headroom:g} x budget (beam choice)")
         axes[2].set_xscale("log", base=2)
         axes[2].set_xlabel("beam width")
         axes[2].set_ylabel("ms per keystroke (solid p90, dashed median)")
