@@ -41,6 +41,7 @@ def test_methods_lists_every_builtin(cli):
         "mobilequant",
         "jlcm",
         "agile",
+        "edgeqat",
         "int8",
         "int4",
     }
@@ -49,11 +50,28 @@ def test_methods_lists_every_builtin(cli):
 def test_eval_writes_table_json_and_png(cli, tiny_folder, tmp_path):
     out = tmp_path / "eval.json"
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Paragraph {i}: " + "some words about quantization. " * 8 for i in range(40)))
+    nouns = [
+        "garden",
+        "window",
+        "pocket",
+        "ladder",
+        "summer",
+        "candle",
+        "marble",
+        "button",
+        "wonder",
+        "silver",
+        "basket",
+        "rocket",
+    ]
+    corpus.write_text("\n\n".join(
+        f"Paragraph {i}: the {nouns[i % 12]} in this text keeps some words about quantization close. " * 8
+        for i in range(40)
+    ))  # fmt: skip
     result = cli(
         "quant", "eval", "--model", str(tiny_folder), "--methods", "rtn,w8a8:act_granularity=per_tensor,crossquant",
         "--corpus", str(corpus), "--window", "64", "--max-eval-tokens", "256", "--calib-tokens", "128",
-        "--decode-tokens", "4", "--decode-repeats", "1", "--threads", "1", "--json", str(out),
+        "--decode-tokens", "4", "--decode-repeats", "1", "--threads", "1", "--json", str(out), "--cloze", "3",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "delta_ppl_pct" in result.output and "remainder dropped" in result.output
@@ -71,6 +89,8 @@ def test_eval_writes_table_json_and_png(cli, tiny_folder, tmp_path):
     assert report["environment"]["threads"] == report["summary"]["threads"] == 1
     assert report["summary"]["perplexity_protocol"]["windows"] == 4
     assert out.with_suffix(".png").stat().st_size > 0
+    assert report["summary"]["cloze"]["items"] == 3
+    assert all(row["cloze_accuracy"] in (0, 1 / 3, 2 / 3, 1) for row in rows.values())
 
 
 def test_run_writes_a_loadable_model(cli, tiny_folder, tmp_path):

@@ -84,6 +84,13 @@ def methods_command(as_json: bool) -> None:
 @click.option("--decode-repeats", default=3, show_default=True, help="Timed decode repeats (median taken).")
 @click.option("--threads", type=int, default=None, help="Torch threads (default: torch's current setting).")
 @click.option(
+    "--cloze",
+    "cloze_count",
+    default=0,
+    show_default=True,
+    help="Items of a zero-shot cloze task (pick a sentence's last word of 4) built from the evaluation text.",
+)
+@click.option(
     "--backend",
     "backend_name",
     default=DEFAULT_BACKEND,
@@ -103,6 +110,7 @@ def eval_command(
     decode_tokens: int,
     decode_repeats: int,
     threads: int | None,
+    cloze_count: int,
     backend_name: str,
 ) -> None:
     """Perplexity, kernel fraction, bytes, memory and decode speed of each method beside fp32."""
@@ -122,6 +130,7 @@ def eval_command(
         decode_tokens=decode_tokens,
         decode_repeats=decode_repeats,
         threads=threads,
+        cloze_items=cloze_count,
     )
     command = "crossedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     report = evaluate_methods(

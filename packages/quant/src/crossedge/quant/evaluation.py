@@ -40,6 +40,7 @@ from crossedge.core.errors import CrossedgeError
 
 from .api import as_config, quantize, weight_bytes
 from .calibration import text_batches
+from .cloze import CHOICES, cloze_accuracy, cloze_items
 from .config import spec_label
 from .modules import kernel_fraction, track_kernel
 
@@ -57,6 +58,7 @@ COLUMNS = (
     "peak_memory_bytes",
     "tokens_per_s",
     "speedup",
+    "cloze_accuracy",
 )
 
 
@@ -272,6 +274,8 @@ class EvalSettings:
     decode_repeats: int = 3
     prompt_tokens: int = 32
     threads: int | None = None
+    #: Items of the zero-shot cloze task built from the evaluation text (0: not run).
+    cloze_items: int = 0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -319,6 +323,7 @@ def evaluate_methods(
     num_batches = max(1, settings.calib_tokens // settings.window)
     calibration = text_batches(tokenizer, corpus.calibration, seq_len=settings.window, num_batches=num_batches)
     prompt = eval_ids[: settings.prompt_tokens].unsqueeze(0)
+    items = cloze_items(corpus.evaluation, settings.cloze_items) if settings.cloze_items else []
     protocol: dict[str, Any] = {}
     base_times: list[float] = []
     with threads(settings.threads) as thread_count:
@@ -349,6 +354,7 @@ def evaluate_methods(
                 )
                 track_kernel(model, False)
                 decoder(model, prompt, settings.decode_tokens)()
+            accuracy = cloze_accuracy(model, tokenizer, items) if items else None
             if config is None:
                 times = measure(
                     decoder(model, prompt, settings.decode_tokens), warmup=0, repeats=settings.decode_repeats
@@ -382,6 +388,7 @@ def evaluate_methods(
                     "tokens_per_s": settings.decode_tokens / statistics.median(times),
                     "speedup": speedup,
                     "quantize_s": quantize_s,
+                    "cloze_accuracy": accuracy,
                     "config": None if config is None else config.to_dict(),
                     "details": details,
                 }
@@ -408,6 +415,9 @@ def evaluate_methods(
             "speedup": "median fp32 time / median method time, runs interleaved with fp32 on the same machine",
         },
         "threads": thread_count,
+        "cloze": {"items": len(items), "choices": CHOICES, "chance": 1 / CHOICES, "from": "evaluation text"}
+        if items
+        else None,
         "backend": runner.name,
         "peak_memory": "peak RSS during perplexity and one decode, minus RSS before the model was loaded",
     }
@@ -465,6 +475,7 @@ class QuantEvalBenchmark(Benchmark):
         decode_tokens: int | str = 64,
         threads: int | str | None = None,
         backend: str = DEFAULT_BACKEND,
+        cloze_items: int = 0,
     ) -> BenchmarkReport:
         from crossedge.core.sources import load_model
 
@@ -483,5 +494,6 @@ class QuantEvalBenchmark(Benchmark):
             calib_tokens=int(calib_tokens),
             decode_tokens=int(decode_tokens),
             threads=None if threads is None else int(threads),
+            cloze_items=int(cloze_items),
         )
         return evaluate_methods(load, specs, load_corpus(), settings, model_name=model, backend=runner)

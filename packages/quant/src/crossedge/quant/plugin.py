@@ -18,6 +18,7 @@ QUANTIZERS: tuple[tuple[str, str], ...] = (
     ("int4", "crossedge.quant.methods.preset:Int4Quantizer"),
     ("jlcm", "crossedge.quant.methods.jlcm:JLCMQuantizer"),
     ("agile", "crossedge.quant.methods.agile:AgileQuantQuantizer"),
+    ("edgeqat", "crossedge.quant.methods.edgeqat:EdgeQATQuantizer"),
 )
 
 

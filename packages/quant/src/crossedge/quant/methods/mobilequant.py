@@ -253,6 +253,13 @@ class LearnedQuantLinear(nn.Module):
         # Int8 weights are symmetric (the int8 matmuls take no zero point); int4 ones get a lower clip too.
         self.clip_lo = nn.Parameter(torch.full_like(self.clip_hi, self.CLIP_INIT)) if bits == 4 else None
 
+    def unfreeze_weight(self) -> nn.Parameter:
+        """Make the float weight a trained parameter, for quantization-aware training (the block fit holds it)."""
+        if not isinstance(self.weight, nn.Parameter):
+            weight = self._buffers.pop("weight")
+            self.weight = nn.Parameter(weight)
+        return self.weight
+
     def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(view, scale, zero)``: the smoothed weight grouped, and its grid (zero all 0 for int8)."""
         view = _grouped(self.weight * self.transform.smooth()[None, :], self.group_size)
@@ -507,48 +514,67 @@ class MobileQuantQuantizer(Quantizer):
         self, model: nn.Module, config: QuantConfig, targets: dict[str, nn.Linear], calibration: list[Any] | None
     ) -> Replacements:
         assert isinstance(config, MobileQuantConfig) and calibration is not None
-        if config.weight_bits == 4:
-            narrow = [name for name, lin in targets.items() if lin.out_features % 16]
-            check(not narrow, f"the int4 kernel needs out_features divisible by 16; skip {', '.join(narrow[:3])}")
-        check(
-            config.matmul != "int_mm" or int_mm_is_exact(),
-            "matmul=int_mm: torch._int_mm is not exact on this CPU; use matmul=auto or fp32-codes",
-        )
-        blocks = decoder_blocks(model, targets)
-        records, inputs = record_calibration(model, calibration, blocks, targets)
-        transforms: dict[int, InputTransform] = {}
-        members: dict[int, list[str]] = {}
-        for name in targets:
-            members.setdefault(inputs[name].group, []).append(name)
-        for group, names in members.items():
-            # Members read the same tensor, so any one's record holds the group's input.
-            wide = any(fnmatch.fnmatchcase(names[0], p) for p in config.act16)
-            bits = 16 if wide else 8
-            linears = [targets[n] for n in names]
-            # 16 bits hold the outliers: such inputs start with no migration into the weights (s = 1).
-            smooth, act_scale = initial_transform(linears, inputs[names[0]], None if wide else config.alpha, bits)
-            transforms[group] = InputTransform(smooth, act_scale, bits)
-        learned = {
-            name: LearnedQuantLinear(lin, transforms[inputs[name].group], config.weight_bits, config.group_size)
-            for name, lin in targets.items()
-        }
-        errors = []
-        for block_name, block in progress_bar(list(blocks.items()), desc="mobilequant blocks"):
-            inside = {n[len(block_name) + 1 :]: m for n, m in learned.items() if n.startswith(block_name + ".")}
-            if inside and records[block_name].calls:
-                errors.append(fit_block(block, records[block_name], inside, config.steps, config.lr))
-        modules = {name: module.integer_module(config.act_dtype) for name, module in learned.items()}
-        details: dict[str, Any] = {
-            "blocks_fitted": len(errors),
-            "input_groups": len(members),
-            "layers_outside_blocks": sum(1 for n in targets if not any(n.startswith(b + ".") for b in blocks)),
-        }
-        if errors:
-            details["block_error_initial"] = round(sum(b for b, _ in errors) / len(errors), 6)
-            details["block_error_learned"] = round(sum(a for _, a in errors) / len(errors), 6)
-        details["act16_layers"] = sum(1 for m in modules.values() if m.act_bits == 16)
-        narrow = {name: m for name, m in modules.items() if m.act_bits == 8}
-        if config.weight_bits == 4 or not narrow:
-            return Replacements(modules, details)
-        found = with_matmuls(narrow, config)  # 16-bit codes stay on fp32-codes
-        return Replacements({**modules, **found.modules}, {**details, **found.details})
+        learned, details = learn_blocks(model, config, targets, calibration, config.steps)
+        return integer_replacements(learned, config, details)
+
+
+def learn_blocks(
+    model: nn.Module,
+    config: MobileQuantConfig,
+    targets: dict[str, nn.Linear],
+    calibration: list[Any],
+    steps: int,
+) -> tuple[dict[str, LearnedQuantLinear], dict[str, Any]]:
+    """MobileQuant's fit: a learned layer per target, its transform and ranges fitted block by block for ``steps``."""
+    if config.weight_bits == 4:
+        narrow = [name for name, lin in targets.items() if lin.out_features % 16]
+        check(not narrow, f"the int4 kernel needs out_features divisible by 16; skip {', '.join(narrow[:3])}")
+    check(
+        config.matmul != "int_mm" or int_mm_is_exact(),
+        "matmul=int_mm: torch._int_mm is not exact on this CPU; use matmul=auto or fp32-codes",
+    )
+    blocks = decoder_blocks(model, targets)
+    records, inputs = record_calibration(model, calibration, blocks, targets)
+    transforms: dict[int, InputTransform] = {}
+    members: dict[int, list[str]] = {}
+    for name in targets:
+        members.setdefault(inputs[name].group, []).append(name)
+    for group, names in members.items():
+        # Members read the same tensor, so any one's record holds the group's input.
+        wide = any(fnmatch.fnmatchcase(names[0], p) for p in config.act16)
+        bits = 16 if wide else 8
+        linears = [targets[n] for n in names]
+        # 16 bits hold the outliers: such inputs start with no migration into the weights (s = 1).
+        smooth, act_scale = initial_transform(linears, inputs[names[0]], None if wide else config.alpha, bits)
+        transforms[group] = InputTransform(smooth, act_scale, bits)
+    learned = {
+        name: LearnedQuantLinear(lin, transforms[inputs[name].group], config.weight_bits, config.group_size)
+        for name, lin in targets.items()
+    }
+    errors = []
+    for block_name, block in progress_bar(list(blocks.items()), desc="mobilequant blocks"):
+        inside = {n[len(block_name) + 1 :]: m for n, m in learned.items() if n.startswith(block_name + ".")}
+        if inside and records[block_name].calls:
+            errors.append(fit_block(block, records[block_name], inside, steps, config.lr))
+    details: dict[str, Any] = {
+        "blocks_fitted": len(errors),
+        "input_groups": len(members),
+        "layers_outside_blocks": sum(1 for n in targets if not any(n.startswith(b + ".") for b in blocks)),
+    }
+    if errors:
+        details["block_error_initial"] = round(sum(b for b, _ in errors) / len(errors), 6)
+        details["block_error_learned"] = round(sum(a for _, a in errors) / len(errors), 6)
+    return learned, details
+
+
+def integer_replacements(
+    learned: dict[str, LearnedQuantLinear], config: MobileQuantConfig, details: dict[str, Any]
+) -> Replacements:
+    """The deployable integer layers of fitted learned layers, 8-bit ones on their timed matmuls."""
+    modules = {name: module.integer_module(config.act_dtype) for name, module in learned.items()}
+    details = {**details, "act16_layers": sum(1 for m in modules.values() if m.act_bits == 16)}
+    narrow = {name: m for name, m in modules.items() if m.act_bits == 8}
+    if config.weight_bits == 4 or not narrow:
+        return Replacements(modules, details)
+    found = with_matmuls(narrow, config)  # 16-bit codes stay on fp32-codes
+    return Replacements({**modules, **found.modules}, {**details, **found.details})
