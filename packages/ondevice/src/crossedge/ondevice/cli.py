@@ -167,3 +167,15 @@ def search_command(latency_ms, memory_kb, device_label, candidates, evaluate_top
     click.echo(f"feasible           {result.feasible} of {result.candidates} candidates")
     click.echo("")
     click.echo(format_table(result.table, ["label", "accuracy", "predicted_ms", "memory_kb"]))
+
+
+def _add_parts() -> None:
+    # Each budget-at-run-time part keeps its command beside its code; their modules import only click here.
+    from .keyboard.cli import keyboard
+    from .split.cli import split
+
+    for command in (keyboard, split):
+        ondevice.add_command(command)
+
+
+_add_parts()

@@ -31,7 +31,9 @@ def register_commands(cli):
 
 @hookimpl
 def register_benchmarks(register):
-    """Register the MobileTL, latency-predictor and backend benchmarks."""
+    """Register the MobileTL, latency-predictor, backend, keyboard and split-encoder benchmarks."""
     register("crossedge.ondevice.benchmarks:MobileTLBenchmark()", name="ondevice-mobiletl")
     register("crossedge.ondevice.benchmarks:PredictorBenchmark()", name="ondevice-predictor")
     register("crossedge.ondevice.benchmarks:BackendsBenchmark()", name="ondevice-backends")
+    register("crossedge.ondevice.keyboard.bench:KeyboardBenchmark()", name="ondevice-keyboard")
+    register("crossedge.ondevice.split.bench:SplitBenchmark()", name="ondevice-split")
