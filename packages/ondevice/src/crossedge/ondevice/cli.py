@@ -171,10 +171,11 @@ def search_command(latency_ms, memory_kb, device_label, candidates, evaluate_top
 
 def _add_parts() -> None:
     # Each budget-at-run-time part keeps its command beside its code; their modules import only click here.
+    from .gmu.cli import gmu
     from .keyboard.cli import keyboard
     from .split.cli import split
 
-    for command in (keyboard, split):
+    for command in (gmu, keyboard, split):
         ondevice.add_command(command)
 
 
