@@ -21,6 +21,7 @@ from torch import nn
 
 from crossedge.core import CrossedgeError
 
+from .. import model_files
 from .cache import DecodeCache, KVState, RecurrentState, WindowState
 from .layers import (
     Attention,
@@ -186,24 +187,9 @@ def matched_pair(plain: DecoderConfig) -> tuple[DecoderConfig, DecoderConfig]:
 # ---- files ------------------------------------------------------------------------------------------------------
 
 
-def _metadata(path: Path) -> dict[str, str] | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:  # not a safetensors file at all
-        return None
-
-
 def check_writable(path: Path | str, *, force: bool = False) -> Path:
-    """``path`` if a model may be written there: absent, a gmu decoder file written here, or ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise CrossedgeError(f"{path} is a folder; give a .safetensors file name")
-    if path.exists() and not force and (_metadata(path) or {}).get("format") != FILE_FORMAT:
-        raise CrossedgeError(f"{path} exists and is not a gmu decoder written by crossedge; pass --force to replace it")
-    return path
+    """``path`` if a gmu decoder may be written there: absent, one written here, or ``force``."""
+    return model_files.check_writable(path, FILE_FORMAT, "a gmu decoder", force=force)
 
 
 def save_decoder(
@@ -232,7 +218,7 @@ def load_decoder(path: Path | str, config: DecoderConfig | None = None) -> tuple
     path = Path(path)
     if not path.is_file():
         raise CrossedgeError(f"no decoder at {path}: train one with `crossedge ondevice gmu train`")
-    metadata = _metadata(path)
+    metadata = model_files.file_metadata(path)
     if metadata is None or metadata.get("format") != FILE_FORMAT:
         raise CrossedgeError(f"{path} is not a gmu decoder (no {FILE_FORMAT!r} metadata); train one first")
     saved = DecoderConfig.from_dict(json.loads(metadata["config"]))

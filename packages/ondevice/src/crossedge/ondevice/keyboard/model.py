@@ -13,6 +13,7 @@ from torch import nn
 
 from crossedge.core import CrossedgeError
 
+from .. import model_files
 from .layout import ALPHABET
 from .lexicon import END, Lexicon
 
@@ -114,7 +115,7 @@ class KeyboardModel:
         path = Path(path)
         if not path.is_file():
             raise CrossedgeError(f"no keyboard model at {path}: train one with `crossedge ondevice keyboard train`")
-        metadata = _metadata(path)
+        metadata = model_files.file_metadata(path)
         if metadata is None or metadata.get("format") != FILE_FORMAT:
             raise CrossedgeError(f"{path} is not a keyboard model (no {FILE_FORMAT!r} metadata); train one first")
         with safe_open(str(path), framework="pt"):
@@ -137,26 +138,9 @@ class KeyboardModel:
         return cls(model.eval(), lexicon, json.loads(metadata.get("record", "{}")))
 
 
-def _metadata(path: Path) -> dict[str, str] | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception:  # not a safetensors file at all
-        return None
-
-
 def check_writable(path: Path | str, *, force: bool = False) -> Path:
-    """``path`` if a model may be written there: absent, a keyboard model written here, or ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise CrossedgeError(f"{path} is a folder; give a .safetensors file name")
-    if path.exists() and not force and (_metadata(path) or {}).get("format") != FILE_FORMAT:
-        raise CrossedgeError(
-            f"{path} exists and is not a keyboard model written by crossedge; pass --force to replace it"
-        )
-    return path
+    """``path`` if a keyboard model may be written there: absent, one written here, or ``force``."""
+    return model_files.check_writable(path, FILE_FORMAT, "a keyboard model", force=force)
 
 
 class CharModelRuntime:

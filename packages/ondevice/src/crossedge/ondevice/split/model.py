@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from crossedge.core import CrossedgeError
 
+from .. import model_files
 from .bottleneck import Payload, fake_quantize, payload_size, quantize
 
 NORMS = ("switchable", "none")
@@ -266,25 +267,8 @@ def save_network(network: SplitNetwork, path: Path | str, *, force: bool = False
 
 
 def check_writable(path: Path | str, *, force: bool = False) -> Path:
-    """``path`` if a model may be written there: absent, a split network written here, or ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise CrossedgeError(f"{path} is a folder; give a .safetensors file name")
-    if path.exists() and not force and _file_format(path) != FILE_FORMAT:
-        raise CrossedgeError(
-            f"{path} exists and is not a split network written by crossedge; pass --force to replace it"
-        )
-    return path
-
-
-def _file_format(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except Exception:  # not a safetensors file at all
-        return None
+    """``path`` if a split network may be written there: absent, one written here, or ``force``."""
+    return model_files.check_writable(path, FILE_FORMAT, "a split network", force=force)
 
 
 def load_network(path: Path | str, config: SplitConfig | None = None) -> SplitNetwork:
@@ -295,7 +279,7 @@ def load_network(path: Path | str, config: SplitConfig | None = None) -> SplitNe
     path = Path(path)
     if not path.is_file():
         raise CrossedgeError(f"no model file at {path}: train one with `crossedge ondevice split train --out {path}`")
-    if _file_format(path) != FILE_FORMAT:
+    if (model_files.file_metadata(path) or {}).get("format") != FILE_FORMAT:
         raise CrossedgeError(f"{path} is not a split network (no {FILE_FORMAT!r} metadata); train one with split train")
     with safe_open(str(path), framework="pt") as f:
         saved = SplitConfig.from_dict(json.loads(f.metadata()["config"]))
