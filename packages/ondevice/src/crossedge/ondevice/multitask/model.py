@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from crossedge.core import CrossedgeError
 
+from .. import model_files
 from .data import TASKS
 
 #: The ``format`` written into a saved model's safetensors metadata.
@@ -290,25 +291,12 @@ def save_network(
 
 def check_writable(path: Path | str, *, force: bool = False) -> Path:
     """``path`` if a model may be written there: absent, a multi-task network written here, or ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise CrossedgeError(f"{path} is a folder; give a .safetensors file name")
-    if path.exists() and not force and file_format(path) != FILE_FORMAT:
-        raise CrossedgeError(
-            f"{path} exists and is not a multi-task network written by crossedge; pass --force to replace it"
-        )
-    return path
+    return model_files.check_writable(path, FILE_FORMAT, "a multi-task network", force=force)
 
 
 def file_format(path: Path | str) -> str | None:
     """The ``format`` metadata of a safetensors file, or None (also for files that are not safetensors)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except Exception:  # not a safetensors file at all
-        return None
+    return (model_files.file_metadata(path) or {}).get("format")
 
 
 def load_network(path: Path | str, config: MultiTaskConfig | None = None) -> MultiTaskNetwork:
