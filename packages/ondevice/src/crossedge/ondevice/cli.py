@@ -173,9 +173,10 @@ def _add_parts() -> None:
     # Each budget-at-run-time part keeps its command beside its code; their modules import only click here.
     from .gmu.cli import gmu
     from .keyboard.cli import keyboard
+    from .multitask.cli import multitask
     from .split.cli import split
 
-    for command in (gmu, keyboard, split):
+    for command in (gmu, keyboard, multitask, split):
         ondevice.add_command(command)
 
 

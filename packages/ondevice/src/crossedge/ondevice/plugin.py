@@ -31,10 +31,11 @@ def register_commands(cli):
 
 @hookimpl
 def register_benchmarks(register):
-    """Register the MobileTL, latency-predictor, backend, keyboard, split-encoder and gated-memory benchmarks."""
+    """Register the benchmarks: MobileTL, latency predictor, backends, keyboard, split, gmu and multi-task."""
     register("crossedge.ondevice.benchmarks:MobileTLBenchmark()", name="ondevice-mobiletl")
     register("crossedge.ondevice.benchmarks:PredictorBenchmark()", name="ondevice-predictor")
     register("crossedge.ondevice.benchmarks:BackendsBenchmark()", name="ondevice-backends")
     register("crossedge.ondevice.keyboard.bench:KeyboardBenchmark()", name="ondevice-keyboard")
     register("crossedge.ondevice.split.bench:SplitBenchmark()", name="ondevice-split")
     register("crossedge.ondevice.gmu.bench:GmuBenchmark()", name="ondevice-gmu")
+    register("crossedge.ondevice.multitask.bench:MultiTaskBenchmark()", name="ondevice-multitask")
