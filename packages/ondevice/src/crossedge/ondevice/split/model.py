@@ -273,37 +273,15 @@ def check_writable(path: Path | str, *, force: bool = False) -> Path:
 
 def load_network(path: Path | str, config: SplitConfig | None = None) -> SplitNetwork:
     """Rebuild a network written by :func:`save_network`; refuses other files and, given ``config``, other shapes."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CrossedgeError(f"no model file at {path}: train one with `crossedge ondevice split train --out {path}`")
-    if (model_files.file_metadata(path) or {}).get("format") != FILE_FORMAT:
-        raise CrossedgeError(f"{path} is not a split network (no {FILE_FORMAT!r} metadata); train one with split train")
-    with safe_open(str(path), framework="pt") as f:
-        saved = SplitConfig.from_dict(json.loads(f.metadata()["config"]))
-    tensors = load_file(str(path))
+    saved = SplitConfig.from_dict(
+        model_files.saved_config(path, FILE_FORMAT, "a split network", "crossedge ondevice split train")
+    )
     if config is not None and config.to_dict() != saved.to_dict():
         diff = {k: v for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
-        raise CrossedgeError(f"{path} holds a different split network ({diff}); use a model trained for this config")
-    network = SplitNetwork(saved)
-    expected = network.state_dict()
-    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
-    wrong = [k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape]
-    if missing or unexpected or wrong:
-        raise CrossedgeError(
-            f"{path} does not match its own config (missing {sorted(missing)[:3]}, unexpected "
-            f"{sorted(unexpected)[:3]}, wrong shape {sorted(wrong)[:3]}); retrain it"
-        )
-    network.load_state_dict(tensors)
-    return network.eval()
+        raise CrossedgeError(f"{path} holds a different split network ({diff}); use one trained for this config")
+    return model_files.load_state_checked(SplitNetwork(saved), path)
 
 
 def saved_extra(path: Path | str) -> dict[str, Any]:
     """The ``extra`` metadata a model file was saved with (training record), or {}."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("extra")
-    return json.loads(raw) if raw else {}
+    return model_files.saved_extra(path)
