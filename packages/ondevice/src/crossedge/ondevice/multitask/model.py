@@ -294,11 +294,6 @@ def check_writable(path: Path | str, *, force: bool = False) -> Path:
     return model_files.check_writable(path, FILE_FORMAT, "a multi-task network", force=force)
 
 
-def file_format(path: Path | str) -> str | None:
-    """The ``format`` metadata of a safetensors file, or None (also for files that are not safetensors)."""
-    return (model_files.file_metadata(path) or {}).get("format")
-
-
 def load_network(path: Path | str, config: MultiTaskConfig | None = None) -> MultiTaskNetwork:
     """Rebuild a network written by :func:`save_network`; refuses other files and, given ``config``, other shapes."""
     saved = MultiTaskConfig.from_dict(
