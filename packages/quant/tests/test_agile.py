@@ -19,12 +19,12 @@ from crossedge.quant.testing import QuantizerConformance
 
 
 class TestAgile8(QuantizerConformance):
-    spec = "agile"
+    spec = "agile:matmul=int8pack-bf16"
     tolerance = 0.05
 
 
 class TestAgile4(QuantizerConformance):
-    spec = "agile:act_bits=4"
+    spec = "agile:act_bits=4,matmul=int8pack-bf16"
     tolerance = 0.6
 
 

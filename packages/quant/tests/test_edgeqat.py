@@ -24,7 +24,7 @@ QUICK = "steps=2,block_steps=1,seq_len=16"
 
 
 class TestEdgeQATW8A8(QuantizerConformance):
-    spec = f"edgeqat:{QUICK}"
+    spec = f"edgeqat:{QUICK},matmul=int8pack-bf16"
     tolerance = 0.05
 
 

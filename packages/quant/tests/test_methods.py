@@ -25,22 +25,22 @@ class TestRTNFake(QuantizerConformance):
 
 
 class TestW8A8(QuantizerConformance):
-    spec = "w8a8"
+    spec = "w8a8:matmul=int8pack-bf16"
     tolerance = 0.03
 
 
 class TestW8A8PerTensor(QuantizerConformance):
-    spec = "w8a8:act_granularity=per_tensor,weight_granularity=per_tensor"
+    spec = "w8a8:act_granularity=per_tensor,weight_granularity=per_tensor,matmul=int8pack-bf16"
     tolerance = 0.05
 
 
 class TestSmoothQuant(QuantizerConformance):
-    spec = "smoothquant:alpha=0.5"
+    spec = "smoothquant:alpha=0.5,matmul=int8pack-bf16"
     tolerance = 0.03
 
 
 class TestCrossQuant(QuantizerConformance):
-    spec = "crossquant"
+    spec = "crossquant:matmul=int8pack-bf16"
     tolerance = 0.03
 
 

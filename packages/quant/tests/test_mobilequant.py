@@ -20,7 +20,7 @@ from crossedge.quant.testing import QuantizerConformance
 
 
 class TestMobileQuantW8A8(QuantizerConformance):
-    spec = "mobilequant:steps=4"
+    spec = "mobilequant:steps=4,matmul=int8pack-bf16"
     tolerance = 0.05
 
 
