@@ -149,3 +149,7 @@ def test_mixed_plans_inside_its_latency_margin(tiny_lm, sample_ids, monkeypatch)
     assert asked == [pytest.approx(38.0)] and plan.latency_ms <= 38.0 and plan.latency_budget_ms == 40.0
     plan_bits(targets, hessians, dataclasses.replace(config, latency_margin=0.0))
     assert asked[-1] == 40.0
+    # a budget only the margin makes infeasible says so
+    monkeypatch.setattr(mixed, "solve_bit_allocation", lambda *a: (_ for _ in ()).throw(mixed.BudgetError("no fit")))
+    with pytest.raises(mixed.BudgetError, match="less latency_margin=0.05: lower latency_margin"):
+        plan_bits(targets, hessians, config)

@@ -235,7 +235,15 @@ def plan_bits(targets: dict[str, nn.Linear], hessians: dict[str, torch.Tensor], 
             for j, bits in enumerate(choices):
                 latencies[i, j] = layer_ms[label].get(str(bits), np.inf)
     target = None if config.latency_ms is None else config.latency_ms * (1 - config.latency_margin)
-    picks = solve_bit_allocation(errors, costs, budget, latencies, target)
+    try:
+        picks = solve_bit_allocation(errors, costs, budget, latencies, target)
+    except BudgetError as exc:
+        if target is None or not config.latency_margin:
+            raise
+        raise BudgetError(
+            f"{exc}; that latency is latency_ms={config.latency_ms} less latency_margin={config.latency_margin}: "
+            "lower latency_margin or raise latency_ms"
+        ) from exc
     bits = {name: int(choices[j]) for name, j in zip(names, picks, strict=True)}
     used = int(sum(costs[i, j] for i, j in enumerate(picks)))
     predicted = float(sum(errors[i, j] for i, j in enumerate(picks)))
