@@ -65,3 +65,22 @@ def load_state_checked(network: nn.Module, path: Path | str) -> nn.Module:
         )
     network.load_state_dict(tensors)
     return network.eval()
+
+
+def save_with_config(
+    network: nn.Module, path: Path | str, file_format: str, what: str, *, force: bool = False, extra: dict | None = None
+) -> Path:
+    """Write ``network``'s tensors as safetensors with ``file_format``, its ``config`` and ``extra`` as metadata.
+
+    An existing file is replaced only when it is ``what`` written here, or with ``force``.
+    """
+    from safetensors.torch import save_file
+
+    path = check_writable(path, file_format, what, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
+    metadata = {"format": file_format, "config": json.dumps(network.config.to_dict())}
+    if extra:
+        metadata["extra"] = json.dumps(extra)
+    save_file(tensors, str(path), metadata=metadata)
+    return path

@@ -11,7 +11,6 @@ that were sent. A *setting* is a (width, bits) pair.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -250,20 +249,8 @@ class SplitNetwork(nn.Module):
 
 
 def save_network(network: SplitNetwork, path: Path | str, *, force: bool = False, extra: dict | None = None) -> Path:
-    """Write the weights as safetensors with the config in its metadata.
-
-    An existing file is replaced only when it is a split network written here, or with ``force``.
-    """
-    from safetensors.torch import save_file
-
-    path = check_writable(path, force=force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    metadata = {"format": FILE_FORMAT, "config": json.dumps(network.config.to_dict())}
-    if extra:
-        metadata["extra"] = json.dumps(extra)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    """Write the weights as safetensors with the config in its metadata (never over a file that is not ours)."""
+    return model_files.save_with_config(network, path, FILE_FORMAT, "a split network", force=force, extra=extra)
 
 
 def check_writable(path: Path | str, *, force: bool = False) -> Path:
