@@ -100,6 +100,20 @@ def test_without_an_exact_int_mm_w8a8_times_only_the_others(quant_plugin, tiny_l
     assert all("w8a8" not in entry["ms"] for entry in chosen.values())
 
 
+@pytest.mark.parametrize(("fp32_ms", "want"), [(0.95, "int8pack-bf16"), (0.85, "fp32-codes")])
+def test_auto_takes_the_float_copy_only_when_it_is_clearly_faster(
+    quant_plugin, tiny_lm, inexact, monkeypatch, fp32_ms, want
+):
+    # A near-tie (timing noise on a loaded machine) must not buy a float32 copy of every code.
+    monkeypatch.setattr(w8a8, "time_kernels", lambda modules, *a: {"int8pack-bf16": 1.0, "fp32-codes": fp32_ms})
+    result = quantize(copy.deepcopy(tiny_lm[0]), "w8a8:remeasure=true")
+    layers = [m for m in result.model.modules() if isinstance(m, Int8DynamicLinear)]
+    assert layers and all(m.matmul == want for m in layers)
+    assert all((m.float_codes is None) == (want != "fp32-codes") for m in layers)
+    entries = result.details["matmuls"].values()
+    assert all(("within 10% of int8pack-bf16" in e["why"]) == (want != "fp32-codes") for e in entries)
+
+
 @pytest.mark.parametrize("matmul", ["int8pack-bf16", "fp32-codes"])
 def test_a_saved_w8a8_model_reloads_bit_identical(quant_plugin, tiny_lm, sample_ids, tmp_path, matmul):
     model, tokenizer = tiny_lm

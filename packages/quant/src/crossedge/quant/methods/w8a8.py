@@ -18,6 +18,10 @@ from .common import fake_module, rtn_weight, time_kernels
 
 #: Why ``auto`` skips timing where ``torch._int_mm`` is not exact.
 INEXACT_INT_MM = "torch._int_mm returned wrong sums on this CPU (no VNNI: saturating 16-bit pairs)"
+#: ``auto`` takes ``fp32-codes`` only when it times at least this much faster than the fastest matmul
+#: that keeps int8 weights alone: its float copy of the codes costs an fp32 layer's memory, and on a
+#: loaded machine near-ties between small layers' kernels flip from run to run.
+FLOAT_COPY_MARGIN = 0.10
 
 
 @dataclass(kw_only=True)
@@ -154,6 +158,7 @@ def choose_matmul(layer: Int8DynamicLinear, config: W8A8Config) -> dict[str, Any
         "candidates": candidates,
         "rows": config.rows,
         "repeats": config.repeats,
+        "float_copy_margin": FLOAT_COPY_MARGIN,
     }
 
     def measure() -> dict[str, Any]:
@@ -165,8 +170,15 @@ def choose_matmul(layer: Int8DynamicLinear, config: W8A8Config) -> dict[str, Any
             variants[matmul].matmul = matmul
         ms = time_kernels(variants, layer.in_features, config.rows, config.repeats)
         choice = {"matmul": min(ms, key=ms.__getitem__), "ms": {k: round(v, 5) for k, v in ms.items()}}
-        if "int_mm" not in candidates:
-            choice["why"] = f"int_mm left out: {INEXACT_INT_MM}"
+        why = [f"int_mm left out: {INEXACT_INT_MM}"] if "int_mm" not in candidates else []
+        lean = {k: v for k, v in ms.items() if k != "fp32-codes"}
+        if choice["matmul"] == "fp32-codes" and lean:
+            best = min(lean, key=lean.__getitem__)
+            if ms["fp32-codes"] > (1 - FLOAT_COPY_MARGIN) * lean[best]:
+                choice["matmul"] = best
+                why.append(f"fp32-codes within {FLOAT_COPY_MARGIN:.0%} of {best}, which stores no float copy")
+        if why:
+            choice["why"] = "; ".join(why)
         return choice
 
     return MeasurementCache("kernels").get_or_measure(key, measure, again=config.remeasure)
