@@ -200,6 +200,22 @@ def test_controller_errors_clearly_when_nothing_fits():
         controller.choose((1 / 3, 1 / 3, 1 / 3), 0)
 
 
+def test_the_margin_plans_below_the_budget_and_says_when_it_is_the_reason():
+    controller = Controller(synthetic_candidates())
+    equal = (1 / 3, 1 / 3, 1 / 3)
+    for budget in (0.8, 1.0, 1.3):
+        choice = controller.choose(equal, budget, margin=0.2)
+        assert choice.candidate.latency_ms <= 0.8 * budget
+        assert choice.feasible == sum(c.latency_ms <= 0.8 * budget for c in controller.candidates)
+        assert choice.budget_ms == budget
+    fastest = controller.candidates[0].latency_ms
+    with pytest.raises(CrossedgeError, match="less the 0.2 margin.*lower --margin"):
+        controller.choose(equal, fastest * 1.1, margin=0.2)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(CrossedgeError, match=r"margin must be in \[0, 1\)"):
+            controller.choose(equal, 1.0, margin=bad)
+
+
 @pytest.mark.parametrize("weights", [(0.5, 0.5), (0.5, 0.6, -0.1), (0.2, 0.2, 0.2), (float("nan"), 0.5, 0.5)])
 def test_bad_weights_are_refused(weights):
     with pytest.raises(CrossedgeError, match="weight"):
@@ -375,8 +391,9 @@ def test_benchmark_runs_on_a_tiny_configuration_and_plots(tmp_path):
     assert report.summary["additive_quality_max_diff"] < 1e-4
     assert report.summary["controller_cost"]["timings"] < report.summary["grid_cost"]["timings"] + 16
     for row in choices:
-        assert row["grid_table_ms"] <= row["budget_ms"]  # each search respects its own table
-        assert row["controller"] is None or row["controller_table_ms"] <= row["budget_ms"]
+        # each search respects its own table, less the default margin of 0.1
+        assert row["grid_table_ms"] <= 0.9 * row["budget_ms"] + 1e-9
+        assert row["controller"] is None or row["controller_table_ms"] <= 0.9 * row["budget_ms"] + 1e-9
         assert row["uniform"] is None or row["uniform_score"] <= row["grid_score"] + 1e-9
     assert any(r["on_front"] for r in configs)
     assert bench.plot(report, tmp_path / "mt.png").stat().st_size > 0

@@ -165,6 +165,13 @@ def front_command(model_path, weights, repeats, threads, json_out) -> None:
 @click.option("--weights", required=True, help="Task weights (classify,reconstruct,segment) summing to 1.")
 @click.option("--budget-ms", type=float, required=True, help="Latency budget per image (batch 1), ms.")
 @click.option(
+    "--margin",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Plan at budget x (1 - margin): room for timing drift between the profile and this run.",
+)
+@click.option(
     "--table",
     "table_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -174,7 +181,7 @@ def front_command(model_path, weights, repeats, threads, json_out) -> None:
 @REPEATS_OPTION
 @THREADS_OPTION
 @JSON_OPTION
-def choose_command(model_path, weights, budget_ms, table_path, repeats, threads, json_out) -> None:
+def choose_command(model_path, weights, budget_ms, margin, table_path, repeats, threads, json_out) -> None:
     """Per-task widths for the weights and budget, from the profile; then the choice's latency measured whole."""
     from crossedge.core.bench import format_table
     from crossedge.core.bench import threads as pinned_threads
@@ -197,7 +204,7 @@ def choose_command(model_path, weights, budget_ms, table_path, repeats, threads,
         if table_path is not None:
             profile.save(table_path)
             source += f", saved to {table_path}"
-    choice = profile.controller().choose(weight_vector, budget_ms)
+    choice = profile.controller().choose(weight_vector, budget_ms, margin)
     configuration = choice.configuration
     with pinned_threads(threads):
         measured = median_ms(configuration_latency(network, image, [configuration], repeats=repeats)[configuration])
@@ -217,7 +224,7 @@ def choose_command(model_path, weights, budget_ms, table_path, repeats, threads,
     click.echo(f"configuration      {configuration.label} (encoder width {configuration.encoder_width:g})")
     click.echo(format_table(rows, ["task", "weight", "width", "val_quality", "normalized", "test_quality"]))
     click.echo(f"score              {choice.score:.3f} (weighted normalized validation quality, 0..1)")
-    click.echo(f"latency predicted  {choice.candidate.latency_ms:.3f} ms (budget {budget_ms:g} ms)")
+    click.echo(f"latency predicted  {choice.candidate.latency_ms:.3f} ms (budget {budget_ms:g} ms, margin {margin:g})")
     click.echo(f"latency measured   {measured:.3f} ms (whole network, batch 1, median of {repeats})")
     click.echo(f"feasible           {choice.feasible} of {len(profile.candidates())} configurations")
     if measured > budget_ms:
@@ -229,6 +236,7 @@ def choose_command(model_path, weights, budget_ms, table_path, repeats, threads,
             "threads": threads,
             "repeats": repeats,
             **choice.to_dict(),
+            "margin": margin,
             "measured_ms": measured,
             "tasks": rows,
         },

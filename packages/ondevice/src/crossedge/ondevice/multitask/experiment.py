@@ -76,12 +76,14 @@ def compare(
     *,
     truth: Controller | None = None,
     test_quality: dict[tuple[float, str, float], float] | None = None,
+    margin: float = 0.0,
 ) -> list[dict[str, Any]]:
     """For each weight vector and budget: the controller's pick, the grid optimum and the uniform-width baseline.
 
     Each searches its own table; every pick is then judged on ``truth`` (an independent timing of
     every configuration; the grid's own table when None) for latency and scored with the grid's
-    normalization, so all picks are compared on the same numbers.
+    normalization, so all picks are compared on the same numbers. All three plan at
+    ``budget * (1 - margin)`` and are judged against the whole budget.
     """
     truth = truth or grid
     uniform = uniform_controller(grid)
@@ -104,12 +106,12 @@ def compare(
 
     for w in weights:
         for budget in budgets:
-            best = grid.choose(w, budget)
+            best = grid.choose(w, budget, margin)
             row: dict[str, Any] = {"weights": "/".join(f"{v:g}" for v in w), "budget_ms": budget}
             row.update(judged("grid", best, w, budget))
             for prefix, chooser in (("controller", controller), ("uniform", uniform)):
                 try:
-                    row.update(judged(prefix, chooser.choose(w, budget), w, budget))
+                    row.update(judged(prefix, chooser.choose(w, budget, margin), w, budget))
                 except CrossedgeError:  # its table says nothing fits although the grid's does
                     row.update({prefix: None, f"{prefix}_score": None})
             if row["controller"] is not None:
