@@ -171,12 +171,14 @@ def search_command(latency_ms, memory_kb, device_label, candidates, evaluate_top
 
 def _add_parts() -> None:
     # Each budget-at-run-time part keeps its command beside its code; their modules import only click here.
+    from .dolphin.cli import dolphin
+    from .encdec.cli import return_encoder
     from .gmu.cli import gmu
     from .keyboard.cli import keyboard
     from .multitask.cli import multitask
     from .split.cli import split
 
-    for command in (gmu, keyboard, multitask, split):
+    for command in (dolphin, gmu, keyboard, multitask, return_encoder, split):
         ondevice.add_command(command)
 
 

@@ -39,3 +39,5 @@ def register_benchmarks(register):
     register("crossedge.ondevice.split.bench:SplitBenchmark()", name="ondevice-split")
     register("crossedge.ondevice.gmu.bench:GmuBenchmark()", name="ondevice-gmu")
     register("crossedge.ondevice.multitask.bench:MultiTaskBenchmark()", name="ondevice-multitask")
+    register("crossedge.ondevice.encdec.bench:ReturnEncoderBenchmark()", name="ondevice-return-encoder")
+    register("crossedge.ondevice.dolphin.bench:DolphinBenchmark()", name="ondevice-dolphin")
