@@ -38,7 +38,7 @@ class ReturnEncoderBenchmark(Benchmark):
         encoder_layers: int = 6,
         decoder_layers: int = 2,
         mlp_hidden: int = 512,
-        steps: int = 80,
+        steps: int = 160,
         batch_size: int = 4,
         lr: float = 3e-3,
         kl_weight: float = 0.5,

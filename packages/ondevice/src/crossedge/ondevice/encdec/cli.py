@@ -51,7 +51,7 @@ def return_encoder() -> None:
     show_default=True,
     help="encdec's feed-forward width; the decoder-only student has all the layers and a width solved to match.",
 )
-@click.option("--steps", default=80, show_default=True, help="AdamW steps over random batches of prompts.")
+@click.option("--steps", default=160, show_default=True, help="AdamW steps over random batches of prompts.")
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (warmup, then cosine).")
 @click.option("--kl-weight", default=0.5, show_default=True, help="Loss = w * KL(teacher top-k) + (1 - w) * CE.")

@@ -26,7 +26,7 @@ class DistillConfig:
     """AdamW steps over random batches of prompts; ``kl_weight`` mixes the KL (token-level) and the
     cross-entropy on the teacher's tokens (sequence-level) as ``w * KL + (1 - w) * CE``."""
 
-    steps: int = 80
+    steps: int = 160
     batch_size: int = 4
     lr: float = 3e-3
     warmup: int = 6
