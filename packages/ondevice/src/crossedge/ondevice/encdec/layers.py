@@ -1,5 +1,6 @@
-"""The students' layers: RMSNorm, rotary tables, self-attention (bidirectional or causal, with a preallocated KV
-buffer), cross-attention whose keys and values over the encoder output are computed once, and SwiGLU."""
+"""The students' attention: self-attention (bidirectional or causal, with a preallocated KV buffer) and
+cross-attention whose keys and values over the encoder output are computed once (RMSNorm, rotary tables and
+SwiGLU come from :mod:`crossedge.ondevice.blocks`)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class RMSNorm(nn.Module):
-    """Root-mean-square normalisation with a learned scale."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Scale ``x`` to unit RMS over its last axis, then by the weight."""
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class Rotary(nn.Module):
-    """Rotary position tables: positions are angles, so no learned table limits the input length."""
-
-    def __init__(self, head_dim: int, base: float = 10000.0):
-        super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def tables(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin, each (length, head_dim / 2), for positions ``start .. start + length - 1``."""
-        positions = torch.arange(start, start + length, dtype=torch.float32)
-        angles = positions[:, None] * self.inv_freq[None, :]
-        return angles.cos(), angles.sin()
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of ``x`` (B, H, T, dh): its two halves rotated as complex pairs."""
-    half = x.shape[-1] // 2
-    a, b = x[..., :half], x[..., half:]
-    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+from ..blocks import rotate
 
 
 class KVBuffer:
@@ -124,17 +92,3 @@ class CrossAttention(nn.Module):
         q = self.query(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, kv[0], kv[1])
         return self.out(y.transpose(1, 2).reshape(b, t, d))
-
-
-class SwiGLU(nn.Module):
-    """The feed-forward block of every layer: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., dim)."""
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)

@@ -19,7 +19,8 @@ from torch import nn
 from crossedge.core import CrossedgeError
 
 from .. import model_files
-from .layers import CrossAttention, KVBuffer, RMSNorm, Rotary, SelfAttention, SwiGLU
+from ..blocks import RMSNorm, Rotary, SwiGLU
+from .layers import CrossAttention, KVBuffer, SelfAttention
 
 KINDS = ("encdec", "decoder")
 FILE_FORMAT = "crossedge.ondevice.return-encoder/1"
@@ -169,7 +170,7 @@ class EncoderDecoderStudent(Student):
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, N, dim): every position sees the whole input."""
         x = self.embed(inputs)
-        cos, sin = self.rotary.tables(0, inputs.shape[1])
+        cos, sin = self.rotary.span(0, inputs.shape[1])
         for block in self.encoder:
             x = block(x, cos, sin)
         return self.encoder_norm(x)
@@ -180,7 +181,7 @@ class EncoderDecoderStudent(Student):
 
     def _decode(self, tokens: torch.Tensor, memory_kv: list, caches: list[KVBuffer] | None, start: int) -> torch.Tensor:
         x = self.embed(tokens)
-        cos, sin = self.rotary.tables(start, tokens.shape[1])
+        cos, sin = self.rotary.span(start, tokens.shape[1])
         for i, block in enumerate(self.decoder):
             x = block(x, cos, sin, caches[i] if caches is not None else None, memory_kv[i])
         return self.head(x)
@@ -216,7 +217,7 @@ class DecoderOnlyStudent(Student):
 
     def _run(self, ids: torch.Tensor, caches: list[KVBuffer] | None, start: int, logits_from: int) -> torch.Tensor:
         x = self.embed(ids)
-        cos, sin = self.rotary.tables(start, ids.shape[1])
+        cos, sin = self.rotary.span(start, ids.shape[1])
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None)
         return self.head(x[:, logits_from:])  # the vocabulary projection only where logits are needed

@@ -22,17 +22,15 @@ from torch import nn
 from crossedge.core import CrossedgeError
 
 from .. import model_files
+from ..blocks import RMSNorm, Rotary, SwiGLU
 from .cache import DecodeCache, KVState, RecurrentState, WindowState
 from .layers import (
     Attention,
     CrossAttention,
     GatedMemoryUnit,
     GatedRecurrence,
-    RMSNorm,
-    Rotary,
     SlidingWindowAttention,
     Step,
-    SwiGLU,
 )
 
 VOCAB = 256  # bytes: the model reads UTF-8 and needs no tokenizer
