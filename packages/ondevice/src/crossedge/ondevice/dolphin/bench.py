@@ -38,7 +38,7 @@ class DolphinBenchmark(Benchmark):
         encoder_layers: int = 0,
         pool_heads: int = 4,
         projector_hidden: int = 1152,
-        steps: int = 60,
+        steps: int = 120,
         batch_size: int = 4,
         windows: int = 32,
         lr: float = 5e-3,

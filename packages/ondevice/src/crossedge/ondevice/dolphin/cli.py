@@ -46,7 +46,7 @@ def dolphin() -> None:
     "--pool-heads", default=4, show_default=True, help="Learned pooling queries per chunk (divide the width)."
 )
 @click.option("--projector-hidden", default=1152, show_default=True, help="Hidden width of the MLP projector.")
-@click.option("--steps", default=60, show_default=True, help="AdamW steps.")
+@click.option("--steps", default=120, show_default=True, help="AdamW steps.")
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--windows", default=32, show_default=True, help="Training contexts (their features computed once).")
 @click.option("--lr", default=5e-3, show_default=True)

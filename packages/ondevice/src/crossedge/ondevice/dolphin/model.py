@@ -123,14 +123,20 @@ class ContextEncoder:
 
     @torch.no_grad()
     def __call__(self, context_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, L) token ids -> (batch, L, hidden) features; never tracks gradients (the encoder is frozen)."""
+        """(batch, L) token ids -> (batch, L, hidden) features; never tracks gradients (the encoder is frozen).
+
+        With no layers the features are the token embeddings themselves (not passed through the final norm, whose
+        per-channel weights are tuned for the LM head, not for the input side)."""
+        if self.layers == 0:
+            return self.view.embed_tokens(context_ids)
         return self.view(input_ids=context_ids, use_cache=False).last_hidden_state
 
 
 class MemoryCompressor(nn.Module):
     """Attention pooling over each chunk of ``ratio`` features (one learned query per head), then an MLP projector
-    with a linear skip into the decoder's embedding space. Initialised as mean pooling through an identity map
-    scaled to the embeddings' RMS, so training starts from a bag-of-features memory."""
+    with a linear skip into the decoder's embedding space. Initialised as mean pooling through an identity skip of
+    the RMS-normalised pooled vector, scaled to the embeddings' RMS: over token embeddings (no encoder layers) each
+    memory slot starts as its chunk's mean embedding at a token embedding's scale."""
 
     def __init__(self, config: DolphinConfig, initial_scale: float = 1.0):
         super().__init__()
@@ -168,8 +174,9 @@ class MemoryCompressor(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features (batch, L, d) -> memory embeddings (batch, ceil(L / ratio), d)."""
-        x = self.proj_norm(self.pool(features))
-        return (self.skip(x) + self.down(F.gelu(self.up(x)))) * self.scale
+        pooled = self.pool(features)
+        direction = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return (self.skip(direction) + self.down(F.gelu(self.up(self.proj_norm(pooled))))) * self.scale
 
 
 class DolphinReader:

@@ -27,7 +27,7 @@ from .model import DolphinReader
 class TrainConfig:
     """Steps, batch, the contexts and items trained on, and AdamW's peak learning rate (warmup, cosine decay)."""
 
-    steps: int = 60
+    steps: int = 120
     batch_size: int = 4
     windows: int = 32
     context_tokens: int = 512
