@@ -3,10 +3,11 @@ a long context as memory with reading it in full or truncated."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from ..cli_output import write_json as _write_json
 
 JSON_OPTION = click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here as JSON."
@@ -17,12 +18,6 @@ DECODER_OPTION = click.option(
     show_default=True,
     help="The frozen decoder: a model name from `crossedge models list` or a model folder (llama-style).",
 )
-
-
-def _write_json(path: Path | None, data: object) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @click.group("dolphin")

@@ -3,10 +3,11 @@ students against the teacher."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from ..cli_output import write_json as _write_json
 
 JSON_OPTION = click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here as JSON."
@@ -14,12 +15,6 @@ JSON_OPTION = click.option(
 TEACHER_OPTION = click.option(
     "--teacher", default="smollm2-135m", show_default=True, help="Teacher model: a name, a model folder or a hub id."
 )
-
-
-def _write_json(path: Path | None, data: object) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @click.group("return-encoder")

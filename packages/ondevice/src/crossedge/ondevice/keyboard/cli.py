@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from ..cli_output import write_json as _write_json
 
 JSON_OPTION = click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here as JSON."
@@ -38,12 +39,6 @@ def _noise_options(function):
     ):
         function = option(function)
     return function
-
-
-def _write_json(path: Path | None, data: object) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @click.group("keyboard")
