@@ -35,6 +35,14 @@ def _measurements(tmp_path, monkeypatch):
     monkeypatch.setenv("CROSSEDGE_MEASUREMENTS", str(tmp_path / "measurements"))
 
 
+@pytest.fixture(autouse=True)
+def _sequences(tmp_path, monkeypatch):
+    """Self-generated training sequences a test caches are its own (never the user's cache)."""
+    from crossedge.specdec import exit_head
+
+    monkeypatch.setattr(exit_head, "sequences_folder", lambda: tmp_path / "self-generated")
+
+
 @pytest.fixture(scope="session")
 def heads_tiny():
     """The tiny Llama (and tokenizer) the draft-head tests train on; tests must leave it unchanged."""

@@ -148,3 +148,28 @@ def test_save_refuses_a_folder_with_foreign_files_and_replaces_its_own(tiny, tmp
     (foreign / "exit_head.json").write_text("{}")
     with pytest.raises(ExitHeadError, match="exit_head.json that crossedge did not write"):
         save_exit_head(head, foreign, model_name="tiny")
+
+
+def test_self_generated_sequences_are_cached_by_model_prompts_and_length(heads_tiny, tmp_path, monkeypatch):
+    from crossedge.specdec import exit_head
+    from crossedge.specdec.exit_head import cached_self_generated, self_generated_sequences, training_prompts
+    from crossedge.specdec.testing import HEAD_PROMPT_TOKENS, HEAD_TEXTS
+
+    model, tokenizer = heads_tiny
+    prompts = training_prompts(tokenizer, HEAD_TEXTS, 6, HEAD_PROMPT_TOKENS)
+    first = cached_self_generated(model, prompts, 5, progress=False)
+    assert torch.equal(first, self_generated_sequences(model, prompts, 5, progress=False))
+    files = list(exit_head.sequences_folder().glob("*.safetensors"))
+    assert len(files) == 1
+    calls = []
+    monkeypatch.setattr(exit_head, "self_generated_sequences", lambda *a, **k: calls.append(a) or first)
+    assert torch.equal(cached_self_generated(model, prompts, 5, progress=False), first) and not calls
+    # Another length or other prompts are other entries.
+    cached_self_generated(model, prompts, 4, progress=False)
+    cached_self_generated(model, prompts[:3], 5, progress=False)
+    assert len(calls) == 2 and len(list(exit_head.sequences_folder().glob("*.safetensors"))) == 3
+    # A damaged file is generated again and replaced.
+    files[0].write_bytes(b"not safetensors")
+    calls.clear()
+    assert torch.equal(cached_self_generated(model, prompts, 5, progress=False), first) and len(calls) == 1
+    assert exit_head.safetensors_marker(files[0]) == exit_head.SEQUENCES_MARKER

@@ -174,11 +174,20 @@ def collect_exit_data(
     return ExitData(sequences, {k: torch.cat(v) for k, v in captured.items()}, torch.cat(top_ids), torch.cat(top_probs))
 
 
+#: Marker and format of the self-generated sequences kept in the cache (see :func:`cached_self_generated`).
+SEQUENCES_MARKER = "self-generated-sequences"
+SEQUENCES_FORMAT = "1"
+
+
 @torch.inference_mode()
 def self_generated_sequences(
-    model: nn.Module, prompts: torch.Tensor, new_tokens: int, *, batch_size: int = 8, progress: bool = True
+    model: nn.Module, prompts: torch.Tensor, new_tokens: int, *, batch_size: int = 32, progress: bool = True
 ) -> torch.Tensor:
-    """Greedy continuations of equal-length prompts (EOS suppressed so all rows stay aligned)."""
+    """Greedy continuations of equal-length prompts (EOS suppressed so all rows stay aligned).
+
+    Rows are generated 32 at a time by default: on smollm2-135m (2 threads, float32) that made
+    87 tokens/s against 63 at 8 rows.
+    """
     outputs = []
     eos = model.generation_config.eos_token_id
     for start in progress_bar(range(0, prompts.shape[0], batch_size), desc="self-generation", enabled=progress):
@@ -193,6 +202,75 @@ def self_generated_sequences(
         )
         outputs.append(out)
     return torch.cat(outputs)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's class, config and every weight (two loads of one checkpoint agree)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{type(model).__name__}:{model.config.to_json_string()}".encode())
+    digest.update(weights_digest(dict(model.state_dict())).encode())
+    return digest.hexdigest()
+
+
+def sequences_folder() -> Path:
+    """Where :func:`cached_self_generated` keeps sequences: ``<cache>/self-generated``."""
+    from crossedge.core.cache import cache_dir
+
+    return cache_dir() / "self-generated"
+
+
+def cached_self_generated(
+    model: nn.Module, prompts: torch.Tensor, new_tokens: int, *, progress: bool = True
+) -> torch.Tensor:
+    """:func:`self_generated_sequences`, kept in ``<cache>/self-generated`` keyed by the model's weights, the
+    prompts and ``new_tokens``, so that training several kinds of heads on one recipe generates once.
+
+    A cached file that is damaged or was not written here is ignored and generated again
+    (the file is ours: only crossedge writes under that folder, through an atomic rename).
+    """
+    import hashlib
+
+    from safetensors.torch import save
+
+    from crossedge.core.cache import atomic_file
+
+    key = hashlib.sha256(
+        f"{model_fingerprint(model)}:{new_tokens}:".encode() + prompts.to(torch.int64).contiguous().numpy().tobytes()
+    ).hexdigest()[:32]
+    path = sequences_folder() / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            _, state = read_marked_safetensors(
+                path,
+                marker=SEQUENCES_MARKER,
+                version=SEQUENCES_FORMAT,
+                what="self-generated sequences",
+                command="crossedge specdec train-heads",
+                error=ExitHeadError,
+            )
+            sequences = state.get("sequences")
+            shape = (prompts.shape[0], prompts.shape[1] + new_tokens)
+            if (
+                sequences is not None
+                and tuple(sequences.shape) == shape
+                and torch.equal(sequences[:, : prompts.shape[1]], prompts.to(sequences.dtype))
+            ):
+                return sequences
+        except ExitHeadError:
+            pass  # damaged or foreign: generate again and replace it
+    sequences = self_generated_sequences(model, prompts, new_tokens, progress=progress)
+    state = {"sequences": sequences.contiguous()}
+    meta = {
+        "format": "pt",
+        "crossedge": SEQUENCES_MARKER,
+        "format_version": SEQUENCES_FORMAT,
+        "new_tokens": str(new_tokens),
+        "weights_sha256": weights_digest(state),
+    }
+    with atomic_file(path) as out:
+        out.write(save(state, metadata=meta))
+    return sequences
 
 
 def training_prompts(

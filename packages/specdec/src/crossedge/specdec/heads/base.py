@@ -603,7 +603,7 @@ def train_kind(
     ``teacher_top_k`` distribution of its token, renormalised; ``teacher_top_k=1`` is
     plain cross-entropy on the target's own token.
     """
-    from ..exit_head import corpus_texts, self_generated_sequences, training_prompts
+    from ..exit_head import cached_self_generated, corpus_texts, training_prompts
 
     kind = cls.kind
     folder = Path(out) if out is not None else default_heads_folder(kind, model_name)
@@ -614,7 +614,7 @@ def train_kind(
     began = time.perf_counter()
     texts = texts if texts is not None else corpus_texts()
     prompt_ids = training_prompts(tokenizer, texts, prompts, prompt_tokens)
-    sequences = self_generated_sequences(model, prompt_ids, new_tokens, progress=progress)
+    sequences = cached_self_generated(model, prompt_ids, new_tokens, progress=progress)
     data = collect_head_data(model, sequences, heads.layers_read(), top_k=teacher_top_k, progress=progress)
     train, held = data.split(holdout)
     if heads.vocab is not None:
