@@ -1,5 +1,6 @@
 """Exit heads: cache consistency, training mechanics, save/load and its refusals."""
 
+import copy
 import json
 
 import pytest
@@ -168,6 +169,12 @@ def test_self_generated_sequences_are_cached_by_model_prompts_and_length(heads_t
     cached_self_generated(model, prompts, 4, progress=False)
     cached_self_generated(model, prompts[:3], 5, progress=False)
     assert len(calls) == 2 and len(list(exit_head.sequences_folder().glob("*.safetensors"))) == 3
+    # Other weights are another entry.
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    cached_self_generated(changed, prompts, 5, progress=False)
+    assert len(calls) == 3
     # A damaged file is generated again and replaced.
     files[0].write_bytes(b"not safetensors")
     calls.clear()

@@ -204,15 +204,6 @@ def self_generated_sequences(
     return torch.cat(outputs)
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's class, config and every weight (two loads of one checkpoint agree)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{type(model).__name__}:{model.config.to_json_string()}".encode())
-    digest.update(weights_digest(dict(model.state_dict())).encode())
-    return digest.hexdigest()
-
-
 def sequences_folder() -> Path:
     """Where :func:`cached_self_generated` keeps sequences: ``<cache>/self-generated``."""
     from crossedge.core.cache import cache_dir
@@ -234,9 +225,13 @@ def cached_self_generated(
     from safetensors.torch import save
 
     from crossedge.core.cache import atomic_file
+    from crossedge.core.measurements import module_fingerprint
 
+    # The structure (config, module classes, dtypes) and every weight's value: two loads of one checkpoint agree.
+    model_key = f"{module_fingerprint(model)}:{weights_digest(dict(model.state_dict()))}"
     key = hashlib.sha256(
-        f"{model_fingerprint(model)}:{new_tokens}:".encode() + prompts.to(torch.int64).contiguous().numpy().tobytes()
+        f"{model_key}:{new_tokens}:{tuple(prompts.shape)}:".encode()
+        + prompts.to(torch.int64).contiguous().numpy().tobytes()
     ).hexdigest()[:32]
     path = sequences_folder() / f"{key}.safetensors"
     if path.is_file():
