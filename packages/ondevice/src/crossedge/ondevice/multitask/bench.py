@@ -171,7 +171,9 @@ class MultiTaskBenchmark(Benchmark):
             "budget_check": {p: over_budget(p) for p in ("controller", "grid", "uniform")},
             "mean_grid_score": statistics.mean(r["grid_score"] for r in choices),
             "mean_controller_score": statistics.mean(r["controller_score"] for r in answered) if answered else None,
-            "mean_uniform_score": statistics.mean(r["uniform_score"] for r in choices if r["uniform"]),
+            "mean_uniform_score": statistics.mean(uniform)
+            if (uniform := [r["uniform_score"] for r in choices if r["uniform"]])
+            else None,
             "front_size": len(front),
             "per_task_front_size": len(per_task_front),
         }
