@@ -411,8 +411,21 @@ def test_cost_aware_sizes_a_scored_draft_from_t_of_n_and_rescales_the_scores():
     assert ConstantPolicy(k=3).choose_nodes("medusa", "", scores, 8) == 3
 
 
+def run_probe(policy, drafter, scores, accepted):
+    """Ask until the policy probes ``drafter``, then run the probe's steps with ``accepted`` tokens each; the asks."""
+    asks = 0
+    while not policy.should_propose(drafter, 8):
+        asks += 1
+    for _ in range(policy.probe_steps):
+        assert policy.should_propose(drafter, 8)  # a probe runs all its steps
+        n = policy.choose_nodes(drafter, "", scores, 8)
+        if n:
+            policy.observe_nodes(drafter, "", scores[:n], accepted)
+    return asks + 1
+
+
 def test_cost_aware_stops_asking_a_scored_drafter_whose_drafting_costs_more_than_it_saves():
-    policy = CostAwarePolicy(max_k=8, calibrate=False, probe_every=4)
+    policy = CostAwarePolicy(max_k=8, calibrate=False, probe_every=4, probe_steps=2)
     for n in range(9):
         policy.observe_verification(n, 1.0 + 0.05 * n)
     scores = [0.5, 0.3, 0.1]
@@ -426,21 +439,46 @@ def test_cost_aware_stops_asking_a_scored_drafter_whose_drafting_costs_more_than
         policy.observe_drafting("clover", 3, 1.5)
         policy.choose_nodes("clover", "", scores, 8)
     assert policy.draft_gain["clover"] < 1.0
-    answers = []
-    for _ in range(12):
-        answers.append(policy.should_propose("clover", 8))
-        if answers[-1]:  # a probe that still does not pay doubles the wait before the next
-            policy.choose_nodes("clover", "", scores, 8)
-    assert [i for i, asked in enumerate(answers) if asked] == [3, 11]
-    # A probe whose draft pays again (the text became predictable) resumes drafting at once.
-    while not policy.should_propose("clover", 8):
-        pass
-    policy.choose_nodes("clover", "", [0.99] * 8, 8)
+    # Skipped but for probes; a probe that does not pay (nothing accepted: 1 token per t(3) + drafting)
+    # doubles the wait.
+    assert run_probe(policy, "clover", scores, 0) == 4
+    drafting = policy.draft_seconds_per_call["clover"]
+    assert policy.draft_gain["clover"] == pytest.approx(2 / (2 * (1.15 + drafting)))
+    assert run_probe(policy, "clover", scores, 0) == 8
+    assert run_probe(policy, "clover", scores, 0) == 16
+    # A probe whose drafts pay again resumes drafting at once.
+    policy.observe_drafting("clover", 3, 0.1)
+    run_probe(policy, "clover", scores, 3)
     assert policy.draft_gain["clover"] >= 1.0
     assert all(policy.should_propose("clover", 8) for _ in range(5))
     assert not policy.should_propose("clover", 0)
     # Policies that keep no costs always ask.
     assert ConstantPolicy(k=3).should_propose("clover", 8)
+
+
+def test_cost_aware_probe_measures_instead_of_trusting_the_estimates_that_switched_the_drafter_off():
+    policy = CostAwarePolicy(max_k=8, calibrate=False, probe_every=4, probe_steps=3)
+    for n in range(9):
+        policy.observe_verification(n, 1.0 + 0.05 * n)
+    scores = [0.6, 0.4, 0.3, 0.2]
+    policy.observe_drafting("medusa", 4, 0.1)
+    # A stretch where nothing is accepted: the score scale falls until no node is worth verifying,
+    # so every proposal costs its drafting time for nothing and the drafter is switched off.
+    for _ in range(60):
+        n = policy.choose_nodes("medusa", "", scores, 8)
+        if n:
+            policy.observe_nodes("medusa", "", scores[:n], 0)
+    assert policy.choose_nodes("medusa", "", scores, 8) == 0
+    assert policy.draft_gain["medusa"] < 1.0
+    stale = policy.score_scale[("medusa", "")]
+    assert stale < 0.2
+    # The text turns predictable. Judged by the stale scale the probe would not pay (no node chosen);
+    # the probe drafts at the drafter's own estimates and measures, and the drafter is back.
+    run_probe(policy, "medusa", scores, 3)
+    assert policy.draft_gain["medusa"] == pytest.approx(3 * 4 / (3 * (1.2 + policy.draft_seconds_per_call["medusa"])))
+    assert policy.should_propose("medusa", 8)
+    assert policy.score_scale[("medusa", "")] == pytest.approx((9 + 1) / (3 * 1.5 + 1))
+    assert policy.choose_nodes("medusa", "", scores, 8) == 4
 
 
 def test_a_scored_drafter_too_slow_to_pay_is_skipped_and_the_output_is_unchanged(llama, monkeypatch):
@@ -472,9 +510,9 @@ def test_a_scored_drafter_too_slow_to_pay_is_skipped_and_the_output_is_unchanged
     for delay in (0.0, 1.0):
         drafter = ScoredOracle(input_ids.shape[1], continuation, wrong_at=range(3, 40, 4))
         drafter.delay = delay
-        result = SpeculativeDecoder(model, drafter, CostAwarePolicy(calibrate=False, probe_every=4)).generate(
-            input_ids, 40
-        )
+        # One-step probes, so that what the drafter is asked outside probes shows in the count.
+        policy = CostAwarePolicy(calibrate=False, probe_every=4, probe_steps=1)
+        result = SpeculativeDecoder(model, drafter, policy).generate(input_ids, 40)
         assert result.tokens == continuation
         runs[delay] = (drafter.calls, result.stats.target_forwards)
     fast_calls, fast_forwards = runs[0.0]

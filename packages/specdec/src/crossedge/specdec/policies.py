@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from crossedge.core.contracts.policy import DraftLengthPolicy
@@ -168,6 +169,17 @@ class AcceptanceModel:
         return total
 
 
+@dataclass
+class _Probe:
+    """A switched-off drafter's probe in progress: steps left, and what verification gave so far."""
+
+    steps: int
+    tokens: float = 0.0
+    seconds: float = 0.0
+    #: Per bucket: the verified nodes' scores summed, and the tokens accepted.
+    totals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
 class CostAwarePolicy(DraftLengthPolicy):
     """Draft the k in [0, max_k] maximising expected accepted tokens per second, learned online."""
 
@@ -177,7 +189,14 @@ class CostAwarePolicy(DraftLengthPolicy):
     #: Draft lengths timed by :meth:`calibrate`; lengths in between are interpolated.
     CALIBRATION_LENGTHS: ClassVar[tuple[int, ...]] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
-    def __init__(self, max_k: int = 16, probe_every: int = 16, calibrate: bool = True, calibration_rounds: int = 2):
+    def __init__(
+        self,
+        max_k: int = 16,
+        probe_every: int = 16,
+        calibrate: bool = True,
+        calibration_rounds: int = 2,
+        probe_steps: int = 4,
+    ):
         self.max_k = _check_k(max_k, "cost-aware policy max_k")
         #: Time t(k) for a spread of k once, before the first draft. Without it, t(k) is only known for
         #: lengths the policy already chose, and on CPUs t(k) is far from linear (matrix kernels switch
@@ -209,7 +228,12 @@ class CostAwarePolicy(DraftLengthPolicy):
         self.draft_gain: dict[str, float] = {}
         self.skip_streak: dict[str, int] = defaultdict(int)
         self.skip_interval: dict[str, int] = {}
-        self.skip_probing: set[str] = set()
+        #: A switched-off drafter's estimates stop changing, since nothing it drafts is verified, so
+        #: they cannot tell when its drafts would pay again. A probe measures instead: the drafter
+        #: drafts ``probe_steps`` times at the size its own scores suggest, and what verification
+        #: accepted over those steps decides whether it is asked again.
+        self.probe_steps = _check_k(probe_steps, "cost-aware policy probe_steps")
+        self.skip_probes: dict[str, _Probe] = {}
 
     def _model(self, drafter: str, bucket: str) -> AcceptanceModel:
         key = (drafter, bucket)
@@ -251,12 +275,16 @@ class CostAwarePolicy(DraftLengthPolicy):
 
         A node's score is the drafter's estimate that its whole path is accepted, and nodes
         at one depth exclude each other, so ``n`` nodes are expected to yield ``1 + c * sum``
-        of their scores (the target's own token included); ``c`` rescales the drafter's
-        estimates by what verification actually accepted (:meth:`observe_nodes`). Drafting
-        is already paid for when this is asked, so only the measured t(n) counts here; whether
-        the drafting pays for itself is kept for :meth:`should_propose`.
+        of their scores (the target's own token included); ``c`` rescales the drafter's estimates
+        by what verification actually accepted (:meth:`observe_nodes`). Drafting is already paid
+        for when this is asked, so only the measured t(n) counts here; whether the drafting pays
+        for itself is kept for :meth:`should_propose`. During a probe ``c`` is at least 1: the
+        probe asks whether the drafter's own estimates hold again.
         """
+        probe = self.skip_probes.get(drafter)
         scale = self.score_scale.get((drafter, bucket), 1.0)
+        if probe is not None:
+            scale = max(scale, 1.0)
         plain = 1.0 / self.cost(0)
         best_n, best, best_expected = 0, plain, 1.0
         expected = 1.0
@@ -266,18 +294,17 @@ class CostAwarePolicy(DraftLengthPolicy):
             if value > best:
                 best_n, best, best_expected = n, value, expected
         drafting = self.draft_seconds_per_call.get(drafter)
-        if drafting is not None:  # the first proposal's time is not known yet
+        if probe is not None:
+            probe.seconds += self.cost(best_n) + (drafting or 0.0)
+            if best_n == 0:  # nothing is verified, so the step ends here: the target's token alone
+                self._probe_step(drafter, bucket, (), 0)
+        elif drafting is not None:  # the first proposal's time is not known yet
             self._observe_gain(drafter, best_expected / (self.cost(best_n) + drafting) / plain)
         return best_n
 
     def _observe_gain(self, drafter: str, gain: float) -> None:
         old = self.draft_gain.get(drafter)
-        # A probe is the first look at the drafter in a while: it replaces the stale estimate.
-        if old is None or drafter in self.skip_probing:
-            self.skip_probing.discard(drafter)
-            self.draft_gain[drafter] = gain
-        else:
-            self.draft_gain[drafter] = 0.8 * old + 0.2 * gain
+        self.draft_gain[drafter] = gain if old is None else 0.8 * old + 0.2 * gain
         if self.draft_gain[drafter] >= 1.0:
             self.skip_interval.pop(drafter, None)
 
@@ -285,6 +312,8 @@ class CostAwarePolicy(DraftLengthPolicy):
         """False while a scored drafter's drafting has cost more than its drafts saved, but for probes."""
         if max_k <= 0:
             return False
+        if drafter in self.skip_probes:
+            return True
         gain = self.draft_gain.get(drafter)
         if gain is None or gain >= 1.0:
             self.skip_streak[drafter] = 0
@@ -295,8 +324,28 @@ class CostAwarePolicy(DraftLengthPolicy):
             return False
         self.skip_streak[drafter] = 0
         self.skip_interval[drafter] = min(16 * self.probe_every, 2 * interval)
-        self.skip_probing.add(drafter)
+        self.skip_probes[drafter] = _Probe(self.probe_steps)
         return True
+
+    def _probe_step(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
+        """Count one probe step; after the last, the tokens per second it measured set the drafter's gain."""
+        probe = self.skip_probes[drafter]
+        probe.tokens += 1 + accepted
+        probe.steps -= 1
+        predicted, actual = probe.totals.get(bucket, (0.0, 0.0))
+        probe.totals[bucket] = (predicted + sum(max(0.0, float(s)) for s in scores), actual + accepted)
+        if probe.steps > 0:
+            return
+        del self.skip_probes[drafter]
+        gain = probe.tokens / probe.seconds * self.cost(0) if probe.seconds > 0 else 0.0
+        self.draft_gain[drafter] = gain
+        if gain >= 1.0:
+            # The drafter pays again: its score scale restarts from what the probe saw, not from
+            # the stretch that switched it off.
+            self.skip_interval.pop(drafter, None)
+            for seen, totals in probe.totals.items():
+                self.node_totals[(drafter, seen)] = totals
+                self.score_scale[(drafter, seen)] = (totals[1] + 1.0) / (totals[0] + 1.0)
 
     def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
         predicted, actual = self.node_totals.get((drafter, bucket), (0.0, 0.0))
@@ -305,6 +354,8 @@ class CostAwarePolicy(DraftLengthPolicy):
         actual = self.decay * actual + accepted
         self.node_totals[(drafter, bucket)] = (predicted, actual)
         self.score_scale[(drafter, bucket)] = (actual + 1.0) / (predicted + 1.0)
+        if drafter in self.skip_probes:
+            self._probe_step(drafter, bucket, scores, accepted)
 
     def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
         key = (drafter, bucket)
