@@ -27,7 +27,13 @@ def test_copy_drafting_is_greedy_identical_on_smollm2(smollm2_reference, policy)
     model, input_ids, reference = smollm2_reference
     result = SpeculativeDecoder(model, CopyDrafter(), policy).generate(input_ids, 32)
     assert result.tokens == reference
-    assert result.stats.drafters["copy"].accepted > 0
+    copy = result.stats.drafters["copy"]
+    if policy.startswith("constant"):
+        assert copy.accepted > 0
+    else:
+        # Cost-aware decides from timings, so on a loaded machine it may draft only to probe,
+        # and probes may find nothing; they still put drafts through verification.
+        assert copy.drafted > 0
 
 
 @pytest.fixture(scope="module")
