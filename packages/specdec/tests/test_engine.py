@@ -412,7 +412,7 @@ def test_cost_aware_sizes_a_scored_draft_from_t_of_n_and_rescales_the_scores():
 
 
 def run_probe(policy, drafter, scores, accepted):
-    """Ask until the policy probes ``drafter``, then run the probe's steps with ``accepted`` tokens each; the asks."""
+    """Ask until the policy probes ``drafter`` and run the probe's steps, ``accepted`` tokens each; returns the asks."""
     asks = 0
     while not policy.should_propose(drafter, 8):
         asks += 1

@@ -297,7 +297,7 @@ class CostAwarePolicy(DraftLengthPolicy):
         if probe is not None:
             probe.seconds += self.cost(best_n) + (drafting or 0.0)
             if best_n == 0:  # nothing is verified, so the step ends here: the target's token alone
-                self._probe_step(drafter, bucket, (), 0)
+                self._probe_step(drafter, bucket, 0.0, 0)
         elif drafting is not None:  # the first proposal's time is not known yet
             self._observe_gain(drafter, best_expected / (self.cost(best_n) + drafting) / plain)
         return best_n
@@ -327,13 +327,14 @@ class CostAwarePolicy(DraftLengthPolicy):
         self.skip_probes[drafter] = _Probe(self.probe_steps)
         return True
 
-    def _probe_step(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
-        """Count one probe step; after the last, the tokens per second it measured set the drafter's gain."""
+    def _probe_step(self, drafter: str, bucket: str, predicted: float, accepted: int) -> None:
+        """Count one probe step (its verified scores summed to ``predicted``); after the last, the
+        tokens per second it measured set the drafter's gain."""
         probe = self.skip_probes[drafter]
         probe.tokens += 1 + accepted
         probe.steps -= 1
-        predicted, actual = probe.totals.get(bucket, (0.0, 0.0))
-        probe.totals[bucket] = (predicted + sum(max(0.0, float(s)) for s in scores), actual + accepted)
+        total_predicted, total_actual = probe.totals.get(bucket, (0.0, 0.0))
+        probe.totals[bucket] = (total_predicted + predicted, total_actual + accepted)
         if probe.steps > 0:
             return
         del self.skip_probes[drafter]
@@ -343,19 +344,21 @@ class CostAwarePolicy(DraftLengthPolicy):
             # The drafter pays again: its score scale restarts from what the probe saw, not from
             # the stretch that switched it off.
             self.skip_interval.pop(drafter, None)
-            for seen, totals in probe.totals.items():
-                self.node_totals[(drafter, seen)] = totals
-                self.score_scale[(drafter, seen)] = (totals[1] + 1.0) / (totals[0] + 1.0)
+            for seen, (predicted, actual) in probe.totals.items():
+                self._set_node_totals((drafter, seen), predicted, actual)
+
+    def _set_node_totals(self, key: tuple[str, str], predicted: float, actual: float) -> None:
+        self.node_totals[key] = (predicted, actual)
+        # One pseudo-draft at scale 1 keeps the scale defined before any outcome.
+        self.score_scale[key] = (actual + 1.0) / (predicted + 1.0)
 
     def observe_nodes(self, drafter: str, bucket: str, scores: Sequence[float], accepted: int) -> None:
+        predicted_now = sum(max(0.0, float(s)) for s in scores)
         predicted, actual = self.node_totals.get((drafter, bucket), (0.0, 0.0))
-        # Forgetting as the acceptance model does, starting from one pseudo-draft at scale 1.
-        predicted = self.decay * predicted + sum(max(0.0, float(s)) for s in scores)
-        actual = self.decay * actual + accepted
-        self.node_totals[(drafter, bucket)] = (predicted, actual)
-        self.score_scale[(drafter, bucket)] = (actual + 1.0) / (predicted + 1.0)
+        # Forgetting as the acceptance model does.
+        self._set_node_totals((drafter, bucket), self.decay * predicted + predicted_now, self.decay * actual + accepted)
         if drafter in self.skip_probes:
-            self._probe_step(drafter, bucket, scores, accepted)
+            self._probe_step(drafter, bucket, predicted_now, accepted)
 
     def observe_acceptance(self, drafter: str, bucket: str, drafted: int, accepted: int) -> None:
         key = (drafter, bucket)
