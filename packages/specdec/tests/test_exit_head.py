@@ -50,6 +50,27 @@ def test_prompts_have_equal_length_and_the_instruction(tiny):
         training_prompts(tokenizer, ["short"], 3, 10)
 
 
+def test_several_instructions_take_turns_and_keep_one_length(tiny):
+    _, tokenizer = tiny
+    instructions = ["Summarize.", "Translate this text into French, keeping every technical term as it is."]
+    prompts = training_prompts(tokenizer, TEXTS, 6, 10, instruction=instructions)
+    assert prompts.shape[0] == 6
+    short = len(training_prompts(tokenizer, TEXTS, 1, 10, instruction=instructions[0])[0])
+    long = len(training_prompts(tokenizer, TEXTS, 1, 10, instruction=instructions[1])[0])
+    assert long > short and prompts.shape[1] == long
+    text_ids = [tokenizer(text, add_special_tokens=False).input_ids for text in TEXTS]
+    rows = prompts.tolist()
+    after = next(n for n in range(1, len(rows[0])) if len({tuple(row[-n - 1 :]) for row in rows}) > 1)
+    for j, row in enumerate(rows):
+        decoded = tokenizer.decode(row)
+        assert instructions[j % 2] in decoded and instructions[1 - j % 2] not in decoded
+        passage = row[len(row) - after - (10 if j % 2 else 10 + long - short) : len(row) - after]
+        # The shorter framing keeps more of its cut, and the cut is a run of one text's tokens.
+        assert any(passage == ids[i : i + len(passage)] for ids in text_ids for i in range(len(ids) - len(passage) + 1))
+    with pytest.raises(ExitHeadError, match="at least one instruction"):
+        training_prompts(tokenizer, TEXTS, 2, 10, instruction=[])
+
+
 def test_collected_targets_match_the_model(tiny, data):
     model, _ = tiny
     with torch.no_grad():

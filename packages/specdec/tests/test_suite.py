@@ -63,3 +63,16 @@ def test_limit_per_task():
     assert [p.prompt_id for p in suite.limit_per_task(prompts, 1)] == ["0", "2", "5"]
     with pytest.raises(SpecdecError):
         suite.limit_per_task(prompts, 0)
+
+
+def test_source_documents_name_the_corpus_documents_the_suite_reads():
+    from crossedge.specdec.exit_head import corpus_texts
+
+    ids = suite.source_documents()
+    assert {"pydoc-topics/for", "pydoc-topics/truth", "common-licenses/GPL-3"} <= ids
+    texts = corpus_texts(("pydoc-topics",))
+    kept = corpus_texts(("pydoc-topics",), exclude=ids)
+    topics = sum(1 for i in ids if i.startswith("pydoc-topics/"))
+    assert len(kept) == len(texts) - topics
+    for_loops = suite.pydoc_excerpt("for", 0, 200)
+    assert any(for_loops in text for text in texts) and not any(for_loops in text for text in kept)

@@ -20,7 +20,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,37 +268,53 @@ def cached_self_generated(
     return sequences
 
 
-def training_prompts(
-    tokenizer: Any,
-    texts: Sequence[str],
-    count: int,
-    prompt_tokens: int,
-    *,
-    instruction: str = "Explain the following passage in plain words.",
-    seed: int = 0,
-) -> torch.Tensor:
-    """``count`` prompts of identical length: a chat-framed instruction around a cut of one of ``texts``.
-
-    The cut is exactly ``prompt_tokens`` tokens, so prompts batch without padding.
-    """
+def _framing(tokenizer: Any, instruction: str) -> tuple[list[int], list[int]]:
+    """The token ids before and after the passage of a chat-framed ``instruction``."""
     marker = "\u2063"  # an invisible separator splits the template around the passage
     if getattr(tokenizer, "chat_template", None):
         framed = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{instruction}\n\n{marker}"}], add_generation_prompt=True, tokenize=False
         )
     else:
-        framed = f"{instruction}\n\n{marker}\n\nExplanation:"
+        framed = f"{instruction}\n\n{marker}\n\nAnswer:"
     before, after = framed.split(marker)
-    prefix = tokenizer(before, add_special_tokens=False).input_ids
-    suffix = tokenizer(after, add_special_tokens=False).input_ids
+    return tokenizer(before, add_special_tokens=False).input_ids, tokenizer(after, add_special_tokens=False).input_ids
+
+
+def training_prompts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    count: int,
+    prompt_tokens: int,
+    *,
+    instruction: str | Sequence[str] = "Explain the following passage in plain words.",
+    seed: int = 0,
+) -> torch.Tensor:
+    """``count`` prompts of identical length: a chat-framed instruction around a cut of one of ``texts``.
+
+    The cut is exactly ``prompt_tokens`` tokens, so prompts batch without padding. With several
+    instructions the prompts take them in turn; a framing shorter than the longest keeps that
+    many more passage tokens, so every prompt has the length of the longest framing plus
+    ``prompt_tokens``.
+    """
+    instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+    if not instructions:
+        raise ExitHeadError("training prompts need at least one instruction")
+    frames = [_framing(tokenizer, text) for text in instructions]
+    sizes = [len(before) + len(after) for before, after in frames]
+    width = prompt_tokens + max(sizes) - min(sizes)
     pieces: list[list[int]] = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        pieces.extend(ids[i : i + prompt_tokens] for i in range(0, len(ids) - prompt_tokens + 1, prompt_tokens))
+        pieces.extend(ids[i : i + width] for i in range(0, len(ids) - width + 1, width))
     if len(pieces) < count:
-        raise ExitHeadError(f"the texts give {len(pieces)} cuts of {prompt_tokens} tokens, {count} were asked for")
+        raise ExitHeadError(f"the texts give {len(pieces)} cuts of {width} tokens, {count} were asked for")
     order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(seed))[:count]
-    return torch.tensor([prefix + pieces[i] + suffix for i in order.tolist()])
+    rows = []
+    for j, i in enumerate(order.tolist()):
+        (before, after), size = frames[j % len(frames)], sizes[j % len(frames)]
+        rows.append(before + pieces[i][: prompt_tokens + max(sizes) - size] + after)
+    return torch.tensor(rows)
 
 
 def teacher_targets(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -646,14 +662,17 @@ def default_head_folder(model_name: str, exit_layer: int) -> Path:
     return model_folder("exit-heads", model_name) / f"layer-{exit_layer}"
 
 
-def corpus_texts(names: Sequence[str] = ("pydoc-topics", "common-licenses")) -> list[str]:
-    """Texts of the bundled corpora (built at run time from files on this machine)."""
+def corpus_texts(
+    names: Sequence[str] = ("pydoc-topics", "common-licenses"), *, exclude: Collection[str] = ()
+) -> list[str]:
+    """Texts of the bundled corpora (built at run time from files on this machine), but for the
+    documents whose ids are in ``exclude``."""
     from crossedge.core.datasets import get_dataset
 
     texts = []
     for name in names:
         try:
-            texts.extend(d.text for d in get_dataset(name).documents())
+            texts.extend(d.text for d in get_dataset(name).documents() if d.id not in exclude)
         except CrossedgeError:
             continue  # a corpus whose files are absent on this machine
     if not texts:

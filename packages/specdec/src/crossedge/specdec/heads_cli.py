@@ -7,7 +7,7 @@ import click
 from crossedge.core.bench import format_table
 
 from .exit_cli import distillation_options
-from .heads import HEAD_KINDS
+from .heads import HEAD_KINDS, PROMPT_MIXES
 
 
 @click.command(name="train-heads")
@@ -28,6 +28,14 @@ from .heads import HEAD_KINDS
     help="Guess only among this many tokens (those the target generates most, then the corpora's most frequent): "
     "training and drafting skip the rest of the LM head [default: the whole vocabulary; not for ppd].",
 )
+@click.option(
+    "--prompt-mix",
+    type=click.Choice(tuple(PROMPT_MIXES)),
+    default="explain",
+    show_default=True,
+    help="Instructions the training prompts ask: explain (one) or tasks (ten kinds of chat request; leaves out "
+    "the documents the default bench suite reads).",
+)
 @distillation_options("the heads", lr=1e-3, minutes="Stop training after this.")
 @click.option(
     "--teacher-top-k",
@@ -43,6 +51,7 @@ def train_heads(
     layer,
     window,
     vocab,
+    prompt_mix,
     out,
     prompts,
     prompt_tokens,
@@ -87,6 +96,7 @@ def train_heads(
         holdout=max(4, prompts // 6),
         config=TrainConfig(epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes),
         teacher_top_k=teacher_top_k,
+        prompt_mix=prompt_mix,
     )
     rows = [
         {

@@ -29,6 +29,27 @@ HEADS = {
 HEAD_KINDS = tuple(HEADS)
 
 
+#: The instructions training prompts frame their passages with. ``explain`` is the one instruction
+#: of the first recipes. ``tasks`` asks for the kinds of answer chat users ask for (explanations,
+#: summaries, translations, questions and answers, lists, worked examples); its prompts leave out
+#: the documents the default bench suite reads, so no bench prompt's passage is trained on.
+PROMPT_MIXES: dict[str, tuple[str, ...]] = {
+    "explain": ("Explain the following passage in plain words.",),
+    "tasks": (
+        "Explain the following passage in plain words.",
+        "Summarize this text in a few sentences.",
+        "Translate this text into French.",
+        "Translate this text into German.",
+        "Translate this text into Spanish.",
+        "Write two questions a reader could ask about this text, and answer each one.",
+        "List the main points of this text.",
+        "Describe when this matters in practice, with a short example.",
+        "Make up a small arithmetic problem about this text and solve it step by step.",
+        "Rewrite this text more simply, for a beginner.",
+    ),
+}
+
+
 class HeadsError(CrossedgeError):
     """Draft heads cannot be built, trained, saved or loaded for this model."""
 

@@ -44,7 +44,7 @@ from ..exit_head import (
     teacher_targets,
     weights_digest,
 )
-from . import HeadsError
+from . import PROMPT_MIXES, HeadsError
 from .tree import prior_rank_accuracy
 
 FORMAT_VERSION = "1"
@@ -387,6 +387,8 @@ class HeadsTrainResult:
     trainable_parameters: int = 0
     history: list[float] = field(default_factory=list)
     folder: str | None = None
+    #: The instructions the training prompts asked (a key of :data:`PROMPT_MIXES`).
+    prompt_mix: str = ""
 
 
 def fit_heads(
@@ -594,6 +596,7 @@ def train_kind(
     top_k: int = 5,
     teacher_top_k: int = 32,
     texts: list[str] | None = None,
+    prompt_mix: str = "explain",
     progress: bool = True,
 ) -> HeadsTrainResult:
     """Self-distil heads of ``cls`` from the model's own greedy continuations of prompts cut from ``texts``; save them.
@@ -601,9 +604,15 @@ def train_kind(
     ``texts`` defaults to the bundled corpora; ``out`` defaults to the folder beside the
     model cache where the kind's drafter looks. Each depth learns the target's top
     ``teacher_top_k`` distribution of its token, renormalised; ``teacher_top_k=1`` is
-    plain cross-entropy on the target's own token.
+    plain cross-entropy on the target's own token. ``prompt_mix`` names the instructions the
+    prompts are framed with (:data:`PROMPT_MIXES`); ``tasks`` leaves the default suite's documents
+    out of the default texts.
     """
     from ..exit_head import cached_self_generated, corpus_texts, training_prompts
+    from ..suite import source_documents
+
+    if prompt_mix not in PROMPT_MIXES:
+        raise HeadsError(f"unknown prompt mix {prompt_mix!r}; the mixes are: {', '.join(PROMPT_MIXES)}")
 
     kind = cls.kind
     folder = Path(out) if out is not None else default_heads_folder(kind, model_name)
@@ -612,8 +621,9 @@ def train_kind(
     torch.manual_seed(config.seed)
     heads = cls(model, depth, **(options or {}))
     began = time.perf_counter()
-    texts = texts if texts is not None else corpus_texts()
-    prompt_ids = training_prompts(tokenizer, texts, prompts, prompt_tokens)
+    if texts is None:
+        texts = corpus_texts(exclude=source_documents() if prompt_mix == "tasks" else ())
+    prompt_ids = training_prompts(tokenizer, texts, prompts, prompt_tokens, instruction=PROMPT_MIXES[prompt_mix])
     sequences = cached_self_generated(model, prompt_ids, new_tokens, progress=progress)
     data = collect_head_data(model, sequences, heads.layers_read(), top_k=teacher_top_k, progress=progress)
     train, held = data.split(holdout)
@@ -623,5 +633,6 @@ def train_kind(
     # Position prompt_len - 1 is the first whose next token the target generated itself.
     result = fit_heads(heads, train, prompt_ids.shape[1] - 1, config, heldout=held, top_k=top_k, progress=progress)
     result.data_seconds = data_seconds
+    result.prompt_mix = prompt_mix
     result.folder = str(save_heads(heads, folder, model_name=model_name, result=result))
     return result
