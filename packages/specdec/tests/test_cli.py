@@ -297,13 +297,14 @@ def test_train_heads_trains_saves_and_refuses_what_it_must(run, tiny_folder, tmp
     refused = run("specdec", "train-heads", "--model", tiny_folder, "--kind", "ppd", "--vocab", "64")
     assert refused.exit_code == 1 and "--vocab is not an option of --kind ppd" in refused.output
     reduced = tmp_path / "reduced"
-    result = run(*train[:-1], str(reduced), "--vocab", "64", "--prompt-mix", "tasks", *small)
+    result = run(*train[:-1], str(reduced), "--vocab", "64", "--prompt-mix", "explain", *small)
     assert result.exit_code == 0, result.output
     from crossedge.specdec.heads.base import read_heads_file
 
     meta, tensors = read_heads_file("medusa", reduced)
     assert '"vocab": 64' in meta["options"] and tensors["vocab_ids"].unique().numel() == 64
-    assert json.loads(meta["training"])["prompt_mix"] == "tasks"
+    assert json.loads(meta["training"])["prompt_mix"] == "explain"
+    assert json.loads(read_heads_file("medusa", out)[0]["training"])["prompt_mix"] == "tasks"
     (out / "mine.txt").write_text("keep")
     refused = run(*train, *small)
     assert refused.exit_code == 1 and "mine.txt that crossedge did not write" in refused.output

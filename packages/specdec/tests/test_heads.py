@@ -322,7 +322,7 @@ def test_kinds_and_train_heads_end_to_end(heads_tiny, tmp_path):
         progress=False,
     )
     assert result.kind == "medusa" and result.heads == 2 and result.steps == 4
-    assert result.seconds > 0 and result.data_seconds > 0 and result.prompt_mix == "explain"
+    assert result.seconds > 0 and result.data_seconds > 0 and result.prompt_mix == "tasks"
     with pytest.raises(HeadsError, match="unknown prompt mix 'chat'; the mixes are: explain, tasks"):
         train_heads(model, tokenizer, "tiny", out=tmp_path / "other", prompt_mix="chat", texts=TEXTS)
     assert not (tmp_path / "other").exists()

@@ -31,10 +31,10 @@ from .heads import HEAD_KINDS, PROMPT_MIXES
 @click.option(
     "--prompt-mix",
     type=click.Choice(tuple(PROMPT_MIXES)),
-    default="explain",
+    default="tasks",
     show_default=True,
-    help="Instructions the training prompts ask: explain (one) or tasks (ten kinds of chat request; leaves out "
-    "the documents the default bench suite reads).",
+    help="Instructions the training prompts ask: tasks (ten kinds of chat request; leaves out the documents the "
+    "default bench suite reads) or explain (one, the recipe of heads trained before this option).",
 )
 @distillation_options("the heads", lr=1e-3, minutes="Stop training after this.")
 @click.option(

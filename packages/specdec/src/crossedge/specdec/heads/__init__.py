@@ -29,10 +29,10 @@ HEADS = {
 HEAD_KINDS = tuple(HEADS)
 
 
-#: The instructions training prompts frame their passages with. ``explain`` is the one instruction
-#: of the first recipes. ``tasks`` asks for the kinds of answer chat users ask for (explanations,
-#: summaries, translations, questions and answers, lists, worked examples); its prompts leave out
-#: the documents the default bench suite reads, so no bench prompt's passage is trained on.
+#: The instructions training prompts frame their passages with. ``tasks`` (the default) asks for the
+#: kinds of answer chat users ask for (explanations, summaries, translations, questions and answers,
+#: lists, worked examples); its prompts leave out the documents the default bench suite reads, so no
+#: bench prompt's passage is trained on. ``explain`` is the one instruction of the first recipes.
 PROMPT_MIXES: dict[str, tuple[str, ...]] = {
     "explain": ("Explain the following passage in plain words.",),
     "tasks": (

@@ -596,7 +596,7 @@ def train_kind(
     top_k: int = 5,
     teacher_top_k: int = 32,
     texts: list[str] | None = None,
-    prompt_mix: str = "explain",
+    prompt_mix: str = "tasks",
     progress: bool = True,
 ) -> HeadsTrainResult:
     """Self-distil heads of ``cls`` from the model's own greedy continuations of prompts cut from ``texts``; save them.
