@@ -12,6 +12,7 @@ from crossedge.specdec.exit_head import (
     ExitHead,
     ExitHeadError,
     TrainConfig,
+    _framing,
     collect_exit_data,
     expected_accepted_length,
     load_exit_head,
@@ -59,13 +60,12 @@ def test_several_instructions_take_turns_and_keep_one_length(tiny):
     long = len(training_prompts(tokenizer, TEXTS, 1, 10, instruction=instructions[1])[0])
     assert long > short and prompts.shape[1] == long
     text_ids = [tokenizer(text, add_special_tokens=False).input_ids for text in TEXTS]
-    rows = prompts.tolist()
-    after = next(n for n in range(1, len(rows[0])) if len({tuple(row[-n - 1 :]) for row in rows}) > 1)
-    for j, row in enumerate(rows):
-        decoded = tokenizer.decode(row)
-        assert instructions[j % 2] in decoded and instructions[1 - j % 2] not in decoded
-        passage = row[len(row) - after - (10 if j % 2 else 10 + long - short) : len(row) - after]
+    for j, row in enumerate(prompts.tolist()):
+        before, after = _framing(tokenizer, instructions[j % 2])
+        assert row[: len(before)] == before and row[len(row) - len(after) :] == after
+        passage = row[len(before) : len(row) - len(after)]
         # The shorter framing keeps more of its cut, and the cut is a run of one text's tokens.
+        assert len(passage) == (10 if j % 2 else 10 + long - short)
         assert any(passage == ids[i : i + len(passage)] for ids in text_ids for i in range(len(ids) - len(passage) + 1))
     with pytest.raises(ExitHeadError, match="at least one instruction"):
         training_prompts(tokenizer, TEXTS, 2, 10, instruction=[])

@@ -302,7 +302,8 @@ def training_prompts(
         raise ExitHeadError("training prompts need at least one instruction")
     frames = [_framing(tokenizer, text) for text in instructions]
     sizes = [len(before) + len(after) for before, after in frames]
-    width = prompt_tokens + max(sizes) - min(sizes)
+    length = prompt_tokens + max(sizes)
+    width = length - min(sizes)
     pieces: list[list[int]] = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -312,8 +313,8 @@ def training_prompts(
     order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(seed))[:count]
     rows = []
     for j, i in enumerate(order.tolist()):
-        (before, after), size = frames[j % len(frames)], sizes[j % len(frames)]
-        rows.append(before + pieces[i][: prompt_tokens + max(sizes) - size] + after)
+        before, after = frames[j % len(frames)]
+        rows.append(before + pieces[i][: length - len(before) - len(after)] + after)
     return torch.tensor(rows)
 
 

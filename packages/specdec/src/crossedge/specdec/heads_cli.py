@@ -7,7 +7,7 @@ import click
 from crossedge.core.bench import format_table
 
 from .exit_cli import distillation_options
-from .heads import HEAD_KINDS, PROMPT_MIXES
+from .heads import DEFAULT_PROMPT_MIX, HEAD_KINDS, PROMPT_MIXES
 
 
 @click.command(name="train-heads")
@@ -31,7 +31,7 @@ from .heads import HEAD_KINDS, PROMPT_MIXES
 @click.option(
     "--prompt-mix",
     type=click.Choice(tuple(PROMPT_MIXES)),
-    default="tasks",
+    default=DEFAULT_PROMPT_MIX,
     show_default=True,
     help="Instructions the training prompts ask: tasks (ten kinds of chat request; leaves out the documents the "
     "default bench suite reads) or explain (one, the recipe of heads trained before this option).",

@@ -289,8 +289,9 @@ def _recipe() -> list[tuple[str, str, Callable[[], tuple[str, ...]]]]:
 
 def source_documents() -> frozenset[str]:
     """Ids (as in the ``pydoc-topics`` and ``common-licenses`` datasets) of the documents the
-    default suite's prompts read or ask about, for training recipes that must leave them out."""
-    topics = {topic for topic in TOPICS} | {topic for topic, _ in RAG_QUESTIONS}
+    default suite's prompts read or ask about (every topic the recipe lists), for training recipes
+    that must leave them out."""
+    topics = set(TOPICS) | {topic for topic, _ in RAG_QUESTIONS}
     ids = {f"pydoc-topics/{topic}" for topic in topics}
     for kind, name, _ in PROSE:
         ids.add(f"pydoc-topics/{name}" if kind == "pydoc" else f"common-licenses/{name}")

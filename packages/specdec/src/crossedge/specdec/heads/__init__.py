@@ -48,6 +48,7 @@ PROMPT_MIXES: dict[str, tuple[str, ...]] = {
         "Rewrite this text more simply, for a beginner.",
     ),
 }
+DEFAULT_PROMPT_MIX = "tasks"
 
 
 class HeadsError(CrossedgeError):

@@ -44,7 +44,7 @@ from ..exit_head import (
     teacher_targets,
     weights_digest,
 )
-from . import PROMPT_MIXES, HeadsError
+from . import DEFAULT_PROMPT_MIX, PROMPT_MIXES, HeadsError
 from .tree import prior_rank_accuracy
 
 FORMAT_VERSION = "1"
@@ -596,7 +596,7 @@ def train_kind(
     top_k: int = 5,
     teacher_top_k: int = 32,
     texts: list[str] | None = None,
-    prompt_mix: str = "tasks",
+    prompt_mix: str = DEFAULT_PROMPT_MIX,
     progress: bool = True,
 ) -> HeadsTrainResult:
     """Self-distil heads of ``cls`` from the model's own greedy continuations of prompts cut from ``texts``; save them.
