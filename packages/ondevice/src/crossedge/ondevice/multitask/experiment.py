@@ -114,9 +114,10 @@ def compare(
                     row.update(judged(prefix, chooser.choose(w, budget, margin), w, budget))
                 except CrossedgeError:  # its table says nothing fits although the grid's does
                     row.update({prefix: None, f"{prefix}_score": None})
-            if row["controller"] is not None:
-                row["same_as_grid"] = row["controller"] == row["grid"]
-                row["score_gap"] = row["grid_score"] - row["controller_score"]
+            # A controller whose table fits nothing has no choice to compare: both stay None.
+            answered = row["controller"] is not None
+            row["same_as_grid"] = row["controller"] == row["grid"] if answered else None
+            row["score_gap"] = row["grid_score"] - row["controller_score"] if answered else None
             rows.append(row)
     return rows
 
